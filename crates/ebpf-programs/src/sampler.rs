@@ -1,0 +1,165 @@
+//! Loading, attaching and reading the CPU sampler.
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::PerfEvent;
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::abi::{Counter, MAX_FILTER_PIDS, TraceEvent};
+use crate::{Error, SAMPLER_OBJECT};
+
+const PROGRAM: &str = "fs_sample";
+
+/// What to sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplerConfig {
+    /// Samples per second per CPU (perf frequency mode).
+    pub sample_rate_hz: u32,
+    /// Only these processes (thread-group IDs); `None` samples the whole host.
+    pub pids: Option<Vec<u32>>,
+}
+
+/// The sampler's counters, summed over all CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Runs of the sampling program.
+    pub samples: u64,
+    /// Samples of idle CPUs, not recorded.
+    pub idle: u64,
+    /// Samples of processes outside the PID filter.
+    pub filtered: u64,
+    /// Samples lost because the ring buffer was full.
+    pub lost_ringbuf_full: u64,
+    /// Kernel stacks that could not be read.
+    pub kernel_stack_errors: u64,
+    /// User stacks that could not be read.
+    pub user_stack_errors: u64,
+    /// Samples sent to userspace.
+    pub sent: u64,
+}
+
+/// The loaded and attached CPU sampler. Dropping it detaches everything.
+pub struct Sampler {
+    traces: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    pid_filter: HashMap<MapData, u32, u8>,
+    cpus: Vec<u32>,
+    // Declared last so that the maps above are dropped first; holds programs and perf links.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler").field("cpus", &self.cpus).finish_non_exhaustive()
+    }
+}
+
+impl Sampler {
+    /// Loads the sampler, fills the PID filter, and attaches a cpu-clock perf event at
+    /// `sample_rate_hz` on every online CPU.
+    pub fn start(config: &SamplerConfig) -> Result<Sampler, Error> {
+        if let Some(pids) = &config.pids
+            && pids.len() > MAX_FILTER_PIDS
+        {
+            return Err(Error::TooManyPids { given: pids.len(), max: MAX_FILTER_PIDS });
+        }
+        let filter: u32 = config.pids.is_some().into();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("fs_filter_pids", &filter, true)
+            .load(SAMPLER_OBJECT)
+            .map_err(|e| Error::Load { source: Box::new(e) })?;
+
+        let mut pid_filter: HashMap<MapData, u32, u8> = take_map(&mut ebpf, "fs_pid_filter")?;
+        for pid in config.pids.iter().flatten() {
+            pid_filter
+                .insert(pid, 1, 0)
+                .map_err(|e| Error::Map { map: "fs_pid_filter", action: "insert", source: Box::new(e) })?;
+        }
+        let traces: RingBuf<MapData> = take_map(&mut ebpf, "fs_traces")?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "fs_counters")?;
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(Error::MissingMap(PROGRAM))?;
+        program.load().map_err(|e| Error::Program {
+            action: "load".into(),
+            program: PROGRAM,
+            source: Box::new(e),
+            hint: "the verifier rejected it; run `ferroscope check` and report the log above as a bug",
+        })?;
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
+        for &cpu in &cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(u64::from(config.sample_rate_hz)),
+                    false,
+                )
+                .map_err(|e| Error::Program {
+                    action: format!("attach a cpu-clock perf event on CPU {cpu} to"),
+                    program: PROGRAM,
+                    source: Box::new(e),
+                    hint: "perf_event_open needs root or CAP_PERFMON, and a rate no higher than \
+                           /proc/sys/kernel/perf_event_max_sample_rate; `ferroscope check` tells which",
+                })?;
+        }
+        tracing::debug!(cpus = cpus.len(), rate = config.sample_rate_hz, "sampler attached");
+        Ok(Sampler { traces, counters, pid_filter, cpus, _ebpf: ebpf })
+    }
+
+    /// The CPUs sampled.
+    pub fn cpus(&self) -> &[u32] {
+        &self.cpus
+    }
+
+    /// Hands every trace waiting in the ring buffer to `f`; returns how many there were.
+    /// Records too short to be a [`TraceEvent`] are skipped (they cannot occur unless the
+    /// object and this crate disagree, which the ABI tests prevent).
+    pub fn drain(&mut self, mut f: impl FnMut(&TraceEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.traces.next() {
+            if let Some(event) = TraceEvent::from_bytes(&item) {
+                f(&event);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Adds a process to the PID filter (only effective when started with `pids`).
+    pub fn add_pid(&mut self, pid: u32) -> Result<(), Error> {
+        self.pid_filter
+            .insert(pid, 1, 0)
+            .map_err(|e| Error::Map { map: "fs_pid_filter", action: "insert", source: Box::new(e) })
+    }
+
+    /// Reads the counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let read = |c: Counter| -> Result<u64, Error> {
+            let values = self.counters.get(&(c as u32), 0).map_err(|e| Error::Map {
+                map: "fs_counters",
+                action: "lookup",
+                source: Box::new(e),
+            })?;
+            Ok(values.iter().sum())
+        };
+        Ok(Counters {
+            samples: read(Counter::Samples)?,
+            idle: read(Counter::Idle)?,
+            filtered: read(Counter::Filtered)?,
+            lost_ringbuf_full: read(Counter::LostRingbufFull)?,
+            kernel_stack_errors: read(Counter::KernelStackError)?,
+            user_stack_errors: read(Counter::UserStackError)?,
+            sent: read(Counter::Sent)?,
+        })
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map>,
+{
+    ebpf.take_map(name).and_then(|m| T::try_from(m).ok()).ok_or(Error::MissingMap(name))
+}
