@@ -54,4 +54,7 @@ pub enum Error {
     /// The list of online CPUs could not be read.
     #[error("could not read the online CPUs from /sys/devices/system/cpu/online: {0}")]
     OnlineCpus(#[source] io::Error),
+    /// BPF run-time statistics could not be turned on.
+    #[error("could not enable BPF run-time statistics (BPF_ENABLE_STATS): {0}; this needs root or CAP_SYS_ADMIN")]
+    Stats(#[source] aya::sys::SyscallError),
 }

@@ -44,6 +44,8 @@ pub struct Sampler {
     counters: PerCpuArray<MapData, u64>,
     pid_filter: HashMap<MapData, u32, u8>,
     cpus: Vec<u32>,
+    // While held, the kernel accounts run time per BPF program (kernel.bpf_stats_enabled).
+    stats_fd: Option<std::os::fd::OwnedFd>,
     // Declared last so that the maps above are dropped first; holds programs and perf links.
     _ebpf: Ebpf,
 }
@@ -106,7 +108,7 @@ impl Sampler {
                 })?;
         }
         tracing::debug!(cpus = cpus.len(), rate = config.sample_rate_hz, "sampler attached");
-        Ok(Sampler { traces, counters, pid_filter, cpus, _ebpf: ebpf })
+        Ok(Sampler { traces, counters, pid_filter, cpus, stats_fd: None, _ebpf: ebpf })
     }
 
     /// The CPUs sampled.
@@ -133,6 +135,23 @@ impl Sampler {
         self.pid_filter
             .insert(pid, 1, 0)
             .map_err(|e| Error::Map { map: "fs_pid_filter", action: "insert", source: Box::new(e) })
+    }
+
+    /// Asks the kernel to account the run time of BPF programs from now on, for
+    /// [`Sampler::run_time`]. It stays on while this sampler lives.
+    pub fn enable_run_time_stats(&mut self) -> Result<(), Error> {
+        if self.stats_fd.is_none() {
+            let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(Error::Stats)?;
+            self.stats_fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// Total time the sampling program has run in the kernel and how many times, when run
+    /// time accounting is on (see [`Sampler::enable_run_time_stats`]).
+    pub fn run_time(&self) -> Option<(std::time::Duration, u64)> {
+        let info = self._ebpf.program(PROGRAM)?.info().ok()?;
+        Some((info.run_time(), info.run_count()))
     }
 
     /// Reads the counters, summed over CPUs.
