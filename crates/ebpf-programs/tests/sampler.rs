@@ -2,6 +2,8 @@
 //! `FERROSCOPE_REQUIRE_BPF=1` (set by CI) a missing privilege fails the test instead of
 //! skipping it.
 
+#![allow(clippy::print_stderr)]
+
 use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_programs::abi::TRACE_IN_KERNEL;

@@ -1,0 +1,330 @@
+//! End-to-end tests of `ferroscope record` against real processes: the real binary, the
+//! real eBPF sampler, real C programs compiled for the test, and the pprof it writes.
+//!
+//! They need root. With `FERROSCOPE_REQUIRE_BPF=1` (CI) running without root fails them.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferroscope_pprof::proto::Profile;
+
+/// Each test keeps the CPUs busy and measures CPU shares: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn can_run_bpf() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
+        panic!("FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: the eBPF tests cannot run");
+    }
+    eprintln!("SKIPPED: not root; set FERROSCOPE_REQUIRE_BPF=1 to make this a failure");
+    false
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c").join(name)
+}
+
+/// Compiles a fixture with frame pointers into `dir`.
+fn compile(dir: &Path, source: &str, exe: &str) -> PathBuf {
+    let out = dir.join(exe);
+    let status = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(fixture(source))
+        .status()
+        .expect("gcc must be installed (cargo xtask test installs it)");
+    assert!(status.success(), "gcc failed on {source}");
+    out
+}
+
+struct Workload(Child);
+
+impl Workload {
+    fn start(exe: &Path) -> Workload {
+        let child = Command::new(exe).spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        // Let it get going so that its mappings exist before sampling starts.
+        std::thread::sleep(Duration::from_millis(200));
+        Workload(child)
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    /// CPU time (user + system) the process has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_comm.split(' ').collect();
+        let utime: u64 = fields[11].parse().unwrap();
+        let stime: u64 = fields[12].parse().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_secs_f64((utime + stime) as f64 / hz as f64)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ferroscope(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope")).args(args).output().expect("run ferroscope");
+    eprintln!("--- ferroscope {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+fn read_profile(path: &Path) -> Profile {
+    ferroscope_pprof::decode(&std::fs::read(path).unwrap()).expect("a valid pprof")
+}
+
+/// A decoded sample: function names leaf first, value, labels.
+type Sample = (Vec<String>, i64, Vec<(String, String)>);
+
+fn samples(p: &Profile) -> Vec<Sample> {
+    let s = |i: i64| p.string_table[i as usize].clone();
+    let function_name = |id: u64| p.function.iter().find(|f| f.id == id).map(|f| s(f.name)).unwrap();
+    p.sample
+        .iter()
+        .map(|sample| {
+            let mut names = Vec::new();
+            for loc_id in &sample.location_id {
+                let loc = p.location.iter().find(|l| l.id == *loc_id).unwrap();
+                for line in &loc.line {
+                    names.push(function_name(line.function_id));
+                }
+            }
+            let labels = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
+            (names, sample.value[0], labels)
+        })
+        .collect()
+}
+
+/// True when `chain` appears in `stack` as consecutive frames.
+fn has_chain(stack: &[String], chain: &[&str]) -> bool {
+    stack.windows(chain.len()).any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+}
+
+#[test]
+fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "two_chains.c", "two_chains");
+    let work = Workload::start(&exe);
+    let out_path = dir.path().join("p.pb.gz");
+    let svg = dir.path().join("f.svg");
+    let pid = work.pid().to_string();
+    // Follow the workload's CPU time while ferroscope runs, to know how much CPU it got
+    // inside the sampling window that the profile reports.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (cpu_log, out) = std::thread::scope(|scope| {
+        let logger = scope.spawn(|| {
+            let mut log = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                log.push((std::time::SystemTime::now(), work.cpu_time()));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            log.push((std::time::SystemTime::now(), work.cpu_time()));
+            log
+        });
+        let out = ferroscope(&["record", "--pid", &pid, "--duration", "5s", "--sample-rate", "97", "--output",
+            out_path.to_str().unwrap(), "--flamegraph", svg.to_str().unwrap()]);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (logger.join().unwrap(), out)
+    });
+    assert!(out.status.success(), "ferroscope record failed");
+
+    let p = read_profile(&out_path);
+    let window_start = std::time::UNIX_EPOCH + Duration::from_nanos(p.time_nanos as u64);
+    let window_end = window_start + Duration::from_nanos(p.duration_nanos as u64);
+    // CPU time at wall time `t`, interpolated between the two readings around it.
+    let cpu_at = |t: std::time::SystemTime| -> f64 {
+        let i = cpu_log.iter().position(|(when, _)| *when >= t).expect("a reading after the window");
+        let (t1, c1) = cpu_log[i];
+        let Some(&(t0, c0)) = i.checked_sub(1).map(|j| &cpu_log[j]) else { return c1.as_secs_f64() };
+        let span = t1.duration_since(t0).unwrap().as_secs_f64().max(1e-9);
+        let frac = t.duration_since(t0).unwrap().as_secs_f64() / span;
+        c0.as_secs_f64() + frac * (c1.as_secs_f64() - c0.as_secs_f64())
+    };
+    let cpu = Duration::from_secs_f64(cpu_at(window_end) - cpu_at(window_start));
+    assert_eq!(p.period, 1_000_000_000 / 97);
+    let samples = samples(&p);
+    let count: i64 = samples.iter().map(|s| s.1).sum::<i64>() / p.period;
+
+    // Leaf to root, in order.
+    let alpha = ["alpha_work", "alpha_inner", "alpha_outer", "run_forever", "main"];
+    let beta = ["beta_work", "beta_inner", "beta_outer", "run_forever", "main"];
+    let value_of = |chain: &[&str]| -> i64 {
+        samples.iter().filter(|(names, _, _)| has_chain(names, chain)).map(|s| s.1).sum()
+    };
+    let (a, b) = (value_of(&alpha), value_of(&beta));
+    assert!(a > 0 && b > 0, "both chains must appear leaf to root: alpha {a}, beta {b}");
+    let ratio = a as f64 / b as f64;
+    assert!((2.25..=3.75).contains(&ratio), "alpha:beta = {ratio:.2}, expected 3 within 25%");
+    // Nearly all of the time is in the two chains.
+    let total: i64 = samples.iter().map(|s| s.1).sum();
+    assert!((a + b) as f64 >= 0.9 * total as f64, "chains {a}+{b} of {total}");
+
+    // Samples: rate x time on CPU (what the process really got) within 10 %.
+    let expected = 97.0 * cpu.as_secs_f64();
+    assert!(
+        (count as f64 - expected).abs() <= 0.1 * expected,
+        "{count} samples, expected {expected:.0} (97 Hz x {:.2} s of CPU)",
+        cpu.as_secs_f64()
+    );
+
+    // Labels on every sample.
+    for (_, _, labels) in &samples {
+        let get = |k: &str| labels.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("pid"), Some(pid.as_str()));
+        assert_eq!(get("tid"), Some(pid.as_str()));
+        assert_eq!(get("comm"), Some("two_chains"));
+    }
+    // The mapping of the executable carries its file name and build ID.
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let main_map = p.mapping.iter().find(|m| s(m.filename) == "two_chains").expect("a mapping for the executable");
+    assert!(!s(main_map.build_id).is_empty(), "build ID of the executable");
+
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("alpha_work") && svg.contains("beta_work"), "flame graph names the hot functions");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("top 10 functions by self time") && stdout.contains("alpha_work"), "{stdout}");
+}
+
+#[test]
+fn kernel_frames_join_user_frames_in_syscalls() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "syscalls.c", "syscalls");
+    let work = Workload::start(&exe);
+    let out_path = dir.path().join("k.pb.gz");
+    let pid = work.pid().to_string();
+    let out = ferroscope(&["record", "-p", &pid, "-d", "3", "-o", out_path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let p = read_profile(&out_path);
+    let samples = samples(&p);
+    let total: i64 = samples.iter().map(|s| s.1).sum();
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let kernel_functions: std::collections::HashSet<u64> = p
+        .location
+        .iter()
+        .filter(|l| p.mapping.iter().any(|m| m.id == l.mapping_id && s(m.filename) == "vmlinux"))
+        .flat_map(|l| l.line.iter().map(|line| line.function_id))
+        .collect();
+    assert!(!kernel_functions.is_empty(), "kernel locations use the vmlinux mapping");
+
+    // Kernel frames at the leaf end, then the user chain in order. (copy_once is not in the
+    // chain: libc's read and write have no frame pointer, so a frame-pointer walk skips
+    // their caller; the stack-delta unwinder will restore it.)
+    let user = ["io_loop", "main"];
+    let mut joined = 0;
+    for (names, value, _) in &samples {
+        let Some(first_user) = names.iter().position(|n| n == "read" || n == "write") else { continue };
+        if first_user > 0 && has_chain(names, &user) {
+            let kernel_part = &names[..first_user];
+            // A syscall entry point must be among the kernel frames, and no user function.
+            assert!(
+                kernel_part.iter().any(|n| n.contains("syscall") || n.starts_with("__x64_sys") || n.starts_with("ksys_")),
+                "kernel part {kernel_part:?}"
+            );
+            joined += value;
+        }
+    }
+    assert!(joined as f64 >= 0.5 * total as f64, "kernel+user stacks are {joined} of {total}");
+    let names: Vec<&String> = samples.iter().flat_map(|s| s.0.iter()).collect();
+    assert!(
+        names.iter().any(|n| ["read_zero", "ksys_read", "vfs_read", "write_null", "ksys_write", "vfs_write"].contains(&n.as_str())),
+        "the read/write paths are named"
+    );
+}
+
+#[test]
+fn whole_host_sees_several_busy_processes() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let a = Workload::start(&compile(dir.path(), "two_chains.c", "busy_one"));
+    let b = Workload::start(&compile(dir.path(), "syscalls.c", "busy_two"));
+    let out_path = dir.path().join("h.pb.gz");
+    let out = ferroscope(&["record", "-d", "3s", "-o", out_path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let p = read_profile(&out_path);
+    let samples = samples(&p);
+    let pid_value = |pid: u32| -> i64 {
+        let pid = pid.to_string();
+        samples.iter().filter(|s| s.2.iter().any(|(k, v)| k == "pid" && *v == pid)).map(|s| s.1).sum()
+    };
+    for (w, name) in [(&a, "busy_one"), (&b, "busy_two")] {
+        // Each is busy on one of two CPUs; however loaded the machine, each must get a good
+        // part of a CPU over 3 s.
+        let v = pid_value(w.pid()) / p.period;
+        assert!(v as f64 > 0.2 * 97.0 * 3.0, "{name} has only {v} samples");
+        // In whole-host mode each stack's root frame is its process's comm.
+        assert!(samples.iter().any(|(names, _, _)| names.last().map(String::as_str) == Some(name)));
+    }
+}
+
+#[test]
+fn bad_input_is_refused_before_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ferroscope(&["record", "--pid", "999999999", "-d", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("process 999999999 does not exist"));
+
+    let out = ferroscope(&["record", "--sample-rate", "5000", "-d", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sample rate 5000 Hz is out of range"));
+
+    let out = ferroscope(&["record", "-d", "1", "-o", "/nonexistent-dir/p.pb.gz"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write /nonexistent-dir/p.pb.gz"), "{err}");
+
+    let out = ferroscope(&["record", "-d", "10x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+    drop(dir);
+}
+
+#[test]
+fn interrupt_stops_early_and_still_writes() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let work = Workload::start(&compile(dir.path(), "two_chains.c", "two_chains"));
+    let out_path = dir.path().join("i.pb.gz");
+    let start = std::time::Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["record", "-p", &work.pid().to_string(), "-d", "60s", "-o", out_path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    let p = read_profile(&out_path);
+    assert!(!p.sample.is_empty());
+}

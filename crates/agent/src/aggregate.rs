@@ -1,0 +1,117 @@
+//! Counting identical traces.
+
+use std::collections::{HashMap, HashSet};
+
+use ferroscope_ebpf_programs::abi::TraceEvent;
+use ferroscope_unwind_api::{Frame, Trace};
+
+/// Counts identical traces (same process, thread, comm and frames).
+#[derive(Debug, Default)]
+pub struct TraceAggregator {
+    counts: HashMap<Trace, u64>,
+    processes: HashSet<u32>,
+    samples: u64,
+}
+
+impl TraceAggregator {
+    /// An empty aggregator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Converts a sampled event into a [`Trace`]: kernel frames first (leaf first), then
+    /// user frames. The first frame of each stack is the interrupted instruction; every
+    /// other frame is a return address.
+    pub fn trace_of(event: &TraceEvent) -> Trace {
+        let kernel = event.kernel_frames().iter().enumerate().map(|(i, &a)| Frame::kernel(a, i == 0));
+        // When the sample interrupted a syscall, the user stack's first frame is the
+        // instruction the syscall returns to: the thread is "at" it, so it is looked up as
+        // is, as perf does.
+        let user = event.user_frames().iter().enumerate().map(|(i, &a)| Frame::native(a, i == 0));
+        Trace { pid: event.pid, tid: event.tid, comm: event.comm_str(), frames: kernel.chain(user).collect() }
+    }
+
+    /// Counts one event. Returns true when its process was not seen before.
+    pub fn add(&mut self, event: &TraceEvent) -> bool {
+        self.add_trace(Self::trace_of(event), 1)
+    }
+
+    /// Counts `count` samples of `trace`. Returns true when its process was not seen before.
+    pub fn add_trace(&mut self, trace: Trace, count: u64) -> bool {
+        self.samples += count;
+        let new = self.processes.insert(trace.pid);
+        *self.counts.entry(trace).or_insert(0) += count;
+        new
+    }
+
+    /// Samples counted.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Distinct processes seen.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Distinct traces.
+    pub fn distinct(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The counted traces.
+    pub fn iter(&self) -> impl Iterator<Item = (&Trace, u64)> {
+        self.counts.iter().map(|(t, &c)| (t, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferroscope_ebpf_programs::abi::{MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+
+    fn event(pid: u32, kernel: &[u64], user: &[u64]) -> TraceEvent {
+        let mut e = TraceEvent {
+            pid,
+            tid: pid + 1,
+            ktime_ns: 0,
+            cpu: 0,
+            flags: 0,
+            kernel_len: kernel.len() as i32,
+            user_len: user.len() as i32,
+            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            kernel_frames: [0; MAX_KERNEL_FRAMES],
+            user_frames: [0; MAX_USER_FRAMES],
+        };
+        e.kernel_frames[..kernel.len()].copy_from_slice(kernel);
+        e.user_frames[..user.len()].copy_from_slice(user);
+        e
+    }
+
+    #[test]
+    fn identical_traces_are_counted_together() {
+        let mut agg = TraceAggregator::new();
+        assert!(agg.add(&event(10, &[], &[0x1000, 0x2000])));
+        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2000])));
+        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2001])));
+        assert!(agg.add(&event(11, &[], &[0x1000, 0x2000])));
+        assert_eq!(agg.samples(), 4);
+        assert_eq!(agg.processes(), 2);
+        assert_eq!(agg.distinct(), 3);
+        let max = agg.iter().map(|(_, c)| c).max().unwrap();
+        assert_eq!(max, 2);
+    }
+
+    #[test]
+    fn kernel_frames_come_first_and_only_leaves_are_exact() {
+        let t = TraceAggregator::trace_of(&event(1, &[0xffff_1000, 0xffff_2000], &[0x10, 0x20, 0x30]));
+        let kinds: Vec<_> = t.frames.iter().map(|f| (f.kind, f.is_leaf)).collect();
+        use ferroscope_unwind_api::FrameKind::*;
+        assert_eq!(
+            kinds,
+            vec![(Kernel, true), (Kernel, false), (Native, true), (Native, false), (Native, false)]
+        );
+        assert_eq!(t.comm, "worker");
+        assert_eq!(t.frames[4].lookup_address(), 0x2f);
+    }
+}

@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+/// Why a ferroscope session could not start or finish. Each message says what failed,
+/// why, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A `--pid` names no running process.
+    #[error("process {pid} does not exist (there is no /proc/{pid}); check the PID with `ps -p {pid}`; it may have exited already")]
+    NoSuchProcess {
+        /// The PID given.
+        pid: u32,
+    },
+    /// The sample rate is out of range.
+    #[error("sample rate {rate} Hz is out of range: use 1 to {max} Hz{why}")]
+    InvalidSampleRate {
+        /// The rate given.
+        rate: u32,
+        /// The highest rate allowed here.
+        max: u32,
+        /// Why the limit is lower than 1000, if it is.
+        why: String,
+    },
+    /// The environment check failed.
+    #[error("this machine cannot run the profiler yet: {0}\n(run `ferroscope check` to see every check)")]
+    Environment(String),
+    /// An output file cannot be written.
+    #[error("cannot write {path}: {source}; choose a path in a writable directory")]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sampler failed.
+    #[error(transparent)]
+    Sampler(#[from] ferroscope_ebpf_programs::Error),
+    /// Writing a profile or flame graph failed.
+    #[error(transparent)]
+    Profile(#[from] ferroscope_pprof::Error),
+}

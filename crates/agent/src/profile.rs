@@ -1,0 +1,109 @@
+//! Turning counted traces into a symbolized pprof profile.
+
+use std::collections::HashMap;
+
+use ferroscope_pprof::proto::Profile;
+use ferroscope_pprof::{Label, LineSpec, LocationId, LocationSpec, MappingSpec, ProfileBuilder};
+use ferroscope_symbolize::Symbolizer;
+use ferroscope_unwind_api::{Frame, FrameKind, Trace};
+
+/// How to build the profile.
+#[derive(Debug, Clone)]
+pub struct ProfileOptions {
+    /// The rate samples were taken at; sets the period (1e9 / rate ns).
+    pub sample_rate_hz: u32,
+    /// Profile start, nanoseconds since the Unix epoch.
+    pub time_nanos: i64,
+    /// How long the profile covers.
+    pub duration_nanos: i64,
+    /// Add the process's comm as the root frame of each stack (useful when several
+    /// processes share one profile).
+    pub comm_root_frame: bool,
+}
+
+/// Builds one CPU profile from counted traces, symbolizing each distinct frame once.
+///
+/// Every sample carries the labels `pid`, `tid` and `comm`. Its value is the number of
+/// samples times the period, in nanoseconds of CPU time.
+pub fn build_cpu_profile<'a>(
+    traces: impl IntoIterator<Item = (&'a Trace, u64)>,
+    symbolizer: &mut Symbolizer,
+    options: &ProfileOptions,
+) -> Profile {
+    let mut b = ProfileBuilder::cpu(options.sample_rate_hz);
+    b.set_time_nanos(options.time_nanos);
+    b.set_duration_nanos(options.duration_nanos);
+    let period = b.period();
+    let mut user_locations: HashMap<(u32, u64), LocationId> = HashMap::new();
+    let mut kernel_locations: HashMap<u64, LocationId> = HashMap::new();
+    let mut comm_locations: HashMap<String, LocationId> = HashMap::new();
+    let mut locations = Vec::new();
+
+    for (trace, count) in traces {
+        locations.clear();
+        for frame in &trace.frames {
+            let id = match frame.kind {
+                FrameKind::Kernel => *kernel_locations
+                    .entry(frame.lookup_address())
+                    .or_insert_with(|| kernel_location(&mut b, symbolizer, frame)),
+                FrameKind::Native => *user_locations
+                    .entry((trace.pid, frame.lookup_address()))
+                    .or_insert_with(|| user_location(&mut b, symbolizer, trace.pid, frame)),
+            };
+            locations.push(id);
+        }
+        if locations.is_empty() {
+            locations.push(named_location(&mut b, "[no stack]"));
+        }
+        if options.comm_root_frame {
+            let id = *comm_locations
+                .entry(trace.comm.clone())
+                .or_insert_with(|| named_location(&mut b, &trace.comm));
+            locations.push(id);
+        }
+        let pid = trace.pid.to_string();
+        let tid = trace.tid.to_string();
+        let labels = [Label::Str("pid", &pid), Label::Str("tid", &tid), Label::Str("comm", &trace.comm)];
+        b.add_sample(&locations, &[count as i64 * period], &labels);
+    }
+    b.build()
+}
+
+fn named_location(b: &mut ProfileBuilder, name: &str) -> LocationId {
+    let lines = [LineSpec { function: name, system_name: name, filename: "", start_line: 0, line: 0 }];
+    b.add_location(&LocationSpec { mapping: None, address: 0, lines: &lines })
+}
+
+fn kernel_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, frame: &Frame) -> LocationId {
+    let addr = frame.lookup_address();
+    let k = symbolizer.symbolize_kernel(addr);
+    let mapping = b.add_mapping(&MappingSpec {
+        start: 0,
+        limit: 0,
+        offset: 0,
+        filename: &k.module,
+        build_id: "",
+        has_functions: true,
+    });
+    let name = k.function.clone().unwrap_or_else(|| format!("{}+{addr:#x}", k.module));
+    let lines = [LineSpec { function: &name, system_name: &name, filename: "", start_line: 0, line: 0 }];
+    b.add_location(&LocationSpec { mapping: Some(mapping), address: addr, lines: &lines })
+}
+
+fn user_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, pid: u32, frame: &Frame) -> LocationId {
+    let addr = frame.lookup_address();
+    let f = symbolizer.symbolize_user(pid, addr);
+    let mapping = f.module.as_ref().map(|m| {
+        b.add_mapping(&MappingSpec {
+            start: m.vaddr_start,
+            limit: m.vaddr_start + (m.map_end - m.map_start),
+            offset: m.file_offset,
+            filename: m.basename(),
+            build_id: m.build_id.as_deref().unwrap_or(""),
+            has_functions: f.function.is_some(),
+        })
+    });
+    let name = f.display_name();
+    let lines = [LineSpec { function: &name, system_name: &name, filename: "", start_line: 0, line: 0 }];
+    b.add_location(&LocationSpec { mapping, address: f.elf_addr.unwrap_or(addr), lines: &lines })
+}

@@ -1,0 +1,233 @@
+//! `ferroscope record`: sample for a while, then build one profile.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferroscope_ebpf_programs::{Counters, Sampler, SamplerConfig};
+use ferroscope_pprof::proto::Profile;
+use ferroscope_symbolize::Symbolizer;
+
+use crate::Error;
+use crate::aggregate::TraceAggregator;
+use crate::profile::{ProfileOptions, build_cpu_profile};
+
+/// Highest sample rate `record` accepts, before the kernel's own limit.
+pub const MAX_SAMPLE_RATE_HZ: u32 = 1000;
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    /// Processes to profile; empty means the whole host.
+    pub pids: Vec<u32>,
+    /// How long to sample.
+    pub duration: Duration,
+    /// Samples per second per CPU.
+    pub sample_rate_hz: u32,
+}
+
+/// The state of a running recording, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Time since sampling started.
+    pub elapsed: Duration,
+    /// The configured duration.
+    pub duration: Duration,
+    /// Samples received.
+    pub samples: u64,
+    /// Distinct processes seen.
+    pub processes: usize,
+    /// Samples lost so far (ring buffer full).
+    pub lost: u64,
+}
+
+/// Why a recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The duration elapsed.
+    Duration,
+    /// The caller asked to stop (Ctrl-C).
+    Interrupted,
+    /// Every process given with `pids` exited.
+    TargetsExited,
+}
+
+/// What a recording produced.
+#[derive(Debug)]
+pub struct RecordOutcome {
+    /// The symbolized CPU profile.
+    pub profile: Profile,
+    /// Samples received.
+    pub samples: u64,
+    /// Distinct processes seen.
+    pub processes: usize,
+    /// The sampler's counters at the end.
+    pub counters: Counters,
+    /// How long sampling ran.
+    pub elapsed: Duration,
+    /// Why it stopped.
+    pub stop_reason: StopReason,
+    /// CPU time (user + system) this process used while sampling.
+    pub agent_cpu: Duration,
+    /// Time the eBPF program ran in the kernel, and how many times, while sampling.
+    pub bpf_run_time: Option<(Duration, u64)>,
+}
+
+/// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
+pub fn kernel_max_sample_rate() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate").ok()?.trim().parse().ok()
+}
+
+/// Checks the arguments before anything is loaded: the processes exist and the rate is
+/// allowed.
+pub fn validate(config: &RecordConfig) -> Result<(), Error> {
+    let kernel_max = kernel_max_sample_rate().unwrap_or(u32::MAX);
+    let max = MAX_SAMPLE_RATE_HZ.min(kernel_max);
+    if config.sample_rate_hz == 0 || config.sample_rate_hz > max {
+        let why = if kernel_max < MAX_SAMPLE_RATE_HZ {
+            format!(
+                " (the kernel's limit, kernel.perf_event_max_sample_rate, is {kernel_max}; the kernel \
+                 lowers it when sampling takes too long)"
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::InvalidSampleRate { rate: config.sample_rate_hz, max, why });
+    }
+    for &pid in &config.pids {
+        if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::NoSuchProcess { pid });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `path` can be created or overwritten, without leaving anything behind.
+pub fn check_writable(path: &Path) -> Result<(), Error> {
+    let existed = path.exists();
+    let result = std::fs::OpenOptions::new().append(true).create(true).open(path);
+    match result {
+        Ok(_) => {
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Err(source) => Err(Error::Output { path: path.to_owned(), source }),
+    }
+}
+
+fn process_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the zero-initialised struct we pass.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Samples for `config.duration` (or until `stop` is set, or every given process exited),
+/// calling `on_progress` about four times a second, then symbolizes and builds the profile.
+pub fn record(
+    config: &RecordConfig,
+    stop: &AtomicBool,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<RecordOutcome, Error> {
+    validate(config)?;
+    let pids = (!config.pids.is_empty()).then(|| config.pids.clone());
+    let mut symbolizer = Symbolizer::new();
+    // Snapshot the targets' mappings before sampling, so that a short run still names them.
+    for pid in pids.iter().flatten() {
+        if let Err(e) = symbolizer.observe_process(*pid) {
+            tracing::warn!(pid, "cannot read the process's mappings yet: {e}");
+        }
+    }
+    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: config.sample_rate_hz, pids: pids.clone() })?;
+    if let Err(e) = sampler.enable_run_time_stats() {
+        tracing::debug!("BPF run time will not be reported: {e}");
+    }
+    let bpf_before = sampler.run_time();
+    let cpu_before = process_cpu_time();
+    let wall_start = SystemTime::now();
+    let start = Instant::now();
+    let mut agg = TraceAggregator::new();
+    let mut last_progress = Instant::now();
+    let mut lost = 0;
+
+    let stop_reason = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        drain(&mut sampler, &mut agg, &mut symbolizer);
+        let elapsed = start.elapsed();
+        if last_progress.elapsed() >= Duration::from_millis(250) {
+            lost = sampler.counters().map(|c| c.lost_ringbuf_full).unwrap_or(lost);
+            on_progress(&Progress {
+                elapsed,
+                duration: config.duration,
+                samples: agg.samples(),
+                processes: agg.processes(),
+                lost,
+            });
+            last_progress = Instant::now();
+            if let Some(pids) = &pids
+                && pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            {
+                break StopReason::TargetsExited;
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break StopReason::Interrupted;
+        }
+        if elapsed >= config.duration {
+            break StopReason::Duration;
+        }
+    };
+    let elapsed = start.elapsed();
+    drain(&mut sampler, &mut agg, &mut symbolizer);
+    let counters = sampler.counters()?;
+    let agent_cpu = process_cpu_time().saturating_sub(cpu_before);
+    let bpf_run_time = match (bpf_before, sampler.run_time()) {
+        (Some((t0, n0)), Some((t1, n1))) if n1 > 0 => Some((t1.saturating_sub(t0), n1 - n0)),
+        _ => None,
+    };
+    drop(sampler);
+    if counters.lost_ringbuf_full > 0 {
+        tracing::warn!(
+            lost = counters.lost_ringbuf_full,
+            "samples were lost because the ring buffer was full; lower --sample-rate"
+        );
+    }
+
+    let options = ProfileOptions {
+        sample_rate_hz: config.sample_rate_hz,
+        time_nanos: wall_start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        duration_nanos: elapsed.as_nanos() as i64,
+        comm_root_frame: pids.is_none(),
+    };
+    let profile = build_cpu_profile(agg.iter(), &mut symbolizer, &options);
+    Ok(RecordOutcome {
+        profile,
+        samples: agg.samples(),
+        processes: agg.processes(),
+        counters,
+        elapsed,
+        stop_reason,
+        agent_cpu,
+        bpf_run_time,
+    })
+}
+
+fn drain(sampler: &mut Sampler, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {
+    let mut new_pids = Vec::new();
+    sampler.drain(|event| {
+        if agg.add(event) {
+            new_pids.push(event.pid);
+        }
+    });
+    for pid in new_pids {
+        if let Err(e) = symbolizer.observe_process(pid) {
+            tracing::debug!(pid, "process mappings not captured: {e}");
+        }
+    }
+}
