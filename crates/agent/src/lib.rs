@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod check;
+pub mod config;
 mod error;
 pub mod profile;
 pub mod record;

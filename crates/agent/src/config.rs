@@ -1,0 +1,1 @@
+//! Configuration of `ferroscope run` (in progress).
