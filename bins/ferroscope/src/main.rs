@@ -31,6 +31,16 @@ struct Cli {
 enum Command {
     /// Sample the whole host (or some processes) for a while and write a profile.
     Record(RecordArgs),
+    /// Run as a continuous agent: profile the configured targets and ship a pprof per
+    /// process every collect_interval to Pyroscope (or to a local directory).
+    Run {
+        /// The configuration file (TOML); see examples/.
+        #[arg(short, long, value_name = "FILE.toml")]
+        config: PathBuf,
+        /// Only validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
     /// Check that this machine can run the profiler, with a fix for each problem.
     Check {
         /// Sample rate to test the perf event with.
@@ -64,20 +74,39 @@ struct RecordArgs {
     top: usize,
 }
 
+/// Changes the log filter after start-up.
+type SetLogLevel = Box<dyn Fn(&str) + Send + Sync>;
+static LOG_RELOAD: std::sync::OnceLock<SetLogLevel> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "debug",
+    let is_agent = matches!(cli.command, Command::Run { .. });
+    let level = match (cli.verbose, is_agent) {
+        (0, false) => "warn",
+        (0, true) => "info",
+        (1, _) => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+    // verbose_mode in the agent's configuration turns on debug logs after the file is read.
+    let _ = LOG_RELOAD.set(Box::new(move |directive: &str| {
+        let _ = reload.modify(|f| *f = tracing_subscriber::EnvFilter::new(directive));
+    }));
 
     let result = match cli.command {
         Command::Record(args) => run_record(args),
         Command::Check { sample_rate, no_mount } => run_check(sample_rate, !no_mount),
+        Command::Run { config, check_config } => run_agent(&config, check_config),
     };
     match result {
         Ok(code) => code,
@@ -86,6 +115,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
+    let (config, warnings) = ferroscope_agent::config::load(path)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+        if check_only {
+            eprintln!("warning: {w}");
+        }
+    }
+    if check_only {
+        println!("{}: configuration is valid", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if config.ebpf.verbose_mode && std::env::var_os("RUST_LOG").is_none() {
+        if let Some(set_level) = LOG_RELOAD.get() {
+            set_level("debug");
+        }
+        tracing::debug!("verbose_mode: debug logs on");
+    }
+    let results = check::run_all(&CheckOptions { mount_missing: true, sample_rate_hz: config.ebpf.sample_rate });
+    if let Some(failure) = check::first_failure(&results) {
+        return Err(ferroscope_agent::Error::Environment(failure.to_string()).into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+    eprintln!(
+        "ferroscope: agent running ({} Hz, every {:?}, {}); SIGTERM or Ctrl-C flushes and stops",
+        config.ebpf.sample_rate,
+        config.ebpf.collect_interval,
+        if config.write.endpoint.is_empty() {
+            format!("profiles to {}", config.output.dir.display())
+        } else {
+            format!("{} endpoint(s)", config.write.endpoint.len())
+        }
+    );
+    ferroscope_agent::run::run(config, stop)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_check(sample_rate_hz: u32, mount_missing: bool) -> anyhow::Result<ExitCode> {

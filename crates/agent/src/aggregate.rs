@@ -2,8 +2,26 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ferroscope_ebpf_programs::abi::TraceEvent;
-use ferroscope_unwind_api::{Frame, Trace};
+use ferroscope_ebpf_programs::abi::{TraceEvent, UnwindError};
+use ferroscope_unwind_api::{Frame, FrameKind, Trace};
+
+/// Addresses at and above this, in a native frame, are not code: they stand for the
+/// [`UnwindError`] (`address - UNWIND_ERROR_FRAME_BASE`) that ended the user stack. No
+/// user-space address is this high on any 64-bit architecture.
+pub const UNWIND_ERROR_FRAME_BASE: u64 = 0xffff_ffff_ffff_ff00;
+
+/// The frame that ends a user stack the unwinder could not finish.
+pub fn unwind_error_frame(error: UnwindError) -> Frame {
+    Frame::native(UNWIND_ERROR_FRAME_BASE + error as u64, false)
+}
+
+/// The unwind error a frame from [`unwind_error_frame`] stands for.
+pub fn unwind_error_of(frame: &Frame) -> Option<UnwindError> {
+    if frame.kind != FrameKind::Native || frame.address < UNWIND_ERROR_FRAME_BASE {
+        return None;
+    }
+    UnwindError::from_raw((frame.address - UNWIND_ERROR_FRAME_BASE) as u32)
+}
 
 /// Counts identical traces (same process, thread, comm and frames).
 #[derive(Debug, Default)]
@@ -21,14 +39,16 @@ impl TraceAggregator {
 
     /// Converts a sampled event into a [`Trace`]: kernel frames first (leaf first), then
     /// user frames. The first frame of each stack is the interrupted instruction; every
-    /// other frame is a return address.
+    /// other frame is a return address. A user stack the unwinder could not finish ends
+    /// with an [`unwind_error_frame`].
     pub fn trace_of(event: &TraceEvent) -> Trace {
         let kernel = event.kernel_frames().iter().enumerate().map(|(i, &a)| Frame::kernel(a, i == 0));
         // When the sample interrupted a syscall, the user stack's first frame is the
         // instruction the syscall returns to: the thread is "at" it, so it is looked up as
         // is, as perf does.
         let user = event.user_frames().iter().enumerate().map(|(i, &a)| Frame::native(a, i == 0));
-        Trace { pid: event.pid, tid: event.tid, comm: event.comm_str(), frames: kernel.chain(user).collect() }
+        let error = event.user_error().map(unwind_error_frame);
+        Trace { pid: event.pid, tid: event.tid, comm: event.comm_str(), frames: kernel.chain(user).chain(error).collect() }
     }
 
     /// Counts one event. Returns true when its process was not seen before.
@@ -80,6 +100,8 @@ mod tests {
             kernel_len: kernel.len() as i32,
             user_len: user.len() as i32,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            user_error: 0,
+            reserved: 0,
             kernel_frames: [0; MAX_KERNEL_FRAMES],
             user_frames: [0; MAX_USER_FRAMES],
         };
@@ -113,5 +135,16 @@ mod tests {
         );
         assert_eq!(t.comm, "worker");
         assert_eq!(t.frames[4].lookup_address(), 0x2f);
+    }
+
+    #[test]
+    fn an_unwind_error_ends_the_user_stack_with_its_frame() {
+        let mut e = event(1, &[], &[0x10, 0x20]);
+        e.user_error = UnwindError::NoMapping as u32;
+        let t = TraceAggregator::trace_of(&e);
+        assert_eq!(t.frames.len(), 3);
+        assert_eq!(unwind_error_of(&t.frames[2]), Some(UnwindError::NoMapping));
+        assert_eq!(unwind_error_of(&t.frames[1]), None);
+        assert_eq!(unwind_error_of(&Frame::kernel(u64::MAX, false)), None);
     }
 }

@@ -1,1 +1,842 @@
-//! Configuration of `ferroscope run` (in progress).
+//! Configuration of `ferroscope run`: one TOML file standing in for Alloy's
+//! `pyroscope.ebpf` + `discovery.process` + `discovery.relabel` + `pyroscope.write`.
+//!
+//! ```toml
+//! [ebpf]                       # every pyroscope.ebpf argument, same names and defaults
+//! collect_interval = "15s"
+//! sample_rate = 19
+//!
+//! [[discovery.process]]        # built-in process discovery (discovery.process)
+//! refresh_interval = "60s"
+//!
+//! [[relabel]]                  # Prometheus relabel rules, applied to every target
+//! source_labels = ["__meta_process_exe"]
+//! regex = ".*/(.*)"
+//! target_label = "service_name"
+//!
+//! [[targets]]                  # static targets (label maps)
+//! __process_pid__ = "1234"
+//!
+//! [[write.endpoint]]           # pyroscope.write endpoints
+//! url = "http://pyroscope:4040"
+//! ```
+//!
+//! [`parse`] and [`load`] reject a wrong key, type or value with the file, line and column,
+//! the key, and what is allowed; deprecated no-op arguments are accepted and returned as
+//! warnings for the caller to log.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferroscope_targets::{Labels, RelabelRule};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use crate::Error;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The `pyroscope.ebpf` arguments.
+    pub ebpf: EbpfConfig,
+    /// Static targets: label maps with `__process_pid__` or a container-ID label.
+    pub targets: Vec<Labels>,
+    /// Target discovery.
+    pub discovery: DiscoveryConfig,
+    /// Relabel rules applied, in order, to every static and discovered target.
+    pub relabel: Vec<RelabelRule>,
+    /// Where profiles are sent.
+    pub write: WriteConfig,
+    /// Labels added to every series sent, overriding the target's.
+    #[serde(deserialize_with = "de_external_labels")]
+    pub external_labels: BTreeMap<String, String>,
+    /// The agent's own HTTP server.
+    pub server: ServerConfig,
+    /// The local profile sink.
+    pub output: OutputConfig,
+}
+
+/// The `[ebpf]` table: the arguments of Alloy's `pyroscope.ebpf`, same names, types and
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EbpfConfig {
+    /// How often profiles are collected and sent (`"15s"`).
+    #[serde(deserialize_with = "de_positive_duration")]
+    pub collect_interval: Duration,
+    /// Samples per second per CPU (19).
+    #[serde(deserialize_with = "de_sample_rate")]
+    pub sample_rate: u32,
+    /// Python profiling (true).
+    pub python_enabled: bool,
+    /// Perl profiling (true).
+    pub perl_enabled: bool,
+    /// PHP profiling (true).
+    pub php_enabled: bool,
+    /// HotSpot JVM profiling (true).
+    pub hotspot_enabled: bool,
+    /// Ruby profiling (true).
+    pub ruby_enabled: bool,
+    /// V8 / Node.js profiling (true).
+    pub v8_enabled: bool,
+    /// .NET profiling (true).
+    pub dotnet_enabled: bool,
+    /// Go profiling (true).
+    pub go_enabled: bool,
+    /// C++ demangling ("none").
+    pub demangle: Demangle,
+    /// Probability in [0, 1] that a context switch is recorded for off-CPU profiles (0).
+    #[serde(deserialize_with = "de_probability")]
+    pub off_cpu_threshold: f64,
+    /// Load uprobes dynamically at run time (false).
+    pub load_probe: bool,
+    /// User-space symbols to collect stacks from, `PATH:SYMBOL` (`[]`).
+    #[serde(deserialize_with = "de_probe_links")]
+    pub u_probe_links: Vec<String>,
+    /// Verbose profiler logging (false).
+    pub verbose_mode: bool,
+    /// Start eBPF only once the target list is non-empty (false).
+    pub lazy_mode: bool,
+    /// Where the thread's comm goes ("none").
+    pub comm: Comm,
+    /// A `pid` label on every sample (false).
+    pub pid_label: bool,
+    /// Kernel frames in stacks (true).
+    pub kernel_frames: bool,
+    /// Profile only processes that match a target (true); false sends the rest to
+    /// `{service_name="ebpf/unspecified"}`.
+    pub targets_only: bool,
+    /// Directory of the symbol cache ("/tmp/symb-cache").
+    pub symb_cache_path: PathBuf,
+    /// Entries of the symbol cache (2048).
+    pub symb_cache_size: u64,
+
+    /// Deprecated no-op.
+    pub pid_cache_size: Option<Spanned<i64>>,
+    /// Deprecated no-op.
+    pub build_id_cache_size: Option<Spanned<i64>>,
+    /// Deprecated no-op.
+    pub same_file_cache_size: Option<Spanned<i64>>,
+    /// Deprecated no-op.
+    pub cache_rounds: Option<Spanned<i64>>,
+    /// Deprecated no-op.
+    pub go_table_fallback: Option<Spanned<bool>>,
+    /// Deprecated no-op.
+    pub symbols_map_size: Option<Spanned<i64>>,
+    /// Deprecated no-op.
+    pub pid_map_size: Option<Spanned<i64>>,
+    /// Deprecated no-op.
+    pub collect_user_profile: Option<Spanned<bool>>,
+    /// Deprecated no-op.
+    pub collect_kernel_profile: Option<Spanned<bool>>,
+    /// Deprecated no-op.
+    pub container_id_cache_size: Option<Spanned<i64>>,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            collect_interval: Duration::from_secs(15),
+            sample_rate: 19,
+            python_enabled: true,
+            perl_enabled: true,
+            php_enabled: true,
+            hotspot_enabled: true,
+            ruby_enabled: true,
+            v8_enabled: true,
+            dotnet_enabled: true,
+            go_enabled: true,
+            demangle: Demangle::None,
+            off_cpu_threshold: 0.0,
+            load_probe: false,
+            u_probe_links: Vec::new(),
+            verbose_mode: false,
+            lazy_mode: false,
+            comm: Comm::None,
+            pid_label: false,
+            kernel_frames: true,
+            targets_only: true,
+            symb_cache_path: PathBuf::from("/tmp/symb-cache"),
+            symb_cache_size: 2048,
+            pid_cache_size: None,
+            build_id_cache_size: None,
+            same_file_cache_size: None,
+            cache_rounds: None,
+            go_table_fallback: None,
+            symbols_map_size: None,
+            pid_map_size: None,
+            collect_user_profile: None,
+            collect_kernel_profile: None,
+            container_id_cache_size: None,
+        }
+    }
+}
+
+impl EbpfConfig {
+    /// The deprecated arguments that are set, with the byte range of their values.
+    pub fn deprecated_set(&self) -> Vec<(&'static str, Range<usize>)> {
+        let ints = [
+            ("pid_cache_size", &self.pid_cache_size),
+            ("build_id_cache_size", &self.build_id_cache_size),
+            ("same_file_cache_size", &self.same_file_cache_size),
+            ("cache_rounds", &self.cache_rounds),
+            ("symbols_map_size", &self.symbols_map_size),
+            ("pid_map_size", &self.pid_map_size),
+            ("container_id_cache_size", &self.container_id_cache_size),
+        ];
+        let bools = [
+            ("go_table_fallback", &self.go_table_fallback),
+            ("collect_user_profile", &self.collect_user_profile),
+            ("collect_kernel_profile", &self.collect_kernel_profile),
+        ];
+        let mut set: Vec<_> = ints
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|s| (k, s.span())))
+            .chain(
+                bools
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|s| (k, s.span()))),
+            )
+            .collect();
+        set.sort_by_key(|(_, span)| span.start);
+        set
+    }
+}
+
+/// C++ demangling mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Demangle {
+    /// Raw symbol names.
+    #[default]
+    None,
+    /// No parameters, no template arguments.
+    Simplified,
+    /// No parameters, template arguments kept.
+    Templates,
+    /// Everything.
+    Full,
+}
+
+/// Where the thread's command name (comm) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Comm {
+    /// Nowhere.
+    #[default]
+    None,
+    /// A `comm` label on each sample.
+    Label,
+    /// The root frame of each stack.
+    Stackframe,
+    /// Both a label and the root frame.
+    Both,
+}
+
+/// The `[discovery]` table.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `[[discovery.process]]`: built-in process discovery; present = enabled.
+    pub process: Vec<ProcessDiscoveryConfig>,
+}
+
+/// One `[[discovery.process]]` block, like Alloy's `discovery.process`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessDiscoveryConfig {
+    /// How often `/proc` is scanned ("60s").
+    #[serde(deserialize_with = "de_positive_duration")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for ProcessDiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The `[write]` table.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriteConfig {
+    /// `[[write.endpoint]]` blocks: each is sent every profile independently.
+    pub endpoint: Vec<Endpoint>,
+}
+
+/// Which server API an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Connect `push.v1.PusherService/Push` (what `pyroscope.write` sends).
+    #[default]
+    Push,
+    /// The legacy `POST /ingest?name=...&format=pprof`.
+    Ingest,
+}
+
+/// A secret string (password, token): its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+/// `basic_auth` of an endpoint: a username and a password or a password file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+}
+
+/// One `[[write.endpoint]]` block (Alloy's `pyroscope.write` `endpoint`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct Endpoint {
+    /// Base URL of the server, `http://` or `https://`.
+    pub url: String,
+    /// A name for logs and metrics (default: the URL).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which API to use ("push"); a ferroscope extra.
+    #[serde(default)]
+    pub api: Api,
+    /// HTTP basic authentication.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// A bearer token.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// A file holding a bearer token.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Extra HTTP headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The tenant, sent as `X-Scope-OrgID`.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Timeout of each request ("10s").
+    #[serde(
+        default = "default_remote_timeout",
+        deserialize_with = "de_positive_duration"
+    )]
+    pub remote_timeout: Duration,
+    /// First retry backoff ("500ms").
+    #[serde(
+        default = "default_min_backoff",
+        deserialize_with = "de_positive_duration"
+    )]
+    pub min_backoff_period: Duration,
+    /// Largest retry backoff ("5m").
+    #[serde(
+        default = "default_max_backoff",
+        deserialize_with = "de_positive_duration"
+    )]
+    pub max_backoff_period: Duration,
+    /// Retries before a profile is dropped, 0 = forever (10).
+    #[serde(default = "default_max_retries")]
+    pub max_backoff_retries: u32,
+    /// Retry on HTTP 429 Too Many Requests (true).
+    #[serde(default = "default_true")]
+    pub retry_on_http_429: bool,
+}
+
+fn default_remote_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_retries() -> u32 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Endpoint {
+    /// An endpoint for `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: None,
+            api: Api::Push,
+            basic_auth: None,
+            bearer_token: None,
+            bearer_token_file: None,
+            headers: BTreeMap::new(),
+            tenant_id: None,
+            remote_timeout: default_remote_timeout(),
+            min_backoff_period: default_min_backoff(),
+            max_backoff_period: default_max_backoff(),
+            max_backoff_retries: default_max_retries(),
+            retry_on_http_429: true,
+        }
+    }
+
+    /// Checks what one field alone cannot.
+    fn validate(&self) -> Result<(), String> {
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                format!(
+                    "url {:?} must start with http:// or https://, e.g. \"http://pyroscope:4040\"",
+                    self.url
+                )
+            })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!(
+                "url {:?} has no host, e.g. \"http://pyroscope:4040\"",
+                self.url
+            ));
+        }
+        let auths = [
+            self.basic_auth.is_some(),
+            self.bearer_token.is_some(),
+            self.bearer_token_file.is_some(),
+        ];
+        if auths.iter().filter(|&&a| a).count() > 1 {
+            return Err(
+                "set at most one of basic_auth, bearer_token and bearer_token_file".to_owned(),
+            );
+        }
+        if let Some(auth) = &self.basic_auth {
+            match (&auth.password, &auth.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(
+                        "basic_auth: set either password or password_file, not both".to_owned()
+                    );
+                }
+                (None, None) => return Err("basic_auth: set password or password_file".to_owned()),
+                _ => {}
+            }
+        }
+        if self.min_backoff_period > self.max_backoff_period {
+            return Err(format!(
+                "min_backoff_period ({}) is longer than max_backoff_period ({}): make it shorter",
+                format_duration(self.min_backoff_period),
+                format_duration(self.max_backoff_period)
+            ));
+        }
+        for name in self.headers.keys() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return Err(format!(
+                    "header name {name:?} is not a valid HTTP header name"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let endpoint = Endpoint::deserialize(d)?;
+        endpoint.validate().map_err(de::Error::custom)?;
+        Ok(endpoint)
+    }
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP server (metrics, health) ("127.0.0.1:4100").
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub listen_address: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: SocketAddr::from(([127, 0, 0, 1], 4100)),
+        }
+    }
+}
+
+/// The `[output]` table: the local profile sink.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Directory profiles are written to ("/var/lib/ferroscope/profiles").
+    pub dir: PathBuf,
+    /// Oldest files are removed beyond this many bytes in total; 0 = no limit (1 GiB).
+    pub max_bytes: u64,
+    /// Files older than this are removed; "0s" = no limit ("24h").
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/ferroscope/profiles"),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Reads and parses a configuration file; see [`parse`].
+pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses configuration `text` read from `file_name` (used in messages). Returns the
+/// configuration and warnings (deprecated arguments, a configuration that profiles nothing)
+/// for the caller to log.
+pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = line_column(text, span.start);
+        Error::Config {
+            file: file_name.to_owned(),
+            line,
+            column,
+            key: key_at(text, span.start),
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    let mut warnings = Vec::new();
+    for (name, span) in config.ebpf.deprecated_set() {
+        let (line, column) = line_column(text, span.start);
+        warnings.push(format!(
+            "{file_name}:{line}:{column}: ebpf.{name} is deprecated and has no effect (as in pyroscope.ebpf); remove it"
+        ));
+    }
+    if config.ebpf.targets_only && config.targets.is_empty() && config.discovery.process.is_empty()
+    {
+        warnings.push(format!(
+            "{file_name}: no [[targets]] and no [[discovery.process]] while ebpf.targets_only = true: nothing will be profiled; add [[discovery.process]] or set targets_only = false"
+        ));
+    }
+    Ok((config, warnings))
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The dotted key at byte `offset`: the enclosing `[table]` header and the nearest
+/// `key =` at or above the offset's line within that table.
+fn key_at(text: &str, offset: usize) -> String {
+    let (line_no, _) = line_column(text, offset);
+    let lines: Vec<&str> = text.lines().take(line_no).collect();
+    let mut key = None;
+    let mut table = None;
+    for line in lines.iter().rev() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            let header = t.trim_start_matches('[');
+            let end = header.find(']').unwrap_or(header.len());
+            table = Some(header[..end].trim().to_owned());
+            break;
+        }
+        if key.is_none()
+            && let Some((k, _)) = t.split_once('=')
+            && !k.trim().is_empty()
+            && !k.trim_start().starts_with('#')
+            && k.trim()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.\"' ".contains(&b))
+        {
+            key = Some(k.trim().to_owned());
+        }
+    }
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k,
+        (None, None) => "(top level)".to_owned(),
+    }
+}
+
+/// Parses a Go-style duration: `15s`, `500ms`, `1m`, `1h30m`, `1.5h`, `0`. Units: `ns`,
+/// `us` (`µs`), `ms`, `s`, `m`, `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let help = || {
+        format!(
+            "invalid duration {s:?}: write a number and a unit (ns, us, ms, s, m, h), e.g. \"15s\", \"500ms\", \"1h30m\""
+        )
+    };
+    let s_trim = s.trim();
+    if s_trim == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s_trim.is_empty() {
+        return Err(help());
+    }
+    let mut rest = s_trim;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." {
+            return Err(help());
+        }
+        let value: f64 = num.parse().map_err(|_| help())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let nanos_per = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(help()),
+        };
+        total += value * nanos_per;
+        rest = tail;
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(format!("duration {s:?} is too long"));
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+/// Formats a duration the way it is written in the file (`1h30m`, `500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    if !nanos.is_multiple_of(1_000_000_000) {
+        return if nanos.is_multiple_of(1_000_000) {
+            format!("{}ms", nanos / 1_000_000)
+        } else {
+            format!("{nanos}ns")
+        };
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration string such as \"15s\", \"500ms\" or \"1h30m\"")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        parse_duration(v).map_err(E::custom)
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor)
+}
+
+fn de_positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = de_duration(d)?;
+    if v.is_zero() {
+        return Err(de::Error::custom("must be longer than zero, e.g. \"15s\""));
+    }
+    Ok(v)
+}
+
+struct SampleRateVisitor;
+
+impl Visitor<'_> for SampleRateVisitor {
+    type Value = u32;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer from 1 to 10000 (samples per second, default 19)")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+        match u32::try_from(v) {
+            Ok(rate @ 1..=10_000) => Ok(rate),
+            _ => Err(E::custom(format!(
+                "sample rate {v} is out of range: use 1 to 10000 samples per second (default 19)"
+            ))),
+        }
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+        self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+fn de_sample_rate<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    d.deserialize_any(SampleRateVisitor)
+}
+
+struct ProbabilityVisitor;
+
+impl Visitor<'_> for ProbabilityVisitor {
+    type Value = f64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number between 0 and 1")
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(E::custom(format!(
+                "{v} is out of range: use a number between 0 and 1, e.g. 0.01 (0 disables off-CPU profiling)"
+            )))
+        }
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+        self.visit_f64(v as f64)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+        self.visit_f64(v as f64)
+    }
+}
+
+fn de_probability<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    d.deserialize_any(ProbabilityVisitor)
+}
+
+fn de_probe_links<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let links = Vec::<String>::deserialize(d)?;
+    for link in &links {
+        let link_ok = match link.rsplit_once(':') {
+            Some((path, sym)) => !path.is_empty() && !sym.is_empty(),
+            None => false,
+        };
+        if !link_ok {
+            return Err(de::Error::custom(format!(
+                "u_probe_links entry {link:?} is not PATH:SYMBOL, e.g. \"/usr/lib/libc.so.6:malloc\""
+            )));
+        }
+    }
+    Ok(links)
+}
+
+fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "{s:?} is not an IP address and port: use e.g. \"127.0.0.1:4100\" or \"0.0.0.0:4100\""
+        ))
+    })
+}
+
+fn de_external_labels<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let labels = BTreeMap::<String, String>::deserialize(d)?;
+    for (name, value) in &labels {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            return Err(de::Error::custom(format!(
+                "label name {name:?} is not accepted by Pyroscope: use letters, digits, '_' and '.'"
+            )));
+        }
+        if value.is_empty() {
+            return Err(de::Error::custom(format!(
+                "label {name:?} has an empty value: give it a value or remove it"
+            )));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("15s", Duration::from_secs(15)),
+            ("1m", Duration::from_secs(60)),
+            ("500ms", Duration::from_millis(500)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("2m3s4ms", Duration::from_millis(123_004)),
+            ("10us", Duration::from_micros(10)),
+            ("0", Duration::ZERO),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        for bad in ["", "15", "s", "15x", "1h-30m", "-1s", "1..2s", "h1"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        for d in ["1h30m", "500ms", "15s", "5m", "0s"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap_or_default()), d);
+        }
+    }
+
+    #[test]
+    fn positions() {
+        let text = "a = 1\n[x]\nb = \"é\"\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        assert_eq!(line_column(text, text.find('"').unwrap_or(0) + 3), (3, 7));
+        assert_eq!(key_at(text, text.find('b').unwrap_or(0)), "x.b");
+        assert_eq!(key_at(text, 2), "a");
+    }
+}

@@ -39,4 +39,39 @@ pub enum Error {
     /// Writing a profile or flame graph failed.
     #[error(transparent)]
     Profile(#[from] ferroscope_pprof::Error),
+    /// The configuration file cannot be read.
+    #[error("cannot read the configuration file {}: {source}; check the path given to --config and its permissions", path.display())]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration has a wrong key, type or value.
+    #[error("{file}:{line}:{column}: invalid configuration at `{key}`: {message}")]
+    Config {
+        /// The file name.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The dotted key (e.g. `ebpf.sample_rate`).
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the agent's I/O threads: {0}; the system may be out of threads or memory")]
+    Runtime(#[source] std::io::Error),
+    /// The HTTP server's address cannot be bound.
+    #[error("cannot listen on {address} for /metrics and /healthz: {source}; choose another [server] listen_address or stop what uses the port")]
+    Listen {
+        /// The configured address.
+        address: std::net::SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
 }

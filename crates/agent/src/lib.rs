@@ -13,7 +13,11 @@ pub mod aggregate;
 pub mod check;
 pub mod config;
 mod error;
+pub mod metrics;
+pub mod process;
 pub mod profile;
 pub mod record;
+pub mod run;
+pub mod server;
 
 pub use error::Error;

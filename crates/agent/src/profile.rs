@@ -19,12 +19,30 @@ pub struct ProfileOptions {
     /// Add the process's comm as the root frame of each stack (useful when several
     /// processes share one profile).
     pub comm_root_frame: bool,
+    /// Which labels each sample carries.
+    pub labels: SampleLabels,
+}
+
+/// Which pprof labels each sample carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleLabels {
+    /// `pid`: the process ID.
+    pub pid: bool,
+    /// `tid`: the thread ID.
+    pub tid: bool,
+    /// `comm`: the thread's command name.
+    pub comm: bool,
+}
+
+impl SampleLabels {
+    /// Every label (what `ferroscope record` writes).
+    pub const ALL: SampleLabels = SampleLabels { pid: true, tid: true, comm: true };
 }
 
 /// Builds one CPU profile from counted traces, symbolizing each distinct frame once.
 ///
-/// Every sample carries the labels `pid`, `tid` and `comm`. Its value is the number of
-/// samples times the period, in nanoseconds of CPU time.
+/// Samples carry the labels chosen in `options.labels` (`pid`, `tid`, `comm`). A sample's
+/// value is the number of samples times the period, in nanoseconds of CPU time.
 pub fn build_cpu_profile<'a>(
     traces: impl IntoIterator<Item = (&'a Trace, u64)>,
     symbolizer: &mut Symbolizer,
@@ -42,6 +60,12 @@ pub fn build_cpu_profile<'a>(
     for (trace, count) in traces {
         locations.clear();
         for frame in &trace.frames {
+            if let Some(error) = crate::aggregate::unwind_error_of(frame) {
+                let name = format!("[unwind error: {}]", error.describe());
+                let id = *comm_locations.entry(name).or_insert_with_key(|name| named_location(&mut b, name));
+                locations.push(id);
+                continue;
+            }
             let id = match frame.kind {
                 FrameKind::Kernel => *kernel_locations
                     .entry(frame.lookup_address())
@@ -63,7 +87,16 @@ pub fn build_cpu_profile<'a>(
         }
         let pid = trace.pid.to_string();
         let tid = trace.tid.to_string();
-        let labels = [Label::Str("pid", &pid), Label::Str("tid", &tid), Label::Str("comm", &trace.comm)];
+        let mut labels = Vec::with_capacity(3);
+        if options.labels.pid {
+            labels.push(Label::Str("pid", &pid));
+        }
+        if options.labels.tid {
+            labels.push(Label::Str("tid", &tid));
+        }
+        if options.labels.comm {
+            labels.push(Label::Str("comm", &trace.comm));
+        }
         b.add_sample(&locations, &[count as i64 * period], &labels);
     }
     b.build()
@@ -103,7 +136,20 @@ fn user_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, pid: u32, 
             has_functions: f.function.is_some(),
         })
     });
-    let name = f.display_name();
-    let lines = [LineSpec { function: &name, system_name: &name, filename: "", start_line: 0, line: 0 }];
+    // pprof orders a location's lines innermost first, the caller (physical function) last:
+    // the same order as `UserFrame::source_frames`.
+    let frames = f.source_frames();
+    let names: Vec<String> = frames.iter().map(|s| s.function.clone().unwrap_or_else(|| f.display_name())).collect();
+    let lines: Vec<LineSpec<'_>> = frames
+        .iter()
+        .zip(&names)
+        .map(|(s, name)| LineSpec {
+            function: name,
+            system_name: name,
+            filename: s.file.as_deref().unwrap_or(""),
+            start_line: 0,
+            line: s.line.map_or(0, i64::from),
+        })
+        .collect();
     b.add_location(&LocationSpec { mapping, address: f.elf_addr.unwrap_or(addr), lines: &lines })
 }

@@ -4,12 +4,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferroscope_ebpf_programs::{Counters, Sampler, SamplerConfig};
+use ferroscope_ebpf_programs::{Counters, Sampler, SamplerConfig, UnwinderConfig};
 use ferroscope_pprof::proto::Profile;
 use ferroscope_symbolize::Symbolizer;
 
 use crate::Error;
 use crate::aggregate::TraceAggregator;
+use crate::process::{ProcessManager, ProcessManagerConfig, UnwindMetrics};
 use crate::profile::{ProfileOptions, build_cpu_profile};
 
 /// Highest sample rate `record` accepts, before the kernel's own limit.
@@ -71,6 +72,9 @@ pub struct RecordOutcome {
     pub agent_cpu: Duration,
     /// Time the eBPF program ran in the kernel, and how many times, while sampling.
     pub bpf_run_time: Option<(Duration, u64)>,
+    /// The stack-delta unwinder's and process manager's metrics; `None` when the unwinder
+    /// could not be loaded and every user stack came from frame pointers.
+    pub unwind: Option<UnwindMetrics>,
 }
 
 /// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
@@ -144,7 +148,23 @@ pub fn record(
             tracing::warn!(pid, "cannot read the process's mappings yet: {e}");
         }
     }
-    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: config.sample_rate_hz, pids: pids.clone() })?;
+    // With --pid the filter starts empty: the targets' tables are loaded first, so that
+    // their first samples are already unwound from tables, then the targets are let in.
+    let mut sampler = start_sampler(config.sample_rate_hz, pids.as_ref().map(|_| Vec::new()))?;
+    let mut manager = ProcessManager::new(ProcessManagerConfig::default());
+    // Whole host: no start-up scan of every process. Processes are loaded when the sampler
+    // reports them (the first time they are sampled); scanning all of /proc up front
+    // extracted tables of every binary on the host, most never sampled, and cost seconds of
+    // CPU on a build machine (docs/benchmarks/unwind-ebpf.md).
+    if let (Some(maps), Some(targets)) = (sampler.unwind_maps(), pids.as_deref()) {
+        manager.scan(Some(targets));
+        while manager.busy() {
+            manager.tick(maps);
+        }
+    }
+    for &pid in pids.iter().flatten() {
+        sampler.add_pid(pid)?;
+    }
     if let Err(e) = sampler.enable_run_time_stats() {
         tracing::debug!("BPF run time will not be reported: {e}");
     }
@@ -159,6 +179,7 @@ pub fn record(
     let stop_reason = loop {
         std::thread::sleep(Duration::from_millis(50));
         drain(&mut sampler, &mut agg, &mut symbolizer);
+        manage_processes(&mut sampler, &mut manager);
         let elapsed = start.elapsed();
         if last_progress.elapsed() >= Duration::from_millis(250) {
             lost = sampler.counters().map(|c| c.lost_ringbuf_full).unwrap_or(lost);
@@ -185,7 +206,13 @@ pub fn record(
     };
     let elapsed = start.elapsed();
     drain(&mut sampler, &mut agg, &mut symbolizer);
+    manage_processes(&mut sampler, &mut manager);
     let counters = sampler.counters()?;
+    let unwind = sampler.unwind_maps().is_some().then(|| manager.metrics(&counters));
+    if let Some(m) = &unwind {
+        let named = m.named();
+        tracing::debug!(?named, "stack-delta unwinder metrics");
+    }
     let agent_cpu = process_cpu_time().saturating_sub(cpu_before);
     let bpf_run_time = match (bpf_before, sampler.run_time()) {
         (Some((t0, n0)), Some((t1, n1))) if n1 > 0 => Some((t1.saturating_sub(t0), n1 - n0)),
@@ -204,6 +231,7 @@ pub fn record(
         time_nanos: wall_start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
         duration_nanos: elapsed.as_nanos() as i64,
         comm_root_frame: pids.is_none(),
+        labels: crate::profile::SampleLabels::ALL,
     };
     let profile = build_cpu_profile(agg.iter(), &mut symbolizer, &options);
     Ok(RecordOutcome {
@@ -215,7 +243,32 @@ pub fn record(
         stop_reason,
         agent_cpu,
         bpf_run_time,
+        unwind,
     })
+}
+
+/// Starts the sampler with the stack-delta unwinder, or without it (frame pointers only)
+/// when the kernel refuses it.
+fn start_sampler(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> Result<Sampler, Error> {
+    let with_unwinder = SamplerConfig { sample_rate_hz, pids: pids.clone(), unwinder: Some(UnwinderConfig::default()) };
+    match Sampler::start(&with_unwinder) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            tracing::warn!(
+                "the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: {e}"
+            );
+            Ok(Sampler::start(&SamplerConfig { sample_rate_hz, pids, unwinder: None })?)
+        }
+    }
+}
+
+/// Hands the sampler's process reports to the process manager and lets it work. Called
+/// after the traces were drained, so an exited process's queued traces come first.
+fn manage_processes(sampler: &mut Sampler, manager: &mut ProcessManager) {
+    sampler.drain_pid_events(|pid, kind| manager.report(pid, kind));
+    if let Some(maps) = sampler.unwind_maps() {
+        manager.tick(maps);
+    }
 }
 
 fn drain(sampler: &mut Sampler, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {

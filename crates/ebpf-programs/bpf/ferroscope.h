@@ -14,18 +14,52 @@
 
 /* Longest kernel stack recorded per sample. */
 #define FS_MAX_KERNEL_FRAMES 64
-/* Longest user stack recorded per sample (the kernel's perf_event_max_stack default is 127). */
-#define FS_MAX_USER_FRAMES 127
+/* Longest user stack recorded per sample (the stack-delta unwinder's limit; the kernel's
+ * frame-pointer walk, used for processes not loaded yet, stops at perf_event_max_stack). */
+#define FS_MAX_USER_FRAMES 256
 /* Length of a task's comm, including the NUL. */
 #define FS_COMM_LEN 16
 /* Most PIDs a --pid filter can hold. */
 #define FS_MAX_FILTER_PIDS 1024
+/* Size of the pages the stack-delta tables are split into: 1 << FS_DELTA_PAGE_BITS bytes. */
+#define FS_DELTA_PAGE_BITS 16
+/* Most distinct unwind rules (fs_unwind_infos), shared by every table: an entry's u16 index. */
+#define FS_MAX_UNWIND_INFOS 65536
 
 /* Bits of fs_trace_event.flags. */
 /* The sample interrupted the kernel; kernel_frames holds its stack. */
 #define FS_TRACE_IN_KERNEL 0x1
 /* The task has no user address space (a kernel thread). */
 #define FS_TRACE_KERNEL_THREAD 0x2
+/* user_frames comes from the kernel's frame-pointer walk (the process's unwind tables were
+ * not loaded yet), not from the stack-delta unwinder. */
+#define FS_TRACE_USER_FP 0x4
+
+/* Why the stack-delta unwinder stopped before the end of the stack (fs_trace_event.user_error).
+ * The frames unwound before the error are kept. */
+enum fs_unwind_error {
+	/* The stack ended normally (a Stop rule, or a zero return address). */
+	FS_UNWIND_OK = 0,
+	/* The PC lies in no mapping the process manager loaded (JIT code, dlopen not seen yet). */
+	FS_UNWIND_ERR_NO_MAPPING = 1,
+	/* The PC's file has no table page for it (no CFI covers that code). */
+	FS_UNWIND_ERR_NO_PAGE = 2,
+	/* The rule in effect at the PC is Invalid (no CFI row). */
+	FS_UNWIND_ERR_INVALID_RULE = 3,
+	/* Reading the process's stack failed (bad pointer or paged out). */
+	FS_UNWIND_ERR_READ_FAILED = 4,
+	/* The stack is deeper than FS_MAX_USER_FRAMES. */
+	FS_UNWIND_ERR_STACK_LENGTH = 5,
+	/* The computed CFA does not move up the stack (corrupt stack or wrong rule). */
+	FS_UNWIND_ERR_BAD_CFA = 6,
+	/* A return address below 0x1000 (not code). */
+	FS_UNWIND_ERR_SMALL_PC = 7,
+	/* The user registers of the task could not be read. */
+	FS_UNWIND_ERR_NO_REGS = 8,
+	/* An unwind table is inconsistent (an index outside its map). */
+	FS_UNWIND_ERR_BAD_TABLE = 9,
+	FS_UNWIND_ERR_MAX = 10,
+};
 
 /* One sampled stack, sent through the fs_traces ring buffer. Frames are leaf first. */
 struct fs_trace_event {
@@ -38,13 +72,116 @@ struct fs_trace_event {
 	__s32 kernel_len;
 	__s32 user_len;
 	char comm[FS_COMM_LEN];
+	/* enum fs_unwind_error: why the user stack ends early (FS_UNWIND_OK when it does not). */
+	__u32 user_error;
+	__u32 reserved;
 	__u64 kernel_frames[FS_MAX_KERNEL_FRAMES];
+	/* The leaf is the interrupted PC; every other entry is a return address. */
 	__u64 user_frames[FS_MAX_USER_FRAMES];
 };
 
 _Static_assert(sizeof(struct fs_trace_event) ==
-		       48 + 8 * (FS_MAX_KERNEL_FRAMES + FS_MAX_USER_FRAMES),
+		       56 + 8 * (FS_MAX_KERNEL_FRAMES + FS_MAX_USER_FRAMES),
 	       "fs_trace_event layout changed: update src/abi.rs");
+
+/* What a fs_pid_events record reports. */
+enum fs_pid_event_kind {
+	/* A process whose tables are not loaded was sampled: load it. */
+	FS_PID_NEW = 0,
+	/* A known process ran code outside its loaded mappings (dlopen): read its maps again. */
+	FS_PID_RESCAN = 1,
+	/* A known process exited: unload it once its last traces were processed. */
+	FS_PID_EXIT = 2,
+};
+
+/* One report through the fs_pid_events ring buffer. */
+struct fs_pid_event {
+	__u32 pid;
+	__u32 kind; /* enum fs_pid_event_kind */
+};
+
+_Static_assert(sizeof(struct fs_pid_event) == 8, "fs_pid_event layout changed: update src/abi.rs");
+
+/* Key of fs_pid_mappings (LPM trie): prefixlen counts the bits of pid and address that
+ * must match, so 32 + the prefix length of the address range. */
+struct fs_pid_mapping_key {
+	__u32 prefixlen;
+	__u32 pid;
+	__u64 address_be; /* big-endian, so that the trie matches from the top bit */
+};
+
+_Static_assert(sizeof(struct fs_pid_mapping_key) == 16,
+	       "fs_pid_mapping_key layout changed: update src/abi.rs");
+
+/* Value of fs_pid_mappings: which file a range of a process maps, and where. */
+struct fs_pid_mapping {
+	__u64 file_id;
+	/* The file's virtual address of process address A is A - bias. */
+	__u64 bias;
+	/* The whole mapping [start, end), so that the unwinder can skip the trie for the next
+	 * frame in the same mapping. */
+	__u64 start;
+	__u64 end;
+};
+
+_Static_assert(sizeof(struct fs_pid_mapping) == 32,
+	       "fs_pid_mapping layout changed: update src/abi.rs");
+
+/* Key of fs_delta_pages: one 64 KiB page of one file's virtual addresses. */
+struct fs_delta_page_key {
+	__u64 file_id;
+	__u64 page; /* vaddr >> FS_DELTA_PAGE_BITS */
+};
+
+_Static_assert(sizeof(struct fs_delta_page_key) == 16,
+	       "fs_delta_page_key layout changed: update src/abi.rs");
+
+/* Value of fs_delta_pages: the page's entries are fs_delta_entries[first, first + count).
+ * The first entry has address_low 0 (the rule in effect where the page starts). */
+struct fs_delta_page {
+	__u32 first;
+	__u32 count;
+};
+
+_Static_assert(sizeof(struct fs_delta_page) == 8, "fs_delta_page layout changed: update src/abi.rs");
+
+/* One stack delta: from page offset address_low to the next entry's, rule info_index. */
+struct fs_delta_entry {
+	__u16 address_low;
+	__u16 info_index; /* index into fs_unwind_infos */
+};
+
+_Static_assert(sizeof(struct fs_delta_entry) == 4, "fs_delta_entry layout changed: update src/abi.rs");
+
+/* enum fs_unwind_kind: how to find the caller (fs_unwind_info.kind). The return address is
+ * always at CFA - 8 (x86-64). */
+enum fs_unwind_kind {
+	FS_UNWIND_SP = 0,       /* CFA = RSP + cfa_offset */
+	FS_UNWIND_FP = 1,       /* CFA = RBP + cfa_offset */
+	FS_UNWIND_SP_DEREF = 2, /* CFA = *(RSP + cfa_offset) */
+	FS_UNWIND_FP_DEREF = 3, /* CFA = *(RBP + cfa_offset) */
+	FS_UNWIND_PLT = 4,      /* CFA = RSP + 8, + 8 when (RIP & 15) >= 11 */
+	FS_UNWIND_SIGNAL = 5,   /* registers from the ucontext at RSP (rt_sigreturn trampoline) */
+	FS_UNWIND_STOP = 6,     /* the outermost frame */
+	FS_UNWIND_INVALID = 7,  /* no rule */
+	FS_UNWIND_FRAME_POINTER = 8, /* CFA = RBP + 16, caller's RBP at CFA - 16 */
+};
+
+/* Bits of fs_unwind_info.flags. */
+/* The caller's RBP is saved at CFA + fp_offset (otherwise RBP is unchanged). */
+#define FS_UNWIND_FLAG_FP_SAVED 0x1
+
+/* One unwind rule, shared by every table (fs_unwind_infos, deduplicated by userspace). */
+struct fs_unwind_info {
+	__u8 kind;  /* enum fs_unwind_kind */
+	__u8 flags; /* FS_UNWIND_FLAG_* */
+	__u16 reserved;
+	__s32 cfa_offset;
+	__s32 fp_offset;
+	__u32 reserved2;
+};
+
+_Static_assert(sizeof(struct fs_unwind_info) == 16, "fs_unwind_info layout changed: update src/abi.rs");
 
 /* Indexes of the per-CPU fs_counters array. */
 enum fs_counter {
@@ -58,11 +195,36 @@ enum fs_counter {
 	FS_CNT_LOST_RINGBUF_FULL = 3,
 	/* bpf_get_stack failed for the kernel stack. */
 	FS_CNT_KERNEL_STACK_ERROR = 4,
-	/* bpf_get_stack failed for the user stack. */
+	/* bpf_get_stack failed for the user stack (frame-pointer fallback). */
 	FS_CNT_USER_STACK_ERROR = 5,
 	/* Samples sent to userspace. */
 	FS_CNT_SENT = 6,
-	FS_CNT_MAX = 7,
+	/* User stacks the stack-delta unwinder walked. */
+	FS_CNT_UNWIND_ATTEMPTS = 7,
+	/* User frames it produced. */
+	FS_CNT_UNWIND_FRAMES = 8,
+	/* Stacks that ended at a Stop rule or a zero return address. */
+	FS_CNT_UNWIND_STOP = 9,
+	/* Return addresses below 0x1000. */
+	FS_CNT_UNWIND_SMALL_PC = 10,
+	/* Stacks that ended with each error (FS_UNWIND_ERR_*). */
+	FS_CNT_UNWIND_ERR_NO_MAPPING = 11,
+	FS_CNT_UNWIND_ERR_NO_PAGE = 12,
+	FS_CNT_UNWIND_ERR_INVALID_RULE = 13,
+	FS_CNT_UNWIND_ERR_READ_FAILED = 14,
+	FS_CNT_UNWIND_ERR_STACK_LENGTH = 15,
+	FS_CNT_UNWIND_ERR_BAD_CFA = 16,
+	FS_CNT_UNWIND_ERR_NO_REGS = 17,
+	FS_CNT_UNWIND_ERR_BAD_TABLE = 18,
+	/* Samples of processes whose tables were not loaded: frame-pointer walk instead. */
+	FS_CNT_PID_UNKNOWN = 19,
+	/* Reports sent through fs_pid_events (new, rescan, exit). */
+	FS_CNT_PID_REPORTS = 20,
+	/* Reports lost because fs_pid_events was full. */
+	FS_CNT_PID_REPORTS_LOST = 21,
+	/* Signal frames unwound. */
+	FS_CNT_UNWIND_SIGNAL_FRAMES = 22,
+	FS_CNT_MAX = 23,
 };
 
 #endif /* FERROSCOPE_H */

@@ -57,4 +57,28 @@ pub enum Error {
     /// BPF run-time statistics could not be turned on.
     #[error("could not enable BPF run-time statistics (BPF_ENABLE_STATS): {0}; this needs root or CAP_SYS_ADMIN")]
     Stats(#[source] aya::sys::SyscallError),
+    /// A map size in [`crate::UnwinderConfig`] is out of range.
+    #[error("unwinder map size {name} = {value} is out of range; use 1 to 268435456")]
+    BadMapSize {
+        /// The field.
+        name: &'static str,
+        /// The value given.
+        value: u32,
+    },
+    /// The stack-delta entries array could not be memory-mapped.
+    #[error("could not memory-map the eBPF map fs_delta_entries: {0}; the kernel must support BPF_F_MMAPABLE arrays (5.5 or later)")]
+    MmapEntries(#[source] io::Error),
+    /// A write would go past the end of the entries array.
+    #[error("{count} stack deltas at index {first} do not fit the {capacity} entries of fs_delta_entries; this is a bug in the range allocator")]
+    EntriesOutOfRange {
+        /// First index written.
+        first: u32,
+        /// How many.
+        count: usize,
+        /// The array's size.
+        capacity: u32,
+    },
+    /// More than 65536 distinct unwind rules.
+    #[error("more than 65536 distinct unwind rules were loaded; the eBPF entries index them with 16 bits, so the rest of this table cannot be loaded")]
+    TooManyUnwindInfos,
 }

@@ -7,13 +7,15 @@
 //!
 //! [`Sampler`] is the only way the rest of ferroscope touches eBPF: it loads the sampling
 //! program, attaches it to a cpu-clock perf event on every online CPU, and hands back the
-//! decoded [`abi::TraceEvent`]s and the per-CPU counters. No other crate depends on aya's
-//! types through this API.
+//! decoded [`abi::TraceEvent`]s and the per-CPU counters. With an [`UnwinderConfig`] it also
+//! unwinds user stacks from stack-delta tables, which the caller loads through
+//! [`UnwindMaps`] when [`Sampler::drain_pid_events`] reports a process. No other crate
+//! depends on aya's types through this API.
 //!
 //! ```no_run
 //! use ferroscope_ebpf_programs::{Sampler, SamplerConfig};
 //!
-//! let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 97, pids: None })?;
+//! let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 97, pids: None, unwinder: None })?;
 //! std::thread::sleep(std::time::Duration::from_secs(1));
 //! let mut n = 0;
 //! sampler.drain(|event| n += event.user_frames().len());
@@ -25,12 +27,14 @@
 pub mod abi;
 mod error;
 mod sampler;
+mod unwind_maps;
 
 #[cfg(test)]
 mod btf;
 
 pub use error::Error;
 pub use sampler::{Counters, Sampler, SamplerConfig};
+pub use unwind_maps::{UnwindMaps, UnwinderConfig};
 
 /// The compiled sampler object (`bpf/sampler.bpf.c`).
 pub static SAMPLER_OBJECT: &[u8] =

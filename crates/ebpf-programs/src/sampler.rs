@@ -1,14 +1,16 @@
 //! Loading, attaching and reading the CPU sampler.
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::PerfEvent;
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{PerfEvent, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::abi::{Counter, MAX_FILTER_PIDS, TraceEvent};
-use crate::{Error, SAMPLER_OBJECT};
+use crate::abi::{Counter, MAX_FILTER_PIDS, PidEvent, PidEventKind, TraceEvent};
+use crate::unwind_maps::UnwindMaps;
+use crate::{Error, SAMPLER_OBJECT, UnwinderConfig};
 
 const PROGRAM: &str = "fs_sample";
+const EXIT_PROGRAM: &str = "fs_process_exit";
 
 /// What to sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,10 @@ pub struct SamplerConfig {
     pub sample_rate_hz: u32,
     /// Only these processes (thread-group IDs); `None` samples the whole host.
     pub pids: Option<Vec<u32>>,
+    /// Unwind user stacks in eBPF from the stack-delta tables loaded through
+    /// [`Sampler::unwind_maps`]; `None` keeps the kernel's frame-pointer walk for every
+    /// sample.
+    pub unwinder: Option<UnwinderConfig>,
 }
 
 /// The sampler's counters, summed over all CPUs.
@@ -36,11 +42,45 @@ pub struct Counters {
     pub user_stack_errors: u64,
     /// Samples sent to userspace.
     pub sent: u64,
+    /// User stacks the stack-delta unwinder walked.
+    pub unwind_attempts: u64,
+    /// User frames it produced.
+    pub unwind_frames: u64,
+    /// Stacks that ended normally (Stop rule or zero return address).
+    pub unwind_stop: u64,
+    /// Return addresses below 0x1000.
+    pub unwind_small_pc: u64,
+    /// Stacks ended because the PC was in no loaded mapping.
+    pub unwind_err_no_mapping: u64,
+    /// Stacks ended because the PC's file had no table page.
+    pub unwind_err_no_page: u64,
+    /// Stacks ended at an Invalid rule.
+    pub unwind_err_invalid_rule: u64,
+    /// Stacks ended because reading the stack failed.
+    pub unwind_err_read_failed: u64,
+    /// Stacks deeper than the frame limit.
+    pub unwind_err_stack_length: u64,
+    /// Stacks ended by a CFA that did not move up the stack.
+    pub unwind_err_bad_cfa: u64,
+    /// Stacks whose user registers could not be read.
+    pub unwind_err_no_regs: u64,
+    /// Stacks ended by an inconsistent table.
+    pub unwind_err_bad_table: u64,
+    /// Samples of processes whose tables were not loaded (frame-pointer walk instead).
+    pub pid_unknown: u64,
+    /// Process reports sent to userspace (new, rescan, exit).
+    pub pid_reports: u64,
+    /// Process reports lost because their ring buffer was full.
+    pub pid_reports_lost: u64,
+    /// Signal frames unwound.
+    pub unwind_signal_frames: u64,
 }
 
 /// The loaded and attached CPU sampler. Dropping it detaches everything.
 pub struct Sampler {
     traces: RingBuf<MapData>,
+    pid_events: Option<RingBuf<MapData>>,
+    unwind_maps: Option<UnwindMaps>,
     counters: PerCpuArray<MapData, u64>,
     pid_filter: HashMap<MapData, u32, u8>,
     cpus: Vec<u32>,
@@ -66,10 +106,24 @@ impl Sampler {
             return Err(Error::TooManyPids { given: pids.len(), max: MAX_FILTER_PIDS });
         }
         let filter: u32 = config.pids.is_some().into();
-        let mut ebpf = EbpfLoader::new()
-            .override_global("fs_filter_pids", &filter, true)
-            .load(SAMPLER_OBJECT)
-            .map_err(|e| Error::Load { source: Box::new(e) })?;
+        let unwinder: u32 = config.unwinder.is_some().into();
+        let mut loader = EbpfLoader::new();
+        loader.override_global("fs_filter_pids", &filter, true);
+        loader.override_global("fs_unwinder_enabled", &unwinder, true);
+        if let Some(u) = &config.unwinder {
+            u.validate()?;
+            loader.map_max_entries("fs_known_pids", u.max_pids);
+            loader.map_max_entries("fs_pid_mappings", u.max_mapping_prefixes);
+            loader.map_max_entries("fs_delta_pages", u.max_delta_pages);
+            loader.map_max_entries("fs_delta_entries", u.max_delta_entries);
+        } else {
+            // Unused: keep the kernel memory they take small.
+            loader.map_max_entries("fs_known_pids", 1);
+            loader.map_max_entries("fs_pid_mappings", 1);
+            loader.map_max_entries("fs_delta_pages", 1);
+            loader.map_max_entries("fs_delta_entries", 1);
+        }
+        let mut ebpf = loader.load(SAMPLER_OBJECT).map_err(|e| Error::Load { source: Box::new(e) })?;
 
         let mut pid_filter: HashMap<MapData, u32, u8> = take_map(&mut ebpf, "fs_pid_filter")?;
         for pid in config.pids.iter().flatten() {
@@ -79,6 +133,31 @@ impl Sampler {
         }
         let traces: RingBuf<MapData> = take_map(&mut ebpf, "fs_traces")?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "fs_counters")?;
+        let (pid_events, unwind_maps) = match &config.unwinder {
+            Some(_) => {
+                let events: RingBuf<MapData> = take_map(&mut ebpf, "fs_pid_events")?;
+                (Some(events), Some(UnwindMaps::take(&mut ebpf)?))
+            }
+            None => (None, None),
+        };
+        if config.unwinder.is_some() {
+            let exit: &mut RawTracePoint = ebpf
+                .program_mut(EXIT_PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(Error::MissingMap(EXIT_PROGRAM))?;
+            exit.load().map_err(|e| Error::Program {
+                action: "load".into(),
+                program: EXIT_PROGRAM,
+                source: Box::new(e),
+                hint: "the verifier rejected it; run `ferroscope check` and report the log above as a bug",
+            })?;
+            exit.attach("sched_process_exit").map_err(|e| Error::Program {
+                action: "attach to the sched_process_exit raw tracepoint".into(),
+                program: EXIT_PROGRAM,
+                source: Box::new(e),
+                hint: "raw tracepoints need CAP_BPF and CAP_PERFMON (or root); `ferroscope check` tells which",
+            })?;
+        }
 
         let program: &mut PerfEvent = ebpf
             .program_mut(PROGRAM)
@@ -108,7 +187,7 @@ impl Sampler {
                 })?;
         }
         tracing::debug!(cpus = cpus.len(), rate = config.sample_rate_hz, "sampler attached");
-        Ok(Sampler { traces, counters, pid_filter, cpus, stats_fd: None, _ebpf: ebpf })
+        Ok(Sampler { traces, pid_events, unwind_maps, counters, pid_filter, cpus, stats_fd: None, _ebpf: ebpf })
     }
 
     /// The CPUs sampled.
@@ -130,11 +209,40 @@ impl Sampler {
         n
     }
 
+    /// Hands every process report waiting in the `fs_pid_events` ring buffer to `f`
+    /// (nothing when the unwinder is off); returns how many there were.
+    pub fn drain_pid_events(&mut self, mut f: impl FnMut(u32, PidEventKind)) -> usize {
+        let Some(events) = &mut self.pid_events else { return 0 };
+        let mut n = 0;
+        while let Some(item) = events.next() {
+            if let Some((pid, kind)) = PidEvent::from_bytes(&item) {
+                f(pid, kind);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The maps the process manager loads unwind tables into; `None` when started without
+    /// an unwinder.
+    pub fn unwind_maps(&mut self) -> Option<&mut UnwindMaps> {
+        self.unwind_maps.as_mut()
+    }
+
     /// Adds a process to the PID filter (only effective when started with `pids`).
     pub fn add_pid(&mut self, pid: u32) -> Result<(), Error> {
         self.pid_filter
             .insert(pid, 1, 0)
             .map_err(|e| Error::Map { map: "fs_pid_filter", action: "insert", source: Box::new(e) })
+    }
+
+    /// Removes a process from the PID filter. Removing a PID that is not there is not an
+    /// error.
+    pub fn remove_pid(&mut self, pid: u32) -> Result<(), Error> {
+        match self.pid_filter.remove(&pid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::Map { map: "fs_pid_filter", action: "remove", source: Box::new(e) }),
+        }
     }
 
     /// Asks the kernel to account the run time of BPF programs from now on, for
@@ -172,11 +280,27 @@ impl Sampler {
             kernel_stack_errors: read(Counter::KernelStackError)?,
             user_stack_errors: read(Counter::UserStackError)?,
             sent: read(Counter::Sent)?,
+            unwind_attempts: read(Counter::UnwindAttempts)?,
+            unwind_frames: read(Counter::UnwindFrames)?,
+            unwind_stop: read(Counter::UnwindStop)?,
+            unwind_small_pc: read(Counter::UnwindSmallPc)?,
+            unwind_err_no_mapping: read(Counter::UnwindErrNoMapping)?,
+            unwind_err_no_page: read(Counter::UnwindErrNoPage)?,
+            unwind_err_invalid_rule: read(Counter::UnwindErrInvalidRule)?,
+            unwind_err_read_failed: read(Counter::UnwindErrReadFailed)?,
+            unwind_err_stack_length: read(Counter::UnwindErrStackLength)?,
+            unwind_err_bad_cfa: read(Counter::UnwindErrBadCfa)?,
+            unwind_err_no_regs: read(Counter::UnwindErrNoRegs)?,
+            unwind_err_bad_table: read(Counter::UnwindErrBadTable)?,
+            pid_unknown: read(Counter::PidUnknown)?,
+            pid_reports: read(Counter::PidReports)?,
+            pid_reports_lost: read(Counter::PidReportsLost)?,
+            unwind_signal_frames: read(Counter::UnwindSignalFrames)?,
         })
     }
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+pub(crate) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
 where
     T: TryFrom<aya::maps::Map>,
 {

@@ -29,7 +29,7 @@ fn samples_only_the_filtered_process_at_the_requested_rate() {
     // A separate busy process, so that other tests running in this process do not count.
     let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
     let me = child.id();
-    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 200, pids: Some(vec![me]) })
+    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 200, pids: Some(vec![me]), unwinder: None })
         .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
     std::thread::sleep(Duration::from_millis(1500));
     let mut events = Vec::new();
@@ -55,7 +55,7 @@ fn kernel_stacks_are_captured_in_syscalls() {
         return;
     }
     let me = std::process::id();
-    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 500, pids: Some(vec![me]) })
+    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 500, pids: Some(vec![me]), unwinder: None })
         .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
     let start = Instant::now();
     let buf = vec![0u8; 1 << 16];

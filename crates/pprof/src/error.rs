@@ -3,7 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Everything that can go wrong when decoding, writing or rendering a profile.
+/// Everything that can go wrong when decoding, writing, rendering, storing or
+/// pushing a profile.
 ///
 /// Each message says what failed, why, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -77,5 +78,52 @@ pub enum Error {
     Flamegraph {
         /// What inferno reported.
         source: io::Error,
+    },
+
+    /// A push endpoint's configuration is unusable.
+    #[error("invalid push endpoint {url:?}: {reason}; fix the endpoint in the configuration")]
+    Endpoint {
+        /// The endpoint's URL as configured.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The HTTP client could not be created.
+    #[cfg(feature = "push")]
+    #[error(
+        "could not create the HTTP client for {url}: {source}; check the TLS setup \
+         (system root certificates) and the endpoint settings"
+    )]
+    HttpClient {
+        /// The endpoint's URL.
+        url: String,
+        /// What reqwest reported.
+        source: reqwest::Error,
+    },
+
+    /// A profile's series labels break Pyroscope's rules, so it is not sent.
+    #[error(
+        "profile with labels {labels} rejected: {reason}; fix the target's labels or external_labels"
+    )]
+    InvalidLabels {
+        /// The labels, formatted as `{name="value", ...}`.
+        labels: String,
+        /// Which rule they break.
+        reason: String,
+    },
+
+    /// A push attempt failed (the server answered an error, or could not be reached).
+    #[error(
+        "could not push a profile to {endpoint}: {code}: {message}; check that the server is up \
+         and reachable, the URL and credentials are right, and the profile is within its limits"
+    )]
+    Push {
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The Connect error code (e.g. `unavailable`, `invalid_argument`).
+        code: &'static str,
+        /// The server's message, or the transport error.
+        message: String,
     },
 }

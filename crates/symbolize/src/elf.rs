@@ -75,6 +75,12 @@ impl ElfSymbols {
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let invalid = |reason: String| Error::InvalidElf { reason };
         let file = object::File::parse(data).map_err(|e| invalid(e.to_string()))?;
+        Self::from_object(&file)
+    }
+
+    /// Like [`ElfSymbols::parse`] for an already parsed object.
+    pub(crate) fn from_object(file: &object::File<'_>) -> Result<Self, Error> {
+        let invalid = |reason: String| Error::InvalidElf { reason };
         if file.format() != BinaryFormat::Elf {
             return Err(invalid(format!(
                 "it is a {:?} object, not ELF",
@@ -83,8 +89,8 @@ impl ElfSymbols {
         }
 
         let mut cands = Vec::new();
-        collect(&file, file.symbols(), true, &mut cands);
-        collect(&file, file.dynamic_symbols(), false, &mut cands);
+        collect(file, file.symbols(), true, &mut cands);
+        collect(file, file.dynamic_symbols(), false, &mut cands);
         cands.sort_by(|a, b| {
             a.start
                 .cmp(&b.start)
@@ -270,6 +276,114 @@ impl ElfSymbols {
         } else {
             best.vaddr.checked_sub(best.offset - off)
         }
+    }
+
+    /// Approximate heap bytes used (for cache accounting).
+    pub fn approx_bytes(&self) -> usize {
+        self.syms.len() * std::mem::size_of::<Sym>()
+            + self.name_spans.len() * 8
+            + self.names.len()
+            + self.loads.len() * std::mem::size_of::<Load>()
+            + 64
+    }
+
+    /// Serializes the table (for the on-disk cache). The format is private to this crate and
+    /// versioned by the cache.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.approx_bytes());
+        let put = |out: &mut Vec<u8>, v: u64| out.extend(v.to_le_bytes());
+        put(&mut out, self.syms.len() as u64);
+        for s in &self.syms {
+            put(&mut out, s.start);
+            put(&mut out, s.size);
+            put(&mut out, u64::from(s.name));
+        }
+        put(&mut out, self.name_spans.len() as u64);
+        for &(o, l) in &self.name_spans {
+            put(&mut out, u64::from(o) | (u64::from(l) << 32));
+        }
+        put(&mut out, self.names.len() as u64);
+        out.extend(self.names.as_bytes());
+        match &self.build_id {
+            Some(id) => {
+                put(&mut out, id.len() as u64);
+                out.extend(id.iter());
+                out.resize(out.len() + (8 - id.len() % 8) % 8, 0);
+            }
+            None => put(&mut out, u64::MAX),
+        }
+        put(&mut out, self.loads.len() as u64);
+        for l in &self.loads {
+            put(&mut out, l.offset);
+            put(&mut out, l.filesz);
+            put(&mut out, l.vaddr);
+            put(&mut out, u64::from(l.executable));
+        }
+        out
+    }
+
+    /// The inverse of [`ElfSymbols::to_bytes`]; `None` for anything malformed. Never panics.
+    pub(crate) fn from_bytes(data: &[u8]) -> Option<Self> {
+        let mut r = data;
+        let mut get = || -> Option<u64> {
+            let (head, rest) = r.split_first_chunk::<8>()?;
+            r = rest;
+            Some(u64::from_le_bytes(*head))
+        };
+        let count = |n: u64, each: usize, left: usize| -> Option<usize> {
+            let n = usize::try_from(n).ok()?;
+            (n.checked_mul(each)? <= left).then_some(n)
+        };
+        let mut out = ElfSymbols::default();
+        let n = count(get()?, 24, data.len())?;
+        for _ in 0..n {
+            let (start, size, name) = (get()?, get()?, get()?);
+            out.syms.push(Sym {
+                start,
+                size: size.max(1),
+                name: u32::try_from(name).ok()?,
+            });
+        }
+        let n = count(get()?, 8, data.len())?;
+        for _ in 0..n {
+            let v = get()?;
+            out.name_spans.push((v as u32, (v >> 32) as u32));
+        }
+        let n = count(get()?, 1, data.len())?;
+        let consumed = data.len() - r.len();
+        let names = data.get(consumed..consumed.checked_add(n)?)?;
+        out.names = String::from_utf8(names.to_vec()).ok()?;
+        r = &data[consumed + n..];
+        let mut get = || -> Option<u64> {
+            let (head, rest) = r.split_first_chunk::<8>()?;
+            r = rest;
+            Some(u64::from_le_bytes(*head))
+        };
+        let id_len = get()?;
+        if id_len != u64::MAX {
+            let n = usize::try_from(id_len).ok().filter(|&n| n <= 256)?;
+            let mut id = Vec::with_capacity(n);
+            for _ in 0..n.div_ceil(8) {
+                id.extend(get()?.to_le_bytes());
+            }
+            id.truncate(n);
+            out.build_id = Some(id.into());
+        }
+        let n = get()?;
+        let n = usize::try_from(n).ok().filter(|&n| n <= 4096)?;
+        for _ in 0..n {
+            out.loads.push(Load {
+                offset: get()?,
+                filesz: get()?,
+                vaddr: get()?,
+                executable: get()? != 0,
+            });
+        }
+        // Lookups rely on sorted starts.
+        if !out.syms.windows(2).all(|w| w[0].start <= w[1].start) {
+            return None;
+        }
+        Some(out)
     }
 
     /// Whether the file has no function symbols at all (it is stripped).

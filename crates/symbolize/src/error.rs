@@ -95,6 +95,37 @@ pub enum Error {
         /// What the parser reported.
         reason: String,
     },
+
+    /// A file's path now names another file than the one the process mapped.
+    #[error(
+        "cannot read {path}: the file was replaced on disk since the process mapped it, and \
+         /proc/PID/map_files is not readable (it needs CAP_SYS_ADMIN); run as root to \
+         symbolize replaced files, its frames will be shown as module+offset"
+    )]
+    FileReplaced {
+        /// The path as the process sees it.
+        path: PathBuf,
+    },
+
+    /// A Go `.gopclntab` could not be parsed.
+    #[error(
+        "cannot parse the Go symbol table (.gopclntab): {reason}; the binary is corrupt or \
+         from an unsupported Go release (before 1.2), its frames fall back to ELF symbols"
+    )]
+    InvalidGoTable {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// DWARF debug information could not be used.
+    #[error(
+        "cannot use DWARF debug information: {reason}; frames get function names but no \
+         file, line or inline frames; rebuild with -g or install the package's debug file"
+    )]
+    InvalidDwarf {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -2,18 +2,22 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferroscope_unwind_api::{ProcessMemory, RemoteMemory};
+use lru::LruCache;
 
 use crate::Error;
-use crate::elf::ElfSymbols;
+use crate::debuglink::DebugRefs;
+use crate::demangle::{DemangleMode, demangle};
+use crate::disk_cache::DiskCache;
 use crate::kernel::KernelSymbols;
 use crate::maps::{MapEntry, MapPath, parse_maps_lossy, read_maps_text};
+use crate::root::FsRoot;
+use crate::source::{FileSymbols, NameSource, SourceOptions, file_identity};
 
 /// Default number of parsed files kept in the cache.
 pub const DEFAULT_CACHE_CAPACITY: usize = 1024;
@@ -54,6 +58,17 @@ impl Module {
     }
 }
 
+/// One source-level frame: a function and the position in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceFrame {
+    /// The function, demangled per the symbolizer's [`DemangleMode`].
+    pub function: Option<String>,
+    /// The source file.
+    pub file: Option<String>,
+    /// The line in `file`.
+    pub line: Option<u32>,
+}
+
 /// A symbolized user-space address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserFrame {
@@ -63,11 +78,32 @@ pub struct UserFrame {
     pub module: Option<Arc<Module>>,
     /// `addr` translated to the module's ELF virtual address space.
     pub elf_addr: Option<u64>,
-    /// The function containing `addr`.
+    /// The function that physically contains `addr` (the outermost of the inline chain),
+    /// demangled per the symbolizer's [`DemangleMode`].
     pub function: Option<String>,
+    /// The source file of `addr` within `function` (for an inlined call, the call site).
+    pub file: Option<String>,
+    /// The line in `file`.
+    pub line: Option<u32>,
+    /// Functions inlined into `function` at `addr`, innermost first, each with its own
+    /// position (the innermost's is the address's true source line). Empty when nothing is
+    /// inlined or inline frames are disabled.
+    pub inlined: Vec<SourceFrame>,
 }
 
 impl UserFrame {
+    fn unresolved(addr: u64, module: Option<Arc<Module>>, elf_addr: Option<u64>) -> UserFrame {
+        UserFrame {
+            addr,
+            module,
+            elf_addr,
+            function: None,
+            file: None,
+            line: None,
+            inlined: Vec::new(),
+        }
+    }
+
     /// The function name; else `module+0xOFFSET` (ELF address, or file offset when the ELF
     /// address is unknown); else `[unknown]`.
     pub fn display_name(&self) -> String {
@@ -84,6 +120,18 @@ impl UserFrame {
             }
             None => "[unknown]".to_owned(),
         }
+    }
+
+    /// Every frame at this address, innermost first: the inlined functions, then `function`.
+    /// An unresolved address gives one frame named by [`UserFrame::display_name`].
+    pub fn source_frames(&self) -> Vec<SourceFrame> {
+        let mut out = self.inlined.clone();
+        out.push(SourceFrame {
+            function: Some(self.display_name()),
+            file: self.file.clone(),
+            line: self.line,
+        });
+        out
     }
 }
 
@@ -114,46 +162,75 @@ pub struct SymbolizerStats {
     pub files_parsed: u64,
     /// Mappings whose file was found already parsed in the cache.
     pub cache_hits: u64,
-    /// Frames (user and kernel) for which no function was found.
+    /// Frames (user and kernel) for which no function was found (shown as module+offset).
     pub unresolved_frames: u64,
     /// Successful snapshots of `/proc/PID/maps`.
     pub processes_observed: u64,
     /// Snapshots taken again because an address was in no known mapping.
     pub maps_rereads: u64,
-    /// Files that could not be opened or parsed.
+    /// Files that could not be opened or parsed (their frames fall back to module+offset).
     pub file_failures: u64,
+    /// Files whose path now names a different file than the one mapped (replaced on disk)
+    /// and that could not be reached through `/proc/PID/map_files`.
+    pub files_replaced: u64,
+    /// Separate debug files found.
+    pub debug_files_found: u64,
+    /// Parsed symbol tables read from the on-disk cache.
+    pub disk_cache_hits: u64,
+    /// Cached files evicted by the LRU bounds.
+    pub cache_evictions: u64,
+    /// User frames named by `.gopclntab`.
+    pub go_frames: u64,
+    /// User frames with a DWARF file and line.
+    pub dwarf_frames: u64,
 }
 
-/// Identity of a parsed file: the same identity means the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum FileKey {
-    File {
-        dev: u64,
-        inode: u64,
-        size: u64,
-        mtime: i64,
-        mtime_nsec: i64,
-    },
-    Vdso {
-        len: usize,
-        hash: u64,
-    },
+/// Default bound on the bytes of parsed data kept in the cache.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
+/// Default bound on files opened by `observe_process` and not yet parsed.
+pub const DEFAULT_MAX_PENDING_FILES: usize = 256;
+
+/// Identity of an open file as `fstat` sees it: the same key means the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct StatKey {
+    dev: u64,
+    inode: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
 }
 
-#[derive(Debug)]
-struct CacheEntry {
-    /// `None` when the file could not be parsed (so it is not retried for every process).
-    syms: Option<Arc<ElfSymbols>>,
-    last_used: u64,
+impl StatKey {
+    fn of(meta: &std::fs::Metadata) -> StatKey {
+        StatKey {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum MapState {
+    /// Not a file (anonymous, `[stack]`, ...).
+    NoFile,
+    /// A file not parsed yet; `stat` is known when it could be opened.
+    Pending { stat: Option<StatKey> },
+    /// Resolved: the module and (if the file could be parsed) its symbols.
+    Ready {
+        module: Arc<Module>,
+        syms: Option<Arc<FileSymbols>>,
+        has_vaddr: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct ProcMapping {
     entry: MapEntry,
-    module: Option<Arc<Module>>,
-    syms: Option<Arc<ElfSymbols>>,
-    /// Whether `module.vaddr_start` is a real ELF address.
-    has_vaddr: bool,
+    state: MapState,
 }
 
 #[derive(Debug)]
@@ -161,6 +238,7 @@ struct ProcessState {
     /// Executable mappings, sorted by start.
     mappings: Vec<ProcMapping>,
     last_read: Instant,
+    root: FsRoot,
 }
 
 #[derive(Debug)]
@@ -170,22 +248,132 @@ enum KernelState {
     Failed,
 }
 
+/// Configures a [`Symbolizer`]; see [`Symbolizer::builder`].
+#[derive(Debug, Clone)]
+pub struct SymbolizerBuilder {
+    demangle: DemangleMode,
+    inline_frames: bool,
+    dwarf: bool,
+    debug_files: bool,
+    cache_files: usize,
+    cache_bytes: usize,
+    cache_dir: Option<PathBuf>,
+    reread_interval: Duration,
+    max_pending_files: usize,
+}
+
+impl Default for SymbolizerBuilder {
+    fn default() -> Self {
+        SymbolizerBuilder {
+            demangle: DemangleMode::default(),
+            inline_frames: true,
+            dwarf: true,
+            debug_files: true,
+            cache_files: DEFAULT_CACHE_CAPACITY,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_dir: None,
+            reread_interval: DEFAULT_REREAD_INTERVAL,
+            max_pending_files: DEFAULT_MAX_PENDING_FILES,
+        }
+    }
+}
+
+impl SymbolizerBuilder {
+    /// How names are demangled (default [`DemangleMode::Simplified`]).
+    pub fn demangle(mut self, mode: DemangleMode) -> Self {
+        self.demangle = mode;
+        self
+    }
+
+    /// Whether inlined functions are reported as frames of their own (default on; needs DWARF).
+    pub fn inline_frames(mut self, on: bool) -> Self {
+        self.inline_frames = on;
+        self
+    }
+
+    /// Whether DWARF is used for file, line and inline frames (default on).
+    pub fn dwarf(mut self, on: bool) -> Self {
+        self.dwarf = on;
+        self
+    }
+
+    /// Whether separate debug files are searched (default on).
+    pub fn debug_files(mut self, on: bool) -> Self {
+        self.debug_files = on;
+        self
+    }
+
+    /// Bounds the in-memory cache by number of files (at least one) and approximate bytes.
+    pub fn cache_limits(mut self, files: usize, bytes: usize) -> Self {
+        self.cache_files = files.max(1);
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Keeps parsed symbol tables on disk in `dir` (e.g. [`DEFAULT_CACHE_DIR`]); `None`
+    /// (the default) disables the disk cache.
+    ///
+    /// [`DEFAULT_CACHE_DIR`]: crate::DEFAULT_CACHE_DIR
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+
+    /// Re-reads a process's maps at most once per `interval` when an address is unmapped.
+    pub fn reread_interval(mut self, interval: Duration) -> Self {
+        self.reread_interval = interval;
+        self
+    }
+
+    /// Bounds the files `observe_process` keeps open until they are first needed.
+    pub fn max_pending_files(mut self, n: usize) -> Self {
+        self.max_pending_files = n;
+        self
+    }
+
+    /// Builds the symbolizer.
+    pub fn build(self) -> Symbolizer {
+        Symbolizer {
+            files: LruCache::unbounded(),
+            file_bytes: HashMap::new(),
+            total_bytes: 0,
+            stat_index: HashMap::new(),
+            pending_files: HashMap::new(),
+            disk: self.cache_dir.as_deref().map(DiskCache::new),
+            processes: HashMap::new(),
+            kernel: KernelState::NotLoaded,
+            stats: SymbolizerStats::default(),
+            config: self,
+            demangle_memo: HashMap::new(),
+        }
+    }
+}
+
 /// Symbolizes user and kernel addresses for many processes.
 ///
-/// Parsed files are cached by identity (device, inode, size, mtime) in an LRU-bounded map
-/// shared by all processes, so a library mapped by a thousand processes is parsed once.
-/// Process snapshots are kept until [`Symbolizer::forget_process`], so frames of processes that
-/// have exited still resolve.
+/// `observe_process` only snapshots a process's maps and opens the mapped files; each file is
+/// parsed on the first address that needs it, and its debug file and DWARF on the first
+/// lookup too. Parsed files are cached by identity (build ID, else content hash) in an LRU
+/// bounded by count and bytes, shared by all processes, so a library mapped by a thousand
+/// processes is parsed once. Process snapshots keep what they resolved until
+/// [`Symbolizer::forget_process`], so frames of processes that have exited still resolve.
 #[derive(Debug)]
 pub struct Symbolizer {
-    files: HashMap<FileKey, CacheEntry>,
-    capacity: usize,
-    tick: u64,
+    files: LruCache<String, Arc<FileSymbols>>,
+    file_bytes: HashMap<String, usize>,
+    total_bytes: usize,
+    stat_index: HashMap<StatKey, String>,
+    pending_files: HashMap<StatKey, Arc<File>>,
+    disk: Option<DiskCache>,
     processes: HashMap<u32, ProcessState>,
     kernel: KernelState,
-    reread_interval: Duration,
     stats: SymbolizerStats,
+    config: SymbolizerBuilder,
+    demangle_memo: HashMap<String, String>,
 }
+
+/// Bound on memoized demangled names.
+const DEMANGLE_MEMO_ENTRIES: usize = 64 * 1024;
 
 impl Default for Symbolizer {
     fn default() -> Self {
@@ -194,29 +382,25 @@ impl Default for Symbolizer {
 }
 
 impl Symbolizer {
-    /// A symbolizer with default limits ([`DEFAULT_CACHE_CAPACITY`] files,
-    /// [`DEFAULT_REREAD_INTERVAL`]).
+    /// A symbolizer with default options (see [`SymbolizerBuilder`]).
     pub fn new() -> Self {
-        Symbolizer {
-            files: HashMap::new(),
-            capacity: DEFAULT_CACHE_CAPACITY,
-            tick: 0,
-            processes: HashMap::new(),
-            kernel: KernelState::NotLoaded,
-            reread_interval: DEFAULT_REREAD_INTERVAL,
-            stats: SymbolizerStats::default(),
-        }
+        Self::builder().build()
+    }
+
+    /// Options for a new symbolizer.
+    pub fn builder() -> SymbolizerBuilder {
+        SymbolizerBuilder::default()
     }
 
     /// Keeps at most `files` parsed files in the cache (at least one).
     pub fn with_cache_capacity(mut self, files: usize) -> Self {
-        self.capacity = files.max(1);
+        self.config.cache_files = files.max(1);
         self
     }
 
     /// Re-reads a process's maps at most once per `interval` when an address is unmapped.
     pub fn with_reread_interval(mut self, interval: Duration) -> Self {
-        self.reread_interval = interval;
+        self.config.reread_interval = interval;
         self
     }
 
@@ -226,23 +410,29 @@ impl Symbolizer {
         self
     }
 
-    /// Snapshots `/proc/PID/maps` and parses (or fetches from the cache) every executable
-    /// file mapping now, so that symbolization still works after the process exits.
+    /// The demangling mode in use.
+    pub fn demangle_mode(&self) -> DemangleMode {
+        self.config.demangle
+    }
+
+    /// Snapshots `/proc/PID/maps` and opens every executable file mapping, so that
+    /// symbolization still works after the process exits. Cheap: files already cached are
+    /// attached at once, others are parsed on the first address that needs them.
     ///
     /// Files are opened through `/proc/PID/map_files/<start>-<end>` first, falling back to
-    /// `/proc/PID/root/<path>`, so processes in other mount namespaces (containers) work.
-    /// Files that cannot be opened or parsed are logged and symbolized as `module+offset`.
+    /// the path resolved inside `/proc/PID/root` (never following symlinks out of it), so
+    /// processes in other mount namespaces (containers) work. Files that cannot be opened or
+    /// parsed are logged and symbolized as `module+offset`.
     pub fn observe_process(&mut self, pid: u32) -> Result<(), Error> {
         let text = read_maps_text(pid)?;
         let (entries, skipped) = parse_maps_lossy(&text);
         if skipped > 0 {
             tracing::warn!(pid, skipped, "skipped malformed lines in /proc/PID/maps");
         }
-        let old = self
-            .processes
-            .remove(&pid)
-            .map(|s| s.mappings)
-            .unwrap_or_default();
+        let (old, root) = match self.processes.remove(&pid) {
+            Some(s) => (s.mappings, s.root),
+            None => (Vec::new(), FsRoot::of_process(pid)),
+        };
         let mut mappings = Vec::new();
         for entry in entries.into_iter().filter(MapEntry::is_executable) {
             let reused = old
@@ -252,7 +442,7 @@ impl Symbolizer {
                 .filter(|m| m.entry == entry);
             let mapping = match reused {
                 Some(m) => m.clone(),
-                None => self.load_mapping(pid, entry),
+                None => self.snapshot_mapping(pid, &root, entry),
             };
             mappings.push(mapping);
         }
@@ -262,6 +452,7 @@ impl Symbolizer {
             ProcessState {
                 mappings,
                 last_read: Instant::now(),
+                root,
             },
         );
         self.stats.processes_observed += 1;
@@ -289,6 +480,7 @@ impl Symbolizer {
                 ProcessState {
                     mappings: Vec::new(),
                     last_read: Instant::now(),
+                    root: FsRoot::Host,
                 },
             );
         }
@@ -297,7 +489,7 @@ impl Symbolizer {
             let stale = self
                 .processes
                 .get(&pid)
-                .is_some_and(|s| s.last_read.elapsed() >= self.reread_interval);
+                .is_some_and(|s| s.last_read.elapsed() >= self.config.reread_interval);
             if stale {
                 self.stats.maps_rereads += 1;
                 if let Err(e) = self.observe_process(pid) {
@@ -309,39 +501,212 @@ impl Symbolizer {
                 frame = self.lookup_user(pid, addr);
             }
         }
-        let frame = frame.unwrap_or(UserFrame {
-            addr,
-            module: None,
-            elf_addr: None,
-            function: None,
-        });
+        let frame = frame.unwrap_or_else(|| UserFrame::unresolved(addr, None, None));
         if frame.function.is_none() {
             self.stats.unresolved_frames += 1;
         }
         frame
     }
 
-    fn lookup_user(&self, pid: u32, addr: u64) -> Option<UserFrame> {
+    /// Symbolizes `elf_addr`, an address in the ELF virtual address space of the file at
+    /// `path` (as `addr2line -e FILE` takes them), on the host.
+    pub fn symbolize_elf(&mut self, path: &Path, elf_addr: u64) -> Result<UserFrame, Error> {
+        let file = File::open(path).map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let stat = StatKey::of(&meta);
+        let syms = self.resolve_file(stat, Some(Arc::new(file)), path, &FsRoot::Host)?;
+        let module = Arc::new(Module {
+            path: path.to_owned(),
+            build_id: syms.elf.build_id_hex(),
+            map_start: 0,
+            map_end: 0,
+            file_offset: 0,
+            vaddr_start: 0,
+        });
+        let frame = self.frame_from(&syms, elf_addr, elf_addr, Some(module));
+        if frame.function.is_none() {
+            self.stats.unresolved_frames += 1;
+        }
+        Ok(frame)
+    }
+
+    /// Symbolizes many addresses of one ELF file (opened once); see
+    /// [`Symbolizer::symbolize_elf`].
+    pub fn symbolize_elf_batch(
+        &mut self,
+        path: &Path,
+        elf_addrs: &[u64],
+    ) -> Result<Vec<UserFrame>, Error> {
+        let file = File::open(path).map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let syms = self.resolve_file(
+            StatKey::of(&meta),
+            Some(Arc::new(file)),
+            path,
+            &FsRoot::Host,
+        )?;
+        let module = Arc::new(Module {
+            path: path.to_owned(),
+            build_id: syms.elf.build_id_hex(),
+            map_start: 0,
+            map_end: 0,
+            file_offset: 0,
+            vaddr_start: 0,
+        });
+        let mut out = Vec::with_capacity(elf_addrs.len());
+        for &a in elf_addrs {
+            let frame = self.frame_from(&syms, a, a, Some(module.clone()));
+            if frame.function.is_none() {
+                self.stats.unresolved_frames += 1;
+            }
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    /// The separate debug file used for `path`, if any (searching for it on the host).
+    pub fn debug_file_of(&mut self, path: &Path) -> Result<Option<PathBuf>, Error> {
+        let file = File::open(path).map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let syms = self.resolve_file(
+            StatKey::of(&meta),
+            Some(Arc::new(file)),
+            path,
+            &FsRoot::Host,
+        )?;
+        Ok(syms.debug_file_path().map(Path::to_owned))
+    }
+
+    fn lookup_user(&mut self, pid: u32, addr: u64) -> Option<UserFrame> {
         let state = self.processes.get(&pid)?;
         let i = state
             .mappings
             .partition_point(|m| m.entry.start <= addr)
             .checked_sub(1)?;
         let m = state.mappings.get(i).filter(|m| m.entry.contains(addr))?;
-        let elf_addr = match (&m.module, m.has_vaddr) {
-            (Some(module), true) => module.vaddr_start.checked_add(addr - m.entry.start),
-            _ => None,
+        if let MapState::Pending { stat } = m.state {
+            let entry = m.entry.clone();
+            let root = state.root.clone();
+            let ready = self.resolve_mapping(pid, &root, &entry, stat);
+            let state = self.processes.get_mut(&pid)?;
+            let m = state.mappings.get_mut(i)?;
+            m.state = ready;
+        }
+        let state = self.processes.get(&pid)?;
+        let m = state.mappings.get(i)?;
+        let (module, syms, has_vaddr) = match &m.state {
+            MapState::Ready {
+                module,
+                syms,
+                has_vaddr,
+            } => (module.clone(), syms.clone(), *has_vaddr),
+            MapState::NoFile | MapState::Pending { .. } => {
+                return Some(UserFrame::unresolved(addr, None, None));
+            }
         };
-        let function = match (&m.syms, elf_addr) {
-            (Some(syms), Some(a)) => syms.lookup(a).map(|(name, _)| name.to_owned()),
-            _ => None,
+        let elf_addr = has_vaddr
+            .then(|| module.vaddr_start.checked_add(addr - m.entry.start))
+            .flatten();
+        let (Some(syms), Some(vaddr)) = (syms, elf_addr) else {
+            return Some(UserFrame::unresolved(addr, Some(module), elf_addr));
         };
-        Some(UserFrame {
+        let frame = self.frame_from(&syms, addr, vaddr, Some(module));
+        Some(frame)
+    }
+
+    /// Looks `vaddr` up in `syms` and demangles; updates byte accounting if lazy parts loaded.
+    fn frame_from(
+        &mut self,
+        syms: &Arc<FileSymbols>,
+        addr: u64,
+        vaddr: u64,
+        module: Option<Arc<Module>>,
+    ) -> UserFrame {
+        let before = syms.approx_bytes();
+        let had_debug = syms.debug_found();
+        let raw = syms.lookup(vaddr, self.config.inline_frames);
+        if !had_debug && syms.debug_found() {
+            self.stats.debug_files_found += 1;
+        }
+        let after = syms.approx_bytes();
+        if after != before {
+            self.account_growth(syms, after);
+        }
+        let mut frames: Vec<SourceFrame> = Vec::with_capacity(raw.frames.len());
+        for f in raw.frames {
+            frames.push(SourceFrame {
+                function: f.name.map(|n| self.demangled(n)),
+                file: f.file,
+                line: f.line,
+            });
+        }
+        match raw.source {
+            Some(NameSource::Go) => self.stats.go_frames += 1,
+            Some(NameSource::Dwarf) => self.stats.dwarf_frames += 1,
+            _ => {}
+        }
+        let outer = frames.pop().unwrap_or_default();
+        UserFrame {
             addr,
-            module: m.module.clone(),
-            elf_addr,
-            function,
-        })
+            module,
+            elf_addr: Some(vaddr),
+            function: outer.function,
+            file: outer.file,
+            line: outer.line,
+            inlined: frames,
+        }
+    }
+
+    /// Demangles through a bounded memo: the same few thousand names recur in every profile.
+    fn demangled(&mut self, raw: String) -> String {
+        let mode = self.config.demangle;
+        if mode == DemangleMode::None {
+            return raw;
+        }
+        if let Some(d) = self.demangle_memo.get(&raw) {
+            return d.clone();
+        }
+        let d = demangle(&raw, mode).into_owned();
+        if self.demangle_memo.len() >= DEMANGLE_MEMO_ENTRIES {
+            self.demangle_memo.clear();
+        }
+        self.demangle_memo.insert(raw, d.clone());
+        d
+    }
+
+    fn account_growth(&mut self, syms: &Arc<FileSymbols>, bytes: usize) {
+        let key = self
+            .files
+            .iter()
+            .find(|(_, v)| Arc::ptr_eq(v, syms))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = key
+            && let Some(old) = self.file_bytes.insert(k, bytes)
+        {
+            self.total_bytes = self.total_bytes - old.min(self.total_bytes) + bytes;
+            self.evict();
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.files.len() > self.config.cache_files
+            || (self.total_bytes > self.config.cache_bytes && self.files.len() > 1)
+        {
+            let Some((k, _)) = self.files.pop_lru() else {
+                break;
+            };
+            if let Some(b) = self.file_bytes.remove(&k) {
+                self.total_bytes -= b.min(self.total_bytes);
+            }
+            self.stat_index.retain(|_, v| *v != k);
+            self.stats.cache_evictions += 1;
+        }
     }
 
     /// Symbolizes a kernel address; `/proc/kallsyms` is loaded on first use (once; a failure
@@ -387,136 +752,270 @@ impl Symbolizer {
         self.files.len()
     }
 
-    fn load_mapping(&mut self, pid: u32, entry: MapEntry) -> ProcMapping {
-        let (path, syms) = match &entry.path {
+    /// Approximate bytes held by the cache.
+    pub fn cached_bytes(&self) -> usize {
+        self.total_bytes
+    }
+
+    /// Records a mapping at observation time: opens its file (kept open until parsed, within
+    /// a bound) or attaches the already-parsed file; reads the vDSO now (it is small).
+    fn snapshot_mapping(&mut self, pid: u32, root: &FsRoot, entry: MapEntry) -> ProcMapping {
+        let state = match &entry.path {
             MapPath::File(p) | MapPath::Deleted(p) => {
-                (p.clone(), self.file_symbols(pid, &entry, p))
+                match open_mapped_file(pid, root, &entry, p) {
+                    Ok((file, _)) => match file.metadata() {
+                        Ok(meta) => {
+                            let stat = StatKey::of(&meta);
+                            if self.stat_index.contains_key(&stat) {
+                                // Already parsed: attach now, cheaply.
+                                self.resolve_mapping(pid, root, &entry, Some(stat))
+                            } else {
+                                if self.pending_files.len() < self.config.max_pending_files {
+                                    self.pending_files
+                                        .entry(stat)
+                                        .or_insert_with(|| Arc::new(file));
+                                }
+                                MapState::Pending { stat: Some(stat) }
+                            }
+                        }
+                        Err(_) => MapState::Pending { stat: None },
+                    },
+                    Err(e) => {
+                        if matches!(e, Error::FileReplaced { .. }) {
+                            self.stats.files_replaced += 1;
+                        }
+                        self.stats.file_failures += 1;
+                        tracing::debug!(pid, path = %p.display(), error = %e, "cannot open mapped file");
+                        self.ready_without_symbols(p.clone(), &entry)
+                    }
+                }
             }
             MapPath::Special(name) if name == "[vdso]" => {
-                (PathBuf::from(name), self.vdso_symbols(pid, &entry))
+                let syms = self.vdso_symbols(pid, &entry);
+                self.ready(PathBuf::from(name), &entry, syms)
             }
-            MapPath::Special(name) => (PathBuf::from(name), None),
-            MapPath::Anonymous => {
-                return ProcMapping {
-                    entry,
-                    module: None,
-                    syms: None,
-                    has_vaddr: false,
-                };
-            }
+            MapPath::Special(name) => self.ready_without_symbols(PathBuf::from(name), &entry),
+            MapPath::Anonymous => MapState::NoFile,
         };
-        let vaddr = syms
-            .as_ref()
-            .and_then(|s| s.mapping_offset_to_vaddr(entry.offset, entry.is_executable()));
+        ProcMapping { entry, state }
+    }
+
+    fn ready_without_symbols(&self, path: PathBuf, entry: &MapEntry) -> MapState {
+        self.ready(path, entry, None)
+    }
+
+    fn ready(&self, path: PathBuf, entry: &MapEntry, syms: Option<Arc<FileSymbols>>) -> MapState {
+        let vaddr = syms.as_ref().and_then(|s| {
+            s.elf
+                .mapping_offset_to_vaddr(entry.offset, entry.is_executable())
+        });
         let module = Module {
             path,
-            build_id: syms.as_ref().and_then(|s| s.build_id_hex()),
+            build_id: syms.as_ref().and_then(|s| s.elf.build_id_hex()),
             map_start: entry.start,
             map_end: entry.end,
             file_offset: entry.offset,
             vaddr_start: vaddr.unwrap_or(entry.offset),
         };
-        ProcMapping {
-            entry,
-            module: Some(Arc::new(module)),
+        MapState::Ready {
+            module: Arc::new(module),
             syms,
             has_vaddr: vaddr.is_some(),
         }
     }
 
-    fn file_symbols(&mut self, pid: u32, entry: &MapEntry, path: &Path) -> Option<Arc<ElfSymbols>> {
-        let (file, opened) = match open_mapped_file(pid, entry, path) {
-            Ok(f) => f,
+    /// Parses (or fetches from the cache) the file of a pending mapping.
+    fn resolve_mapping(
+        &mut self,
+        pid: u32,
+        root: &FsRoot,
+        entry: &MapEntry,
+        stat: Option<StatKey>,
+    ) -> MapState {
+        let Some(path) = entry.path.file_path().map(Path::to_owned) else {
+            return MapState::NoFile;
+        };
+        let file = match stat.and_then(|s| self.pending_files.remove(&s)) {
+            Some(f) => Some(f),
+            None if stat.is_some_and(|s| self.stat_index.contains_key(&s)) => None,
+            None => match open_mapped_file(pid, root, entry, &path) {
+                Ok((f, _)) => Some(Arc::new(f)),
+                Err(e) => {
+                    self.stats.file_failures += 1;
+                    tracing::debug!(pid, path = %path.display(), error = %e, "cannot reopen mapped file");
+                    return self.ready_without_symbols(path, entry);
+                }
+            },
+        };
+        let stat = match (stat, &file) {
+            (Some(s), _) => s,
+            (None, Some(f)) => match f.metadata() {
+                Ok(m) => StatKey::of(&m),
+                Err(_) => return self.ready_without_symbols(path, entry),
+            },
+            (None, None) => return self.ready_without_symbols(path, entry),
+        };
+        match self.resolve_file(stat, file, &path, root) {
+            Ok(syms) => self.ready(path, entry, Some(syms)),
             Err(e) => {
                 self.stats.file_failures += 1;
-                tracing::debug!(pid, path = %path.display(), error = %e, "cannot open mapped file");
-                return None;
+                tracing::debug!(pid, path = %path.display(), error = %e, "cannot parse mapped file");
+                self.ready_without_symbols(path, entry)
             }
-        };
-        let meta = match file.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.file_failures += 1;
-                tracing::debug!(path = %opened.display(), error = %e, "cannot stat mapped file");
-                return None;
-            }
-        };
-        let key = FileKey::File {
-            dev: meta.dev(),
-            inode: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
-        self.cached_or_parse(key, || ElfSymbols::from_file(&file, path))
+        }
     }
 
-    fn vdso_symbols(&mut self, pid: u32, entry: &MapEntry) -> Option<Arc<ElfSymbols>> {
+    /// The parsed file for `stat`: from the cache (by stat key, then by build ID / content
+    /// hash), else parsed from `file`.
+    fn resolve_file(
+        &mut self,
+        stat: StatKey,
+        file: Option<Arc<File>>,
+        path: &Path,
+        root: &FsRoot,
+    ) -> Result<Arc<FileSymbols>, Error> {
+        if let Some(id) = self.stat_index.get(&stat)
+            && let Some(s) = self.files.get(id)
+        {
+            self.stats.cache_hits += 1;
+            return Ok(s.clone());
+        }
+        let file = match file {
+            Some(f) => f,
+            None => Arc::new(
+                root.open(path)
+                    .map_err(|e| Error::from_io(path.to_owned(), e))?,
+            ),
+        };
+        if stat.size == 0 {
+            return Err(Error::InvalidElfFile {
+                path: path.to_owned(),
+                reason: "the file is empty".to_owned(),
+            });
+        }
+        // SAFETY: read-only private map, only read while alive. Another process may rewrite
+        // the file in place (truncation can raise SIGBUS); profiled binaries and libraries are
+        // replaced by rename in practice, and reading whole files would cost far more memory.
+        let map = unsafe { memmap2::Mmap::map(&*file) }
+            .map_err(|e| Error::from_io(path.to_owned(), e))?;
+        let map = Arc::new(map);
+        let refs = match object::File::parse(&**map) {
+            Ok(f) => DebugRefs::of(&f),
+            Err(e) => {
+                return Err(Error::InvalidElfFile {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let id = file_identity(&map, &refs);
+        if let Some(s) = self.files.get(&id) {
+            self.stats.cache_hits += 1;
+            let s = s.clone();
+            self.stat_index.insert(stat, id);
+            return Ok(s);
+        }
+        let options = SourceOptions {
+            debug_files: self.config.debug_files,
+            dwarf: self.config.dwarf,
+        };
+        let (syms, disk_hit) = FileSymbols::new(
+            map,
+            path,
+            root.clone(),
+            Some((stat.dev, stat.inode)),
+            options,
+            self.disk.clone(),
+            &id,
+        )?;
+        if disk_hit {
+            self.stats.disk_cache_hits += 1;
+        }
+        self.stats.files_parsed += 1;
+        let syms = Arc::new(syms);
+        self.insert_file(id.clone(), syms.clone());
+        if self.stat_index.len() > 4 * self.config.cache_files {
+            self.stat_index.clear();
+        }
+        self.stat_index.insert(stat, id);
+        Ok(syms)
+    }
+
+    fn insert_file(&mut self, id: String, syms: Arc<FileSymbols>) {
+        let bytes = syms.approx_bytes();
+        self.total_bytes += bytes;
+        if let Some(old) = self.file_bytes.insert(id.clone(), bytes) {
+            self.total_bytes -= old.min(self.total_bytes);
+        }
+        self.files.put(id, syms);
+        self.evict();
+    }
+
+    fn vdso_symbols(&mut self, pid: u32, entry: &MapEntry) -> Option<Arc<FileSymbols>> {
         if entry.len() > MAX_VDSO_LEN {
             return None;
         }
         let len = usize::try_from(entry.len()).ok()?;
-        let mut bytes = vec![0u8; len];
-        if let Err(e) = RemoteMemory::new(pid).read_exact_at(entry.start, &mut bytes) {
+        let mut anon = memmap2::MmapMut::map_anon(len).ok()?;
+        if let Err(e) = RemoteMemory::new(pid).read_exact_at(entry.start, &mut anon) {
             tracing::debug!(pid, error = %e, "cannot read the vDSO");
             return None;
         }
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        let key = FileKey::Vdso {
-            len,
-            hash: h.finish(),
-        };
-        self.cached_or_parse(key, || ElfSymbols::parse(&bytes))
-    }
-
-    fn cached_or_parse(
-        &mut self,
-        key: FileKey,
-        parse: impl FnOnce() -> Result<ElfSymbols, Error>,
-    ) -> Option<Arc<ElfSymbols>> {
-        self.tick += 1;
-        if let Some(e) = self.files.get_mut(&key) {
-            e.last_used = self.tick;
+        let map = Arc::new(anon.make_read_only().ok()?);
+        let refs = object::File::parse(&**map)
+            .ok()
+            .map(|f| DebugRefs::of(&f))?;
+        let id = format!(
+            "vdso-{}",
+            file_identity(
+                &map,
+                &DebugRefs {
+                    build_id: None,
+                    ..refs
+                }
+            )
+        );
+        if let Some(s) = self.files.get(&id) {
             self.stats.cache_hits += 1;
-            return e.syms.clone();
+            return Some(s.clone());
         }
-        let syms = match parse() {
-            Ok(s) => {
+        let options = SourceOptions {
+            debug_files: false,
+            dwarf: false,
+        };
+        match FileSymbols::new(
+            map,
+            Path::new("[vdso]"),
+            FsRoot::Host,
+            None,
+            options,
+            None,
+            &id,
+        ) {
+            Ok((s, _)) => {
                 self.stats.files_parsed += 1;
-                Some(Arc::new(s))
+                let s = Arc::new(s);
+                self.insert_file(id, s.clone());
+                Some(s)
             }
             Err(e) => {
                 self.stats.file_failures += 1;
-                tracing::debug!(error = %e, "cannot parse mapped file");
+                tracing::debug!(pid, error = %e, "cannot parse the vDSO");
                 None
             }
-        };
-        if self.files.len() >= self.capacity {
-            let oldest = self
-                .files
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                self.files.remove(&k);
-            }
         }
-        self.files.insert(
-            key,
-            CacheEntry {
-                syms: syms.clone(),
-                last_used: self.tick,
-            },
-        );
-        syms
     }
 }
 
 /// Opens the file behind a mapping: `/proc/PID/map_files/<start>-<end>` (the very file
-/// mapped, even if deleted or in another mount namespace), else `/proc/PID/root/<path>` if
-/// its inode matches the mapping's.
-fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Result<(File, PathBuf), Error> {
+/// mapped, even if deleted, replaced or in another mount namespace), else `path` resolved
+/// inside the process's root if its inode matches the mapping's.
+fn open_mapped_file(
+    pid: u32,
+    root: &FsRoot,
+    entry: &MapEntry,
+    path: &Path,
+) -> Result<(File, PathBuf), Error> {
     let map_file = PathBuf::from(format!(
         "/proc/{pid}/map_files/{:x}-{:x}",
         entry.start, entry.end
@@ -528,19 +1027,17 @@ fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Result<(File, Pa
     if matches!(entry.path, MapPath::Deleted(_)) {
         return Err(first_err);
     }
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    let rooted = Path::new("/proc")
-        .join(pid.to_string())
-        .join("root")
-        .join(relative);
-    let f = File::open(&rooted).map_err(|e| Error::from_proc_io(pid, rooted.clone(), e))?;
+    let f = root
+        .open(path)
+        .map_err(|e| Error::from_proc_io(pid, path.to_owned(), e))?;
     let inode = f
         .metadata()
-        .map_err(|e| Error::from_io(rooted.clone(), e))?
+        .map_err(|e| Error::from_io(path.to_owned(), e))?
         .ino();
     if entry.inode != 0 && inode != entry.inode {
-        tracing::debug!(pid, path = %rooted.display(), "file was replaced since it was mapped");
-        return Err(first_err);
+        return Err(Error::FileReplaced {
+            path: path.to_owned(),
+        });
     }
-    Ok((f, rooted))
+    Ok((f, path.to_owned()))
 }
