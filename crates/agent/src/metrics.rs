@@ -37,6 +37,13 @@ pub struct AgentMetrics {
     pub samples_unmatched: Counter,
     /// `ferroscope_processes_profiled`: processes currently in the eBPF PID filter.
     pub processes_profiled: Gauge,
+    /// `ferroscope_last_round_build_seconds`: time to symbolize, build and encode every
+    /// profile of the last interval.
+    pub last_round_build_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The unwinder's and process manager's internal metrics, under the reference
+    /// profiler's names (`UnwindNativeAttempts_total`, `NumProcNew_total`, ...), labelled
+    /// `otel_scope_name="pyroscope.ebpf"` as Alloy labels them.
+    pub internal: std::collections::HashMap<&'static str, Family<ServiceLabels, Gauge>>,
 }
 
 impl AgentMetrics {
@@ -78,6 +85,17 @@ impl AgentMetrics {
             "Processes currently sampled by the eBPF program",
             m.processes_profiled.clone(),
         );
+        let mut m = m;
+        for (name, _) in crate::process::UnwindMetrics::default().named() {
+            let family: Family<ServiceLabels, Gauge> = Family::default();
+            registry.register(name, "Internal metric of the eBPF profiler (reference profiler's name)", family.clone());
+            m.internal.insert(name, family);
+        }
+        registry.register(
+            "ferroscope_last_round_build_seconds",
+            "Time to symbolize, build and encode every profile of the last interval",
+            m.last_round_build_seconds.clone(),
+        );
         m
     }
 }
@@ -96,5 +114,17 @@ impl Mirror {
             counter.inc_by(current - self.last);
         }
         self.last = current;
+    }
+}
+
+impl AgentMetrics {
+    /// Publishes the unwinder's and process manager's metrics.
+    pub fn set_internal(&self, unwind: &crate::process::UnwindMetrics) {
+        let labels = vec![("otel_scope_name".to_owned(), "pyroscope.ebpf".to_owned())];
+        for (name, value) in unwind.named() {
+            if let Some(family) = self.internal.get(name) {
+                family.get_or_create(&labels).set(value as i64);
+            }
+        }
     }
 }

@@ -1168,7 +1168,7 @@ mod tests {
         pm.tick(&mut maps);
         assert!(pm.is_loaded(pid));
         assert!(maps.known.contains(&pid));
-        let here = a_real_process_is_loaded_and_unloaded as usize as u64;
+        let here = a_real_process_is_loaded_and_unloaded as fn() as usize as u64;
         let m = maps.mapping(pid, here).expect("the test binary's code is mapped");
         assert!(m.start <= here && here < m.end);
         let info = maps.lookup(FileId(m.file_id), here - m.bias).expect("a rule for this function");

@@ -249,7 +249,7 @@ pub fn record(
 
 /// Starts the sampler with the stack-delta unwinder, or without it (frame pointers only)
 /// when the kernel refuses it.
-fn start_sampler(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> Result<Sampler, Error> {
+pub(crate) fn start_sampler(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> Result<Sampler, Error> {
     let with_unwinder = SamplerConfig { sample_rate_hz, pids: pids.clone(), unwinder: Some(UnwinderConfig::default()) };
     match Sampler::start(&with_unwinder) {
         Ok(s) => Ok(s),
@@ -264,7 +264,7 @@ fn start_sampler(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> Result<Sampler,
 
 /// Hands the sampler's process reports to the process manager and lets it work. Called
 /// after the traces were drained, so an exited process's queued traces come first.
-fn manage_processes(sampler: &mut Sampler, manager: &mut ProcessManager) {
+pub(crate) fn manage_processes(sampler: &mut Sampler, manager: &mut ProcessManager) {
     sampler.drain_pid_events(|pid, kind| manager.report(pid, kind));
     if let Some(maps) = sampler.unwind_maps() {
         manager.tick(maps);

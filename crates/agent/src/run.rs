@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferroscope_ebpf_programs::{Sampler, SamplerConfig};
+use ferroscope_ebpf_programs::Sampler;
 use ferroscope_pprof::push::{EndpointConfig, SeriesProfile, WriteMetrics, Writer};
 use ferroscope_pprof::sink::LocalSink;
-use ferroscope_symbolize::Symbolizer;
+use ferroscope_symbolize::{DemangleMode, Symbolizer};
 use ferroscope_targets::target::PROCESS_CPU;
 use ferroscope_targets::{FinderOptions, Labels, ProcessDiscovery, Target, TargetFinder, build_targets};
 use ferroscope_unwind_api::FrameKind;
@@ -24,8 +24,9 @@ use prometheus_client::registry::Registry;
 
 use crate::Error;
 use crate::aggregate::TraceAggregator;
-use crate::config::{Api, Comm, Config, Endpoint};
+use crate::config::{Api, Comm, Config, Demangle, Endpoint};
 use crate::metrics::{AgentMetrics, Mirror};
+use crate::process::{ProcessManager, ProcessManagerConfig};
 use crate::profile::{ProfileOptions, SampleLabels, build_cpu_profile};
 use crate::server::{Health, ServerState};
 
@@ -230,8 +231,20 @@ fn collect_loop(
 ) -> Result<(), Error> {
     let ebpf = &config.ebpf;
     let mut targeting = Targeting::new(config);
-    let mut symbolizer = Symbolizer::new();
+    let demangle = match ebpf.demangle {
+        Demangle::None => DemangleMode::None,
+        Demangle::Simplified => DemangleMode::Simplified,
+        Demangle::Templates => DemangleMode::Templates,
+        Demangle::Full => DemangleMode::Full,
+    };
+    let cache_dir = (!ebpf.symb_cache_path.as_os_str().is_empty()).then(|| ebpf.symb_cache_path.clone());
+    let mut symbolizer = Symbolizer::builder()
+        .demangle(demangle)
+        .cache_dir(cache_dir)
+        .build()
+        .with_cache_capacity(ebpf.symb_cache_size.clamp(1, 1 << 20) as usize);
     let mut sampler: Option<Sampler> = None;
+    let mut manager = ProcessManager::new(ProcessManagerConfig::default());
     let mut filtered: HashSet<u32> = HashSet::new();
     let mut per_pid: HashMap<u32, TraceAggregator> = HashMap::new();
     let mut mirrors = (Mirror::default(), Mirror::default());
@@ -248,7 +261,7 @@ fn collect_loop(
         // Start sampling, unless lazy mode waits for the first target.
         if sampler.is_none() && !(ebpf.lazy_mode && targeting.finder.is_empty()) && !stopping {
             let pids = ebpf.targets_only.then(Vec::new);
-            match Sampler::start(&SamplerConfig { sample_rate_hz: ebpf.sample_rate, pids, unwinder: None }) {
+            match crate::record::start_sampler(ebpf.sample_rate, pids) {
                 Ok(s) => {
                     tracing::info!(rate = ebpf.sample_rate, "sampling started");
                     sampler = Some(s);
@@ -258,7 +271,7 @@ fn collect_loop(
                 Err(e) => {
                     metrics.sessions_failing.inc();
                     state.set_health(Health::Unhealthy(e.to_string()));
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -270,8 +283,24 @@ fn collect_loop(
         {
             last_scan = Some(Instant::now());
             let alive: HashSet<u32> = list_pids().into_iter().collect();
-            for &pid in &alive {
-                if !filtered.contains(&pid) && targeting.target_of(pid).is_some() {
+            let new: Vec<u32> = alive
+                .iter()
+                .copied()
+                .filter(|pid| !filtered.contains(pid) && targeting.target_of(*pid).is_some())
+                .collect();
+            // Load the new targets' unwind tables before letting them in the filter, so that
+            // their first samples are already unwound from tables.
+            if let Some(maps) = s.unwind_maps()
+                && !new.is_empty()
+            {
+                manager.scan(Some(&new));
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while manager.busy() && Instant::now() < deadline {
+                    manager.tick(maps);
+                }
+            }
+            for pid in new {
+                {
                     match s.add_pid(pid) {
                         Ok(()) => {
                             filtered.insert(pid);
@@ -310,15 +339,28 @@ fn collect_loop(
                     tracing::debug!(pid, "process mappings not captured: {e}");
                 }
             }
+            crate::record::manage_processes(s, &mut manager);
             if let Ok(c) = s.counters() {
                 mirrors.0.update(&metrics.samples, c.sent);
                 mirrors.1.update(&metrics.samples_lost, c.lost_ringbuf_full);
+                if s.unwind_maps().is_some() {
+                    metrics.set_internal(&manager.metrics(&c));
+                }
             }
         }
 
         if stopping || Instant::now() >= next_collect {
             let now = SystemTime::now();
+            let build_start = Instant::now();
             let profiles = build_round(&mut targeting, &mut symbolizer, &mut per_pid, config, metrics, interval_start, now);
+            let build_time = build_start.elapsed();
+            metrics.last_round_build_seconds.set(build_time.as_secs_f64());
+            tracing::info!(
+                profiles = profiles.len(),
+                bytes = profiles.iter().map(|p| p.profile.pprof_gzip.len()).sum::<usize>(),
+                build_ms = build_time.as_secs_f64() * 1000.0,
+                "collected"
+            );
             interval_start = now;
             next_collect = Instant::now() + ebpf.collect_interval;
             metrics.sessions.inc();
