@@ -126,7 +126,7 @@ fn test(extra: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("note: not root: the eBPF tests will be skipped (FERROSCOPE_REQUIRE_BPF=1 makes them fail instead)");
     }
-    run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace", "--all-targets"]).args(extra))?;
+    run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace", "--all-targets", "--no-fail-fast"]).args(extra))?;
     // Doc tests are not part of --all-targets.
     run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace", "--doc"]))
 }
@@ -247,6 +247,8 @@ fn bench_agent(args: &[String]) -> Result<()> {
         rss_samples.push(rss);
     }
     let cpu1 = cpu_ticks(pid).context("agent exited early")?;
+    let rss_anon = proc_field(pid, "status", "RssAnon:").unwrap_or(0);
+    let rss_file = proc_field(pid, "status", "RssFile:").unwrap_or(0);
     let elapsed = t0.elapsed().as_secs_f64();
     let metrics = {
         use std::io::{Read, Write};
@@ -276,13 +278,15 @@ fn bench_agent(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     let cpu_pct = (cpu1 - cpu0) as f64 / hz / elapsed * 100.0;
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
-    println!("| processes | interval | rate | agent CPU | RSS (mean / max) | pprof bytes per process (mean, gzip) | build+encode per interval |");
+    println!("| processes | interval | rate | agent CPU | RSS mean / max (anon + file at end) | pprof bytes per process (mean, gzip) | build+encode per interval |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| 200 idle + 4 busy, all targets | 15 s | 19 Hz | {cpu_pct:.3} % of one CPU ({:.1} ms per interval) | {:.1} / {:.1} MiB | {:.0} B ({} profiles) | {:.1} ms |",
+        "| 200 idle + 4 busy, all targets | 15 s | 19 Hz | {cpu_pct:.3} % of one CPU ({:.1} ms per interval) | {:.1} / {:.1} MiB ({:.1} + {:.1}) | {:.0} B ({} profiles) | {:.1} ms |",
         cpu_pct / 100.0 * 15.0 * 1000.0,
         mean(&rss_samples) / 1024.0,
         rss_max as f64 / 1024.0,
+        rss_anon as f64 / 1024.0,
+        rss_file as f64 / 1024.0,
         mean(&sizes),
         sizes.len(),
         build_s * 1000.0

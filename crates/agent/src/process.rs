@@ -108,7 +108,7 @@ impl Default for ProcessManagerConfig {
             max_table_entries: 3 << 20,
             max_file_size: 1 << 30,
             exit_grace: Duration::from_secs(1),
-            rescan_interval: Duration::from_millis(250),
+            rescan_interval: Duration::from_millis(100),
             tick_budget: Duration::from_millis(200),
         }
     }

@@ -43,7 +43,7 @@ const volatile enum fs_unwind_kind fs_abi_unwind_kind = FS_UNWIND_FRAME_POINTER;
 /* A process is reported again at most this often: as new (loading is costly), and for a
  * rescan (dlopen; userspace defers rescans that come too soon). */
 #define FS_REPORT_INTERVAL_NS 1000000000ULL
-#define FS_RESCAN_INTERVAL_NS 250000000ULL
+#define FS_RESCAN_INTERVAL_NS 100000000ULL
 
 /* The rt_sigframe layout (x86-64): after the handler returns into the restorer, RSP points
  * at the ucontext, whose uc_mcontext holds the interrupted registers. */

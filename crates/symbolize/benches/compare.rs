@@ -113,10 +113,13 @@ fn child_mode(bin: &Path) {
     let named = usize::from(first.function.is_some())
         + frames.iter().filter(|f| f.function.is_some()).count();
     let cold = t0.elapsed().as_secs_f64();
+    let hits_before = s.stats().memo_hits;
     let t1 = Instant::now();
     std::hint::black_box(s.symbolize_elf_batch(bin, &addrs).expect("symbolize"));
     let warm = t1.elapsed().as_secs_f64();
-    println!("{first_frame} {cold} {warm} {named}");
+    // How many warm lookups the per-file memo of resolved addresses answered.
+    let warm_hits = s.stats().memo_hits - hits_before;
+    println!("{first_frame} {cold} {warm} {named} {warm_hits}");
 }
 
 fn main() {
@@ -152,7 +155,7 @@ fn main() {
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        if run.len() == 4 {
+        if run.len() == 5 {
             if v.is_empty() {
                 v = run;
             } else {
@@ -168,9 +171,11 @@ fn main() {
             .env("FERROSCOPE_BENCH_BINARY", &bin),
         "",
     );
-    if let [first, cold, warm, named] = v[..] {
+    if let [first, cold, warm, named, warm_hits] = v[..] {
+        let distinct = addrs.iter().collect::<std::collections::HashSet<_>>().len();
         println!(
-            "| ferroscope | {:.0} | {:.0} | {:.1} ms | {:.0} MiB |  (named {named})",
+            "| ferroscope | {:.0} | {:.0} | {:.1} ms | {:.0} MiB |  (named {named}; \
+             {distinct} distinct addresses; warm memo hits {warm_hits})",
             N as f64 / cold,
             N as f64 / warm,
             first * 1e3,

@@ -64,6 +64,7 @@ const _: () = {
 
 mod disk_cache;
 mod error;
+mod memo;
 mod source;
 mod symbolizer;
 
@@ -80,7 +81,7 @@ pub use demangle::DemangleMode;
 pub use disk_cache::DEFAULT_CACHE_DIR;
 pub use error::Error;
 pub use symbolizer::{
-    DEFAULT_CACHE_BYTES, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_PENDING_FILES,
-    DEFAULT_REREAD_INTERVAL, KernelFrame, Module, SourceFrame, Symbolizer, SymbolizerBuilder,
-    SymbolizerStats, UserFrame,
+    DEFAULT_ADDRESS_MEMO_ENTRIES, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_CAPACITY,
+    DEFAULT_MAX_PENDING_FILES, DEFAULT_REREAD_INTERVAL, KernelFrame, Module, SourceFrame,
+    Symbolizer, SymbolizerBuilder, SymbolizerStats, UserFrame,
 };

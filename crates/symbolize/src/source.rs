@@ -19,6 +19,7 @@ use crate::disk_cache::{DiskCache, Lookup};
 use crate::dwarf::{Dwarf, DwarfFrame};
 use crate::elf::ElfSymbols;
 use crate::gopclntab::GoTable;
+use crate::memo::AddrMemo;
 use crate::root::FsRoot;
 
 /// Largest `.gnu_debugdata` decompressed size accepted.
@@ -75,6 +76,9 @@ pub(crate) struct FileSymbols {
     /// `addr2line`'s lazily parsed units are not `Sync`; the lock keeps `FileSymbols`
     /// shareable across threads (uncontended in the symbolizer, which is `&mut`).
     dwarf: OnceLock<Option<Mutex<Dwarf>>>,
+    /// Resolved addresses (see [`AddrMemo`]); dies with the file, so a replaced file
+    /// (a new identity) starts empty.
+    pub memo: Mutex<AddrMemo>,
 }
 
 /// The identity under which a file is cached: its build ID, else a hash of its content.
@@ -160,6 +164,7 @@ impl FileSymbols {
                 disk,
                 debug: OnceLock::new(),
                 dwarf: OnceLock::new(),
+                memo: Mutex::new(AddrMemo::new()),
             },
             disk_hit,
         ))
@@ -247,6 +252,7 @@ impl FileSymbols {
         if let Some(Some(d)) = self.dwarf.get() {
             n += d.lock().map_or(0, |d| d.owned_bytes());
         }
+        n += self.memo.lock().map_or(0, |m| m.approx_bytes());
         n
     }
 

@@ -1,6 +1,6 @@
 //! The process-aware symbolizer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,11 +16,15 @@ use crate::demangle::{DemangleMode, demangle};
 use crate::disk_cache::DiskCache;
 use crate::kernel::KernelSymbols;
 use crate::maps::{MapEntry, MapPath, parse_maps_lossy, read_maps_text};
+use crate::memo::{MemoFrame, MemoKey, Resolved};
 use crate::root::FsRoot;
 use crate::source::{FileSymbols, NameSource, SourceOptions, file_identity};
 
 /// Default number of parsed files kept in the cache.
 pub const DEFAULT_CACHE_CAPACITY: usize = 1024;
+
+/// Default bound on memoized addresses per file (see [`SymbolizerBuilder::address_memo`]).
+pub const DEFAULT_ADDRESS_MEMO_ENTRIES: usize = 64 * 1024;
 
 /// Default minimum time between two re-reads of one process's maps.
 pub const DEFAULT_REREAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -183,6 +187,8 @@ pub struct SymbolizerStats {
     pub go_frames: u64,
     /// User frames with a DWARF file and line.
     pub dwarf_frames: u64,
+    /// User frames answered from the per-file memo of resolved addresses.
+    pub memo_hits: u64,
 }
 
 /// Default bound on the bytes of parsed data kept in the cache.
@@ -260,6 +266,7 @@ pub struct SymbolizerBuilder {
     cache_dir: Option<PathBuf>,
     reread_interval: Duration,
     max_pending_files: usize,
+    address_memo: usize,
 }
 
 impl Default for SymbolizerBuilder {
@@ -274,6 +281,7 @@ impl Default for SymbolizerBuilder {
             cache_dir: None,
             reread_interval: DEFAULT_REREAD_INTERVAL,
             max_pending_files: DEFAULT_MAX_PENDING_FILES,
+            address_memo: DEFAULT_ADDRESS_MEMO_ENTRIES,
         }
     }
 }
@@ -325,6 +333,16 @@ impl SymbolizerBuilder {
         self
     }
 
+    /// Bounds the memo of resolved addresses kept per cached file (default
+    /// [`DEFAULT_ADDRESS_MEMO_ENTRIES`]; 0 turns it off). A profiler looks the same addresses
+    /// up every collect interval; a memo hit skips the symbol tables, DWARF and demangling.
+    /// The memo belongs to the file's cache entry: it is counted in the cache's bytes and
+    /// goes when the file is evicted or replaced.
+    pub fn address_memo(mut self, entries_per_file: usize) -> Self {
+        self.address_memo = entries_per_file;
+        self
+    }
+
     /// Bounds the files `observe_process` keeps open until they are first needed.
     pub fn max_pending_files(mut self, n: usize) -> Self {
         self.max_pending_files = n;
@@ -345,6 +363,7 @@ impl SymbolizerBuilder {
             stats: SymbolizerStats::default(),
             config: self,
             demangle_memo: HashMap::new(),
+            interned: HashSet::new(),
         }
     }
 }
@@ -369,8 +388,13 @@ pub struct Symbolizer {
     kernel: KernelState,
     stats: SymbolizerStats,
     config: SymbolizerBuilder,
-    demangle_memo: HashMap<String, String>,
+    demangle_memo: HashMap<String, Arc<str>>,
+    /// File names (and names when not demangling), shared by the memo's entries.
+    interned: HashSet<Arc<str>>,
 }
+
+/// Bound on interned strings.
+const INTERNED_ENTRIES: usize = 64 * 1024;
 
 /// Bound on memoized demangled names.
 const DEMANGLE_MEMO_ENTRIES: usize = 64 * 1024;
@@ -620,7 +644,18 @@ impl Symbolizer {
         Some(frame)
     }
 
-    /// Looks `vaddr` up in `syms` and demangles; updates byte accounting if lazy parts loaded.
+    /// The settings that shape a lookup's result (fixed for this symbolizer's life).
+    fn memo_key(&self) -> MemoKey {
+        MemoKey {
+            demangle: self.config.demangle,
+            inline_frames: self.config.inline_frames,
+            dwarf: self.config.dwarf,
+            debug_files: self.config.debug_files,
+        }
+    }
+
+    /// Looks `vaddr` up in `syms` (its memo first) and demangles; updates byte accounting
+    /// if lazy parts loaded or the memo grew.
     fn frame_from(
         &mut self,
         syms: &Arc<FileSymbols>,
@@ -628,56 +663,87 @@ impl Symbolizer {
         vaddr: u64,
         module: Option<Arc<Module>>,
     ) -> UserFrame {
+        let key = self.memo_key();
+        let memo_on = self.config.address_memo > 0;
+        if memo_on
+            && let Ok(mut memo) = syms.memo.lock()
+            && let Some(r) = memo.get(key, vaddr)
+        {
+            let frame = user_frame(addr, module, vaddr, r);
+            let source = r.source;
+            drop(memo);
+            self.stats.memo_hits += 1;
+            self.count_source(source);
+            return frame;
+        }
         let before = syms.approx_bytes();
         let had_debug = syms.debug_found();
         let raw = syms.lookup(vaddr, self.config.inline_frames);
         if !had_debug && syms.debug_found() {
             self.stats.debug_files_found += 1;
         }
+        let frames: Box<[MemoFrame]> = raw
+            .frames
+            .into_iter()
+            .map(|f| MemoFrame {
+                function: f.name.map(|n| self.demangled(n)),
+                file: f.file.map(|f| self.intern(f)),
+                line: f.line,
+            })
+            .collect();
+        let resolved = Resolved {
+            frames,
+            source: raw.source,
+        };
+        self.count_source(resolved.source);
+        let frame = user_frame(addr, module, vaddr, &resolved);
+        if memo_on && let Ok(mut memo) = syms.memo.lock() {
+            memo.insert(key, self.config.address_memo, vaddr, resolved);
+        }
         let after = syms.approx_bytes();
         if after != before {
             self.account_growth(syms, after);
         }
-        let mut frames: Vec<SourceFrame> = Vec::with_capacity(raw.frames.len());
-        for f in raw.frames {
-            frames.push(SourceFrame {
-                function: f.name.map(|n| self.demangled(n)),
-                file: f.file,
-                line: f.line,
-            });
-        }
-        match raw.source {
+        frame
+    }
+
+    fn count_source(&mut self, source: Option<NameSource>) {
+        match source {
             Some(NameSource::Go) => self.stats.go_frames += 1,
             Some(NameSource::Dwarf) => self.stats.dwarf_frames += 1,
             _ => {}
         }
-        let outer = frames.pop().unwrap_or_default();
-        UserFrame {
-            addr,
-            module,
-            elf_addr: Some(vaddr),
-            function: outer.function,
-            file: outer.file,
-            line: outer.line,
-            inlined: frames,
-        }
     }
 
     /// Demangles through a bounded memo: the same few thousand names recur in every profile.
-    fn demangled(&mut self, raw: String) -> String {
+    fn demangled(&mut self, raw: String) -> Arc<str> {
         let mode = self.config.demangle;
         if mode == DemangleMode::None {
-            return raw;
+            return self.intern(raw);
         }
         if let Some(d) = self.demangle_memo.get(&raw) {
             return d.clone();
         }
-        let d = demangle(&raw, mode).into_owned();
+        let d: Arc<str> = demangle(&raw, mode).into();
         if self.demangle_memo.len() >= DEMANGLE_MEMO_ENTRIES {
             self.demangle_memo.clear();
         }
         self.demangle_memo.insert(raw, d.clone());
         d
+    }
+
+    /// One shared copy of `s` (bounded: the table is emptied when full; entries already
+    /// handed out stay valid).
+    fn intern(&mut self, s: String) -> Arc<str> {
+        if let Some(a) = self.interned.get(s.as_str()) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        if self.interned.len() >= INTERNED_ENTRIES {
+            self.interned.clear();
+        }
+        self.interned.insert(a.clone());
+        a
     }
 
     fn account_growth(&mut self, syms: &Arc<FileSymbols>, bytes: usize) {
@@ -1007,6 +1073,31 @@ impl Symbolizer {
     }
 }
 
+/// The frame for `addr` (ELF address `vaddr`) from a resolved lookup.
+fn user_frame(addr: u64, module: Option<Arc<Module>>, vaddr: u64, r: &Resolved) -> UserFrame {
+    let owned = |s: &Option<Arc<str>>| s.as_deref().map(str::to_owned);
+    let (outer, inner) = match r.frames.split_last() {
+        Some((o, i)) => (Some(o), i),
+        None => (None, &[][..]),
+    };
+    UserFrame {
+        addr,
+        module,
+        elf_addr: Some(vaddr),
+        function: outer.and_then(|f| owned(&f.function)),
+        file: outer.and_then(|f| owned(&f.file)),
+        line: outer.and_then(|f| f.line),
+        inlined: inner
+            .iter()
+            .map(|f| SourceFrame {
+                function: owned(&f.function),
+                file: owned(&f.file),
+                line: f.line,
+            })
+            .collect(),
+    }
+}
+
 /// Opens the file behind a mapping: `/proc/PID/map_files/<start>-<end>` (the very file
 /// mapped, even if deleted, replaced or in another mount namespace), else `path` resolved
 /// inside the process's root if its inode matches the mapping's.
@@ -1040,4 +1131,157 @@ fn open_mapped_file(
         });
     }
     Ok((f, path.to_owned()))
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    /// Up to `n` addresses spread over the sized function symbols of `path`.
+    fn addresses(path: &Path, n: usize) -> Vec<u64> {
+        let syms = crate::elf::ElfSymbols::open(path).expect("symbols");
+        let funcs: Vec<(u64, u64)> = syms
+            .iter()
+            .map(|(s, z, _)| (s, z))
+            .filter(|&(_, z)| z > 0)
+            .collect();
+        assert!(
+            !funcs.is_empty(),
+            "{} has no function symbols",
+            path.display()
+        );
+        (0..n as u64)
+            .map(|i| {
+                let (s, z) = funcs[(i.wrapping_mul(2_654_435_761) % funcs.len() as u64) as usize];
+                s + i.wrapping_mul(40_503) % z
+            })
+            .collect()
+    }
+
+    fn libc_path() -> PathBuf {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
+            .map(PathBuf::from)
+            .expect("libc is mapped")
+    }
+
+    fn memo_len(s: &Symbolizer) -> usize {
+        s.files
+            .iter()
+            .map(|(_, f)| f.memo.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    fn check_hits_equal_misses(path: &Path, mode: DemangleMode, inline: bool) {
+        let addrs = addresses(path, 3000);
+        let mut off = Symbolizer::builder()
+            .demangle(mode)
+            .inline_frames(inline)
+            .address_memo(0)
+            .build();
+        let mut on = Symbolizer::builder()
+            .demangle(mode)
+            .inline_frames(inline)
+            .build();
+        let expected = off.symbolize_elf_batch(path, &addrs).expect("memo off");
+        let again = off.symbolize_elf_batch(path, &addrs).expect("memo off");
+        assert_eq!(off.stats().memo_hits, 0);
+        assert_eq!(memo_len(&off), 0);
+        assert_eq!(expected, again);
+        assert!(
+            expected.iter().any(|f| f.function.is_some()),
+            "{}: nothing named",
+            path.display()
+        );
+        let miss = on.symbolize_elf_batch(path, &addrs).expect("memo on");
+        let distinct = addrs.iter().collect::<HashSet<_>>().len() as u64;
+        assert_eq!(on.stats().memo_hits, addrs.len() as u64 - distinct);
+        let hits = on.symbolize_elf_batch(path, &addrs).expect("memo on");
+        assert_eq!(
+            on.stats().memo_hits,
+            2 * addrs.len() as u64 - distinct,
+            "the second pass is all hits"
+        );
+        assert_eq!(
+            miss,
+            expected,
+            "{}: a miss differs from memo off",
+            path.display()
+        );
+        assert_eq!(
+            hits,
+            expected,
+            "{}: a hit differs from memo off",
+            path.display()
+        );
+        // Hits count like the lookups they replace.
+        let (so, sn) = (off.stats(), on.stats());
+        assert_eq!(so.unresolved_frames, sn.unresolved_frames);
+        assert_eq!(so.dwarf_frames, sn.dwarf_frames);
+        assert_eq!(so.go_frames, sn.go_frames);
+        // `symbolize_elf` uses the same memo.
+        for (i, &a) in addrs.iter().enumerate().take(50) {
+            assert_eq!(on.symbolize_elf(path, a).expect("one"), expected[i]);
+        }
+        assert_eq!(on.stats().memo_hits, 2 * addrs.len() as u64 - distinct + 50);
+    }
+
+    #[test]
+    fn memo_hits_equal_misses_on_the_test_binary() {
+        let exe = std::env::current_exe().expect("exe");
+        check_hits_equal_misses(&exe, DemangleMode::Full, true);
+        check_hits_equal_misses(&exe, DemangleMode::Simplified, false);
+    }
+
+    #[test]
+    fn memo_hits_equal_misses_on_libc() {
+        let libc = libc_path();
+        check_hits_equal_misses(&libc, DemangleMode::Full, true);
+        check_hits_equal_misses(&libc, DemangleMode::None, true);
+    }
+
+    #[test]
+    fn memo_serves_symbolize_user() {
+        let pid = std::process::id();
+        let exe = std::env::current_exe().expect("exe");
+        let libc = libc_path();
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let entries = crate::maps::parse_maps(&maps).expect("maps");
+        // Process addresses: every executable page of the test binary and libc, sampled.
+        let addrs: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.is_executable())
+            .filter(|e| e.path.file_path().is_some_and(|p| p == exe || p == libc))
+            .flat_map(|e| (e.start..e.end).step_by(997).take(1500))
+            .collect();
+        assert!(addrs.len() > 1000, "{} addresses", addrs.len());
+        let mut off = Symbolizer::builder().address_memo(0).build();
+        let mut on = Symbolizer::builder().build();
+        let expected: Vec<UserFrame> = addrs.iter().map(|&a| off.symbolize_user(pid, a)).collect();
+        let miss: Vec<UserFrame> = addrs.iter().map(|&a| on.symbolize_user(pid, a)).collect();
+        let hits_before = on.stats().memo_hits;
+        let hit: Vec<UserFrame> = addrs.iter().map(|&a| on.symbolize_user(pid, a)).collect();
+        assert_eq!(on.stats().memo_hits - hits_before, addrs.len() as u64);
+        assert_eq!(off.stats().memo_hits, 0);
+        assert_eq!(miss, expected);
+        assert_eq!(hit, expected);
+        assert!(expected.iter().filter(|f| f.function.is_some()).count() > addrs.len() / 2);
+    }
+
+    #[test]
+    fn memo_is_bounded_per_file() {
+        let exe = std::env::current_exe().expect("exe");
+        let addrs = addresses(&exe, 2000);
+        let mut s = Symbolizer::builder().address_memo(100).build();
+        s.symbolize_elf_batch(&exe, &addrs).expect("symbolize");
+        assert_eq!(memo_len(&s), 100);
+        // The last 100 distinct addresses are the ones kept.
+        let before = s.stats().memo_hits;
+        let last: Vec<u64> = addrs[addrs.len() - 50..].to_vec();
+        s.symbolize_elf_batch(&exe, &last).expect("symbolize");
+        assert_eq!(s.stats().memo_hits - before, 50);
+        assert_eq!(memo_len(&s), 100);
+    }
 }
