@@ -2,7 +2,8 @@
 //! a large binary with DWARF, cold (fresh process) and warm (second pass), with peak memory.
 //!
 //! `FERROSCOPE_BENCH_BINARY=/path/to/big/binary cargo bench -p ferroscope-symbolize --bench compare`
-//! (default: this bench executable itself). Each tool runs as a child process so that its
+//! (default: this bench executable itself); `FERROSCOPE_BENCH_MEMO=N` sets the entries of the
+//! per-file memo of resolved addresses (0 = off). Each tool runs as a child process so that its
 //! peak RSS (`ru_maxrss`) is its own.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -106,7 +107,15 @@ fn measure_passes(
 fn child_mode(bin: &Path) {
     let addrs = addresses(bin);
     let t0 = Instant::now();
-    let mut s = Symbolizer::builder().demangle(DemangleMode::Full).build();
+    let mut builder = Symbolizer::builder().demangle(DemangleMode::Full);
+    // Entries of the per-file address memo (default: the symbolizer's default).
+    if let Some(n) = std::env::var("FERROSCOPE_BENCH_MEMO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.address_memo(n);
+    }
+    let mut s = builder.build();
     let first = s.symbolize_elf(bin, addrs[0]).expect("symbolize");
     let first_frame = t0.elapsed().as_secs_f64();
     let frames = s.symbolize_elf_batch(bin, &addrs[1..]).expect("symbolize");

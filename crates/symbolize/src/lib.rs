@@ -14,6 +14,8 @@
 //! each file is parsed on the first address that needs it and cached by identity (build
 //! ID, else content hash) in an LRU bounded by count and bytes, shared by all processes,
 //! optionally backed by an on-disk cache. Frames of processes that have exited still resolve.
+//! Each cached file also keeps a bounded memo of the addresses it resolved
+//! ([`SymbolizerBuilder::address_memo`]): a profiler asks for the same addresses every interval.
 //!
 //! Everything read from `/proc` or from files is untrusted input: parsers never panic, and a
 //! file that cannot be read only degrades its frames to `module+offset` (counted in
