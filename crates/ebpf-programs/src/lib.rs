@@ -33,7 +33,7 @@ mod unwind_maps;
 mod btf;
 
 pub use error::Error;
-pub use sampler::{Counters, Sampler, SamplerConfig};
+pub use sampler::{Counters, Sampler, SamplerConfig, ring_buffer_bytes};
 pub use unwind_maps::{UnwindMaps, UnwinderConfig};
 
 /// The compiled sampler object (`bpf/sampler.bpf.c`).

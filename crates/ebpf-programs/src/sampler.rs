@@ -123,6 +123,8 @@ impl Sampler {
             loader.map_max_entries("fs_delta_pages", 1);
             loader.map_max_entries("fs_delta_entries", 1);
         }
+        let online = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
+        loader.map_max_entries("fs_traces", ring_buffer_bytes(online.len(), config.sample_rate_hz));
         let mut ebpf = loader.load(SAMPLER_OBJECT).map_err(|e| Error::Load { source: Box::new(e) })?;
 
         let mut pid_filter: HashMap<MapData, u32, u8> = take_map(&mut ebpf, "fs_pid_filter")?;
@@ -300,9 +302,41 @@ impl Sampler {
     }
 }
 
+/// Seconds of samples the trace ring buffer holds: how long userspace may be busy
+/// elsewhere (building a round's profiles, loading tables) before samples are lost.
+const RING_BUFFER_SECONDS: u64 = 2;
+
+/// The trace ring buffer's size: every CPU at the full rate for [`RING_BUFFER_SECONDS`],
+/// as a power of two (the kernel requires one) between 256 KiB and 64 MiB. The kernel maps
+/// the buffer's pages into the agent twice, so this is what it adds to RSS, doubled.
+pub fn ring_buffer_bytes(cpus: usize, sample_rate_hz: u32) -> u32 {
+    let record = std::mem::size_of::<TraceEvent>() as u64 + 8;
+    let want = cpus.max(1) as u64 * u64::from(sample_rate_hz.max(1)) * RING_BUFFER_SECONDS * record;
+    want.next_power_of_two().clamp(256 << 10, 64 << 20) as u32
+}
+
 pub(crate) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
 where
     T: TryFrom<aya::maps::Map>,
 {
     ebpf.take_map(name).and_then(|m| T::try_from(m).ok()).ok_or(Error::MissingMap(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_buffer_bytes;
+
+    #[test]
+    fn ring_buffer_is_a_power_of_two_sized_for_cpus_and_rate() {
+        // The agent's default: 19 Hz on 2 CPUs needs far less than the floor.
+        assert_eq!(ring_buffer_bytes(2, 19), 256 << 10);
+        // record's default on 2 CPUs: 2 x 97 x 2 s x ~2.1 KiB = ~830 KiB -> 1 MiB.
+        assert_eq!(ring_buffer_bytes(2, 97), 1 << 20);
+        // A big host at the highest rate hits the ceiling.
+        assert_eq!(ring_buffer_bytes(256, 1000), 64 << 20);
+        for (cpus, rate) in [(1, 1), (3, 250), (16, 499), (64, 97)] {
+            let b = ring_buffer_bytes(cpus, rate);
+            assert!(b.is_power_of_two() && b >= 4096, "{cpus} {rate}: {b}");
+        }
+    }
 }

@@ -46,7 +46,7 @@ impl Default for UnwinderConfig {
             max_pids: 16384,
             max_mapping_prefixes: 262_144,
             max_delta_pages: 131_072,
-            max_delta_entries: 1 << 22,
+            max_delta_entries: 1 << 21,
         }
     }
 }
