@@ -6,6 +6,9 @@
 //! fails them.
 #![allow(clippy::print_stderr)]
 
+mod common;
+use common::{can_run_bpf, fixture};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,21 +20,10 @@ use ferroscope_test_receiver::{Config as ReceiverConfig, Fault, Receiver};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn can_run_bpf() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
-        panic!("FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root");
-    }
-    eprintln!("SKIPPED: not root; set FERROSCOPE_REQUIRE_BPF=1 to make this a failure");
-    false
-}
 
 fn compile_workload(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c/two_chains.c");
+    let src = fixture("c/two_chains.c");
     let ok = Command::new("gcc").args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"]).arg(&out).arg(src).status().unwrap();
     assert!(ok.success());
     out

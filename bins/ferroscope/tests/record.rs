@@ -5,6 +5,9 @@
 
 #![allow(clippy::print_stderr)]
 
+mod common;
+use common::{can_run_bpf, fixture};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::Mutex;
@@ -15,21 +18,7 @@ use ferroscope_pprof::proto::Profile;
 /// Each test keeps the CPUs busy and measures CPU shares: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn can_run_bpf() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
-        panic!("FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: the eBPF tests cannot run");
-    }
-    eprintln!("SKIPPED: not root; set FERROSCOPE_REQUIRE_BPF=1 to make this a failure");
-    false
-}
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/c").join(name)
-}
 
 /// Compiles a fixture with frame pointers into `dir`.
 fn compile(dir: &Path, source: &str, exe: &str) -> PathBuf {
@@ -37,7 +26,7 @@ fn compile(dir: &Path, source: &str, exe: &str) -> PathBuf {
     let status = Command::new("gcc")
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
         .arg(&out)
-        .arg(fixture(source))
+        .arg(fixture(&format!("c/{source}")))
         .status()
         .expect("gcc must be installed (cargo xtask test installs it)");
     assert!(status.success(), "gcc failed on {source}");

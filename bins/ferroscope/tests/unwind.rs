@@ -7,6 +7,9 @@
 
 #![allow(clippy::print_stderr)]
 
+mod common;
+use common::{can_run_bpf, fixture};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -18,21 +21,7 @@ use ferroscope_pprof::proto::Profile;
 /// Each test keeps a CPU busy: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn can_run_bpf() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
-        panic!("FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: the eBPF tests cannot run");
-    }
-    eprintln!("SKIPPED: not root; set FERROSCOPE_REQUIRE_BPF=1 to make this a failure");
-    false
-}
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(path)
-}
 
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
@@ -233,6 +222,38 @@ fn stripped_binary_unwinds_from_eh_frame() {
         })
         .collect();
     assert_complete(&renamed, &C_CHAIN, true, "stripped C");
+}
+
+#[test]
+fn cfi_only_in_the_separate_debug_file_is_used() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // No .eh_frame: with -g, gcc puts the CFI in .debug_frame, which goes to the debug file.
+    let full = gcc(
+        dir.path(),
+        "c/nofp_chain.c",
+        "cfi_full",
+        &["-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-g"],
+    );
+    let sections = |f: &Path| String::from_utf8_lossy(&Command::new("objdump").arg("-h").arg(f).output().unwrap().stdout).into_owned();
+    assert!(sections(&full).contains(".debug_frame"), "{}", sections(&full));
+    let debug = dir.path().join("cfi_app.debug");
+    run(Command::new("objcopy").arg("--only-keep-debug").arg(&full).arg(&debug), "objcopy --only-keep-debug");
+    let app = dir.path().join("cfi_app");
+    run(Command::new("strip").arg("--strip-debug").arg("-o").arg(&app).arg(&full), "strip");
+    run(
+        Command::new("objcopy").arg(format!("--add-gnu-debuglink={}", debug.display())).arg(&app),
+        "objcopy --add-gnu-debuglink",
+    );
+    // Only the C runtime's start-up code keeps .eh_frame; the program's functions have CFI
+    // only in the debug file.
+    assert!(!sections(&app).contains(".debug_frame"), "{}", sections(&app));
+    let work = Workload::start(&app, &[]);
+    let samples = record(work.pid(), 3, dir.path());
+    assert_complete(&samples, &C_CHAIN, true, "CFI from the debug file's .debug_frame");
 }
 
 #[test]

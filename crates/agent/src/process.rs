@@ -28,6 +28,8 @@ use ferroscope_ebpf_programs::abi::{
     UNWIND_FLAG_FP_SAVED, UnwindInfoRaw,
 };
 use ferroscope_ebpf_programs::{Counters, UnwindMaps};
+use ferroscope_symbolize::debuglink::{DebugRefs, find_debug_file};
+use ferroscope_symbolize::root::FsRoot;
 use ferroscope_symbolize::maps::{MapEntry, MapPath, read_maps};
 use ferroscope_unwind_native::{ExtractOptions, StackDeltaTable, UnwindInfo};
 
@@ -786,7 +788,18 @@ impl ProcessManager {
         }
         let bytes = data.as_deref()?;
         let started = Instant::now();
-        let table = match ferroscope_unwind_native::extract(bytes, None, &ExtractOptions::default()) {
+        // A binary with (almost) no .eh_frame may have its CFI in the separate debug file's
+        // .debug_frame; unwind-native reads it only when the binary's own CFI covers fewer
+        // than a handful of functions. Looking for it costs a few opens, once per file.
+        let maps_path = entry.path.file_path().map(Path::to_path_buf).unwrap_or_else(|| path.clone());
+        let debug = DebugRefs::parse(bytes).and_then(|refs| {
+            find_debug_file(&FsRoot::of_process(pid), &maps_path, &refs, Some((meta.dev(), meta.ino())))
+        });
+        if let Some(d) = &debug {
+            tracing::debug!(path = %path.display(), debug = %d.path.display(), "using the debug file's CFI");
+        }
+        let debug_bytes = debug.as_ref().map(|d| &d.map[..]);
+        let table = match ferroscope_unwind_native::extract(bytes, debug_bytes, &ExtractOptions::default()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(path = %path.display(), "no unwind table, its frames end the stack: {e}");
@@ -1217,3 +1230,4 @@ mod tests {
         assert_eq!(0x5555_0000_1000 - bias, 0x2000, "offset 0x1000 is vaddr 0x2000 in the executable segment");
     }
 }
+
