@@ -5,7 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match ferroscope_agent::config::parse(text, "fuzz.toml") {
         Ok((config, warnings)) => {
             assert!(config.ebpf.sample_rate > 0);

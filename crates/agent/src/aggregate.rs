@@ -42,13 +42,26 @@ impl TraceAggregator {
     /// other frame is a return address. A user stack the unwinder could not finish ends
     /// with an [`unwind_error_frame`].
     pub fn trace_of(event: &TraceEvent) -> Trace {
-        let kernel = event.kernel_frames().iter().enumerate().map(|(i, &a)| Frame::kernel(a, i == 0));
+        let kernel = event
+            .kernel_frames()
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| Frame::kernel(a, i == 0));
         // When the sample interrupted a syscall, the user stack's first frame is the
         // instruction the syscall returns to: the thread is "at" it, so it is looked up as
         // is, as perf does.
-        let user = event.user_frames().iter().enumerate().map(|(i, &a)| Frame::native(a, i == 0));
+        let user = event
+            .user_frames()
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| Frame::native(a, i == 0));
         let error = event.user_error().map(unwind_error_frame);
-        Trace { pid: event.pid, tid: event.tid, comm: event.comm_str(), frames: kernel.chain(user).chain(error).collect() }
+        Trace {
+            pid: event.pid,
+            tid: event.tid,
+            comm: event.comm_str(),
+            frames: kernel.chain(user).chain(error).collect(),
+        }
     }
 
     /// Counts one event. Returns true when its process was not seen before.
@@ -126,12 +139,19 @@ mod tests {
 
     #[test]
     fn kernel_frames_come_first_and_only_leaves_are_exact() {
-        let t = TraceAggregator::trace_of(&event(1, &[0xffff_1000, 0xffff_2000], &[0x10, 0x20, 0x30]));
+        let t =
+            TraceAggregator::trace_of(&event(1, &[0xffff_1000, 0xffff_2000], &[0x10, 0x20, 0x30]));
         let kinds: Vec<_> = t.frames.iter().map(|f| (f.kind, f.is_leaf)).collect();
         use ferroscope_unwind_api::FrameKind::*;
         assert_eq!(
             kinds,
-            vec![(Kernel, true), (Kernel, false), (Native, true), (Native, false), (Native, false)]
+            vec![
+                (Kernel, true),
+                (Kernel, false),
+                (Native, true),
+                (Native, false),
+                (Native, false)
+            ]
         );
         assert_eq!(t.comm, "worker");
         assert_eq!(t.frames[4].lookup_address(), 0x2f);

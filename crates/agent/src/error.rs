@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A `--pid` names no running process.
-    #[error("process {pid} does not exist (there is no /proc/{pid}); check the PID with `ps -p {pid}`; it may have exited already")]
+    #[error(
+        "process {pid} does not exist (there is no /proc/{pid}); check the PID with `ps -p {pid}`; it may have exited already"
+    )]
     NoSuchProcess {
         /// The PID given.
         pid: u32,
@@ -22,7 +24,9 @@ pub enum Error {
         why: String,
     },
     /// The environment check failed.
-    #[error("this machine cannot run the profiler yet: {0}\n(run `ferroscope check` to see every check)")]
+    #[error(
+        "this machine cannot run the profiler yet: {0}\n(run `ferroscope check` to see every check)"
+    )]
     Environment(String),
     /// An output file cannot be written.
     #[error("cannot write {path}: {source}; choose a path in a writable directory")]
@@ -63,10 +67,14 @@ pub enum Error {
         message: String,
     },
     /// The async runtime could not start.
-    #[error("cannot start the agent's I/O threads: {0}; the system may be out of threads or memory")]
+    #[error(
+        "cannot start the agent's I/O threads: {0}; the system may be out of threads or memory"
+    )]
     Runtime(#[source] std::io::Error),
     /// The HTTP server's address cannot be bound.
-    #[error("cannot listen on {address} for /metrics and /healthz: {source}; choose another [server] listen_address or stop what uses the port")]
+    #[error(
+        "cannot listen on {address} for /metrics and /healthz: {source}; choose another [server] listen_address or stop what uses the port"
+    )]
     Listen {
         /// The configured address.
         address: std::net::SocketAddr,

@@ -50,7 +50,11 @@ impl AgentMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> AgentMetrics {
         let m = AgentMetrics::default();
-        registry.register("pyroscope_ebpf_active_targets", "Targets currently known", m.active_targets.clone());
+        registry.register(
+            "pyroscope_ebpf_active_targets",
+            "Targets currently known",
+            m.active_targets.clone(),
+        );
         registry.register(
             "pyroscope_ebpf_profiling_sessions",
             "Number of profiling sessions completed",
@@ -61,15 +65,31 @@ impl AgentMetrics {
             "Number of profiling sessions failed",
             m.sessions_failing.clone(),
         );
-        registry.register("pyroscope_ebpf_pprofs", "Number of pprof profiles collected", m.pprofs.clone());
-        registry.register("pyroscope_ebpf_pprof_bytes", "Bytes of pprof profiles collected", m.pprof_bytes.clone());
-        registry.register("pyroscope_ebpf_pprof_samples", "Samples in pprof profiles collected", m.pprof_samples.clone());
+        registry.register(
+            "pyroscope_ebpf_pprofs",
+            "Number of pprof profiles collected",
+            m.pprofs.clone(),
+        );
+        registry.register(
+            "pyroscope_ebpf_pprof_bytes",
+            "Bytes of pprof profiles collected",
+            m.pprof_bytes.clone(),
+        );
+        registry.register(
+            "pyroscope_ebpf_pprof_samples",
+            "Samples in pprof profiles collected",
+            m.pprof_samples.clone(),
+        );
         registry.register(
             "pyroscope_ebpf_pprofs_dropped",
             "Number of pprof profiles dropped before sending",
             m.pprofs_dropped.clone(),
         );
-        registry.register("ferroscope_samples", "Samples received from the kernel", m.samples.clone());
+        registry.register(
+            "ferroscope_samples",
+            "Samples received from the kernel",
+            m.samples.clone(),
+        );
         registry.register(
             "ferroscope_samples_lost",
             "Samples lost because the ring buffer was full",
@@ -88,7 +108,11 @@ impl AgentMetrics {
         let mut m = m;
         for (name, _) in crate::process::UnwindMetrics::default().named() {
             let family: Family<ServiceLabels, Gauge> = Family::default();
-            registry.register(name, "Internal metric of the eBPF profiler (reference profiler's name)", family.clone());
+            registry.register(
+                name,
+                "Internal metric of the eBPF profiler (reference profiler's name)",
+                family.clone(),
+            );
             m.internal.insert(name, family);
         }
         registry.register(

@@ -24,13 +24,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_programs::abi::{
-    DELTA_PAGE_BITS, DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidEventKind, PidMapping,
-    UNWIND_FLAG_FP_SAVED, UnwindInfoRaw,
+    DELTA_PAGE_BITS, DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidEventKind,
+    PidMapping, UNWIND_FLAG_FP_SAVED, UnwindInfoRaw,
 };
 use ferroscope_ebpf_programs::{Counters, UnwindMaps};
 use ferroscope_symbolize::debuglink::{DebugRefs, find_debug_file};
-use ferroscope_symbolize::root::FsRoot;
 use ferroscope_symbolize::maps::{MapEntry, MapPath, read_maps};
+use ferroscope_symbolize::root::FsRoot;
 use ferroscope_unwind_native::{ExtractOptions, StackDeltaTable, UnwindInfo};
 
 type MapResult = Result<(), ferroscope_ebpf_programs::Error>;
@@ -49,7 +49,13 @@ pub trait UnwindBackend {
     /// Withdraws a page.
     fn remove_page(&mut self, key: &DeltaPageKey) -> MapResult;
     /// Maps an address prefix of a process.
-    fn insert_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32, value: PidMapping) -> MapResult;
+    fn insert_mapping_prefix(
+        &mut self,
+        pid: u32,
+        address: u64,
+        prefix_len: u32,
+        value: PidMapping,
+    ) -> MapResult;
     /// Unmaps an address prefix.
     fn remove_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32) -> MapResult;
     /// Marks a process known.
@@ -74,7 +80,13 @@ impl UnwindBackend for UnwindMaps {
     fn remove_page(&mut self, key: &DeltaPageKey) -> MapResult {
         UnwindMaps::remove_page(self, key)
     }
-    fn insert_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32, value: PidMapping) -> MapResult {
+    fn insert_mapping_prefix(
+        &mut self,
+        pid: u32,
+        address: u64,
+        prefix_len: u32,
+        value: PidMapping,
+    ) -> MapResult {
         UnwindMaps::insert_mapping_prefix(self, pid, address, prefix_len, value)
     }
     fn remove_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32) -> MapResult {
@@ -227,14 +239,32 @@ impl UnwindMetrics {
         vec![
             ("UnwindNativeAttempts_total", self.unwind_native_attempts),
             ("UnwindNativeFrames_total", self.unwind_native_frames),
-            ("UnwindNativeStackDeltaStop_total", self.unwind_native_stack_delta_stop),
+            (
+                "UnwindNativeStackDeltaStop_total",
+                self.unwind_native_stack_delta_stop,
+            ),
             ("UnwindNativeSmallPC_total", self.unwind_native_small_pc),
-            ("UnwindNativeSignalFrames_total", self.unwind_native_signal_frames),
-            ("UnwindErrStackLengthExceeded_total", self.unwind_err_stack_length_exceeded),
+            (
+                "UnwindNativeSignalFrames_total",
+                self.unwind_native_signal_frames,
+            ),
+            (
+                "UnwindErrStackLengthExceeded_total",
+                self.unwind_err_stack_length_exceeded,
+            ),
             ("UnwindNativeErrNoMapping_total", self.unwind_err_no_mapping),
-            ("UnwindNativeErrStackDeltaPage_total", self.unwind_err_no_page),
-            ("UnwindNativeErrInvalidRule_total", self.unwind_err_invalid_rule),
-            ("UnwindNativeErrReadFailed_total", self.unwind_err_read_failed),
+            (
+                "UnwindNativeErrStackDeltaPage_total",
+                self.unwind_err_no_page,
+            ),
+            (
+                "UnwindNativeErrInvalidRule_total",
+                self.unwind_err_invalid_rule,
+            ),
+            (
+                "UnwindNativeErrReadFailed_total",
+                self.unwind_err_read_failed,
+            ),
             ("UnwindNativeErrBadCFA_total", self.unwind_err_bad_cfa),
             ("UnwindNativeErrNoRegs_total", self.unwind_err_no_regs),
             ("UnwindNativeErrBadTable_total", self.unwind_err_bad_table),
@@ -273,7 +303,11 @@ impl RangeAllocator {
         if capacity > 0 {
             free.insert(0, capacity);
         }
-        RangeAllocator { free, used: 0, capacity }
+        RangeAllocator {
+            free,
+            used: 0,
+            capacity,
+        }
     }
 
     /// A range of `len` entries, or `None` when no free range is long enough.
@@ -336,7 +370,11 @@ pub struct EncodedTable {
 pub fn raw_info(info: &UnwindInfo) -> UnwindInfoRaw {
     UnwindInfoRaw {
         kind: info.kind as u8,
-        flags: if info.fp_offset.is_some() { UNWIND_FLAG_FP_SAVED } else { 0 },
+        flags: if info.fp_offset.is_some() {
+            UNWIND_FLAG_FP_SAVED
+        } else {
+            0
+        },
         reserved: 0,
         cfa_offset: info.cfa_offset,
         fp_offset: info.fp_offset.unwrap_or(0),
@@ -347,7 +385,10 @@ pub fn raw_info(info: &UnwindInfo) -> UnwindInfoRaw {
 /// Splits a table into 64 KiB pages. `index_of` gives each rule's global index. Pages in
 /// which only an Invalid rule is in effect are left out (the unwinder reports "no table
 /// page", which ends the stack just the same).
-pub fn encode_table(table: &StackDeltaTable, mut index_of: impl FnMut(&UnwindInfo) -> Option<u16>) -> Option<EncodedTable> {
+pub fn encode_table(
+    table: &StackDeltaTable,
+    mut index_of: impl FnMut(&UnwindInfo) -> Option<u16>,
+) -> Option<EncodedTable> {
     let page_size = 1u64 << DELTA_PAGE_BITS;
     let mut out = EncodedTable::default();
     let invalid = ferroscope_unwind_native::Kind::Invalid;
@@ -358,23 +399,39 @@ pub fn encode_table(table: &StackDeltaTable, mut index_of: impl FnMut(&UnwindInf
         let first = out.entries.len() as u32;
         // The rule in effect where the page starts, unless a delta starts exactly there.
         if deltas[i].address & (page_size - 1) != 0 {
-            let carried = i.checked_sub(1).map(|p| deltas[p].info).unwrap_or(UnwindInfo::INVALID);
-            out.entries.push(DeltaEntry { address_low: 0, info_index: index_of(&carried)? });
+            let carried = i
+                .checked_sub(1)
+                .map(|p| deltas[p].info)
+                .unwrap_or(UnwindInfo::INVALID);
+            out.entries.push(DeltaEntry {
+                address_low: 0,
+                info_index: index_of(&carried)?,
+            });
         }
         while i < deltas.len() && deltas[i].address >> DELTA_PAGE_BITS == page {
             let low = (deltas[i].address & (page_size - 1)) as u16;
-            out.entries.push(DeltaEntry { address_low: low, info_index: index_of(&deltas[i].info)? });
+            out.entries.push(DeltaEntry {
+                address_low: low,
+                info_index: index_of(&deltas[i].info)?,
+            });
             i += 1;
         }
-        out.pages.push((page, first, out.entries.len() as u32 - first));
+        out.pages
+            .push((page, first, out.entries.len() as u32 - first));
         // Whole pages until the next delta carry the last rule, unless it is Invalid.
         let last = deltas[i - 1].info;
         if last.kind != invalid {
-            let next_page = deltas.get(i).map(|d| d.address >> DELTA_PAGE_BITS).unwrap_or(page + 1);
+            let next_page = deltas
+                .get(i)
+                .map(|d| d.address >> DELTA_PAGE_BITS)
+                .unwrap_or(page + 1);
             let carried = index_of(&last)?;
             for p in page + 1..next_page {
                 let first = out.entries.len() as u32;
-                out.entries.push(DeltaEntry { address_low: 0, info_index: carried });
+                out.entries.push(DeltaEntry {
+                    address_low: 0,
+                    info_index: carried,
+                });
                 out.pages.push((p, first, 1));
             }
         }
@@ -387,7 +444,11 @@ pub fn covering_prefixes(start: u64, end: u64) -> Vec<(u64, u32)> {
     let mut out = Vec::new();
     let mut at = start;
     while at < end {
-        let align = if at == 0 { 63 } else { at.trailing_zeros().min(63) };
+        let align = if at == 0 {
+            63
+        } else {
+            at.trailing_zeros().min(63)
+        };
         let mut bits = align;
         while bits > 0 && (1u64 << bits) > end - at {
             bits -= 1;
@@ -505,12 +566,19 @@ impl ProcessManager {
     /// Queues every process of the host (`pids` = `None`) or the given ones for loading.
     pub fn scan(&mut self, pids: Option<&[u32]>) {
         match pids {
-            Some(pids) => pids.iter().for_each(|&pid| self.enqueue(Work::Load(pid), false)),
+            Some(pids) => pids
+                .iter()
+                .for_each(|&pid| self.enqueue(Work::Load(pid), false)),
             None => {
-                let Ok(dir) = std::fs::read_dir("/proc") else { return };
+                let Ok(dir) = std::fs::read_dir("/proc") else {
+                    return;
+                };
                 let own = std::process::id();
                 for entry in dir.flatten() {
-                    if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                    if let Some(pid) = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|s| s.parse::<u32>().ok())
                         && pid != own
                     {
                         self.enqueue(Work::Load(pid), false);
@@ -543,13 +611,16 @@ impl ProcessManager {
                 // Too soon after the last scan: do it when the interval is over (the
                 // library being loaded may have been half mapped at the last scan).
                 if let Some(p) = self.processes.get(&pid) {
-                    let due = p.last_scan.map_or_else(Instant::now, |t| t + self.config.rescan_interval);
+                    let due = p
+                        .last_scan
+                        .map_or_else(Instant::now, |t| t + self.config.rescan_interval);
                     self.rescans_due.entry(pid).or_insert(due);
                 }
             }
             PidEventKind::Exit => {
                 if !self.exiting.iter().any(|(p, _)| *p == pid) {
-                    self.exiting.push((pid, Instant::now() + self.config.exit_grace));
+                    self.exiting
+                        .push((pid, Instant::now() + self.config.exit_grace));
                 }
             }
         }
@@ -572,14 +643,21 @@ impl ProcessManager {
                 i += 1;
             }
         }
-        let due: Vec<u32> = self.rescans_due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+        let due: Vec<u32> = self
+            .rescans_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
         for pid in due {
             self.rescans_due.remove(&pid);
             self.enqueue(Work::Rescan(pid), true);
         }
         let start = Instant::now();
         while start.elapsed() < self.config.tick_budget {
-            let Some(work) = self.queue.pop_front() else { break };
+            let Some(work) = self.queue.pop_front() else {
+                break;
+            };
             self.queued.remove(&work);
             match work {
                 Work::Load(pid) => {
@@ -631,7 +709,10 @@ impl ProcessManager {
         m.num_exe_id_loaded_to_ebpf = self.tables.len() as u64;
         m.processes_loaded = self.processes.len() as u64;
         m.delta_entries_used = self.allocator.as_ref().map_or(0, RangeAllocator::used);
-        m.delta_entries_capacity = self.allocator.as_ref().map_or(0, |a| u64::from(a.capacity()));
+        m.delta_entries_capacity = self
+            .allocator
+            .as_ref()
+            .map_or(0, |a| u64::from(a.capacity()));
         m.delta_pages = self.pages;
         m.pid_mapping_prefixes = self.prefixes;
         m.unwind_infos = self.infos.len() as u64;
@@ -643,7 +724,10 @@ impl ProcessManager {
         let entries = match read_maps(pid) {
             Ok(e) => e,
             Err(e) => {
-                tracing::debug!(pid, "cannot read the process's mappings, its stacks use frame pointers: {e}");
+                tracing::debug!(
+                    pid,
+                    "cannot read the process's mappings, its stacks use frame pointers: {e}"
+                );
                 self.fail_process(maps, pid);
                 return;
             }
@@ -652,18 +736,38 @@ impl ProcessManager {
         let old: HashMap<(u64, u64), FileId> = self
             .processes
             .get(&pid)
-            .map(|p| p.mappings.iter().map(|m| ((m.start, m.end), m.file_id)).collect())
+            .map(|p| {
+                p.mappings
+                    .iter()
+                    .map(|m| ((m.start, m.end), m.file_id))
+                    .collect()
+            })
             .unwrap_or_default();
-        for entry in entries.iter().filter(|e| e.is_executable() && e.path.file_path().is_some()) {
+        for entry in entries
+            .iter()
+            .filter(|e| e.is_executable() && e.path.file_path().is_some())
+        {
             if wanted.len() >= MAX_MAPPINGS_PER_PROCESS {
                 break;
             }
             if let Some(&file_id) = old.get(&(entry.start, entry.end)) {
-                wanted.push(LoadedMapping { start: entry.start, end: entry.end, file_id, prefixes: Vec::new() });
+                wanted.push(LoadedMapping {
+                    start: entry.start,
+                    end: entry.end,
+                    file_id,
+                    prefixes: Vec::new(),
+                });
                 continue;
             }
-            let Some((file_id, bias)) = self.prepare_file(maps, pid, entry) else { continue };
-            let mapping = PidMapping { file_id: file_id.0, bias, start: entry.start, end: entry.end };
+            let Some((file_id, bias)) = self.prepare_file(maps, pid, entry) else {
+                continue;
+            };
+            let mapping = PidMapping {
+                file_id: file_id.0,
+                bias,
+                start: entry.start,
+                end: entry.end,
+            };
             let prefixes = covering_prefixes(entry.start, entry.end);
             let mut ok = true;
             for &(address, len) in &prefixes {
@@ -683,14 +787,26 @@ impl ProcessManager {
             if let Some(t) = self.tables.get_mut(&file_id) {
                 t.users += 1;
             }
-            wanted.push(LoadedMapping { start: entry.start, end: entry.end, file_id, prefixes });
+            wanted.push(LoadedMapping {
+                start: entry.start,
+                end: entry.end,
+                file_id,
+                prefixes,
+            });
         }
 
         // Mappings that are gone (dlclose, exec) are removed; kept ones keep their prefixes.
-        let previous = self.processes.remove(&pid).map(|p| p.mappings).unwrap_or_default();
+        let previous = self
+            .processes
+            .remove(&pid)
+            .map(|p| p.mappings)
+            .unwrap_or_default();
         let mut kept: HashMap<(u64, u64), LoadedMapping> = HashMap::new();
         for m in previous {
-            if wanted.iter().any(|w| w.start == m.start && w.end == m.end && w.file_id == m.file_id) {
+            if wanted
+                .iter()
+                .any(|w| w.start == m.start && w.end == m.end && w.file_id == m.file_id)
+            {
                 kept.insert((m.start, m.end), m);
             } else {
                 self.remove_mapping(maps, pid, &m);
@@ -698,7 +814,13 @@ impl ProcessManager {
         }
         let mappings: Vec<LoadedMapping> = wanted
             .into_iter()
-            .map(|w| if w.prefixes.is_empty() { kept.remove(&(w.start, w.end)).unwrap_or(w) } else { w })
+            .map(|w| {
+                if w.prefixes.is_empty() {
+                    kept.remove(&(w.start, w.end)).unwrap_or(w)
+                } else {
+                    w
+                }
+            })
             .collect();
         if let Err(e) = maps.set_pid_known(pid) {
             tracing::warn!(pid, "cannot mark the process as loaded in eBPF: {e}");
@@ -708,8 +830,19 @@ impl ProcessManager {
         } else {
             self.metrics.num_proc_new += 1;
         }
-        tracing::debug!(pid, mappings = mappings.len(), rescan, "process loaded for stack-delta unwinding");
-        self.processes.insert(pid, Process { mappings, last_scan: Some(Instant::now()) });
+        tracing::debug!(
+            pid,
+            mappings = mappings.len(),
+            rescan,
+            "process loaded for stack-delta unwinding"
+        );
+        self.processes.insert(
+            pid,
+            Process {
+                mappings,
+                last_scan: Some(Instant::now()),
+            },
+        );
     }
 
     fn fail_process(&mut self, maps: &mut dyn UnwindBackend, pid: u32) {
@@ -735,7 +868,9 @@ impl ProcessManager {
     /// Removes a process from the maps; true when it was loaded.
     fn remove_process(&mut self, maps: &mut dyn UnwindBackend, pid: u32) -> bool {
         let _ = maps.forget_pid(pid);
-        let Some(process) = self.processes.remove(&pid) else { return false };
+        let Some(process) = self.processes.remove(&pid) else {
+            return false;
+        };
         for m in &process.mappings {
             self.remove_mapping(maps, pid, m);
         }
@@ -745,7 +880,12 @@ impl ProcessManager {
 
     /// Identifies the file of a mapping, makes sure its table is loaded, and returns its ID
     /// and the mapping's load bias. `None` when the file cannot be read or has no table.
-    fn prepare_file(&mut self, maps: &mut dyn UnwindBackend, pid: u32, entry: &MapEntry) -> Option<(FileId, u64)> {
+    fn prepare_file(
+        &mut self,
+        maps: &mut dyn UnwindBackend,
+        pid: u32,
+        entry: &MapEntry,
+    ) -> Option<(FileId, u64)> {
         let (file, path) = open_mapped_file(pid, entry)?;
         let meta = file.metadata().ok()?;
         use std::os::unix::fs::MetadataExt;
@@ -791,15 +931,28 @@ impl ProcessManager {
         // A binary with (almost) no .eh_frame may have its CFI in the separate debug file's
         // .debug_frame; unwind-native reads it only when the binary's own CFI covers fewer
         // than a handful of functions. Looking for it costs a few opens, once per file.
-        let maps_path = entry.path.file_path().map(Path::to_path_buf).unwrap_or_else(|| path.clone());
+        let maps_path = entry
+            .path
+            .file_path()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| path.clone());
         let debug = DebugRefs::parse(bytes).and_then(|refs| {
-            find_debug_file(&FsRoot::of_process(pid), &maps_path, &refs, Some((meta.dev(), meta.ino())))
+            find_debug_file(
+                &FsRoot::of_process(pid),
+                &maps_path,
+                &refs,
+                Some((meta.dev(), meta.ino())),
+            )
         });
         if let Some(d) = &debug {
             tracing::debug!(path = %path.display(), debug = %d.path.display(), "using the debug file's CFI");
         }
         let debug_bytes = debug.as_ref().map(|d| &d.map[..]);
-        let table = match ferroscope_unwind_native::extract(bytes, debug_bytes, &ExtractOptions::default()) {
+        let table = match ferroscope_unwind_native::extract(
+            bytes,
+            debug_bytes,
+            &ExtractOptions::default(),
+        ) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(path = %path.display(), "no unwind table, its frames end the stack: {e}");
@@ -836,7 +989,12 @@ impl ProcessManager {
     }
 
     /// Encodes and writes a table; false (and the file marked failed) when it cannot be.
-    fn load_table(&mut self, maps: &mut dyn UnwindBackend, id: FileId, table: &StackDeltaTable) -> bool {
+    fn load_table(
+        &mut self,
+        maps: &mut dyn UnwindBackend,
+        id: FileId,
+        table: &StackDeltaTable,
+    ) -> bool {
         let Some(encoded) = encode_table(table, |info| self.info_index(maps, info)) else {
             tracing::warn!("more than 65536 distinct unwind rules: a table was not loaded");
             self.failed_files.insert(id);
@@ -854,7 +1012,11 @@ impl ProcessManager {
             self.allocator = Some(RangeAllocator::new(capacity));
         }
         // Make room: the budget first, then whatever the array needs.
-        while self.allocator.as_ref().is_some_and(|a| a.used() + u64::from(len) > self.config.max_table_entries) {
+        while self
+            .allocator
+            .as_ref()
+            .is_some_and(|a| a.used() + u64::from(len) > self.config.max_table_entries)
+        {
             if !self.evict_one(maps) {
                 break;
             }
@@ -864,7 +1026,11 @@ impl ProcessManager {
                 break first;
             }
             if !self.evict_one(maps) {
-                tracing::warn!(entries = len, capacity, "the stack-delta array is full of tables in use: a table was not loaded");
+                tracing::warn!(
+                    entries = len,
+                    capacity,
+                    "the stack-delta array is full of tables in use: a table was not loaded"
+                );
                 return false;
             }
         };
@@ -877,8 +1043,17 @@ impl ProcessManager {
         }
         let mut pages = Vec::with_capacity(encoded.pages.len());
         for &(page, start, count) in &encoded.pages {
-            let key = DeltaPageKey { file_id: id.0, page };
-            match maps.insert_page(key, DeltaPage { first: first + start, count }) {
+            let key = DeltaPageKey {
+                file_id: id.0,
+                page,
+            };
+            match maps.insert_page(
+                key,
+                DeltaPage {
+                    first: first + start,
+                    count,
+                },
+            ) {
                 Ok(()) => pages.push(page),
                 Err(e) => {
                     tracing::warn!("cannot publish a table page (fs_delta_pages full?): {e}");
@@ -888,7 +1063,10 @@ impl ProcessManager {
         }
         if pages.len() < encoded.pages.len() {
             for page in &pages {
-                let _ = maps.remove_page(&DeltaPageKey { file_id: id.0, page: *page });
+                let _ = maps.remove_page(&DeltaPageKey {
+                    file_id: id.0,
+                    page: *page,
+                });
             }
             if let Some(a) = self.allocator.as_mut() {
                 a.free(first, len);
@@ -897,13 +1075,26 @@ impl ProcessManager {
         }
         self.pages += pages.len() as u64;
         self.clock += 1;
-        self.tables.insert(id, LoadedTable { pages, first, len, users: 0, last_used: self.clock });
+        self.tables.insert(
+            id,
+            LoadedTable {
+                pages,
+                first,
+                len,
+                users: 0,
+                last_used: self.clock,
+            },
+        );
         true
     }
 
     /// Evicts unused tables while more entries than the budget are loaded.
     fn evict_over_budget(&mut self, maps: &mut dyn UnwindBackend) {
-        while self.allocator.as_ref().is_some_and(|a| a.used() > self.config.max_table_entries) {
+        while self
+            .allocator
+            .as_ref()
+            .is_some_and(|a| a.used() > self.config.max_table_entries)
+        {
             if !self.evict_one(maps) {
                 break;
             }
@@ -912,12 +1103,20 @@ impl ProcessManager {
 
     /// Unloads the least recently used table no mapping uses; false when there is none.
     fn evict_one(&mut self, maps: &mut dyn UnwindBackend) -> bool {
-        let Some((&id, _)) = self.tables.iter().filter(|(_, t)| t.users == 0).min_by_key(|(_, t)| t.last_used) else {
+        let Some((&id, _)) = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.users == 0)
+            .min_by_key(|(_, t)| t.last_used)
+        else {
             return false;
         };
         let t = self.tables.remove(&id).expect("present");
         for page in &t.pages {
-            let _ = maps.remove_page(&DeltaPageKey { file_id: id.0, page: *page });
+            let _ = maps.remove_page(&DeltaPageKey {
+                file_id: id.0,
+                page: *page,
+            });
         }
         self.pages = self.pages.saturating_sub(t.pages.len() as u64);
         if let Some(a) = self.allocator.as_mut() {
@@ -931,7 +1130,10 @@ impl ProcessManager {
 /// Opens a mapped file as the process sees it: through `/proc/PID/map_files` (works for
 /// deleted files and other mount namespaces), else through `/proc/PID/root`.
 fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<(File, PathBuf)> {
-    let via_map_files = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end));
+    let via_map_files = PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        entry.start, entry.end
+    ));
     if let Ok(f) = File::open(&via_map_files) {
         return Some((f, via_map_files));
     }
@@ -939,7 +1141,8 @@ fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<(File, PathBuf)> {
         MapPath::File(p) => p,
         _ => return None,
     };
-    let via_root = Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+    let via_root =
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
     File::open(&via_root).ok().map(|f| (f, via_root))
 }
 
@@ -976,7 +1179,10 @@ fn file_facts(data: &[u8]) -> Option<FileFacts> {
         .collect();
     let file = object::File::parse(data).ok()?;
     let build_id = file.build_id().ok().flatten();
-    Some(FileFacts { id: FileId::of_bytes(data, build_id), loads })
+    Some(FileFacts {
+        id: FileId::of_bytes(data, build_id),
+        loads,
+    })
 }
 
 /// `mapping start - vaddr of the mapping's file offset`, choosing the PT_LOAD segment whose
@@ -991,11 +1197,16 @@ fn load_bias(loads: &[Load], entry: &MapEntry) -> Option<u64> {
         .filter_map(|l| {
             let contains = l.offset <= off && off - l.offset < l.filesz.max(1);
             let just_after = l.offset > off && l.offset - off < MAX_PAGE;
-            (contains || just_after).then_some(((l.executable != executable, !contains, l.offset), l))
+            (contains || just_after)
+                .then_some(((l.executable != executable, !contains, l.offset), l))
         })
         .min_by_key(|(rank, _)| *rank)?
         .1;
-    let vaddr = if best.offset <= off { best.vaddr + (off - best.offset) } else { best.vaddr.checked_sub(best.offset - off)? };
+    let vaddr = if best.offset <= off {
+        best.vaddr + (off - best.offset)
+    } else {
+        best.vaddr.checked_sub(best.offset - off)?
+    };
     Some(entry.start.wrapping_sub(vaddr))
 }
 
@@ -1015,12 +1226,18 @@ mod tests {
 
     impl FakeMaps {
         fn new(capacity: usize) -> Self {
-            FakeMaps { entries: vec![DeltaEntry::default(); capacity], ..Default::default() }
+            FakeMaps {
+                entries: vec![DeltaEntry::default(); capacity],
+                ..Default::default()
+            }
         }
 
         /// What the eBPF program computes: the rule for `vaddr` of `file`.
         fn lookup(&self, file: FileId, vaddr: u64) -> Option<UnwindInfoRaw> {
-            let p = self.pages.get(&DeltaPageKey { file_id: file.0, page: vaddr >> DELTA_PAGE_BITS })?;
+            let p = self.pages.get(&DeltaPageKey {
+                file_id: file.0,
+                page: vaddr >> DELTA_PAGE_BITS,
+            })?;
             let target = (vaddr & 0xffff) as u16;
             let (mut lo, mut len) = (p.first, p.count);
             for _ in 0..16 {
@@ -1036,7 +1253,10 @@ mod tests {
                 }
             }
             let e = self.entries[lo as usize];
-            assert!(e.address_low <= target, "the search found an entry after the address");
+            assert!(
+                e.address_low <= target,
+                "the search found an entry after the address"
+            );
             self.infos.get(&u32::from(e.info_index)).copied()
         }
 
@@ -1069,7 +1289,13 @@ mod tests {
             self.pages.remove(key);
             Ok(())
         }
-        fn insert_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32, value: PidMapping) -> MapResult {
+        fn insert_mapping_prefix(
+            &mut self,
+            pid: u32,
+            address: u64,
+            prefix_len: u32,
+            value: PidMapping,
+        ) -> MapResult {
             self.prefixes.insert((pid, address, prefix_len), value);
             Ok(())
         }
@@ -1088,12 +1314,22 @@ mod tests {
     }
 
     fn table(rows: &[(u64, UnwindInfo)]) -> StackDeltaTable {
-        StackDeltaTable { deltas: rows.iter().map(|&(address, info)| StackDelta { address, info }).collect() }
+        StackDeltaTable {
+            deltas: rows
+                .iter()
+                .map(|&(address, info)| StackDelta { address, info })
+                .collect(),
+        }
     }
 
     #[test]
     fn prefixes_cover_exactly_the_range() {
-        for (start, end) in [(0x1000u64, 0x2000u64), (0x40_1000, 0x40_9000), (0x7f12_3456_7000, 0x7f12_3460_0000), (0, 0x1000)] {
+        for (start, end) in [
+            (0x1000u64, 0x2000u64),
+            (0x40_1000, 0x40_9000),
+            (0x7f12_3456_7000, 0x7f12_3460_0000),
+            (0, 0x1000),
+        ] {
             let p = covering_prefixes(start, end);
             let mut at = start;
             for &(addr, len) in &p {
@@ -1117,7 +1353,11 @@ mod tests {
         a.free(x, 40);
         a.free(y, 40);
         assert_eq!(a.used(), 0);
-        assert_eq!(a.alloc(100), Some(0), "the three free ranges merged back into one");
+        assert_eq!(
+            a.alloc(100),
+            Some(0),
+            "the three free ranges merged back into one"
+        );
     }
 
     #[test]
@@ -1141,14 +1381,28 @@ mod tests {
         let mut pm = ProcessManager::new(ProcessManagerConfig::default());
         let id = FileId(7);
         assert!(pm.load_table(&mut maps, id, &t));
-        for vaddr in (0x40_ff00..0x45_0200u64).step_by(7).chain([0x40_fff0, 0x41_0000, 0x42_0000, 0x45_0000]) {
-            let expected = t.lookup(vaddr).filter(|i| i.kind != Kind::Invalid).map(raw_info);
-            let got = maps.lookup(id, vaddr).filter(|i| i.kind != Kind::Invalid as u8);
+        for vaddr in (0x40_ff00..0x45_0200u64)
+            .step_by(7)
+            .chain([0x40_fff0, 0x41_0000, 0x42_0000, 0x45_0000])
+        {
+            let expected = t
+                .lookup(vaddr)
+                .filter(|i| i.kind != Kind::Invalid)
+                .map(raw_info);
+            let got = maps
+                .lookup(id, vaddr)
+                .filter(|i| i.kind != Kind::Invalid as u8);
             assert_eq!(got, expected, "rule at {vaddr:#x}");
         }
         // Pages 0x41 and 0x42 exist (0x42 is carried whole); 0x44 is all Invalid: no page.
-        assert!(maps.pages.contains_key(&DeltaPageKey { file_id: 7, page: 0x42 }));
-        assert!(!maps.pages.contains_key(&DeltaPageKey { file_id: 7, page: 0x44 }));
+        assert!(maps.pages.contains_key(&DeltaPageKey {
+            file_id: 7,
+            page: 0x42
+        }));
+        assert!(!maps.pages.contains_key(&DeltaPageKey {
+            file_id: 7,
+            page: 0x44
+        }));
         assert_eq!(pm.infos.len(), 5, "rules are shared, not repeated");
     }
 
@@ -1157,7 +1411,10 @@ mod tests {
         let sp8 = UnwindInfo::sp(8, None);
         let small = table(&[(0x1000, sp8), (0x1010, UnwindInfo::INVALID)]);
         let mut maps = FakeMaps::new(10);
-        let mut pm = ProcessManager::new(ProcessManagerConfig { max_table_entries: 9, ..Default::default() });
+        let mut pm = ProcessManager::new(ProcessManagerConfig {
+            max_table_entries: 9,
+            ..Default::default()
+        });
         for id in 1..=3 {
             assert!(pm.load_table(&mut maps, FileId(id), &small), "table {id}");
         }
@@ -1165,8 +1422,14 @@ mod tests {
         pm.tables.get_mut(&FileId(1)).unwrap().users = 1;
         assert!(pm.load_table(&mut maps, FileId(4), &small));
         assert!(pm.tables.contains_key(&FileId(1)), "in use: kept");
-        assert!(!pm.tables.contains_key(&FileId(2)), "least recently used unused table evicted");
-        assert!(!maps.pages.keys().any(|k| k.file_id == 2), "its pages were withdrawn");
+        assert!(
+            !pm.tables.contains_key(&FileId(2)),
+            "least recently used unused table evicted"
+        );
+        assert!(
+            !maps.pages.keys().any(|k| k.file_id == 2),
+            "its pages were withdrawn"
+        );
         assert_eq!(pm.metrics.num_tables_evicted, 1);
     }
 
@@ -1182,9 +1445,13 @@ mod tests {
         assert!(pm.is_loaded(pid));
         assert!(maps.known.contains(&pid));
         let here = a_real_process_is_loaded_and_unloaded as fn() as usize as u64;
-        let m = maps.mapping(pid, here).expect("the test binary's code is mapped");
+        let m = maps
+            .mapping(pid, here)
+            .expect("the test binary's code is mapped");
         assert!(m.start <= here && here < m.end);
-        let info = maps.lookup(FileId(m.file_id), here - m.bias).expect("a rule for this function");
+        let info = maps
+            .lookup(FileId(m.file_id), here - m.bias)
+            .expect("a rule for this function");
         assert_ne!(info.kind, Kind::Invalid as u8);
         let metrics = pm.metrics(&Counters::default());
         assert_eq!(metrics.num_proc_new, 1);
@@ -1197,7 +1464,10 @@ mod tests {
         assert!(maps.prefixes.is_empty(), "every prefix removed");
         assert!(!maps.known.contains(&pid));
         assert_eq!(pm.metrics(&Counters::default()).num_proc_exit, 1);
-        assert!(!pm.tables.is_empty(), "tables stay cached for the next process");
+        assert!(
+            !pm.tables.is_empty(),
+            "tables stay cached for the next process"
+        );
     }
 
     #[test]
@@ -1205,7 +1475,10 @@ mod tests {
         let a = FileId::of_bytes(b"\x7fELF same", Some(b"\x01\x02"));
         let b = FileId::of_bytes(b"\x7fELF other", Some(b"\x01\x02"));
         assert_eq!(a, b, "the build ID decides when present");
-        assert_ne!(FileId::of_bytes(b"one", None), FileId::of_bytes(b"two", None));
+        assert_ne!(
+            FileId::of_bytes(b"one", None),
+            FileId::of_bytes(b"two", None)
+        );
     }
 
     #[test]
@@ -1213,8 +1486,18 @@ mod tests {
         // lld layout: read-only segment at offset 0 (0x1234 bytes), executable segment at
         // file offset 0x1240 with vaddr 0x2240; the executable mapping starts at offset 0x1000.
         let loads = vec![
-            Load { offset: 0, filesz: 0x1234, vaddr: 0, executable: false },
-            Load { offset: 0x1240, filesz: 0x5000, vaddr: 0x2240, executable: true },
+            Load {
+                offset: 0,
+                filesz: 0x1234,
+                vaddr: 0,
+                executable: false,
+            },
+            Load {
+                offset: 0x1240,
+                filesz: 0x5000,
+                vaddr: 0x2240,
+                executable: true,
+            },
         ];
         let entry = MapEntry {
             start: 0x5555_0000_1000,
@@ -1227,7 +1510,10 @@ mod tests {
             path: MapPath::File("/x".into()),
         };
         let bias = load_bias(&loads, &entry).unwrap();
-        assert_eq!(0x5555_0000_1000 - bias, 0x2000, "offset 0x1000 is vaddr 0x2000 in the executable segment");
+        assert_eq!(
+            0x5555_0000_1000 - bias,
+            0x2000,
+            "offset 0x1000 is vaddr 0x2000 in the executable segment"
+        );
     }
 }
-

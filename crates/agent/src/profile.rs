@@ -36,7 +36,11 @@ pub struct SampleLabels {
 
 impl SampleLabels {
     /// Every label (what `ferroscope record` writes).
-    pub const ALL: SampleLabels = SampleLabels { pid: true, tid: true, comm: true };
+    pub const ALL: SampleLabels = SampleLabels {
+        pid: true,
+        tid: true,
+        comm: true,
+    };
 }
 
 /// Builds one CPU profile from counted traces, symbolizing each distinct frame once.
@@ -62,7 +66,9 @@ pub fn build_cpu_profile<'a>(
         for frame in &trace.frames {
             if let Some(error) = crate::aggregate::unwind_error_of(frame) {
                 let name = format!("[unwind error: {}]", error.describe());
-                let id = *comm_locations.entry(name).or_insert_with_key(|name| named_location(&mut b, name));
+                let id = *comm_locations
+                    .entry(name)
+                    .or_insert_with_key(|name| named_location(&mut b, name));
                 locations.push(id);
                 continue;
             }
@@ -103,11 +109,25 @@ pub fn build_cpu_profile<'a>(
 }
 
 fn named_location(b: &mut ProfileBuilder, name: &str) -> LocationId {
-    let lines = [LineSpec { function: name, system_name: name, filename: "", start_line: 0, line: 0 }];
-    b.add_location(&LocationSpec { mapping: None, address: 0, lines: &lines })
+    let lines = [LineSpec {
+        function: name,
+        system_name: name,
+        filename: "",
+        start_line: 0,
+        line: 0,
+    }];
+    b.add_location(&LocationSpec {
+        mapping: None,
+        address: 0,
+        lines: &lines,
+    })
 }
 
-fn kernel_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, frame: &Frame) -> LocationId {
+fn kernel_location(
+    b: &mut ProfileBuilder,
+    symbolizer: &mut Symbolizer,
+    frame: &Frame,
+) -> LocationId {
     let addr = frame.lookup_address();
     let k = symbolizer.symbolize_kernel(addr);
     let mapping = b.add_mapping(&MappingSpec {
@@ -118,12 +138,30 @@ fn kernel_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, frame: &
         build_id: "",
         has_functions: true,
     });
-    let name = k.function.clone().unwrap_or_else(|| format!("{}+{addr:#x}", k.module));
-    let lines = [LineSpec { function: &name, system_name: &name, filename: "", start_line: 0, line: 0 }];
-    b.add_location(&LocationSpec { mapping: Some(mapping), address: addr, lines: &lines })
+    let name = k
+        .function
+        .clone()
+        .unwrap_or_else(|| format!("{}+{addr:#x}", k.module));
+    let lines = [LineSpec {
+        function: &name,
+        system_name: &name,
+        filename: "",
+        start_line: 0,
+        line: 0,
+    }];
+    b.add_location(&LocationSpec {
+        mapping: Some(mapping),
+        address: addr,
+        lines: &lines,
+    })
 }
 
-fn user_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, pid: u32, frame: &Frame) -> LocationId {
+fn user_location(
+    b: &mut ProfileBuilder,
+    symbolizer: &mut Symbolizer,
+    pid: u32,
+    frame: &Frame,
+) -> LocationId {
     let addr = frame.lookup_address();
     let f = symbolizer.symbolize_user(pid, addr);
     let mapping = f.module.as_ref().map(|m| {
@@ -139,7 +177,10 @@ fn user_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, pid: u32, 
     // pprof orders a location's lines innermost first, the caller (physical function) last:
     // the same order as `UserFrame::source_frames`.
     let frames = f.source_frames();
-    let names: Vec<String> = frames.iter().map(|s| s.function.clone().unwrap_or_else(|| f.display_name())).collect();
+    let names: Vec<String> = frames
+        .iter()
+        .map(|s| s.function.clone().unwrap_or_else(|| f.display_name()))
+        .collect();
     let lines: Vec<LineSpec<'_>> = frames
         .iter()
         .zip(&names)
@@ -151,5 +192,9 @@ fn user_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, pid: u32, 
             line: s.line.map_or(0, i64::from),
         })
         .collect();
-    b.add_location(&LocationSpec { mapping, address: f.elf_addr.unwrap_or(addr), lines: &lines })
+    b.add_location(&LocationSpec {
+        mapping,
+        address: f.elf_addr.unwrap_or(addr),
+        lines: &lines,
+    })
 }

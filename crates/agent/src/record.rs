@@ -79,7 +79,11 @@ pub struct RecordOutcome {
 
 /// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
 pub fn kernel_max_sample_rate() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Checks the arguments before anything is loaded: the processes exist and the rate is
@@ -96,7 +100,11 @@ pub fn validate(config: &RecordConfig) -> Result<(), Error> {
         } else {
             String::new()
         };
-        return Err(Error::InvalidSampleRate { rate: config.sample_rate_hz, max, why });
+        return Err(Error::InvalidSampleRate {
+            rate: config.sample_rate_hz,
+            max,
+            why,
+        });
     }
     for &pid in &config.pids {
         if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
@@ -109,7 +117,10 @@ pub fn validate(config: &RecordConfig) -> Result<(), Error> {
 /// Checks that `path` can be created or overwritten, without leaving anything behind.
 pub fn check_writable(path: &Path) -> Result<(), Error> {
     let existed = path.exists();
-    let result = std::fs::OpenOptions::new().append(true).create(true).open(path);
+    let result = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path);
     match result {
         Ok(_) => {
             if !existed {
@@ -117,7 +128,10 @@ pub fn check_writable(path: &Path) -> Result<(), Error> {
             }
             Ok(())
         }
-        Err(source) => Err(Error::Output { path: path.to_owned(), source }),
+        Err(source) => Err(Error::Output {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -182,7 +196,10 @@ pub fn record(
         manage_processes(&mut sampler, &mut manager);
         let elapsed = start.elapsed();
         if last_progress.elapsed() >= Duration::from_millis(250) {
-            lost = sampler.counters().map(|c| c.lost_ringbuf_full).unwrap_or(lost);
+            lost = sampler
+                .counters()
+                .map(|c| c.lost_ringbuf_full)
+                .unwrap_or(lost);
             on_progress(&Progress {
                 elapsed,
                 duration: config.duration,
@@ -192,7 +209,9 @@ pub fn record(
             });
             last_progress = Instant::now();
             if let Some(pids) = &pids
-                && pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                && pids
+                    .iter()
+                    .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
             {
                 break StopReason::TargetsExited;
             }
@@ -208,7 +227,10 @@ pub fn record(
     drain(&mut sampler, &mut agg, &mut symbolizer);
     manage_processes(&mut sampler, &mut manager);
     let counters = sampler.counters()?;
-    let unwind = sampler.unwind_maps().is_some().then(|| manager.metrics(&counters));
+    let unwind = sampler
+        .unwind_maps()
+        .is_some()
+        .then(|| manager.metrics(&counters));
     if let Some(m) = &unwind {
         let named = m.named();
         tracing::debug!(?named, "stack-delta unwinder metrics");
@@ -228,7 +250,10 @@ pub fn record(
 
     let options = ProfileOptions {
         sample_rate_hz: config.sample_rate_hz,
-        time_nanos: wall_start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        time_nanos: wall_start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
         duration_nanos: elapsed.as_nanos() as i64,
         comm_root_frame: pids.is_none(),
         labels: crate::profile::SampleLabels::ALL,
@@ -250,14 +275,22 @@ pub fn record(
 /// Starts the sampler with the stack-delta unwinder, or without it (frame pointers only)
 /// when the kernel refuses it.
 pub(crate) fn start_sampler(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> Result<Sampler, Error> {
-    let with_unwinder = SamplerConfig { sample_rate_hz, pids: pids.clone(), unwinder: Some(UnwinderConfig::default()) };
+    let with_unwinder = SamplerConfig {
+        sample_rate_hz,
+        pids: pids.clone(),
+        unwinder: Some(UnwinderConfig::default()),
+    };
     match Sampler::start(&with_unwinder) {
         Ok(s) => Ok(s),
         Err(e) => {
             tracing::warn!(
                 "the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: {e}"
             );
-            Ok(Sampler::start(&SamplerConfig { sample_rate_hz, pids, unwinder: None })?)
+            Ok(Sampler::start(&SamplerConfig {
+                sample_rate_hz,
+                pids,
+                unwinder: None,
+            })?)
         }
     }
 }

@@ -9,8 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferroscope_ebpf_programs::Sampler;
@@ -18,7 +18,9 @@ use ferroscope_pprof::push::{EndpointConfig, SeriesProfile, WriteMetrics, Writer
 use ferroscope_pprof::sink::LocalSink;
 use ferroscope_symbolize::{DemangleMode, Symbolizer};
 use ferroscope_targets::target::PROCESS_CPU;
-use ferroscope_targets::{FinderOptions, Labels, ProcessDiscovery, Target, TargetFinder, build_targets};
+use ferroscope_targets::{
+    FinderOptions, Labels, ProcessDiscovery, Target, TargetFinder, build_targets,
+};
 use ferroscope_unwind_api::FrameKind;
 use prometheus_client::registry::Registry;
 
@@ -43,7 +45,10 @@ pub fn endpoint_config(e: &Endpoint) -> Result<EndpointConfig, Error> {
     let read_secret = |path: &Path| -> Result<String, Error> {
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
-            .map_err(|source| Error::Output { path: path.to_owned(), source })
+            .map_err(|source| Error::Output {
+                path: path.to_owned(),
+                source,
+            })
     };
     let mut c = EndpointConfig::new(e.url.clone());
     if let Some(auth) = &e.basic_auth {
@@ -59,7 +64,11 @@ pub fn endpoint_config(e: &Endpoint) -> Result<EndpointConfig, Error> {
         (None, Some(f)) => Some(read_secret(f)?),
         (None, None) => None,
     };
-    c.headers = e.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    c.headers = e
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     c.tenant_id = e.tenant_id.clone();
     c.remote_timeout = e.remote_timeout;
     c.min_backoff = e.min_backoff_period;
@@ -101,7 +110,13 @@ impl Targeting {
             targets_only: config.ebpf.targets_only,
             container_id_cache_size: 1024,
         });
-        Targeting { config: config.clone(), discovery, last_discovery: None, finder, processes: HashMap::new() }
+        Targeting {
+            config: config.clone(),
+            discovery,
+            last_discovery: None,
+            finder,
+            processes: HashMap::new(),
+        }
     }
 
     /// Rebuilds the target list when discovery is due (always the first time).
@@ -122,7 +137,9 @@ impl Targeting {
                 Err(e) => tracing::warn!("process discovery failed: {e}"),
             }
         }
-        let relabelled = sets.into_iter().filter_map(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l));
+        let relabelled = sets
+            .into_iter()
+            .filter_map(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l));
         let targets = build_targets(relabelled);
         tracing::debug!(targets = targets.len(), "targets refreshed");
         self.finder.set_targets(targets);
@@ -144,11 +161,17 @@ impl Targeting {
         let mut by_target: HashMap<String, (serde_json::Value, Vec<u32>)> = HashMap::new();
         for (pid, t) in &self.processes {
             if let Some(t) = t {
-                let labels: serde_json::Map<String, serde_json::Value> =
-                    t.labels().iter().map(|(k, v)| (k.to_owned(), serde_json::Value::from(v))).collect();
+                let labels: serde_json::Map<String, serde_json::Value> = t
+                    .labels()
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+                    .collect();
                 let key = format!("{:?}", t.id());
                 let entry = by_target.entry(key).or_insert_with(|| {
-                    (serde_json::json!({"service_name": t.service_name(), "labels": labels}), Vec::new())
+                    (
+                        serde_json::json!({"service_name": t.service_name(), "labels": labels}),
+                        Vec::new(),
+                    )
                 });
                 entry.1.push(*pid);
             }
@@ -168,7 +191,11 @@ impl Targeting {
 
 fn list_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -188,11 +215,23 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
         tracing::info!(dir = %config.output.dir.display(), "no write endpoint: profiles go to the local directory");
         let max_bytes = (config.output.max_bytes > 0).then_some(config.output.max_bytes);
         let max_age = (!config.output.max_age.is_zero()).then_some(config.output.max_age);
-        Output::Local(LocalSink::new(config.output.dir.clone(), max_bytes, max_age))
+        Output::Local(LocalSink::new(
+            config.output.dir.clone(),
+            max_bytes,
+            max_age,
+        ))
     } else {
-        let endpoints =
-            config.write.endpoint.iter().map(endpoint_config).collect::<Result<Vec<_>, _>>()?;
-        let external = config.external_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let endpoints = config
+            .write
+            .endpoint
+            .iter()
+            .map(endpoint_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        let external = config
+            .external_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let _guard = runtime.enter();
         Output::Push(Writer::new(endpoints, external, write_metrics.clone())?)
     };
@@ -201,13 +240,17 @@ pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
     // The HTTP server.
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.server.listen_address))
-        .map_err(|source| Error::Listen { address: config.server.listen_address, source })?;
+        .map_err(|source| Error::Listen {
+            address: config.server.listen_address,
+            source,
+        })?;
     let server_stop = Arc::new(tokio::sync::Notify::new());
     {
         let state = state.clone();
         let server_stop = server_stop.clone();
         runtime.spawn(async move {
-            crate::server::serve(listener, state, async move { server_stop.notified().await }).await;
+            crate::server::serve(listener, state, async move { server_stop.notified().await })
+                .await;
         });
     }
     tracing::info!(address = %config.server.listen_address, "serving /metrics, /debug/targets, /debug/caches, /healthz");
@@ -237,7 +280,8 @@ fn collect_loop(
         Demangle::Templates => DemangleMode::Templates,
         Demangle::Full => DemangleMode::Full,
     };
-    let cache_dir = (!ebpf.symb_cache_path.as_os_str().is_empty()).then(|| ebpf.symb_cache_path.clone());
+    let cache_dir =
+        (!ebpf.symb_cache_path.as_os_str().is_empty()).then(|| ebpf.symb_cache_path.clone());
     let mut symbolizer = Symbolizer::builder()
         .demangle(demangle)
         .cache_dir(cache_dir)
@@ -309,7 +353,11 @@ fn collect_loop(
                     }
                 }
             }
-            let gone: Vec<u32> = filtered.iter().copied().filter(|p| !alive.contains(p)).collect();
+            let gone: Vec<u32> = filtered
+                .iter()
+                .copied()
+                .filter(|p| !alive.contains(p))
+                .collect();
             for pid in gone {
                 filtered.remove(&pid);
                 let _ = s.remove_pid(pid);
@@ -352,30 +400,54 @@ fn collect_loop(
         if stopping || Instant::now() >= next_collect {
             let now = SystemTime::now();
             let build_start = Instant::now();
-            let profiles = build_round(&mut targeting, &mut symbolizer, &mut per_pid, config, metrics, interval_start, now);
+            let profiles = build_round(
+                &mut targeting,
+                &mut symbolizer,
+                &mut per_pid,
+                config,
+                metrics,
+                interval_start,
+                now,
+            );
             let build_time = build_start.elapsed();
-            metrics.last_round_build_seconds.set(build_time.as_secs_f64());
+            metrics
+                .last_round_build_seconds
+                .set(build_time.as_secs_f64());
             tracing::info!(
                 profiles = profiles.len(),
-                bytes = profiles.iter().map(|p| p.profile.pprof_gzip.len()).sum::<usize>(),
+                bytes = profiles
+                    .iter()
+                    .map(|p| p.profile.pprof_gzip.len())
+                    .sum::<usize>(),
                 build_ms = build_time.as_secs_f64() * 1000.0,
                 "collected"
             );
             interval_start = now;
             next_collect = Instant::now() + ebpf.collect_interval;
             metrics.sessions.inc();
-            let budget = if stopping { FINAL_ROUND_BUDGET } else { ebpf.collect_interval };
+            let budget = if stopping {
+                FINAL_ROUND_BUDGET
+            } else {
+                ebpf.collect_interval
+            };
             match output {
                 Output::Push(writer) => {
                     if round.as_ref().is_some_and(|r| !r.is_finished()) {
                         // The previous round still runs: its deadline is near; drop this one.
                         metrics.pprofs_dropped.inc_by(profiles.len() as u64);
-                        tracing::warn!(dropped = profiles.len(), "previous send round still running; profiles dropped");
+                        tracing::warn!(
+                            dropped = profiles.len(),
+                            "previous send round still running; profiles dropped"
+                        );
                     } else {
-                        let profiles: Vec<SeriesProfile> = profiles.into_iter().map(Into::into).collect();
+                        let profiles: Vec<SeriesProfile> =
+                            profiles.into_iter().map(Into::into).collect();
                         let writer = writer.clone();
                         let deadline = Instant::now() + budget;
-                        round = Some(runtime.spawn(async move { writer.send_round(profiles, deadline).await }));
+                        round = Some(
+                            runtime
+                                .spawn(async move { writer.send_round(profiles, deadline).await }),
+                        );
                     }
                 }
                 Output::Local(sink) => {
@@ -390,7 +462,8 @@ fn collect_loop(
             *state.caches.write().unwrap_or_else(|e| e.into_inner()) = caches_json(&symbolizer);
             if stopping {
                 if let Some(r) = round.take() {
-                    let _ = runtime.block_on(async { tokio::time::timeout(FINAL_ROUND_BUDGET, r).await });
+                    let _ = runtime
+                        .block_on(async { tokio::time::timeout(FINAL_ROUND_BUDGET, r).await });
                 }
                 tracing::info!("stopped");
                 return Ok(());
@@ -433,10 +506,20 @@ fn build_round(
     let comm_frame = matches!(ebpf.comm, Comm::Stackframe | Comm::Both);
     let options = ProfileOptions {
         sample_rate_hz: ebpf.sample_rate,
-        time_nanos: start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
-        duration_nanos: end.duration_since(start).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        time_nanos: start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+        duration_nanos: end
+            .duration_since(start)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
         comm_root_frame: comm_frame,
-        labels: SampleLabels { pid: ebpf.pid_label, tid: false, comm: comm_label },
+        labels: SampleLabels {
+            pid: ebpf.pid_label,
+            tid: false,
+            comm: comm_label,
+        },
     };
     let mut out = Vec::new();
     let mut exited = Vec::new();
@@ -448,11 +531,25 @@ fn build_round(
         let profile = build_cpu_profile(agg.iter(), symbolizer, &options);
         let bytes = ferroscope_pprof::encode_gzip(&profile);
         let service = target.service_name().to_owned();
-        metrics.pprofs.get_or_create(&vec![("service_name".to_owned(), service.clone())]).inc();
+        metrics
+            .pprofs
+            .get_or_create(&vec![("service_name".to_owned(), service.clone())])
+            .inc();
         metrics.pprof_bytes.inc_by(bytes.len() as u64);
         metrics.pprof_samples.inc_by(agg.samples());
-        let labels = target.series_labels(PROCESS_CPU).iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        out.push(Built { pid, service, profile: SeriesProfile { labels, pprof_gzip: bytes } });
+        let labels = target
+            .series_labels(PROCESS_CPU)
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        out.push(Built {
+            pid,
+            service,
+            profile: SeriesProfile {
+                labels,
+                pprof_gzip: bytes,
+            },
+        });
         if !Path::new(&format!("/proc/{pid}")).exists() {
             exited.push(pid);
         }

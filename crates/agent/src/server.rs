@@ -51,7 +51,11 @@ impl ServerState {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("Content-Type", content_type)
@@ -67,29 +71,49 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
 /// Answers one request.
 pub fn handle(state: &ServerState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET is supported\n");
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET is supported\n",
+        );
     }
     match path {
         "/metrics" => {
             let mut text = String::new();
             let registry = state.registry.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
-                return respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n"));
+                return respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("encoding failed: {e}\n"),
+                );
             }
-            respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            )
         }
         "/debug/targets" => json(&state.targets.read().unwrap_or_else(|e| e.into_inner())),
         "/debug/caches" => json(&state.caches.read().unwrap_or_else(|e| e.into_inner())),
         "/healthz" => match &*state.health.read().unwrap_or_else(|e| e.into_inner()) {
             Health::Healthy => respond(StatusCode::OK, "text/plain", "ok\n"),
-            Health::Unhealthy(why) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("unhealthy: {why}\n")),
+            Health::Unhealthy(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("unhealthy: {why}\n"),
+            ),
         },
         "/" => respond(
             StatusCode::OK,
             "text/plain",
             "ferroscope agent: /metrics /debug/targets /debug/caches /healthz\n",
         ),
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /debug/targets, /debug/caches or /healthz\n"),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /debug/targets, /debug/caches or /healthz\n",
+        ),
     }
 }
 
@@ -119,7 +143,10 @@ pub async fn serve(
                 let response = handle(&state, req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
         });
@@ -145,7 +172,10 @@ mod tests {
         };
         let (status, text) = body(handle(&state, &Method::GET, "/metrics"));
         assert_eq!(status, StatusCode::OK);
-        assert!(text.contains("pyroscope_ebpf_profiling_sessions_total 3"), "{text}");
+        assert!(
+            text.contains("pyroscope_ebpf_profiling_sessions_total 3"),
+            "{text}"
+        );
         let (status, _) = body(handle(&state, &Method::GET, "/healthz"));
         assert_eq!(status, StatusCode::OK);
         state.set_health(Health::Unhealthy("invalid configuration".into()));
@@ -155,13 +185,21 @@ mod tests {
         *state.targets.write().unwrap() = serde_json::json!([{"service_name": "a"}]);
         let (_, text) = body(handle(&state, &Method::GET, "/debug/targets"));
         assert!(text.contains("\"service_name\": \"a\""));
-        assert_eq!(handle(&state, &Method::GET, "/nope").status(), StatusCode::NOT_FOUND);
-        assert_eq!(handle(&state, &Method::POST, "/metrics").status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            handle(&state, &Method::GET, "/nope").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            handle(&state, &Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     fn futures_body(r: Response<Full<Bytes>>) -> Vec<u8> {
         use http_body_util::BodyExt;
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async { r.into_body().collect().await.unwrap().to_bytes().to_vec() })
     }
 }

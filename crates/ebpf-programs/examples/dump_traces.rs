@@ -6,14 +6,32 @@ use ferroscope_ebpf_programs::{Sampler, SamplerConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let pid: u32 = args.next().ok_or("usage: dump_traces PID [SECONDS]")?.parse()?;
+    let pid: u32 = args
+        .next()
+        .ok_or("usage: dump_traces PID [SECONDS]")?
+        .parse()?;
     let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.0);
-    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 97, pids: Some(vec![pid]), unwinder: None })?;
+    let mut sampler = Sampler::start(&SamplerConfig {
+        sample_rate_hz: 97,
+        pids: Some(vec![pid]),
+        unwinder: None,
+    })?;
     std::thread::sleep(std::time::Duration::from_secs_f64(secs));
     sampler.drain(|e| {
-        let k: Vec<String> = e.kernel_frames().iter().map(|a| format!("{a:#x}")).collect();
+        let k: Vec<String> = e
+            .kernel_frames()
+            .iter()
+            .map(|a| format!("{a:#x}"))
+            .collect();
         let u: Vec<String> = e.user_frames().iter().map(|a| format!("{a:#x}")).collect();
-        println!("{} {} {} kernel=[{}] user=[{}]", e.pid, e.tid, e.comm_str(), k.join(" "), u.join(" "));
+        println!(
+            "{} {} {} kernel=[{}] user=[{}]",
+            e.pid,
+            e.tid,
+            e.comm_str(),
+            k.join(" "),
+            u.join(" ")
+        );
     });
     println!("{:?}", sampler.counters()?);
     Ok(())

@@ -90,13 +90,17 @@ impl TraceEvent {
 
     /// The valid kernel frames (empty when the stack could not be read).
     pub fn kernel_frames(&self) -> &[u64] {
-        let n = usize::try_from(self.kernel_len).unwrap_or(0).min(MAX_KERNEL_FRAMES);
+        let n = usize::try_from(self.kernel_len)
+            .unwrap_or(0)
+            .min(MAX_KERNEL_FRAMES);
         &self.kernel_frames[..n]
     }
 
     /// The valid user frames (empty when the stack could not be read).
     pub fn user_frames(&self) -> &[u64] {
-        let n = usize::try_from(self.user_len).unwrap_or(0).min(MAX_USER_FRAMES);
+        let n = usize::try_from(self.user_len)
+            .unwrap_or(0)
+            .min(MAX_USER_FRAMES);
         &self.user_frames[..n]
     }
 
@@ -181,7 +185,8 @@ pub enum PidEventKind {
 
 impl PidEventKind {
     /// Every kind, in value order.
-    pub const ALL: [PidEventKind; 3] = [PidEventKind::New, PidEventKind::Rescan, PidEventKind::Exit];
+    pub const ALL: [PidEventKind; 3] =
+        [PidEventKind::New, PidEventKind::Rescan, PidEventKind::Exit];
 }
 
 /// `struct fs_pid_event`: one report through the `fs_pid_events` ring buffer.
@@ -199,7 +204,10 @@ impl PidEvent {
     pub fn from_bytes(bytes: &[u8]) -> Option<(u32, PidEventKind)> {
         let pid = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
         let kind = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
-        let kind = PidEventKind::ALL.iter().copied().find(|k| *k as u32 == kind)?;
+        let kind = PidEventKind::ALL
+            .iter()
+            .copied()
+            .find(|k| *k as u32 == kind)?;
         Some((pid, kind))
     }
 }
@@ -439,24 +447,36 @@ mod tests {
     use std::mem::{offset_of, size_of};
 
     fn object_btf() -> Btf {
-        Btf::from_elf(crate::SAMPLER_OBJECT).expect("the sampler object carries BTF (built with -g)")
+        Btf::from_elf(crate::SAMPLER_OBJECT)
+            .expect("the sampler object carries BTF (built with -g)")
     }
 
     /// Compares a C struct's size, member names and offsets with the Rust mirror's.
     fn check_layout(c_name: &str, rust_size: usize, rust: &[(&str, usize)]) {
         let btf = object_btf();
-        let s = btf.struct_layout(c_name).unwrap_or_else(|| panic!("struct {c_name} in BTF"));
+        let s = btf
+            .struct_layout(c_name)
+            .unwrap_or_else(|| panic!("struct {c_name} in BTF"));
         assert_eq!(s.size as usize, rust_size, "sizeof(struct {c_name})");
-        let c: Vec<(String, usize)> =
-            s.members.iter().map(|m| (m.name.clone(), (m.bit_offset / 8) as usize)).collect();
+        let c: Vec<(String, usize)> = s
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), (m.bit_offset / 8) as usize))
+            .collect();
         let rust: Vec<(String, usize)> = rust.iter().map(|(n, o)| (n.to_string(), *o)).collect();
-        assert_eq!(c, rust, "member names and offsets of {c_name} differ between C and Rust");
+        assert_eq!(
+            c, rust,
+            "member names and offsets of {c_name} differ between C and Rust"
+        );
     }
 
     /// Compares a C enum with the Rust mirror's (name, value) list.
     fn check_enum(c_name: &str, expected: &[(&str, i64)]) {
-        let values = object_btf().enum_values(c_name).unwrap_or_else(|| panic!("enum {c_name} in BTF"));
-        let expected: Vec<(String, i64)> = expected.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        let values = object_btf()
+            .enum_values(c_name)
+            .unwrap_or_else(|| panic!("enum {c_name} in BTF"));
+        let expected: Vec<(String, i64)> =
+            expected.iter().map(|(n, v)| (n.to_string(), *v)).collect();
         assert_eq!(values, expected, "enum {c_name}");
     }
 
@@ -487,7 +507,10 @@ mod tests {
         check_layout(
             "fs_pid_event",
             size_of::<PidEvent>(),
-            &[("pid", offset_of!(PidEvent, pid)), ("kind", offset_of!(PidEvent, kind))],
+            &[
+                ("pid", offset_of!(PidEvent, pid)),
+                ("kind", offset_of!(PidEvent, kind)),
+            ],
         );
         check_layout(
             "fs_pid_mapping_key",
@@ -511,12 +534,18 @@ mod tests {
         check_layout(
             "fs_delta_page_key",
             size_of::<DeltaPageKey>(),
-            &[("file_id", offset_of!(DeltaPageKey, file_id)), ("page", offset_of!(DeltaPageKey, page))],
+            &[
+                ("file_id", offset_of!(DeltaPageKey, file_id)),
+                ("page", offset_of!(DeltaPageKey, page)),
+            ],
         );
         check_layout(
             "fs_delta_page",
             size_of::<DeltaPage>(),
-            &[("first", offset_of!(DeltaPage, first)), ("count", offset_of!(DeltaPage, count))],
+            &[
+                ("first", offset_of!(DeltaPage, first)),
+                ("count", offset_of!(DeltaPage, count)),
+            ],
         );
         check_layout(
             "fs_delta_entry",
@@ -542,9 +571,18 @@ mod tests {
 
     #[test]
     fn counters_match_c_enum() {
-        let mut expected: Vec<(&str, i64)> = Counter::ALL.iter().map(|c| (c.c_name(), *c as i64)).collect();
+        let mut expected: Vec<(&str, i64)> = Counter::ALL
+            .iter()
+            .map(|c| (c.c_name(), *c as i64))
+            .collect();
         expected.push(("FS_CNT_MAX", i64::from(Counter::COUNT)));
-        assert!(Counter::ALL.iter().enumerate().all(|(i, c)| *c as usize == i), "ALL is in index order");
+        assert!(
+            Counter::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, c)| *c as usize == i),
+            "ALL is in index order"
+        );
         check_enum("fs_counter", &expected);
     }
 
@@ -571,8 +609,16 @@ mod tests {
 
     #[test]
     fn pid_event_kinds_and_unwind_kinds_match_c_enums() {
-        check_enum("fs_pid_event_kind", &[("FS_PID_NEW", 0), ("FS_PID_RESCAN", 1), ("FS_PID_EXIT", 2)]);
-        assert!(PidEventKind::ALL.iter().enumerate().all(|(i, k)| *k as usize == i));
+        check_enum(
+            "fs_pid_event_kind",
+            &[("FS_PID_NEW", 0), ("FS_PID_RESCAN", 1), ("FS_PID_EXIT", 2)],
+        );
+        assert!(
+            PidEventKind::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, k)| *k as usize == i)
+        );
         let names = [
             "FS_UNWIND_SP",
             "FS_UNWIND_FP",
@@ -584,8 +630,11 @@ mod tests {
             "FS_UNWIND_INVALID",
             "FS_UNWIND_FRAME_POINTER",
         ];
-        let expected: Vec<(&str, i64)> =
-            UnwindKind::ALL.iter().zip(names).map(|(k, n)| (n, *k as i64)).collect();
+        let expected: Vec<(&str, i64)> = UnwindKind::ALL
+            .iter()
+            .zip(names)
+            .map(|(k, n)| (n, *k as i64))
+            .collect();
         check_enum("fs_unwind_kind", &expected);
     }
 
@@ -593,7 +642,12 @@ mod tests {
     fn array_lengths_match_c() {
         let btf = object_btf();
         let s = btf.struct_layout("fs_trace_event").unwrap();
-        let len = |name: &str| s.members.iter().find(|m| m.name == name).and_then(|m| m.array_len);
+        let len = |name: &str| {
+            s.members
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| m.array_len)
+        };
         assert_eq!(len("kernel_frames"), Some(MAX_KERNEL_FRAMES as u32));
         assert_eq!(len("user_frames"), Some(MAX_USER_FRAMES as u32));
         assert_eq!(len("comm"), Some(COMM_LEN as u32));
@@ -613,9 +667,15 @@ mod tests {
         assert_eq!(e.pid, 42);
         assert_eq!(e.comm_str(), "abc");
         assert_eq!(e.kernel_frames(), &[0xffff_ffff_8100_0000, 0]);
-        assert!(e.user_frames().is_empty(), "a negative length (an errno) means no frames");
+        assert!(
+            e.user_frames().is_empty(),
+            "a negative length (an errno) means no frames"
+        );
         assert_eq!(e.user_error(), Some(UnwindError::ReadFailed));
-        assert_eq!(PidEvent::from_bytes(&[7, 0, 0, 0, 2, 0, 0, 0]), Some((7, PidEventKind::Exit)));
+        assert_eq!(
+            PidEvent::from_bytes(&[7, 0, 0, 0, 2, 0, 0, 0]),
+            Some((7, PidEventKind::Exit))
+        );
         assert_eq!(PidEvent::from_bytes(&[7, 0, 0, 0, 9, 0, 0, 0]), None);
         assert_eq!(PidEvent::from_bytes(&[7, 0, 0]), None);
     }

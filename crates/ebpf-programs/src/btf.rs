@@ -32,9 +32,18 @@ pub struct StructLayout {
 
 #[derive(Debug)]
 enum Type {
-    Array { nelems: u32 },
-    Struct { name: String, size: u32, members: Vec<(String, u32, u32)> },
-    Enum { name: String, values: Vec<(String, i64)> },
+    Array {
+        nelems: u32,
+    },
+    Struct {
+        name: String,
+        size: u32,
+        members: Vec<(String, u32, u32)>,
+    },
+    Enum {
+        name: String,
+        values: Vec<(String, i64)>,
+    },
     Other,
 }
 
@@ -104,17 +113,28 @@ impl Btf {
                         members.push((name(m_name), m_type, off));
                         pos += 12;
                     }
-                    Type::Struct { name: name(name_off), size, members }
+                    Type::Struct {
+                        name: name(name_off),
+                        size,
+                        members,
+                    }
                 }
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
                     for _ in 0..vlen {
                         let v = u32_at(types, pos + 4)?;
-                        let v = if kflag { i64::from(v as i32) } else { i64::from(v) };
+                        let v = if kflag {
+                            i64::from(v as i32)
+                        } else {
+                            i64::from(v)
+                        };
                         values.push((name(u32_at(types, pos)?), v));
                         pos += 8;
                     }
-                    Type::Enum { name: name(name_off), values }
+                    Type::Enum {
+                        name: name(name_off),
+                        values,
+                    }
                 }
                 KIND_FUNC_PROTO => {
                     pos += 8 * vlen;
@@ -137,7 +157,11 @@ impl Btf {
 
     pub fn struct_layout(&self, wanted: &str) -> Option<StructLayout> {
         self.types.iter().find_map(|t| match t {
-            Type::Struct { name, size, members } if name == wanted => Some(StructLayout {
+            Type::Struct {
+                name,
+                size,
+                members,
+            } if name == wanted => Some(StructLayout {
                 size: *size,
                 members: members
                     .iter()

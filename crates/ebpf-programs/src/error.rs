@@ -30,7 +30,9 @@ pub enum Error {
         hint: &'static str,
     },
     /// A map the object should contain is missing or has another type: a build problem.
-    #[error("the eBPF object has no usable map `{0}`; the object and the loader are out of step, rebuild ferroscope")]
+    #[error(
+        "the eBPF object has no usable map `{0}`; the object and the loader are out of step, rebuild ferroscope"
+    )]
     MissingMap(&'static str),
     /// A map operation failed.
     #[error("eBPF map `{map}`: {action} failed: {source}")]
@@ -44,7 +46,9 @@ pub enum Error {
         source: Box<aya::maps::MapError>,
     },
     /// More PIDs were given than the filter map holds.
-    #[error("{given} PIDs were given but the sampler's PID filter holds at most {max}; profile the whole host instead (no --pid)")]
+    #[error(
+        "{given} PIDs were given but the sampler's PID filter holds at most {max}; profile the whole host instead (no --pid)"
+    )]
     TooManyPids {
         /// How many were given.
         given: usize,
@@ -55,7 +59,9 @@ pub enum Error {
     #[error("could not read the online CPUs from /sys/devices/system/cpu/online: {0}")]
     OnlineCpus(#[source] io::Error),
     /// BPF run-time statistics could not be turned on.
-    #[error("could not enable BPF run-time statistics (BPF_ENABLE_STATS): {0}; this needs root or CAP_SYS_ADMIN")]
+    #[error(
+        "could not enable BPF run-time statistics (BPF_ENABLE_STATS): {0}; this needs root or CAP_SYS_ADMIN"
+    )]
     Stats(#[source] aya::sys::SyscallError),
     /// A map size in [`crate::UnwinderConfig`] is out of range.
     #[error("unwinder map size {name} = {value} is out of range; use 1 to 268435456")]
@@ -66,10 +72,14 @@ pub enum Error {
         value: u32,
     },
     /// The stack-delta entries array could not be memory-mapped.
-    #[error("could not memory-map the eBPF map fs_delta_entries: {0}; the kernel must support BPF_F_MMAPABLE arrays (5.5 or later)")]
+    #[error(
+        "could not memory-map the eBPF map fs_delta_entries: {0}; the kernel must support BPF_F_MMAPABLE arrays (5.5 or later)"
+    )]
     MmapEntries(#[source] io::Error),
     /// A write would go past the end of the entries array.
-    #[error("{count} stack deltas at index {first} do not fit the {capacity} entries of fs_delta_entries; this is a bug in the range allocator")]
+    #[error(
+        "{count} stack deltas at index {first} do not fit the {capacity} entries of fs_delta_entries; this is a bug in the range allocator"
+    )]
     EntriesOutOfRange {
         /// First index written.
         first: u32,
@@ -79,6 +89,8 @@ pub enum Error {
         capacity: u32,
     },
     /// More than 65536 distinct unwind rules.
-    #[error("more than 65536 distinct unwind rules were loaded; the eBPF entries index them with 16 bits, so the rest of this table cannot be loaded")]
+    #[error(
+        "more than 65536 distinct unwind rules were loaded; the eBPF entries index them with 16 bits, so the rest of this table cannot be loaded"
+    )]
     TooManyUnwindInfos,
 }

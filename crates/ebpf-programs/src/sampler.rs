@@ -92,7 +92,9 @@ pub struct Sampler {
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sampler").field("cpus", &self.cpus).finish_non_exhaustive()
+        f.debug_struct("Sampler")
+            .field("cpus", &self.cpus)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +105,10 @@ impl Sampler {
         if let Some(pids) = &config.pids
             && pids.len() > MAX_FILTER_PIDS
         {
-            return Err(Error::TooManyPids { given: pids.len(), max: MAX_FILTER_PIDS });
+            return Err(Error::TooManyPids {
+                given: pids.len(),
+                max: MAX_FILTER_PIDS,
+            });
         }
         let filter: u32 = config.pids.is_some().into();
         let unwinder: u32 = config.unwinder.is_some().into();
@@ -124,14 +129,21 @@ impl Sampler {
             loader.map_max_entries("fs_delta_entries", 1);
         }
         let online = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
-        loader.map_max_entries("fs_traces", ring_buffer_bytes(online.len(), config.sample_rate_hz));
-        let mut ebpf = loader.load(SAMPLER_OBJECT).map_err(|e| Error::Load { source: Box::new(e) })?;
+        loader.map_max_entries(
+            "fs_traces",
+            ring_buffer_bytes(online.len(), config.sample_rate_hz),
+        );
+        let mut ebpf = loader.load(SAMPLER_OBJECT).map_err(|e| Error::Load {
+            source: Box::new(e),
+        })?;
 
         let mut pid_filter: HashMap<MapData, u32, u8> = take_map(&mut ebpf, "fs_pid_filter")?;
         for pid in config.pids.iter().flatten() {
-            pid_filter
-                .insert(pid, 1, 0)
-                .map_err(|e| Error::Map { map: "fs_pid_filter", action: "insert", source: Box::new(e) })?;
+            pid_filter.insert(pid, 1, 0).map_err(|e| Error::Map {
+                map: "fs_pid_filter",
+                action: "insert",
+                source: Box::new(e),
+            })?;
         }
         let traces: RingBuf<MapData> = take_map(&mut ebpf, "fs_traces")?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "fs_counters")?;
@@ -188,8 +200,21 @@ impl Sampler {
                            /proc/sys/kernel/perf_event_max_sample_rate; `ferroscope check` tells which",
                 })?;
         }
-        tracing::debug!(cpus = cpus.len(), rate = config.sample_rate_hz, "sampler attached");
-        Ok(Sampler { traces, pid_events, unwind_maps, counters, pid_filter, cpus, stats_fd: None, _ebpf: ebpf })
+        tracing::debug!(
+            cpus = cpus.len(),
+            rate = config.sample_rate_hz,
+            "sampler attached"
+        );
+        Ok(Sampler {
+            traces,
+            pid_events,
+            unwind_maps,
+            counters,
+            pid_filter,
+            cpus,
+            stats_fd: None,
+            _ebpf: ebpf,
+        })
     }
 
     /// The CPUs sampled.
@@ -214,7 +239,9 @@ impl Sampler {
     /// Hands every process report waiting in the `fs_pid_events` ring buffer to `f`
     /// (nothing when the unwinder is off); returns how many there were.
     pub fn drain_pid_events(&mut self, mut f: impl FnMut(u32, PidEventKind)) -> usize {
-        let Some(events) = &mut self.pid_events else { return 0 };
+        let Some(events) = &mut self.pid_events else {
+            return 0;
+        };
         let mut n = 0;
         while let Some(item) = events.next() {
             if let Some((pid, kind)) = PidEvent::from_bytes(&item) {
@@ -233,9 +260,11 @@ impl Sampler {
 
     /// Adds a process to the PID filter (only effective when started with `pids`).
     pub fn add_pid(&mut self, pid: u32) -> Result<(), Error> {
-        self.pid_filter
-            .insert(pid, 1, 0)
-            .map_err(|e| Error::Map { map: "fs_pid_filter", action: "insert", source: Box::new(e) })
+        self.pid_filter.insert(pid, 1, 0).map_err(|e| Error::Map {
+            map: "fs_pid_filter",
+            action: "insert",
+            source: Box::new(e),
+        })
     }
 
     /// Removes a process from the PID filter. Removing a PID that is not there is not an
@@ -243,7 +272,11 @@ impl Sampler {
     pub fn remove_pid(&mut self, pid: u32) -> Result<(), Error> {
         match self.pid_filter.remove(&pid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(Error::Map { map: "fs_pid_filter", action: "remove", source: Box::new(e) }),
+            Err(e) => Err(Error::Map {
+                map: "fs_pid_filter",
+                action: "remove",
+                source: Box::new(e),
+            }),
         }
     }
 
@@ -319,7 +352,9 @@ pub(crate) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Erro
 where
     T: TryFrom<aya::maps::Map>,
 {
-    ebpf.take_map(name).and_then(|m| T::try_from(m).ok()).ok_or(Error::MissingMap(name))
+    ebpf.take_map(name)
+        .and_then(|m| T::try_from(m).ok())
+        .ok_or(Error::MissingMap(name))
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData};
 
 use crate::Error;
-use crate::abi::{DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidMapping, UnwindInfoRaw};
+use crate::abi::{
+    DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidMapping, UnwindInfoRaw,
+};
 use crate::sampler::take_map;
 
 // SAFETY: PidMapping is repr(C), four u64s: no padding, every bit pattern valid.
@@ -80,7 +82,9 @@ pub struct UnwindMaps {
 
 impl std::fmt::Debug for UnwindMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnwindMaps").field("entries", &self.entries.len).finish_non_exhaustive()
+        f.debug_struct("UnwindMaps")
+            .field("entries", &self.entries.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,7 +114,11 @@ impl Drop for MappedEntries {
 
 impl MappedEntries {
     fn new(map: MapData) -> Result<Self, Error> {
-        let info = map.info().map_err(|e| Error::Map { map: "fs_delta_entries", action: "read info of", source: Box::new(e) })?;
+        let info = map.info().map_err(|e| Error::Map {
+            map: "fs_delta_entries",
+            action: "read info of",
+            source: Box::new(e),
+        })?;
         let len = info.max_entries();
         // SAFETY: sysconf has no preconditions.
         let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize;
@@ -133,14 +141,24 @@ impl MappedEntries {
         if ptr == libc::MAP_FAILED {
             return Err(Error::MmapEntries(std::io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::MmapEntries(std::io::Error::other("null mapping")))?;
-        Ok(MappedEntries { ptr, bytes, len, _map: map })
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| Error::MmapEntries(std::io::Error::other("null mapping")))?;
+        Ok(MappedEntries {
+            ptr,
+            bytes,
+            len,
+            _map: map,
+        })
     }
 
     fn write(&mut self, first: u32, entries: &[DeltaEntry]) -> Result<(), Error> {
         let end = u64::from(first) + entries.len() as u64;
         if end > u64::from(self.len) {
-            return Err(Error::EntriesOutOfRange { first, count: entries.len(), capacity: self.len });
+            return Err(Error::EntriesOutOfRange {
+                first,
+                count: entries.len(),
+                capacity: self.len,
+            });
         }
         for (i, e) in entries.iter().enumerate() {
             let off = (first as usize + i) * ENTRY_STRIDE;
@@ -148,14 +166,24 @@ impl MappedEntries {
             // the mapping; DeltaEntry needs 2-byte alignment and `off` is a multiple of 8 in
             // a page-aligned mapping. The eBPF program may read the slot concurrently; it
             // only ever sees a table's slots after userspace publishes its page entries.
-            unsafe { self.ptr.as_ptr().add(off).cast::<DeltaEntry>().write_volatile(*e) };
+            unsafe {
+                self.ptr
+                    .as_ptr()
+                    .add(off)
+                    .cast::<DeltaEntry>()
+                    .write_volatile(*e)
+            };
         }
         Ok(())
     }
 }
 
 fn map_err(map: &'static str, action: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |e| Error::Map { map, action, source: Box::new(e) }
+    move |e| Error::Map {
+        map,
+        action,
+        source: Box::new(e),
+    }
 }
 
 impl UnwindMaps {
@@ -188,12 +216,16 @@ impl UnwindMaps {
         if index as usize >= MAX_UNWIND_INFOS {
             return Err(Error::TooManyUnwindInfos);
         }
-        self.infos.set(index, info, 0).map_err(map_err("fs_unwind_infos", "update"))
+        self.infos
+            .set(index, info, 0)
+            .map_err(map_err("fs_unwind_infos", "update"))
     }
 
     /// Publishes a table page.
     pub fn insert_page(&mut self, key: DeltaPageKey, page: DeltaPage) -> Result<(), Error> {
-        self.delta_pages.insert(key, page, 0).map_err(map_err("fs_delta_pages", "insert"))
+        self.delta_pages
+            .insert(key, page, 0)
+            .map_err(map_err("fs_delta_pages", "insert"))
     }
 
     /// Withdraws a table page (a missing page is not an error).
@@ -203,21 +235,36 @@ impl UnwindMaps {
 
     /// Maps `[address, address + 2^(64 - prefix_len))` of process `pid` to `value`.
     /// `prefix_len` counts the address bits that must match (0 to 64).
-    pub fn insert_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32, value: PidMapping) -> Result<(), Error> {
+    pub fn insert_mapping_prefix(
+        &mut self,
+        pid: u32,
+        address: u64,
+        prefix_len: u32,
+        value: PidMapping,
+    ) -> Result<(), Error> {
         let key = Key::new(32 + prefix_len, prefix_key(pid, address));
-        self.pid_mappings.insert(&key, value, 0).map_err(map_err("fs_pid_mappings", "insert"))
+        self.pid_mappings
+            .insert(&key, value, 0)
+            .map_err(map_err("fs_pid_mappings", "insert"))
     }
 
     /// Removes a prefix inserted by [`UnwindMaps::insert_mapping_prefix`] (a missing one is
     /// not an error).
-    pub fn remove_mapping_prefix(&mut self, pid: u32, address: u64, prefix_len: u32) -> Result<(), Error> {
+    pub fn remove_mapping_prefix(
+        &mut self,
+        pid: u32,
+        address: u64,
+        prefix_len: u32,
+    ) -> Result<(), Error> {
         let key = Key::new(32 + prefix_len, prefix_key(pid, address));
         ignore_missing(self.pid_mappings.remove(&key)).map_err(map_err("fs_pid_mappings", "delete"))
     }
 
     /// Lets the unwinder walk `pid`'s stacks (its mappings must be inserted first).
     pub fn set_pid_known(&mut self, pid: u32) -> Result<(), Error> {
-        self.known_pids.insert(pid, 1, 0).map_err(map_err("fs_known_pids", "insert"))
+        self.known_pids
+            .insert(pid, 1, 0)
+            .map_err(map_err("fs_known_pids", "insert"))
     }
 
     /// Sends `pid`'s samples back to the frame-pointer walk (a missing PID is not an error).
@@ -236,7 +283,11 @@ fn prefix_key(pid: u32, address: u64) -> [u8; 12] {
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

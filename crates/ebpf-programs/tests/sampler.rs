@@ -14,9 +14,13 @@ fn bpf_available() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
         if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
-            panic!("FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: eBPF tests cannot run");
+            panic!(
+                "FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: eBPF tests cannot run"
+            );
         }
-        eprintln!("SKIPPED: not root, eBPF sampler tests need root (set FERROSCOPE_REQUIRE_BPF=1 to fail instead)");
+        eprintln!(
+            "SKIPPED: not root, eBPF sampler tests need root (set FERROSCOPE_REQUIRE_BPF=1 to fail instead)"
+        );
     }
     root
 }
@@ -35,10 +39,17 @@ fn samples_only_the_filtered_process_at_the_requested_rate() {
         return;
     }
     // A separate busy process, so that other tests running in this process do not count.
-    let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
     let me = child.id();
-    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 200, pids: Some(vec![me]), unwinder: None })
-        .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
+    let mut sampler = Sampler::start(&SamplerConfig {
+        sample_rate_hz: 200,
+        pids: Some(vec![me]),
+        unwinder: None,
+    })
+    .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
     let cpu_before = cpu_seconds(me);
     std::thread::sleep(Duration::from_millis(1500));
     let cpu = cpu_seconds(me) - cpu_before;
@@ -48,18 +59,34 @@ fn samples_only_the_filtered_process_at_the_requested_rate() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    assert!(events.iter().all(|e| e.pid == me), "only our PID passes the filter");
+    assert!(
+        events.iter().all(|e| e.pid == me),
+        "only our PID passes the filter"
+    );
     // One busy thread at 200 Hz: 200 samples per second of CPU it really got (on a loaded
     // machine that is less than the 1.5 s of wall time). /proc's CPU time has 10 ms ticks.
     let expected = 200.0 * cpu;
     let got = events.len() as f64;
     assert!(expected > 20.0, "the busy child got only {cpu:.2} s of CPU");
-    assert!((got - expected).abs() <= 0.15 * expected + 4.0, "got {got} samples, expected {expected:.0} (200 Hz x {cpu:.2} s of CPU)");
+    assert!(
+        (got - expected).abs() <= 0.15 * expected + 4.0,
+        "got {got} samples, expected {expected:.0} (200 Hz x {cpu:.2} s of CPU)"
+    );
     assert_eq!(counters.lost_ringbuf_full, 0);
     assert!(counters.sent >= events.len() as u64);
-    let with_user = events.iter().filter(|e| !e.user_frames().is_empty()).count();
-    assert!(with_user * 10 >= events.len() * 9, "{with_user} of {} samples have a user stack", events.len());
-    assert!(events.iter().all(|e| e.comm_str() == "sh" && e.tid == me), "comm and tid of the child");
+    let with_user = events
+        .iter()
+        .filter(|e| !e.user_frames().is_empty())
+        .count();
+    assert!(
+        with_user * 10 >= events.len() * 9,
+        "{with_user} of {} samples have a user stack",
+        events.len()
+    );
+    assert!(
+        events.iter().all(|e| e.comm_str() == "sh" && e.tid == me),
+        "comm and tid of the child"
+    );
 }
 
 #[test]
@@ -68,11 +95,18 @@ fn kernel_stacks_are_captured_in_syscalls() {
         return;
     }
     let me = std::process::id();
-    let mut sampler = Sampler::start(&SamplerConfig { sample_rate_hz: 500, pids: Some(vec![me]), unwinder: None })
-        .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
+    let mut sampler = Sampler::start(&SamplerConfig {
+        sample_rate_hz: 500,
+        pids: Some(vec![me]),
+        unwinder: None,
+    })
+    .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
     let start = Instant::now();
     let buf = vec![0u8; 1 << 16];
-    let mut f = std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
     let mut z = std::fs::File::open("/dev/zero").unwrap();
     let mut rbuf = vec![0u8; 1 << 16];
     use std::io::{Read, Write};
@@ -90,6 +124,12 @@ fn kernel_stacks_are_captured_in_syscalls() {
             }
         }
     });
-    assert!(in_kernel > 50, "only {in_kernel} samples in the kernel while copying to /dev/null");
-    assert!(with_both * 10 >= in_kernel * 9, "{with_both} of {in_kernel} kernel samples have both stacks");
+    assert!(
+        in_kernel > 50,
+        "only {in_kernel} samples in the kernel while copying to /dev/null"
+    );
+    assert!(
+        with_both * 10 >= in_kernel * 9,
+        "{with_both} of {in_kernel} kernel samples have both stacks"
+    );
 }

@@ -207,7 +207,10 @@ mod tests {
         // SAFETY: read-only map of our own executable, which nothing rewrites.
         let map = Arc::new(unsafe { memmap2::Mmap::map(&exe) }.unwrap());
         let d = Dwarf::load(map).expect("test binaries are built with DWARF");
-        assert!(d.frames(u64::MAX).is_empty(), "regression: addr2line probe overflow");
+        assert!(
+            d.frames(u64::MAX).is_empty(),
+            "regression: addr2line probe overflow"
+        );
         let _ = d.frames(0); // discarded functions may claim address 0
         let here = own_dwarf_loads_and_extreme_addresses_do_not_panic as *const () as usize;
         let _ = d.frames(here as u64);

@@ -25,19 +25,31 @@ pub struct Frame {
 impl Frame {
     /// A user-space native frame.
     pub fn native(address: u64, is_leaf: bool) -> Self {
-        Frame { kind: FrameKind::Native, address, is_leaf }
+        Frame {
+            kind: FrameKind::Native,
+            address,
+            is_leaf,
+        }
     }
 
     /// A kernel frame.
     pub fn kernel(address: u64, is_leaf: bool) -> Self {
-        Frame { kind: FrameKind::Kernel, address, is_leaf }
+        Frame {
+            kind: FrameKind::Kernel,
+            address,
+            is_leaf,
+        }
     }
 
     /// The address to look up in symbol and line tables: a return address minus one, so
     /// that it falls inside the call instruction (and so inside the caller's function even
     /// when the call is the function's last instruction), the exact address otherwise.
     pub fn lookup_address(&self) -> u64 {
-        if self.is_leaf { self.address } else { self.address.saturating_sub(1) }
+        if self.is_leaf {
+            self.address
+        } else {
+            self.address.saturating_sub(1)
+        }
     }
 }
 

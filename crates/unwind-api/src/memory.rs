@@ -94,24 +94,44 @@ impl ProcessMemory for RemoteMemory {
         if buf.is_empty() {
             return Ok(());
         }
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         // SAFETY: `local` describes `buf`, which is valid for writes of `buf.len()` bytes for
         // the duration of the call; `remote` is only interpreted by the kernel in the other
         // process's address space, where a bad address yields EFAULT rather than UB here.
-        let n = unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        let err = |source| MemoryError::Io { pid: self.pid, addr, len: buf.len(), source };
+        let n =
+            unsafe { libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        let err = |source| MemoryError::Io {
+            pid: self.pid,
+            addr,
+            len: buf.len(),
+            source,
+        };
         match n {
             -1 => {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EFAULT) {
-                    Err(MemoryError::Unmapped { pid: self.pid, addr, len: buf.len() })
+                    Err(MemoryError::Unmapped {
+                        pid: self.pid,
+                        addr,
+                        len: buf.len(),
+                    })
                 } else {
                     Err(err(e))
                 }
             }
             n if n as usize == buf.len() => Ok(()),
-            _ => Err(MemoryError::Unmapped { pid: self.pid, addr, len: buf.len() }),
+            _ => Err(MemoryError::Unmapped {
+                pid: self.pid,
+                addr,
+                len: buf.len(),
+            }),
         }
     }
 }
@@ -126,7 +146,10 @@ pub struct SnapshotMemory {
 impl SnapshotMemory {
     /// An empty snapshot attributed to `pid`.
     pub fn new(pid: u32) -> Self {
-        SnapshotMemory { pid, regions: BTreeMap::new() }
+        SnapshotMemory {
+            pid,
+            regions: BTreeMap::new(),
+        }
     }
 
     /// Adds the bytes of one region starting at `addr`. Regions must not overlap.
@@ -142,8 +165,16 @@ impl ProcessMemory for SnapshotMemory {
     }
 
     fn read_exact_at(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let unmapped = || MemoryError::Unmapped { pid: self.pid, addr, len: buf.len() };
-        let (start, bytes) = self.regions.range(..=addr).next_back().ok_or_else(unmapped)?;
+        let unmapped = || MemoryError::Unmapped {
+            pid: self.pid,
+            addr,
+            len: buf.len(),
+        };
+        let (start, bytes) = self
+            .regions
+            .range(..=addr)
+            .next_back()
+            .ok_or_else(unmapped)?;
         let off = usize::try_from(addr - start).map_err(|_| unmapped())?;
         let end = off.checked_add(buf.len()).ok_or_else(unmapped)?;
         let src = bytes.get(off..end).ok_or_else(unmapped)?;
@@ -159,11 +190,15 @@ mod tests {
     #[test]
     fn snapshot_reads_inside_regions_and_refuses_gaps() {
         let mut m = SnapshotMemory::new(7);
-        m.add_region(0x1000, (0u8..16).collect()).add_region(0x2000, b"hello\0world".to_vec());
+        m.add_region(0x1000, (0u8..16).collect())
+            .add_region(0x2000, b"hello\0world".to_vec());
         let mut b = [0u8; 4];
         m.read_exact_at(0x1004, &mut b).unwrap();
         assert_eq!(b, [4, 5, 6, 7]);
-        assert!(matches!(m.read_exact_at(0x100e, &mut b), Err(MemoryError::Unmapped { .. })));
+        assert!(matches!(
+            m.read_exact_at(0x100e, &mut b),
+            Err(MemoryError::Unmapped { .. })
+        ));
         assert!(m.read_exact_at(0x0fff, &mut b).is_err());
         assert_eq!(m.read_c_string(0x2000, 100).unwrap(), "hello");
         assert_eq!(m.read_c_string(0x2006, 3).unwrap(), "wor");
@@ -176,13 +211,19 @@ mod tests {
         let got = mem.read_u64(&value as *const u64 as u64).unwrap();
         assert_eq!(got, value);
         let s = b"ferroscope\0";
-        assert_eq!(mem.read_c_string(s.as_ptr() as u64, 64).unwrap(), "ferroscope");
+        assert_eq!(
+            mem.read_c_string(s.as_ptr() as u64, 64).unwrap(),
+            "ferroscope"
+        );
     }
 
     #[test]
     fn remote_memory_reports_unmapped_addresses() {
         let mem = RemoteMemory::new(std::process::id());
         let mut b = [0u8; 8];
-        assert!(matches!(mem.read_exact_at(8, &mut b), Err(MemoryError::Unmapped { .. })));
+        assert!(matches!(
+            mem.read_exact_at(8, &mut b),
+            Err(MemoryError::Unmapped { .. })
+        ));
     }
 }

@@ -156,7 +156,9 @@ fn eh_frame_offsets(
                 // Our own subtraction: gimli's `pointer_to_offset` does not check for
                 // pointers below the section (found by the fuzzer).
                 let offset = fde.direct().ok()?.checked_sub(eh.address)?;
-                let offset = usize::try_from(offset).ok().filter(|&o| o < eh.data.len())?;
+                let offset = usize::try_from(offset)
+                    .ok()
+                    .filter(|&o| o < eh.data.len())?;
                 offsets.push(offset);
             }
             Ok(None) => break,

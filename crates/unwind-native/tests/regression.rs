@@ -23,5 +23,8 @@ fn eh_frame_hdr_pointer_below_section() {
     let table = extract(&data, None, &ExtractOptions::default()).unwrap();
     // The damaged search table is ignored; walking .eh_frame finds every function.
     let clean = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
-    assert_eq!(table, extract(&clean, None, &ExtractOptions::default()).unwrap());
+    assert_eq!(
+        table,
+        extract(&clean, None, &ExtractOptions::default()).unwrap()
+    );
 }

@@ -11,7 +11,9 @@ pub fn can_run_bpf() -> bool {
         return true;
     }
     if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
-        panic!("FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: the eBPF tests cannot run");
+        panic!(
+            "FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: the eBPF tests cannot run"
+        );
     }
     eprintln!("SKIPPED: not root; set FERROSCOPE_REQUIRE_BPF=1 to make this a failure");
     false
@@ -19,5 +21,7 @@ pub fn can_run_bpf() -> bool {
 
 /// A file under the repository's `fixtures/`.
 pub fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(path)
 }
