@@ -353,34 +353,19 @@ fn print_top(profile: &ferroscope_pprof::proto::Profile, n: usize) {
         return;
     }
     let pct = |v: i64| v as f64 * 100.0 / total as f64;
-    functions.sort_by(|a, b| {
-        b.self_value
-            .cmp(&a.self_value)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    println!("\ntop {n} functions by self time:");
-    println!("{:>7}  {:>7}  function", "self", "total");
-    for f in functions.iter().take(n) {
-        println!(
-            "{:>6.2}%  {:>6.2}%  {}",
-            pct(f.self_value),
-            pct(f.total_value),
-            f.name
-        );
-    }
-    functions.sort_by(|a, b| {
-        b.total_value
-            .cmp(&a.total_value)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    println!("\ntop {n} functions by total time:");
-    println!("{:>7}  {:>7}  function", "self", "total");
-    for f in functions.iter().take(n) {
-        println!(
-            "{:>6.2}%  {:>6.2}%  {}",
-            pct(f.self_value),
-            pct(f.total_value),
-            f.name
-        );
+    type Key = fn(&ferroscope_pprof::report::FunctionShare) -> i64;
+    let orders: [(&str, Key); 2] = [("self", |f| f.self_value), ("total", |f| f.total_value)];
+    for (by, key) in orders {
+        functions.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.name.cmp(&b.name)));
+        println!("\ntop {n} functions by {by} time:");
+        println!("{:>7}  {:>7}  function", "self", "total");
+        for f in functions.iter().take(n) {
+            println!(
+                "{:>6.2}%  {:>6.2}%  {}",
+                pct(f.self_value),
+                pct(f.total_value),
+                f.name
+            );
+        }
     }
 }

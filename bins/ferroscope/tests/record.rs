@@ -6,10 +6,10 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{can_run_bpf, fixture};
+use common::{Workload, can_run_bpf, ferroscope, fixture};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,54 +28,6 @@ fn compile(dir: &Path, source: &str, exe: &str) -> PathBuf {
         .status()
         .expect("gcc must be installed (cargo xtask test installs it)");
     assert!(status.success(), "gcc failed on {source}");
-    out
-}
-
-struct Workload(Child);
-
-impl Workload {
-    fn start(exe: &Path) -> Workload {
-        let child = Command::new(exe)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        // Let it get going so that its mappings exist before sampling starts.
-        std::thread::sleep(Duration::from_millis(200));
-        Workload(child)
-    }
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-    /// CPU time (user + system) the process has used so far.
-    fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = after_comm.split(' ').collect();
-        let utime: u64 = fields[11].parse().unwrap();
-        let stime: u64 = fields[12].parse().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_secs_f64((utime + stime) as f64 / hz as f64)
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ferroscope(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(args)
-        .output()
-        .expect("run ferroscope");
-    eprintln!(
-        "--- ferroscope {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
     out
 }
 
@@ -126,7 +78,7 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "two_chains.c", "two_chains");
-    let work = Workload::start(&exe);
+    let work = Workload::start(&exe, &[]);
     let out_path = dir.path().join("p.pb.gz");
     let svg = dir.path().join("f.svg");
     let pid = work.pid().to_string();
@@ -274,7 +226,7 @@ fn kernel_frames_join_user_frames_in_syscalls() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "syscalls.c", "syscalls");
-    let work = Workload::start(&exe);
+    let work = Workload::start(&exe, &[]);
     let out_path = dir.path().join("k.pb.gz");
     let pid = work.pid().to_string();
     let out = ferroscope(&[
@@ -356,8 +308,8 @@ fn whole_host_sees_several_busy_processes() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let a = Workload::start(&compile(dir.path(), "two_chains.c", "busy_one"));
-    let b = Workload::start(&compile(dir.path(), "syscalls.c", "busy_two"));
+    let a = Workload::start(&compile(dir.path(), "two_chains.c", "busy_one"), &[]);
+    let b = Workload::start(&compile(dir.path(), "syscalls.c", "busy_two"), &[]);
     let out_path = dir.path().join("h.pb.gz");
     let out = ferroscope(&["record", "-d", "3s", "-o", out_path.to_str().unwrap()]);
     assert!(out.status.success());
@@ -417,7 +369,7 @@ fn interrupt_stops_early_and_still_writes() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let work = Workload::start(&compile(dir.path(), "two_chains.c", "two_chains"));
+    let work = Workload::start(&compile(dir.path(), "two_chains.c", "two_chains"), &[]);
     let out_path = dir.path().join("i.pb.gz");
     let start = std::time::Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_ferroscope"))

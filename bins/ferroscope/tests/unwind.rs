@@ -8,13 +8,12 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{can_run_bpf, fixture};
+use common::{Workload, can_run_bpf, ferroscope, fixture};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use ferroscope_pprof::proto::Profile;
 
@@ -43,43 +42,6 @@ fn gcc(dir: &Path, source: &str, exe: &str, extra: &[&str]) -> PathBuf {
             .arg(&out)
             .arg(fixture(source)),
         &format!("gcc {source}"),
-    );
-    out
-}
-
-struct Workload(Child);
-
-impl Workload {
-    fn start(exe: &Path, args: &[&str]) -> Workload {
-        let child = Command::new(exe)
-            .args(args)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        std::thread::sleep(Duration::from_millis(200));
-        Workload(child)
-    }
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ferroscope(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(args)
-        .output()
-        .expect("run ferroscope");
-    eprintln!(
-        "--- ferroscope {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
     );
     out
 }

@@ -344,13 +344,11 @@ fn collect_loop(
                 }
             }
             for pid in new {
-                {
-                    match s.add_pid(pid) {
-                        Ok(()) => {
-                            filtered.insert(pid);
-                        }
-                        Err(e) => tracing::warn!(pid, "cannot profile the process: {e}"),
+                match s.add_pid(pid) {
+                    Ok(()) => {
+                        filtered.insert(pid);
                     }
+                    Err(e) => tracing::warn!(pid, "cannot profile the process: {e}"),
                 }
             }
             let gone: Vec<u32> = filtered
@@ -441,7 +439,7 @@ fn collect_loop(
                         );
                     } else {
                         let profiles: Vec<SeriesProfile> =
-                            profiles.into_iter().map(Into::into).collect();
+                            profiles.into_iter().map(|b| b.profile).collect();
                         let writer = writer.clone();
                         let deadline = Instant::now() + budget;
                         round = Some(
@@ -451,8 +449,8 @@ fn collect_loop(
                     }
                 }
                 Output::Local(sink) => {
-                    for (pid, service, profile) in profiles_with_pids(profiles) {
-                        if let Err(e) = sink.write(&service, pid, now, &profile.pprof_gzip) {
+                    for b in &profiles {
+                        if let Err(e) = sink.write(&b.service, b.pid, now, &b.profile.pprof_gzip) {
                             metrics.pprofs_dropped.inc();
                             tracing::warn!("cannot write a profile locally: {e}");
                         }
@@ -481,17 +479,6 @@ struct Built {
     profile: SeriesProfile,
 }
 
-fn profiles_with_pids(built: Vec<Built>) -> impl Iterator<Item = (u32, String, SeriesProfile)> {
-    built.into_iter().map(|b| (b.pid, b.service, b.profile))
-}
-
-impl From<Built> for SeriesProfile {
-    fn from(b: Built) -> SeriesProfile {
-        b.profile
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
 fn build_round(
     targeting: &mut Targeting,
     symbolizer: &mut Symbolizer,
