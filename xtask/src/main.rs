@@ -36,6 +36,7 @@ fn main() -> Result<()> {
         Some("test") => test(&args[1..]),
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
+        Some("bench-python") => bench_python(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -45,7 +46,10 @@ fn main() -> Result<()> {
                  test      install what is missing, then run every test (extra args go to cargo test)\n  \
                  vmlinux   regenerate crates/ebpf-programs/bpf/vmlinux.h from this kernel's BTF\n  \
                  bench-agent [SECONDS]  whole-agent overhead: `ferroscope run` with 200 idle and\n            \
-                 4 busy matched processes at 19 Hz, 15 s interval (default 75 s)"
+                 4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
+                 bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
+                 code-object cache hit rate over 60 s of an application-like script\n            \
+                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)"
             );
             bail!("no command given")
         }
@@ -383,4 +387,114 @@ fn bench_agent(args: &[String]) -> Result<()> {
 fn user_hz() -> f64 {
     // /proc/PID/stat counts in USER_HZ, which is 100 on Linux for every architecture we build for.
     100.0
+}
+
+/// Runs `ferroscope record` (release build at `exe`) on `pid` and returns its stderr.
+fn record_stderr(exe: &Path, pid: u32, seconds: u32, rate: u32) -> Result<String> {
+    let out = Command::new(exe)
+        .args([
+            "record",
+            "-p",
+            &pid.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+        ])
+        .args(["-r", &rate.to_string(), "-o", "/dev/null", "--top", "0"])
+        .output()
+        .context("run ferroscope record")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("ferroscope record failed:\n{stderr}");
+    }
+    Ok(stderr)
+}
+
+/// The number just before `suffix` in `text` (e.g. "373" before " runs").
+fn number_before(text: &str, suffix: &str) -> Option<f64> {
+    let end = text.find(suffix)?;
+    let start = text[..end]
+        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(0, |i| i + 1);
+    text[start..end].parse().ok()
+}
+
+/// Starts a fixture script that prints `ready`, and waits for it.
+fn start_ready(python: &str, script: &Path, args: &[&str]) -> Result<Child> {
+    use std::io::BufRead;
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {python}"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("{} did not start", script.display());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
+}
+
+fn bench_python(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the Python benchmark loads eBPF programs and must run as root");
+    }
+    let python = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/root/.pyenv/versions/3.12.1/bin/python3.12".to_owned());
+    ensure_packages(BUILD_PACKAGES)?;
+    let root = root();
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "ferroscope"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let exe = target.join("release/ferroscope");
+    let (seconds, rate) = (10, 97);
+
+    // Baseline: a sleeping target, so every run of the program is filtered out.
+    let mut sleeper = Command::new("sleep").arg("1000").spawn()?;
+    let base = record_stderr(&exe, sleeper.id(), seconds, rate);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let base = base?;
+    let base_runs =
+        number_before(&base, " runs").context("eBPF runs (bpf_stats) in the baseline")?;
+    let base_us = number_before(&base, " µs each").context("eBPF time in the baseline")?;
+
+    let mut deep = start_ready(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
+    let out = record_stderr(&exe, deep.id(), seconds, rate);
+    let _ = deep.kill();
+    let _ = deep.wait();
+    let out = out?;
+    let runs = number_before(&out, " runs").context("eBPF runs")?;
+    let us = number_before(&out, " µs each").context("eBPF time")?;
+    let samples = number_before(&out, " samples from").context("samples")?;
+    let total_us = runs * us;
+    let filtered = (runs - samples).max(0.0);
+    let per_sample = (total_us - filtered * base_us) / samples.max(1.0);
+    println!(
+        "50-deep Python stack ({python}): {samples} samples unwound, {runs} eBPF runs, {:.0} µs in all;\n\
+         baseline (filtered runs only): {base_runs} runs, {base_us:.2} µs each\n\
+         => eBPF cost per unwound sample: {per_sample:.1} µs (goal < 20 µs)",
+        total_us
+    );
+
+    let mut app = start_ready(&python, &root.join("fixtures/python/app.py"), &[])?;
+    let out = record_stderr(&exe, app.id(), 60, rate);
+    let _ = app.kill();
+    let _ = app.wait();
+    let out = out?;
+    let line = out
+        .lines()
+        .find(|l| l.contains("Python frames:"))
+        .context("the Python metrics line of `ferroscope record`")?;
+    println!(
+        "application-like script, 60 s at {rate} Hz: {}",
+        line.trim_start_matches("ferroscope: ")
+    );
+    Ok(())
 }

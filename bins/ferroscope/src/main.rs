@@ -4,6 +4,10 @@
 mod cmd_symbolize;
 mod duration;
 
+// Interpreter unwinders register themselves when their crate is linked (cargo features).
+#[cfg(feature = "python")]
+use ferroscope_unwind_python as _;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,6 +79,10 @@ struct RecordArgs {
     /// How many functions to list at the end.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// Turn an interpreter unwinder off (repeatable): `python`. Its code then shows as the
+    /// interpreter's native frames.
+    #[arg(long = "no-interpreter", value_name = "NAME")]
+    no_interpreter: Vec<String>,
 }
 
 /// Changes the log filter after start-up.
@@ -150,10 +158,24 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {w}");
         }
     }
+    let built = ferroscope_agent::interp::built_in();
+    let disabled = config.ebpf.disabled_interpreters();
+    let missing: Vec<&str> = ["python", "hotspot", "v8", "ruby", "php", "perl", "dotnet"]
+        .into_iter()
+        .filter(|n| !built.contains(n) && !disabled.iter().any(|d| d == n))
+        .collect();
     tracing::info!(
-        "interpreter unwinding (python_enabled, hotspot_enabled, ...) is not available yet: \
-         interpreted code shows as the interpreter's native frames"
+        built_in = %built.join(","),
+        disabled = %disabled.join(","),
+        "interpreter unwinders"
     );
+    if !missing.is_empty() {
+        let w = format!(
+            "no unwinder for {} in this build yet: their code shows as the interpreter's native frames",
+            missing.join(", ")
+        );
+        tracing::info!("{w}");
+    }
     if check_only {
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
@@ -217,7 +239,23 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         pids: args.pids.clone(),
         duration: args.duration,
         sample_rate_hz: args.sample_rate,
+        disabled_interpreters: args.no_interpreter.clone(),
     };
+    let built: Vec<&str> = ferroscope_agent::interp::built_in();
+    if let Some(unknown) = args
+        .no_interpreter
+        .iter()
+        .find(|n| !built.contains(&n.as_str()))
+    {
+        anyhow::bail!(
+            "--no-interpreter {unknown}: no such interpreter unwinder in this build (built in: {})",
+            if built.is_empty() {
+                "none".to_owned()
+            } else {
+                built.join(", ")
+            }
+        );
+    }
     // Bad input first, before anything is loaded or mounted.
     record::validate(&config)?;
     record::check_writable(&args.output)?;
@@ -294,6 +332,27 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!("{overhead}");
+    let metric = |name: &str| {
+        outcome
+            .interpreters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    let (named, failed) = (
+        metric("PythonSymbolizationSuccesses_total"),
+        metric("PythonSymbolizationFailures_total"),
+    );
+    if named + failed > 0 {
+        let (hits, misses) = (
+            metric("PythonCodeObjectCacheHits_total"),
+            metric("PythonCodeObjectCacheMisses_total"),
+        );
+        eprintln!(
+            "ferroscope: Python frames: {named} named, {failed} not; code objects read {misses} times, cache hit rate {:.2}%",
+            hits as f64 * 100.0 / (hits + misses).max(1) as f64
+        );
+    }
 
     if outcome.samples == 0 {
         bail!(

@@ -2,8 +2,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ferroscope_ebpf_programs::abi::{TraceEvent, UnwindError};
+use ferroscope_ebpf_programs::abi::{FRAME_NATIVE, TraceEvent, UnwindError};
 use ferroscope_unwind_api::{Frame, FrameKind, Trace};
+
+use crate::interp::Interpreters;
 
 /// Addresses at and above this, in a native frame, are not code: they stand for the
 /// [`UnwindError`] (`address - UNWIND_ERROR_FRAME_BASE`) that ended the user stack. No
@@ -40,7 +42,9 @@ impl TraceAggregator {
     /// Converts a sampled event into a [`Trace`]: kernel frames first (leaf first), then
     /// user frames. The first frame of each stack is the interrupted instruction; every
     /// other frame is a return address. A user stack the unwinder could not finish ends
-    /// with an [`unwind_error_frame`].
+    /// with an [`unwind_error_frame`]. Interpreter frames come out raw (as the eBPF walker
+    /// recorded them): name them with [`crate::interp::Interpreters::resolve`] before
+    /// counting the trace.
     pub fn trace_of(event: &TraceEvent) -> Trace {
         let kernel = event
             .kernel_frames()
@@ -50,11 +54,17 @@ impl TraceAggregator {
         // When the sample interrupted a syscall, the user stack's first frame is the
         // instruction the syscall returns to: the thread is "at" it, so it is looked up as
         // is, as perf does.
+        let kinds = event.user_frame_kinds();
         let user = event
             .user_frames()
             .iter()
             .enumerate()
-            .map(|(i, &a)| Frame::native(a, i == 0));
+            .map(|(i, &a)| match kinds {
+                Some((kinds, aux)) if kinds[i] != FRAME_NATIVE => {
+                    Frame::interpreted(kinds[i], a, aux[i], i == 0)
+                }
+                _ => Frame::native(a, i == 0),
+            });
         let error = event.user_error().map(unwind_error_frame);
         Trace {
             pid: event.pid,
@@ -65,8 +75,13 @@ impl TraceAggregator {
     }
 
     /// Counts one event. Returns true when its process was not seen before.
-    pub fn add(&mut self, event: &TraceEvent) -> bool {
-        self.add_trace(Self::trace_of(event), 1)
+    /// Interpreter frames are named by `interpreters` first.
+    pub fn add(&mut self, event: &TraceEvent, interpreters: &mut Interpreters) -> bool {
+        let mut trace = Self::trace_of(event);
+        if event.interp_frames > 0 {
+            interpreters.resolve(&mut trace);
+        }
+        self.add_trace(trace, 1)
     }
 
     /// Counts `count` samples of `trace`. Returns true when its process was not seen before.
@@ -114,9 +129,11 @@ mod tests {
             user_len: user.len() as i32,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
             user_error: 0,
-            reserved: 0,
+            interp_frames: 0,
             kernel_frames: [0; MAX_KERNEL_FRAMES],
             user_frames: [0; MAX_USER_FRAMES],
+            user_aux: [0; MAX_USER_FRAMES],
+            user_kinds: [0; MAX_USER_FRAMES],
         };
         e.kernel_frames[..kernel.len()].copy_from_slice(kernel);
         e.user_frames[..user.len()].copy_from_slice(user);
@@ -126,10 +143,11 @@ mod tests {
     #[test]
     fn identical_traces_are_counted_together() {
         let mut agg = TraceAggregator::new();
-        assert!(agg.add(&event(10, &[], &[0x1000, 0x2000])));
-        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2000])));
-        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2001])));
-        assert!(agg.add(&event(11, &[], &[0x1000, 0x2000])));
+        let mut i = Interpreters::new(&[]);
+        assert!(agg.add(&event(10, &[], &[0x1000, 0x2000]), &mut i));
+        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2000]), &mut i));
+        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2001]), &mut i));
+        assert!(agg.add(&event(11, &[], &[0x1000, 0x2000]), &mut i));
         assert_eq!(agg.samples(), 4);
         assert_eq!(agg.processes(), 2);
         assert_eq!(agg.distinct(), 3);

@@ -179,6 +179,23 @@ impl Default for EbpfConfig {
 }
 
 impl EbpfConfig {
+    /// The interpreter unwinders the `*_enabled` arguments turn off, by plug-in name.
+    pub fn disabled_interpreters(&self) -> Vec<String> {
+        [
+            ("python", self.python_enabled),
+            ("perl", self.perl_enabled),
+            ("php", self.php_enabled),
+            ("hotspot", self.hotspot_enabled),
+            ("ruby", self.ruby_enabled),
+            ("v8", self.v8_enabled),
+            ("dotnet", self.dotnet_enabled),
+        ]
+        .into_iter()
+        .filter(|(_, on)| !on)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+    }
+
     /// The deprecated arguments that are set, with the byte range of their values.
     pub fn deprecated_set(&self) -> Vec<(&'static str, Range<usize>)> {
         let ints = [
@@ -828,6 +845,18 @@ mod tests {
         for d in ["1h30m", "500ms", "15s", "5m", "0s"] {
             assert_eq!(format_duration(parse_duration(d).unwrap_or_default()), d);
         }
+    }
+
+    #[test]
+    fn interpreter_switches_name_the_plugins_to_turn_off() {
+        let (c, _) = parse("[ebpf]\n", "a.toml").unwrap();
+        assert!(c.ebpf.disabled_interpreters().is_empty());
+        let (c, _) = parse(
+            "[ebpf]\npython_enabled = false\nhotspot_enabled = false\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.ebpf.disabled_interpreters(), ["python", "hotspot"]);
     }
 
     #[test]

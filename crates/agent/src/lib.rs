@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod check;
 pub mod config;
 mod error;
+pub mod interp;
 pub mod metrics;
 pub mod process;
 pub mod profile;

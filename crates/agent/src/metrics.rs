@@ -106,7 +106,12 @@ impl AgentMetrics {
             m.processes_profiled.clone(),
         );
         let mut m = m;
-        for (name, _) in crate::process::UnwindMetrics::default().named() {
+        let names = crate::process::UnwindMetrics::default()
+            .named()
+            .into_iter()
+            .map(|(n, _)| n)
+            .chain(crate::interp::Interpreters::metric_names());
+        for name in names {
             let family: Family<ServiceLabels, Gauge> = Family::default();
             registry.register(
                 name,
@@ -143,9 +148,13 @@ impl Mirror {
 
 impl AgentMetrics {
     /// Publishes the unwinder's and process manager's metrics.
-    pub fn set_internal(&self, unwind: &crate::process::UnwindMetrics) {
+    pub fn set_internal(
+        &self,
+        unwind: &crate::process::UnwindMetrics,
+        interpreters: &crate::interp::Interpreters,
+    ) {
         let labels = vec![("otel_scope_name".to_owned(), "pyroscope.ebpf".to_owned())];
-        for (name, value) in unwind.named() {
+        for (name, value) in unwind.named().into_iter().chain(interpreters.metrics()) {
             if let Some(family) = self.internal.get(name) {
                 family.get_or_create(&labels).set(value as i64);
             }

@@ -24,9 +24,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_programs::abi::{
-    DELTA_PAGE_BITS, DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidEventKind,
-    PidMapping, UNWIND_FLAG_FP_SAVED, UnwindInfoRaw,
+    DELTA_PAGE_BITS, DeltaEntry, DeltaPage, DeltaPageKey, InterpProc, MAX_UNWIND_INFOS,
+    PidEventKind, PidMapping, UNWIND_FLAG_FP_SAVED, UnwindInfoRaw,
 };
+use ferroscope_unwind_api::MappedRange;
+
+use crate::interp::Interpreters;
 use ferroscope_ebpf_programs::{Counters, UnwindMaps};
 use ferroscope_symbolize::debuglink::{DebugRefs, find_debug_file};
 use ferroscope_symbolize::maps::{MapEntry, MapPath, read_maps};
@@ -62,6 +65,11 @@ pub trait UnwindBackend {
     fn set_pid_known(&mut self, pid: u32) -> MapResult;
     /// Marks a process unknown.
     fn forget_pid(&mut self, pid: u32) -> MapResult;
+    /// Gives the interpreter walker a process's data (an interpreter plug-in's
+    /// `fs_interp_proc` bytes).
+    fn set_interpreter(&mut self, pid: u32, data: &[u8]) -> MapResult;
+    /// Withdraws it.
+    fn remove_interpreter(&mut self, pid: u32) -> MapResult;
 }
 
 impl UnwindBackend for UnwindMaps {
@@ -98,6 +106,18 @@ impl UnwindBackend for UnwindMaps {
     fn forget_pid(&mut self, pid: u32) -> MapResult {
         UnwindMaps::forget_pid(self, pid)
     }
+    fn set_interpreter(&mut self, pid: u32, data: &[u8]) -> MapResult {
+        let value = InterpProc::from_bytes(data).ok_or(
+            ferroscope_ebpf_programs::Error::BadInterpreterData {
+                len: data.len(),
+                want: InterpProc::SIZE,
+            },
+        )?;
+        UnwindMaps::set_interpreter(self, pid, &value)
+    }
+    fn remove_interpreter(&mut self, pid: u32) -> MapResult {
+        UnwindMaps::remove_interpreter(self, pid)
+    }
 }
 
 /// Limits and timings of the process manager.
@@ -114,6 +134,8 @@ pub struct ProcessManagerConfig {
     pub rescan_interval: Duration,
     /// Work done per [`ProcessManager::tick`] before the rest is left for the next one.
     pub tick_budget: Duration,
+    /// Interpreter plug-ins turned off (by name, e.g. `python`); every other linked one is on.
+    pub disabled_interpreters: Vec<String>,
 }
 
 impl Default for ProcessManagerConfig {
@@ -124,6 +146,7 @@ impl Default for ProcessManagerConfig {
             exit_grace: Duration::from_secs(1),
             rescan_interval: Duration::from_millis(100),
             tick_budget: Duration::from_millis(200),
+            disabled_interpreters: Vec::new(),
         }
     }
 }
@@ -231,6 +254,16 @@ pub struct UnwindMetrics {
     pub pid_mapping_prefixes: u64,
     /// Distinct unwind rules.
     pub unwind_infos: u64,
+    /// Native eval-loop frames whose Python frames the eBPF walker looked for.
+    pub unwind_python_attempts: u64,
+    /// Python frames it recorded.
+    pub unwind_python_frames: u64,
+    /// Samples of a Python process's thread that had no Python thread state.
+    pub unwind_python_err_no_thread: u64,
+    /// Failed reads of a Python thread state or frame.
+    pub unwind_python_err_read: u64,
+    /// Eval-loop frames with no Python frame left for them.
+    pub unwind_python_err_no_frame: u64,
 }
 
 impl UnwindMetrics {
@@ -283,6 +316,20 @@ impl UnwindMetrics {
             ("StackDeltaPages", self.delta_pages),
             ("PidPageMappingPrefixes", self.pid_mapping_prefixes),
             ("UnwindInfos", self.unwind_infos),
+            ("UnwindPythonAttempts_total", self.unwind_python_attempts),
+            ("UnwindPythonFrames_total", self.unwind_python_frames),
+            (
+                "UnwindPythonErrNoThreadState_total",
+                self.unwind_python_err_no_thread,
+            ),
+            (
+                "UnwindPythonErrReadFailed_total",
+                self.unwind_python_err_read,
+            ),
+            (
+                "UnwindPythonErrNoFrame_total",
+                self.unwind_python_err_no_frame,
+            ),
         ]
     }
 }
@@ -535,6 +582,7 @@ pub struct ProcessManager {
     prefixes: u64,
     pages: u64,
     metrics: UnwindMetrics,
+    interpreters: Interpreters,
 }
 
 const MAX_MAPPINGS_PER_PROCESS: usize = 4096;
@@ -543,7 +591,9 @@ const FILE_CACHE_LIMIT: usize = 65536;
 impl ProcessManager {
     /// An empty manager.
     pub fn new(config: ProcessManagerConfig) -> Self {
+        let interpreters = Interpreters::new(&config.disabled_interpreters);
         ProcessManager {
+            interpreters,
             config,
             processes: HashMap::new(),
             tables: HashMap::new(),
@@ -679,6 +729,16 @@ impl ProcessManager {
         });
     }
 
+    /// The interpreter plug-ins and the processes they follow.
+    pub fn interpreters(&self) -> &Interpreters {
+        &self.interpreters
+    }
+
+    /// Mutable access, to name drained traces' interpreted frames.
+    pub fn interpreters_mut(&mut self) -> &mut Interpreters {
+        &mut self.interpreters
+    }
+
     /// Whether work is queued.
     pub fn busy(&self) -> bool {
         !self.queue.is_empty()
@@ -706,6 +766,11 @@ impl ProcessManager {
         m.unwind_err_bad_table = counters.unwind_err_bad_table;
         m.unwind_native_signal_frames = counters.unwind_signal_frames;
         m.unwind_pid_unknown = counters.pid_unknown;
+        m.unwind_python_attempts = counters.py_attempts;
+        m.unwind_python_frames = counters.py_frames;
+        m.unwind_python_err_no_thread = counters.py_err_no_thread;
+        m.unwind_python_err_read = counters.py_err_read;
+        m.unwind_python_err_no_frame = counters.py_err_no_frame;
         m.num_exe_id_loaded_to_ebpf = self.tables.len() as u64;
         m.processes_loaded = self.processes.len() as u64;
         m.delta_entries_used = self.allocator.as_ref().map_or(0, RangeAllocator::used);
@@ -762,6 +827,14 @@ impl ProcessManager {
             let Some((file_id, bias)) = self.prepare_file(maps, pid, entry) else {
                 continue;
             };
+            if !self.interpreters.knows_file(file_id)
+                && let Some((file, path)) = open_mapped_file(pid, entry)
+                && let Some(data) = map_file(&file, &path)
+            {
+                let shown = entry.path.file_path().unwrap_or(&path).to_string_lossy();
+                self.interpreters.detect_file(file_id, &shown, &data);
+            }
+            self.interpreters.file_mapped(maps, pid, file_id, bias);
             let mapping = PidMapping {
                 file_id: file_id.0,
                 bias,
@@ -822,6 +895,21 @@ impl ProcessManager {
                 }
             })
             .collect();
+        if rescan {
+            let ranges: Vec<MappedRange> = entries
+                .iter()
+                .filter_map(|e| {
+                    Some(MappedRange {
+                        start: e.start,
+                        end: e.end,
+                        path: e.path.file_path()?.to_string_lossy().into_owned(),
+                    })
+                })
+                .collect();
+            let files: Vec<FileId> = mappings.iter().map(|m| m.file_id).collect();
+            self.interpreters
+                .mappings_changed(maps, pid, &ranges, &files);
+        }
         if let Err(e) = maps.set_pid_known(pid) {
             tracing::warn!(pid, "cannot mark the process as loaded in eBPF: {e}");
         }
@@ -868,6 +956,7 @@ impl ProcessManager {
     /// Removes a process from the maps; true when it was loaded.
     fn remove_process(&mut self, maps: &mut dyn UnwindBackend, pid: u32) -> bool {
         let _ = maps.forget_pid(pid);
+        self.interpreters.remove(maps, pid);
         let Some(process) = self.processes.remove(&pid) else {
             return false;
         };
@@ -1222,6 +1311,7 @@ mod tests {
         pages: HashMap<DeltaPageKey, DeltaPage>,
         prefixes: HashMap<(u32, u64, u32), PidMapping>,
         known: HashSet<u32>,
+        interpreters: HashMap<u32, Vec<u8>>,
     }
 
     impl FakeMaps {
@@ -1309,6 +1399,14 @@ mod tests {
         }
         fn forget_pid(&mut self, pid: u32) -> MapResult {
             self.known.remove(&pid);
+            Ok(())
+        }
+        fn set_interpreter(&mut self, pid: u32, data: &[u8]) -> MapResult {
+            self.interpreters.insert(pid, data.to_vec());
+            Ok(())
+        }
+        fn remove_interpreter(&mut self, pid: u32) -> MapResult {
+            self.interpreters.remove(&pid);
             Ok(())
         }
     }

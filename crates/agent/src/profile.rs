@@ -7,6 +7,8 @@ use ferroscope_pprof::{Label, LineSpec, LocationId, LocationSpec, MappingSpec, P
 use ferroscope_symbolize::Symbolizer;
 use ferroscope_unwind_api::{Frame, FrameKind, Trace};
 
+use crate::interp::FrameNames;
+
 /// How to build the profile.
 #[derive(Debug, Clone)]
 pub struct ProfileOptions {
@@ -47,9 +49,13 @@ impl SampleLabels {
 ///
 /// Samples carry the labels chosen in `options.labels` (`pid`, `tid`, `comm`). A sample's
 /// value is the number of samples times the period, in nanoseconds of CPU time.
+///
+/// Interpreted frames must have been named ([`crate::interp::Interpreters::resolve`]);
+/// `names` gives their functions and files.
 pub fn build_cpu_profile<'a>(
     traces: impl IntoIterator<Item = (&'a Trace, u64)>,
     symbolizer: &mut Symbolizer,
+    names: &FrameNames,
     options: &ProfileOptions,
 ) -> Profile {
     let mut b = ProfileBuilder::cpu(options.sample_rate_hz);
@@ -59,6 +65,7 @@ pub fn build_cpu_profile<'a>(
     let mut user_locations: HashMap<(u32, u64), LocationId> = HashMap::new();
     let mut kernel_locations: HashMap<u64, LocationId> = HashMap::new();
     let mut comm_locations: HashMap<String, LocationId> = HashMap::new();
+    let mut interpreted_locations: HashMap<(u64, u64), LocationId> = HashMap::new();
     let mut locations = Vec::new();
 
     for (trace, count) in traces {
@@ -79,6 +86,9 @@ pub fn build_cpu_profile<'a>(
                 FrameKind::Native => *user_locations
                     .entry((trace.pid, frame.lookup_address()))
                     .or_insert_with(|| user_location(&mut b, symbolizer, trace.pid, frame)),
+                FrameKind::Interpreted(_) => *interpreted_locations
+                    .entry((frame.address, frame.aux))
+                    .or_insert_with(|| interpreted_location(&mut b, names, frame)),
             };
             locations.push(id);
         }
@@ -115,6 +125,26 @@ fn named_location(b: &mut ProfileBuilder, name: &str) -> LocationId {
         filename: "",
         start_line: 0,
         line: 0,
+    }];
+    b.add_location(&LocationSpec {
+        mapping: None,
+        address: 0,
+        lines: &lines,
+    })
+}
+
+/// An interpreted frame named by [`crate::interp::Interpreters::resolve`]: its address is
+/// the name's ID, its aux the line.
+fn interpreted_location(b: &mut ProfileBuilder, names: &FrameNames, frame: &Frame) -> LocationId {
+    let Some(name) = names.get(frame.address) else {
+        return named_location(b, "[unnamed interpreted frame]");
+    };
+    let lines = [LineSpec {
+        function: &name.function,
+        system_name: &name.function,
+        filename: &name.file,
+        start_line: i64::from(name.start_line),
+        line: frame.aux as i64,
     }];
     b.add_location(&LocationSpec {
         mapping: None,

@@ -25,6 +25,9 @@ pub struct RecordConfig {
     pub duration: Duration,
     /// Samples per second per CPU.
     pub sample_rate_hz: u32,
+    /// Interpreter unwinders turned off, by name (`python`): their code shows as the
+    /// interpreter's native frames.
+    pub disabled_interpreters: Vec<String>,
 }
 
 /// The state of a running recording, for progress displays.
@@ -75,6 +78,8 @@ pub struct RecordOutcome {
     /// The stack-delta unwinder's and process manager's metrics; `None` when the unwinder
     /// could not be loaded and every user stack came from frame pointers.
     pub unwind: Option<UnwindMetrics>,
+    /// The interpreter plug-ins' metrics (`PythonSymbolizationSuccesses_total`, ...).
+    pub interpreters: Vec<(&'static str, u64)>,
 }
 
 /// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
@@ -165,7 +170,10 @@ pub fn record(
     // With --pid the filter starts empty: the targets' tables are loaded first, so that
     // their first samples are already unwound from tables, then the targets are let in.
     let mut sampler = start_sampler(config.sample_rate_hz, pids.as_ref().map(|_| Vec::new()))?;
-    let mut manager = ProcessManager::new(ProcessManagerConfig::default());
+    let mut manager = ProcessManager::new(ProcessManagerConfig {
+        disabled_interpreters: config.disabled_interpreters.clone(),
+        ..ProcessManagerConfig::default()
+    });
     // Whole host: no start-up scan of every process. Processes are loaded when the sampler
     // reports them (the first time they are sampled); scanning all of /proc up front
     // extracted tables of every binary on the host, most never sampled, and cost seconds of
@@ -192,7 +200,7 @@ pub fn record(
 
     let stop_reason = loop {
         std::thread::sleep(Duration::from_millis(50));
-        drain(&mut sampler, &mut agg, &mut symbolizer);
+        drain(&mut sampler, &mut agg, &mut symbolizer, &mut manager);
         manage_processes(&mut sampler, &mut manager);
         let elapsed = start.elapsed();
         if last_progress.elapsed() >= Duration::from_millis(250) {
@@ -224,7 +232,7 @@ pub fn record(
         }
     };
     let elapsed = start.elapsed();
-    drain(&mut sampler, &mut agg, &mut symbolizer);
+    drain(&mut sampler, &mut agg, &mut symbolizer, &mut manager);
     manage_processes(&mut sampler, &mut manager);
     let counters = sampler.counters()?;
     let unwind = sampler
@@ -258,7 +266,12 @@ pub fn record(
         comm_root_frame: pids.is_none(),
         labels: crate::profile::SampleLabels::ALL,
     };
-    let profile = build_cpu_profile(agg.iter(), &mut symbolizer, &options);
+    let profile = build_cpu_profile(
+        agg.iter(),
+        &mut symbolizer,
+        manager.interpreters().frame_names(),
+        &options,
+    );
     Ok(RecordOutcome {
         profile,
         samples: agg.samples(),
@@ -269,6 +282,7 @@ pub fn record(
         agent_cpu,
         bpf_run_time,
         unwind,
+        interpreters: manager.interpreters().metrics(),
     })
 }
 
@@ -304,10 +318,16 @@ pub(crate) fn manage_processes(sampler: &mut Sampler, manager: &mut ProcessManag
     }
 }
 
-fn drain(sampler: &mut Sampler, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {
+fn drain(
+    sampler: &mut Sampler,
+    agg: &mut TraceAggregator,
+    symbolizer: &mut Symbolizer,
+    manager: &mut ProcessManager,
+) {
     let mut new_pids = Vec::new();
+    let interpreters = manager.interpreters_mut();
     sampler.drain(|event| {
-        if agg.add(event) {
+        if agg.add(event, interpreters) {
             new_pids.push(event.pid);
         }
     });

@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use crate::Error;
 use crate::aggregate::TraceAggregator;
 use crate::config::{Api, Comm, Config, Demangle, Endpoint};
+use crate::interp::FrameNames;
 use crate::metrics::{AgentMetrics, Mirror};
 use crate::process::{ProcessManager, ProcessManagerConfig};
 use crate::profile::{ProfileOptions, SampleLabels, build_cpu_profile};
@@ -288,7 +289,10 @@ fn collect_loop(
         .build()
         .with_cache_capacity(ebpf.symb_cache_size.clamp(1, 1 << 20) as usize);
     let mut sampler: Option<Sampler> = None;
-    let mut manager = ProcessManager::new(ProcessManagerConfig::default());
+    let mut manager = ProcessManager::new(ProcessManagerConfig {
+        disabled_interpreters: ebpf.disabled_interpreters(),
+        ..ProcessManagerConfig::default()
+    });
     let mut filtered: HashSet<u32> = HashSet::new();
     let mut per_pid: HashMap<u32, TraceAggregator> = HashMap::new();
     let mut mirrors = (Mirror::default(), Mirror::default());
@@ -370,8 +374,12 @@ fn collect_loop(
         if let Some(s) = sampler.as_mut() {
             let mut new_pids = Vec::new();
             let kernel_frames = ebpf.kernel_frames;
+            let interpreters = manager.interpreters_mut();
             s.drain(|event| {
                 let mut trace = TraceAggregator::trace_of(event);
+                if event.interp_frames > 0 {
+                    interpreters.resolve(&mut trace);
+                }
                 if !kernel_frames {
                     trace.frames.retain(|f| f.kind != FrameKind::Kernel);
                 }
@@ -390,7 +398,7 @@ fn collect_loop(
                 mirrors.0.update(&metrics.samples, c.sent);
                 mirrors.1.update(&metrics.samples_lost, c.lost_ringbuf_full);
                 if s.unwind_maps().is_some() {
-                    metrics.set_internal(&manager.metrics(&c));
+                    metrics.set_internal(&manager.metrics(&c), manager.interpreters());
                 }
             }
         }
@@ -401,11 +409,11 @@ fn collect_loop(
             let profiles = build_round(
                 &mut targeting,
                 &mut symbolizer,
+                manager.interpreters().frame_names(),
                 &mut per_pid,
                 config,
                 metrics,
-                interval_start,
-                now,
+                (interval_start, now),
             );
             let build_time = build_start.elapsed();
             metrics
@@ -421,6 +429,7 @@ fn collect_loop(
                 "collected"
             );
             interval_start = now;
+            manager.interpreters_mut().trim_names();
             next_collect = Instant::now() + ebpf.collect_interval;
             metrics.sessions.inc();
             let budget = if stopping {
@@ -482,11 +491,11 @@ struct Built {
 fn build_round(
     targeting: &mut Targeting,
     symbolizer: &mut Symbolizer,
+    names: &FrameNames,
     per_pid: &mut HashMap<u32, TraceAggregator>,
     config: &Config,
     metrics: &AgentMetrics,
-    start: SystemTime,
-    end: SystemTime,
+    (start, end): (SystemTime, SystemTime),
 ) -> Vec<Built> {
     let ebpf = &config.ebpf;
     let comm_label = matches!(ebpf.comm, Comm::Label | Comm::Both);
@@ -515,7 +524,7 @@ fn build_round(
             metrics.samples_unmatched.inc_by(agg.samples());
             continue;
         };
-        let profile = build_cpu_profile(agg.iter(), symbolizer, &options);
+        let profile = build_cpu_profile(agg.iter(), symbolizer, names, &options);
         let bytes = ferroscope_pprof::encode_gzip(&profile);
         let service = target.service_name().to_owned();
         metrics

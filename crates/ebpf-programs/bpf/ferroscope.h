@@ -74,15 +74,105 @@ struct fs_trace_event {
 	char comm[FS_COMM_LEN];
 	/* enum fs_unwind_error: why the user stack ends early (FS_UNWIND_OK when it does not). */
 	__u32 user_error;
-	__u32 reserved;
+	/* Interpreter frames in user_frames (0 when there are none: then user_kinds and
+	 * user_aux are not even initialised). */
+	__u32 interp_frames;
 	__u64 kernel_frames[FS_MAX_KERNEL_FRAMES];
-	/* The leaf is the interrupted PC; every other entry is a return address. */
+	/* For a native frame (user_kinds FS_FRAME_NATIVE): the leaf is the interrupted PC, every
+	 * other entry a return address. For an interpreter frame: what identifies its function
+	 * (a CPython code object's address). */
 	__u64 user_frames[FS_MAX_USER_FRAMES];
+	/* For an interpreter frame: where in its function (for CPython, the raw instruction
+	 * offset in the low 32 bits and the code object's fingerprint in the high 32). */
+	__u64 user_aux[FS_MAX_USER_FRAMES];
+	/* enum fs_frame_kind of each user frame. */
+	__u8 user_kinds[FS_MAX_USER_FRAMES];
 };
 
 _Static_assert(sizeof(struct fs_trace_event) ==
-		       56 + 8 * (FS_MAX_KERNEL_FRAMES + FS_MAX_USER_FRAMES),
+		       56 + 8 * (FS_MAX_KERNEL_FRAMES + 2 * FS_MAX_USER_FRAMES) + FS_MAX_USER_FRAMES,
 	       "fs_trace_event layout changed: update src/abi.rs");
+
+/* What a user frame is (fs_trace_event.user_kinds). Interpreter kinds equal their
+ * enum fs_interp_kind. */
+enum fs_frame_kind {
+	FS_FRAME_NATIVE = 0,
+	FS_FRAME_PYTHON = 1,
+};
+
+/* Which interpreter unwinder a process needs (fs_interp_proc.kind). */
+enum fs_interp_kind {
+	FS_INTERP_NONE = 0,
+	FS_INTERP_PYTHON = 1,
+};
+
+/* Where a CPython frame's instruction pointer lives (fs_py_proc.frame_model). */
+enum fs_py_frame_model {
+	/* PyFrameObject (3.6-3.10): one per C-level eval call; f_lasti is an int. */
+	FS_PY_FRAMES_OBJECT = 0,
+	/* _PyInterpreterFrame (3.11+): many per eval call; the instruction is a pointer into
+	 * the code object's inline bytecode. */
+	FS_PY_FRAMES_INTERPRETER = 1,
+};
+
+/* How the last Python frame of one C-level eval call is marked (fs_py_proc.entry_kind). */
+enum fs_py_entry_kind {
+	/* 3.6-3.10: every eval call runs exactly one frame. */
+	FS_PY_ENTRY_ONE = 0,
+	/* 3.11: the frame's is_entry byte is set. */
+	FS_PY_ENTRY_FLAG = 1,
+	/* 3.12+: a shim frame (owner byte >= owner_cstack) follows it. */
+	FS_PY_ENTRY_SHIM = 2,
+};
+
+/* Offsets into one CPython version's structures (facts from its headers), and where a
+ * process keeps its interpreters. Offsets are bytes; 0xffff when a field does not exist. */
+struct fs_py_proc {
+	/* Address of the pointer to the first PyInterpreterState
+	 * (&_PyRuntime.interpreters.head, or 3.6's interp_head). */
+	__u64 interp_head;
+	/* The frame's code pointer is ANDed with this (3.14 tags _PyStackRef's low bits). */
+	__u64 code_mask;
+	__u16 interp_next;
+	__u16 interp_threads_head;
+	__u16 tstate_next;
+	__u16 tstate_thread_id;
+	__u16 tstate_frame;         /* frame, cframe or current_frame */
+	__u16 cframe_current_frame; /* 3.11/3.12: _PyCFrame.current_frame */
+	__u16 frame_code;           /* f_code / f_executable */
+	__u16 frame_previous;       /* f_back / previous */
+	__u16 frame_instr;          /* f_lasti (int) / prev_instr or instr_ptr (pointer) */
+	__u16 frame_entry;          /* is_entry or owner (a byte) */
+	__u16 frame_read_len;       /* bytes read per frame, covering every field above */
+	__u16 code_firstlineno;     /* the fingerprint: an int */
+	__u16 code_adaptive;        /* 3.11+: co_code_adaptive, where the bytecode starts */
+	__u8 frame_model;           /* enum fs_py_frame_model */
+	__u8 entry_kind;            /* enum fs_py_entry_kind */
+	__u8 owner_cstack;          /* owner values from here up are shims (3.12/3.13:
+	                             * FRAME_OWNED_BY_CSTACK; 3.14: FRAME_OWNED_BY_INTERPRETER) */
+	__u8 reserved[3];
+};
+
+_Static_assert(sizeof(struct fs_py_proc) == 48, "fs_py_proc layout changed: update src/abi.rs");
+
+/* Most code ranges of one interpreter's eval loop (the function and its cold part). */
+#define FS_INTERP_RANGES 2
+/* Longest frame prefix an interpreter walker reads at once. */
+#define FS_INTERP_FRAME_READ 128
+
+/* Value of fs_interp_procs (key: PID): a process that runs an interpreter. */
+struct fs_interp_proc {
+	__u32 kind; /* enum fs_interp_kind */
+	__u32 reserved;
+	/* Process addresses [start, end) of the interpreter's eval loop: a native frame there
+	 * is replaced by the interpreter's frames of that call. */
+	__u64 loop_start[FS_INTERP_RANGES];
+	__u64 loop_end[FS_INTERP_RANGES];
+	struct fs_py_proc py;
+};
+
+_Static_assert(sizeof(struct fs_interp_proc) == 88,
+	       "fs_interp_proc layout changed: update src/abi.rs");
 
 /* What a fs_pid_events record reports. */
 enum fs_pid_event_kind {
@@ -224,7 +314,17 @@ enum fs_counter {
 	FS_CNT_PID_REPORTS_LOST = 21,
 	/* Signal frames unwound. */
 	FS_CNT_UNWIND_SIGNAL_FRAMES = 22,
-	FS_CNT_MAX = 23,
+	/* Native eval-loop frames whose Python frames were looked for. */
+	FS_CNT_PY_ATTEMPTS = 23,
+	/* Python frames recorded. */
+	FS_CNT_PY_FRAMES = 24,
+	/* The sampled thread has no Python thread state (not a Python thread, or not found). */
+	FS_CNT_PY_ERR_NO_THREAD = 25,
+	/* Reading a thread state or frame failed. */
+	FS_CNT_PY_ERR_READ = 26,
+	/* An eval-loop frame with no Python frame left for it. */
+	FS_CNT_PY_ERR_NO_FRAME = 27,
+	FS_CNT_MAX = 28,
 };
 
 #endif /* FERROSCOPE_H */

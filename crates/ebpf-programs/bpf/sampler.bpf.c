@@ -37,6 +37,11 @@ const volatile enum fs_counter fs_abi_counter = FS_CNT_MAX;
 const volatile enum fs_unwind_error fs_abi_unwind_error = FS_UNWIND_ERR_MAX;
 const volatile enum fs_pid_event_kind fs_abi_pid_event_kind = FS_PID_EXIT;
 const volatile enum fs_unwind_kind fs_abi_unwind_kind = FS_UNWIND_FRAME_POINTER;
+struct fs_interp_proc *const volatile fs_abi_interp_proc = 0;
+const volatile enum fs_frame_kind fs_abi_frame_kind = FS_FRAME_PYTHON;
+const volatile enum fs_interp_kind fs_abi_interp_kind = FS_INTERP_PYTHON;
+const volatile enum fs_py_frame_model fs_abi_py_frame_model = FS_PY_FRAMES_INTERPRETER;
+const volatile enum fs_py_entry_kind fs_abi_py_entry_kind = FS_PY_ENTRY_SHIM;
 
 /* Lowest address that can hold code; return addresses below it end the stack. */
 #define FS_MIN_PC 0x1000
@@ -132,6 +137,47 @@ struct {
 	__type(value, struct fs_unwind_info);
 } fs_unwind_infos SEC(".maps");
 
+/* Processes that run an interpreter, and what its walker needs to know (key: PID). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* resized by the loader */
+	__type(key, __u32);
+	__type(value, struct fs_interp_proc);
+} fs_interp_procs SEC(".maps");
+
+/* A thread's Python thread state, found by walking the interpreter's thread list once and
+ * checked on every use (key: TID). */
+struct fs_py_thread {
+	__u64 tstate; /* 0: the thread had none when last looked for */
+	__u64 fsbase; /* the thread's pthread_self() when it was looked up */
+	__u64 ktime_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct fs_py_thread);
+} fs_py_threads SEC(".maps");
+
+/* One interpreter frame's bytes, read at once. */
+struct fs_frame_buf {
+	__u8 b[FS_INTERP_FRAME_READ];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fs_frame_buf);
+} fs_frame_scratch SEC(".maps");
+
+/* A thread without a thread state is looked for again at most this often. */
+#define FS_PY_NEGATIVE_NS 1000000000ULL
+/* Most interpreters and thread states visited looking for a thread's state. */
+#define FS_PY_SEARCH_STEPS 512
+#define FS_NO_FIELD 0xffff
+
 static __always_inline void count_n(enum fs_counter which, __u64 n)
 {
 	__u32 key = which;
@@ -201,7 +247,30 @@ struct fs_unwinder {
 	/* Look the PC up as is: the leaf, and the frame a signal interrupted. Every other PC
 	 * is a return address, looked up at PC - 1 (inside the call). */
 	__u32 exact;
+	/* Interpreter: its eval loop's code (no range when loop_end[0] == 0). */
+	__u64 loop_start[FS_INTERP_RANGES];
+	__u64 loop_end[FS_INTERP_RANGES];
+	/* The next interpreter frame to emit (0: none left or not found). */
+	__u64 py_frame;
+	/* Emitting the interpreter frames of the eval-loop frame at pc. */
+	__u32 py_emitting;
+	/* Interpreter frames emitted for that eval-loop frame. */
+	__u32 py_emitted;
+	/* The eval-loop frame at pc was handled: do not divert again; do not record its PC
+	 * when its interpreter frames replaced it. */
+	__u32 py_done;
+	__u32 py_hide_pc;
 };
+
+/* The unwinder's state lives in a per-CPU map rather than on the stack: the verifier then
+ * treats its fields as unknown values, so the bpf_loop callback's states converge at once
+ * instead of being explored per combination of flag values. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fs_unwinder);
+} fs_unwind_state SEC(".maps");
 
 static __always_inline long unwind_fail(struct fs_unwinder *st, __u32 error)
 {
@@ -209,15 +278,116 @@ static __always_inline long unwind_fail(struct fs_unwinder *st, __u32 error)
 	return 1;
 }
 
+static __always_inline __u64 buf_u64(const struct fs_frame_buf *buf, __u32 off)
+{
+	__u64 v = 0;
+	if (off <= FS_INTERP_FRAME_READ - 8)
+		__builtin_memcpy(&v, &buf->b[off], 8);
+	return v;
+}
+
+static __always_inline __u32 buf_u32(const struct fs_frame_buf *buf, __u32 off)
+{
+	__u32 v = 0;
+	if (off <= FS_INTERP_FRAME_READ - 4)
+		__builtin_memcpy(&v, &buf->b[off], 4);
+	return v;
+}
+
+static __always_inline __u8 buf_u8(const struct fs_frame_buf *buf, __u32 off)
+{
+	if (off > FS_INTERP_FRAME_READ - 1)
+		return 0;
+	return buf->b[off];
+}
+
+/* The end of one eval-loop frame's interpreter frames: back to native unwinding at pc. */
+static __always_inline long py_finish(struct fs_unwinder *st)
+{
+	if (st->py_emitted == 0)
+		count(FS_CNT_PY_ERR_NO_FRAME);
+	st->py_emitting = 0;
+	st->py_done = 1;
+	st->py_hide_pc = st->py_emitted > 0;
+	return 0;
+}
+
+/* One step of the CPython walker: emits the frame at st->py_frame (or skips a shim frame)
+ * and says whether the eval-loop call it belongs to has more. */
+static __always_inline long py_step(struct fs_unwinder *st, struct fs_trace_event *e)
+{
+	__u32 zero = 0;
+	struct fs_interp_proc *ip = bpf_map_lookup_elem(&fs_interp_procs, &st->pid);
+	struct fs_frame_buf *buf = bpf_map_lookup_elem(&fs_frame_scratch, &zero);
+	__u64 frame = st->py_frame;
+	if (!ip || !buf || frame == 0)
+		return py_finish(st);
+	struct fs_py_proc *py = &ip->py;
+
+	__u32 len = py->frame_read_len;
+	if (len == 0 || len > FS_INTERP_FRAME_READ)
+		return py_finish(st);
+	if (bpf_probe_read_user(buf->b, len, (void *)frame)) {
+		count(FS_CNT_PY_ERR_READ);
+		st->py_frame = 0;
+		return py_finish(st);
+	}
+	__u64 code = buf_u64(buf, py->frame_code) & py->code_mask;
+	__u64 previous = buf_u64(buf, py->frame_previous);
+	int interp_model = py->frame_model == FS_PY_FRAMES_INTERPRETER;
+
+	if (interp_model && py->entry_kind == FS_PY_ENTRY_SHIM &&
+	    buf_u8(buf, py->frame_entry) >= py->owner_cstack) {
+		/* The shim that starts this eval call: its frames are all out. */
+		st->py_frame = previous;
+		return py_finish(st);
+	}
+
+	__u32 raw;
+	if (interp_model) {
+		__u64 instr = buf_u64(buf, py->frame_instr);
+		raw = (__u32)(instr - code - py->code_adaptive);
+	} else {
+		raw = buf_u32(buf, py->frame_instr);
+	}
+	__u32 fingerprint = 0;
+	bpf_probe_read_user(&fingerprint, sizeof(fingerprint), (void *)(code + py->code_firstlineno));
+
+	__u32 n = st->n;
+	if (n >= FS_MAX_USER_FRAMES)
+		return unwind_fail(st, FS_UNWIND_ERR_STACK_LENGTH);
+	e->user_frames[n] = code;
+	e->user_aux[n] = ((__u64)fingerprint << 32) | raw;
+	e->user_kinds[n] = FS_FRAME_PYTHON;
+	e->interp_frames++;
+	st->n = n + 1;
+	st->py_emitted++;
+	count(FS_CNT_PY_FRAMES);
+	st->py_frame = previous;
+
+	if (!interp_model)
+		return py_finish(st); /* one frame per eval call */
+	if (py->entry_kind == FS_PY_ENTRY_FLAG && buf_u8(buf, py->frame_entry))
+		return py_finish(st);
+	if (previous == 0)
+		return py_finish(st);
+	return 0;
+}
+
 /* One frame: record the PC, find its rule, compute the caller's registers. Returns 1 to
  * stop (st->error says why), 0 to go on. */
 static long unwind_step(__u64 index, void *arg)
 {
-	struct fs_unwinder *st = arg;
 	__u32 zero = 0;
+	struct fs_unwinder *st = bpf_map_lookup_elem(&fs_unwind_state, &zero);
+	if (!st)
+		return 1;
 	struct fs_trace_event *e = bpf_map_lookup_elem(&fs_scratch, &zero);
 	if (!e)
 		return unwind_fail(st, FS_UNWIND_ERR_BAD_TABLE);
+
+	if (st->py_emitting)
+		return py_step(st, e);
 
 	__u64 pc = st->pc;
 	if (pc < FS_MIN_PC) {
@@ -229,11 +399,27 @@ static long unwind_step(__u64 index, void *arg)
 		}
 		return unwind_fail(st, FS_UNWIND_ERR_SMALL_PC);
 	}
-	__u32 n = st->n;
-	if (n >= FS_MAX_USER_FRAMES)
-		return unwind_fail(st, FS_UNWIND_ERR_STACK_LENGTH);
-	e->user_frames[n] = pc;
-	st->n = n + 1;
+	__u64 at = pc - (st->exact ? 0 : 1); /* inside the call for a return address */
+	if (!st->py_done && st->loop_end[0] &&
+	    ((at >= st->loop_start[0] && at < st->loop_end[0]) ||
+	     (at >= st->loop_start[1] && at < st->loop_end[1]))) {
+		/* The interpreter's eval loop: its interpreter frames come first, from the next
+		 * iterations; then this frame is unwound natively. */
+		count(FS_CNT_PY_ATTEMPTS);
+		st->py_emitting = 1;
+		st->py_emitted = 0;
+		return 0;
+	}
+	if (!st->py_hide_pc) {
+		__u32 n = st->n;
+		if (n >= FS_MAX_USER_FRAMES)
+			return unwind_fail(st, FS_UNWIND_ERR_STACK_LENGTH);
+		e->user_frames[n] = pc;
+		e->user_kinds[n] = FS_FRAME_NATIVE;
+		st->n = n + 1;
+	}
+	st->py_done = 0;
+	st->py_hide_pc = 0;
 
 	if (pc < st->map_start || pc >= st->map_end) {
 		struct fs_pid_mapping_key key = {
@@ -364,40 +550,163 @@ static long unwind_step(__u64 index, void *arg)
 	return 0;
 }
 
+/* The walk over a process's interpreters and their thread states (one per bpf_loop step). */
+struct fs_py_search {
+	__u64 interp_head; /* address of the head pointer */
+	__u64 interp;      /* the interpreter being walked (0: read the head next) */
+	__u64 tstate;      /* the next thread state of that interpreter (0: next interpreter) */
+	__u64 fsbase;
+	__u64 found;
+	__u16 interp_next;
+	__u16 interp_threads_head;
+	__u16 tstate_next;
+	__u16 tstate_thread_id;
+	__u32 started;
+	__u32 failed;
+};
+
+static long py_search_step(__u64 index, void *arg)
+{
+	struct fs_py_search *s = arg;
+	__u64 word;
+	if (s->tstate == 0) {
+		/* The next interpreter. */
+		__u64 at = s->started ? s->interp + s->interp_next : s->interp_head;
+		s->started = 1;
+		if (bpf_probe_read_user(&word, sizeof(word), (void *)at)) {
+			s->failed = 1;
+			return 1;
+		}
+		if (word == 0)
+			return 1;
+		s->interp = word;
+		if (bpf_probe_read_user(&s->tstate, sizeof(s->tstate), (void *)(word + s->interp_threads_head))) {
+			s->failed = 1;
+			return 1;
+		}
+		return 0;
+	}
+	if (bpf_probe_read_user(&word, sizeof(word), (void *)(s->tstate + s->tstate_thread_id))) {
+		s->failed = 1;
+		return 1;
+	}
+	if (word == s->fsbase) {
+		s->found = s->tstate;
+		return 1;
+	}
+	if (bpf_probe_read_user(&s->tstate, sizeof(s->tstate), (void *)(s->tstate + s->tstate_next))) {
+		s->failed = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Finds the current thread's Python frame chain: its thread state (cached per TID, checked
+ * against the thread's pthread_self() on every use) and the frame executing now. */
+static __always_inline void py_prepare(struct fs_unwinder *st, struct fs_interp_proc *ip, __u32 tid)
+{
+	struct fs_py_proc *py = &ip->py;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 fsbase = BPF_CORE_READ(task, thread.fsbase);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 tstate = 0;
+	__u64 word;
+
+	struct fs_py_thread *cached = bpf_map_lookup_elem(&fs_py_threads, &tid);
+	if (cached && cached->fsbase == fsbase) {
+		if (cached->tstate == 0) {
+			if (now - cached->ktime_ns < FS_PY_NEGATIVE_NS) {
+				count(FS_CNT_PY_ERR_NO_THREAD);
+				return;
+			}
+		} else if (!bpf_probe_read_user(&word, sizeof(word), (void *)(cached->tstate + py->tstate_thread_id)) &&
+			   word == fsbase) {
+			tstate = cached->tstate;
+		}
+	}
+	if (tstate == 0) {
+		struct fs_py_search s = {
+			.interp_head = py->interp_head,
+			.fsbase = fsbase,
+			.interp_next = py->interp_next,
+			.interp_threads_head = py->interp_threads_head,
+			.tstate_next = py->tstate_next,
+			.tstate_thread_id = py->tstate_thread_id,
+		};
+		bpf_loop(FS_PY_SEARCH_STEPS, py_search_step, &s, 0);
+		if (s.failed) {
+			count(FS_CNT_PY_ERR_READ);
+			return;
+		}
+		tstate = s.found;
+		struct fs_py_thread v = { .tstate = tstate, .fsbase = fsbase, .ktime_ns = now };
+		bpf_map_update_elem(&fs_py_threads, &tid, &v, BPF_ANY);
+		if (tstate == 0) {
+			count(FS_CNT_PY_ERR_NO_THREAD);
+			return;
+		}
+	}
+	if (bpf_probe_read_user(&word, sizeof(word), (void *)(tstate + py->tstate_frame))) {
+		count(FS_CNT_PY_ERR_READ);
+		return;
+	}
+	if (py->cframe_current_frame != FS_NO_FIELD && word != 0 &&
+	    bpf_probe_read_user(&word, sizeof(word), (void *)(word + py->cframe_current_frame))) {
+		count(FS_CNT_PY_ERR_READ);
+		return;
+	}
+	st->py_frame = word;
+}
+
 /* Unwinds the current task's user stack into e->user_frames. */
 static __always_inline void unwind_user(struct bpf_perf_event_data *ctx, struct fs_trace_event *e,
-					__u32 pid, int in_kernel)
+					__u32 pid, __u32 tid, int in_kernel)
 {
-	struct fs_unwinder st = {};
-	st.pid = pid;
-	st.exact = 1;
+	__u32 zero = 0;
+	struct fs_unwinder *st = bpf_map_lookup_elem(&fs_unwind_state, &zero);
+	if (!st) {
+		e->user_error = FS_UNWIND_ERR_BAD_TABLE;
+		e->user_len = 0;
+		return;
+	}
+	__builtin_memset(st, 0, sizeof(*st));
+	st->pid = pid;
+	st->exact = 1;
+	struct fs_interp_proc *ip = bpf_map_lookup_elem(&fs_interp_procs, &pid);
+	if (ip && ip->kind == FS_INTERP_PYTHON) {
+		st->loop_start[0] = ip->loop_start[0];
+		st->loop_end[0] = ip->loop_end[0];
+		st->loop_start[1] = ip->loop_start[1];
+		st->loop_end[1] = ip->loop_end[1];
+		py_prepare(st, ip, tid);
+	}
 	if (!in_kernel) {
-		st.pc = PT_REGS_IP(&ctx->regs);
-		st.sp = PT_REGS_SP(&ctx->regs);
-		st.bp = PT_REGS_FP(&ctx->regs);
+		st->pc = PT_REGS_IP(&ctx->regs);
+		st->sp = PT_REGS_SP(&ctx->regs);
+		st->bp = PT_REGS_FP(&ctx->regs);
 	} else {
 		/* The user registers saved when the task entered the kernel. */
 		struct task_struct *task = bpf_get_current_task_btf();
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-		if (!regs || bpf_probe_read_kernel(&st.pc, sizeof(st.pc), &regs->ip) ||
-		    bpf_probe_read_kernel(&st.sp, sizeof(st.sp), &regs->sp) ||
-		    bpf_probe_read_kernel(&st.bp, sizeof(st.bp), &regs->bp)) {
-			st.error = FS_UNWIND_ERR_NO_REGS;
+		if (!regs || bpf_probe_read_kernel(&st->pc, sizeof(st->pc), &regs->ip) ||
+		    bpf_probe_read_kernel(&st->sp, sizeof(st->sp), &regs->sp) ||
+		    bpf_probe_read_kernel(&st->bp, sizeof(st->bp), &regs->bp)) {
+			st->error = FS_UNWIND_ERR_NO_REGS;
 		}
 	}
 	count(FS_CNT_UNWIND_ATTEMPTS);
-	if (st.error == FS_UNWIND_OK) {
+	if (st->error == FS_UNWIND_OK) {
 		/* One more iteration than frames, so that a full stack still sees its end. */
-		bpf_loop(FS_MAX_USER_FRAMES + 1, unwind_step, &st, 0);
+		bpf_loop(FS_MAX_USER_FRAMES + 1, unwind_step, NULL, 0);
 	}
-	count_n(FS_CNT_UNWIND_FRAMES, st.n);
-	if (st.error != FS_UNWIND_OK) {
-		count_error(st.error);
-		if (st.error == FS_UNWIND_ERR_NO_MAPPING)
+	count_n(FS_CNT_UNWIND_FRAMES, st->n);
+	if (st->error != FS_UNWIND_OK) {
+		count_error(st->error);
+		if (st->error == FS_UNWIND_ERR_NO_MAPPING)
 			report_pid(pid, FS_PID_RESCAN, 1);
 	}
-	e->user_error = st.error;
-	e->user_len = st.n;
+	e->user_error = st->error;
+	e->user_len = st->n;
 }
 
 SEC("perf_event")
@@ -428,7 +737,7 @@ int fs_sample(struct bpf_perf_event_data *ctx)
 	e->cpu = bpf_get_smp_processor_id();
 	e->flags = 0;
 	e->user_error = FS_UNWIND_OK;
-	e->reserved = 0;
+	e->interp_frames = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
 	/* On x86-64 and arm64 the kernel's text lives in the upper half of the address space. */
@@ -451,7 +760,7 @@ int fs_sample(struct bpf_perf_event_data *ctx)
 		e->flags |= FS_TRACE_KERNEL_THREAD;
 		e->user_len = 0;
 	} else if (fs_unwinder_enabled && bpf_map_lookup_elem(&fs_known_pids, &pid)) {
-		unwind_user(ctx, e, pid, in_kernel);
+		unwind_user(ctx, e, pid, tid, in_kernel);
 	} else {
 		if (fs_unwinder_enabled) {
 			count(FS_CNT_PID_UNKNOWN);

@@ -44,12 +44,162 @@ pub struct TraceEvent {
     pub comm: [u8; COMM_LEN],
     /// Why the user stack ends early: an [`UnwindError`] value, 0 when it does not.
     pub user_error: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// Interpreter frames in `user_frames`; when 0, `user_aux` and `user_kinds` are not set.
+    pub interp_frames: u32,
     /// Kernel stack, leaf first.
     pub kernel_frames: [u64; MAX_KERNEL_FRAMES],
-    /// User stack, leaf first.
+    /// User stack, leaf first: a native frame's address, or what identifies an interpreter
+    /// frame's function (see `user_kinds`).
     pub user_frames: [u64; MAX_USER_FRAMES],
+    /// For an interpreter frame, where in its function (interpreter-specific).
+    pub user_aux: [u64; MAX_USER_FRAMES],
+    /// The [`FrameKindRaw`] of each user frame.
+    pub user_kinds: [u8; MAX_USER_FRAMES],
+}
+
+/// `enum fs_frame_kind`: what a user frame of a [`TraceEvent`] is. Interpreter kinds equal
+/// their [`InterpKind`].
+pub type FrameKindRaw = u8;
+/// `FS_FRAME_NATIVE`.
+pub const FRAME_NATIVE: FrameKindRaw = 0;
+/// `FS_FRAME_PYTHON`.
+pub const FRAME_PYTHON: FrameKindRaw = 1;
+
+/// `enum fs_interp_kind`: which interpreter walker a process needs.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InterpKind {
+    /// `FS_INTERP_PYTHON`: CPython.
+    Python = 1,
+}
+
+/// `FS_INTERP_RANGES`: code ranges of one interpreter's eval loop.
+pub const INTERP_RANGES: usize = 2;
+/// `FS_INTERP_FRAME_READ`: longest frame prefix an interpreter walker reads at once.
+pub const INTERP_FRAME_READ: usize = 128;
+/// A field a [`PyProc`] does not have (`0xffff`).
+pub const NO_FIELD: u16 = 0xffff;
+
+/// `enum fs_py_frame_model`.
+pub const PY_FRAMES_OBJECT: u8 = 0;
+/// `FS_PY_FRAMES_INTERPRETER`.
+pub const PY_FRAMES_INTERPRETER: u8 = 1;
+/// `enum fs_py_entry_kind`: `FS_PY_ENTRY_ONE` (one frame per eval call, 3.6-3.10).
+pub const PY_ENTRY_ONE: u8 = 0;
+/// `FS_PY_ENTRY_FLAG`: 3.11's `is_entry`.
+pub const PY_ENTRY_FLAG: u8 = 1;
+/// `FS_PY_ENTRY_SHIM`: 3.12+'s shim frames owned by the C stack.
+pub const PY_ENTRY_SHIM: u8 = 2;
+
+/// `struct fs_py_proc`: one CPython version's offsets and where a process keeps its
+/// interpreters. Offsets are bytes; [`NO_FIELD`] when a field does not exist.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PyProc {
+    /// Address of the pointer to the first `PyInterpreterState`.
+    pub interp_head: u64,
+    /// Mask applied to a frame's code pointer.
+    pub code_mask: u64,
+    /// `PyInterpreterState.next`.
+    pub interp_next: u16,
+    /// `PyInterpreterState.tstate_head` / `threads.head`.
+    pub interp_threads_head: u16,
+    /// `PyThreadState.next`.
+    pub tstate_next: u16,
+    /// `PyThreadState.thread_id`.
+    pub tstate_thread_id: u16,
+    /// `PyThreadState.frame` / `cframe` / `current_frame`.
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame` (3.11, 3.12), else [`NO_FIELD`].
+    pub cframe_current_frame: u16,
+    /// The frame's code pointer.
+    pub frame_code: u16,
+    /// The frame's caller.
+    pub frame_previous: u16,
+    /// `f_lasti` (an int) or the instruction pointer.
+    pub frame_instr: u16,
+    /// `is_entry` or `owner` (a byte).
+    pub frame_entry: u16,
+    /// Bytes read per frame.
+    pub frame_read_len: u16,
+    /// `co_firstlineno`: the fingerprint recorded with each code pointer.
+    pub code_firstlineno: u16,
+    /// `co_code_adaptive` (3.11+).
+    pub code_adaptive: u16,
+    /// `PY_FRAMES_*`.
+    pub frame_model: u8,
+    /// `PY_ENTRY_*`.
+    pub entry_kind: u8,
+    /// `FRAME_OWNED_BY_CSTACK`.
+    pub owner_cstack: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+
+impl InterpProc {
+    /// Size of the kernel-side value.
+    pub const SIZE: usize = std::mem::size_of::<InterpProc>();
+
+    /// The value's bytes, as an interpreter plug-in hands them to the agent.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::SIZE);
+        out.extend_from_slice(&self.kind.to_ne_bytes());
+        out.extend_from_slice(&self.reserved.to_ne_bytes());
+        for v in self.loop_start.iter().chain(&self.loop_end) {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        let p = &self.py;
+        out.extend_from_slice(&p.interp_head.to_ne_bytes());
+        out.extend_from_slice(&p.code_mask.to_ne_bytes());
+        for v in [
+            p.interp_next,
+            p.interp_threads_head,
+            p.tstate_next,
+            p.tstate_thread_id,
+            p.tstate_frame,
+            p.cframe_current_frame,
+            p.frame_code,
+            p.frame_previous,
+            p.frame_instr,
+            p.frame_entry,
+            p.frame_read_len,
+            p.code_firstlineno,
+            p.code_adaptive,
+        ] {
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+        out.extend_from_slice(&[p.frame_model, p.entry_kind, p.owner_cstack]);
+        out.extend_from_slice(&p.reserved);
+        debug_assert_eq!(out.len(), Self::SIZE);
+        out
+    }
+
+    /// Decodes [`InterpProc::to_bytes`]; `None` when the length is not [`InterpProc::SIZE`].
+    pub fn from_bytes(bytes: &[u8]) -> Option<InterpProc> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        // SAFETY: exactly SIZE bytes; InterpProc is repr(C) made only of integers and
+        // integer arrays with no padding (the ABI test pins every offset), so every bit
+        // pattern is a valid value; read_unaligned copes with any alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<InterpProc>()) })
+    }
+}
+
+/// `struct fs_interp_proc`: value of `fs_interp_procs` for a process running an interpreter.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct InterpProc {
+    /// An [`InterpKind`] value.
+    pub kind: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// Starts of the eval loop's code ranges (process addresses).
+    pub loop_start: [u64; INTERP_RANGES],
+    /// Ends (exclusive); an unused range is 0..0.
+    pub loop_end: [u64; INTERP_RANGES],
+    /// CPython's data.
+    pub py: PyProc,
 }
 
 impl std::fmt::Debug for TraceEvent {
@@ -98,10 +248,23 @@ impl TraceEvent {
 
     /// The valid user frames (empty when the stack could not be read).
     pub fn user_frames(&self) -> &[u64] {
-        let n = usize::try_from(self.user_len)
+        &self.user_frames[..self.user_count()]
+    }
+
+    /// The kind ([`FrameKindRaw`]) and aux word of each valid user frame; `None` when the
+    /// stack has no interpreter frames (every frame is native).
+    pub fn user_frame_kinds(&self) -> Option<(&[u8], &[u64])> {
+        if self.interp_frames == 0 {
+            return None;
+        }
+        let n = self.user_count();
+        Some((&self.user_kinds[..n], &self.user_aux[..n]))
+    }
+
+    fn user_count(&self) -> usize {
+        usize::try_from(self.user_len)
             .unwrap_or(0)
-            .min(MAX_USER_FRAMES);
-        &self.user_frames[..n]
+            .min(MAX_USER_FRAMES)
     }
 
     /// Why the stack-delta unwinder stopped early, if it did.
@@ -378,11 +541,21 @@ pub enum Counter {
     PidReportsLost = 21,
     /// Signal frames unwound.
     UnwindSignalFrames = 22,
+    /// Native eval-loop frames whose Python frames were looked for.
+    PyAttempts = 23,
+    /// Python frames recorded.
+    PyFrames = 24,
+    /// Samples of a Python process's thread without a Python thread state.
+    PyErrNoThread = 25,
+    /// Failed reads of a thread state or frame.
+    PyErrRead = 26,
+    /// Eval-loop frames with no Python frame left for them.
+    PyErrNoFrame = 27,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 28] = [
         Counter::Samples,
         Counter::Idle,
         Counter::Filtered,
@@ -406,9 +579,14 @@ impl Counter {
         Counter::PidReports,
         Counter::PidReportsLost,
         Counter::UnwindSignalFrames,
+        Counter::PyAttempts,
+        Counter::PyFrames,
+        Counter::PyErrNoThread,
+        Counter::PyErrRead,
+        Counter::PyErrNoFrame,
     ];
     /// `FS_CNT_MAX`.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 28;
 
     /// The name of the C enumerator.
     pub fn c_name(self) -> &'static str {
@@ -436,6 +614,11 @@ impl Counter {
             Counter::PidReports => "FS_CNT_PID_REPORTS",
             Counter::PidReportsLost => "FS_CNT_PID_REPORTS_LOST",
             Counter::UnwindSignalFrames => "FS_CNT_UNWIND_SIGNAL_FRAMES",
+            Counter::PyAttempts => "FS_CNT_PY_ATTEMPTS",
+            Counter::PyFrames => "FS_CNT_PY_FRAMES",
+            Counter::PyErrNoThread => "FS_CNT_PY_ERR_NO_THREAD",
+            Counter::PyErrRead => "FS_CNT_PY_ERR_READ",
+            Counter::PyErrNoFrame => "FS_CNT_PY_ERR_NO_FRAME",
         }
     }
 }
@@ -495,9 +678,86 @@ mod tests {
                 ("user_len", offset_of!(TraceEvent, user_len)),
                 ("comm", offset_of!(TraceEvent, comm)),
                 ("user_error", offset_of!(TraceEvent, user_error)),
-                ("reserved", offset_of!(TraceEvent, reserved)),
+                ("interp_frames", offset_of!(TraceEvent, interp_frames)),
                 ("kernel_frames", offset_of!(TraceEvent, kernel_frames)),
                 ("user_frames", offset_of!(TraceEvent, user_frames)),
+                ("user_aux", offset_of!(TraceEvent, user_aux)),
+                ("user_kinds", offset_of!(TraceEvent, user_kinds)),
+            ],
+        );
+    }
+
+    #[test]
+    fn interpreter_types_match_c_layout() {
+        check_layout(
+            "fs_py_proc",
+            size_of::<PyProc>(),
+            &[
+                ("interp_head", offset_of!(PyProc, interp_head)),
+                ("code_mask", offset_of!(PyProc, code_mask)),
+                ("interp_next", offset_of!(PyProc, interp_next)),
+                (
+                    "interp_threads_head",
+                    offset_of!(PyProc, interp_threads_head),
+                ),
+                ("tstate_next", offset_of!(PyProc, tstate_next)),
+                ("tstate_thread_id", offset_of!(PyProc, tstate_thread_id)),
+                ("tstate_frame", offset_of!(PyProc, tstate_frame)),
+                (
+                    "cframe_current_frame",
+                    offset_of!(PyProc, cframe_current_frame),
+                ),
+                ("frame_code", offset_of!(PyProc, frame_code)),
+                ("frame_previous", offset_of!(PyProc, frame_previous)),
+                ("frame_instr", offset_of!(PyProc, frame_instr)),
+                ("frame_entry", offset_of!(PyProc, frame_entry)),
+                ("frame_read_len", offset_of!(PyProc, frame_read_len)),
+                ("code_firstlineno", offset_of!(PyProc, code_firstlineno)),
+                ("code_adaptive", offset_of!(PyProc, code_adaptive)),
+                ("frame_model", offset_of!(PyProc, frame_model)),
+                ("entry_kind", offset_of!(PyProc, entry_kind)),
+                ("owner_cstack", offset_of!(PyProc, owner_cstack)),
+                ("reserved", offset_of!(PyProc, reserved)),
+            ],
+        );
+        check_layout(
+            "fs_interp_proc",
+            size_of::<InterpProc>(),
+            &[
+                ("kind", offset_of!(InterpProc, kind)),
+                ("reserved", offset_of!(InterpProc, reserved)),
+                ("loop_start", offset_of!(InterpProc, loop_start)),
+                ("loop_end", offset_of!(InterpProc, loop_end)),
+                ("py", offset_of!(InterpProc, py)),
+            ],
+        );
+        check_enum(
+            "fs_frame_kind",
+            &[
+                ("FS_FRAME_NATIVE", i64::from(FRAME_NATIVE)),
+                ("FS_FRAME_PYTHON", i64::from(FRAME_PYTHON)),
+            ],
+        );
+        check_enum(
+            "fs_interp_kind",
+            &[
+                ("FS_INTERP_NONE", 0),
+                ("FS_INTERP_PYTHON", InterpKind::Python as i64),
+            ],
+        );
+        check_enum(
+            "fs_py_frame_model",
+            &[
+                ("FS_PY_FRAMES_OBJECT", i64::from(PY_FRAMES_OBJECT)),
+                ("FS_PY_FRAMES_INTERPRETER", i64::from(PY_FRAMES_INTERPRETER)),
+            ],
+        );
+        check_enum(
+            "fs_py_entry_kind",
+            &[
+                ("FS_PY_ENTRY_ONE", i64::from(PY_ENTRY_ONE)),
+                ("FS_PY_ENTRY_FLAG", i64::from(PY_ENTRY_FLAG)),
+                ("FS_PY_ENTRY_SHIM", i64::from(PY_ENTRY_SHIM)),
             ],
         );
     }
@@ -650,7 +910,28 @@ mod tests {
         };
         assert_eq!(len("kernel_frames"), Some(MAX_KERNEL_FRAMES as u32));
         assert_eq!(len("user_frames"), Some(MAX_USER_FRAMES as u32));
+        assert_eq!(len("user_aux"), Some(MAX_USER_FRAMES as u32));
+        assert_eq!(len("user_kinds"), Some(MAX_USER_FRAMES as u32));
         assert_eq!(len("comm"), Some(COMM_LEN as u32));
+    }
+
+    #[test]
+    fn interp_proc_bytes_round_trip() {
+        let mut v = InterpProc {
+            kind: InterpKind::Python as u32,
+            loop_start: [0x1000, 0x3000],
+            loop_end: [0x2000, 0x3100],
+            ..Default::default()
+        };
+        v.py.interp_head = 0x7f00_0000_1234;
+        v.py.code_mask = !1;
+        v.py.frame_read_len = 72;
+        v.py.code_adaptive = 200;
+        v.py.owner_cstack = 3;
+        let bytes = v.to_bytes();
+        assert_eq!(bytes.len(), InterpProc::SIZE);
+        assert_eq!(InterpProc::from_bytes(&bytes), Some(v));
+        assert_eq!(InterpProc::from_bytes(&bytes[1..]), None);
     }
 
     #[test]

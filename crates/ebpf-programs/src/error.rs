@@ -93,4 +93,14 @@ pub enum Error {
         "more than 65536 distinct unwind rules were loaded; the eBPF entries index them with 16 bits, so the rest of this table cannot be loaded"
     )]
     TooManyUnwindInfos,
+    /// An interpreter plug-in handed over data of the wrong size.
+    #[error(
+        "an interpreter plug-in gave {len} bytes of eBPF data where struct fs_interp_proc has {want}; the plug-in was built against another ABI: rebuild ferroscope"
+    )]
+    BadInterpreterData {
+        /// Bytes given.
+        len: usize,
+        /// `size_of::<InterpProc>()`.
+        want: usize,
+    },
 }

@@ -74,6 +74,16 @@ pub struct Counters {
     pub pid_reports_lost: u64,
     /// Signal frames unwound.
     pub unwind_signal_frames: u64,
+    /// Native eval-loop frames whose Python frames were looked for.
+    pub py_attempts: u64,
+    /// Python frames recorded.
+    pub py_frames: u64,
+    /// Samples of a Python process's thread that has no Python thread state.
+    pub py_err_no_thread: u64,
+    /// Failed reads of a Python thread state or frame.
+    pub py_err_read: u64,
+    /// Eval-loop frames with no Python frame left for them.
+    pub py_err_no_frame: u64,
 }
 
 /// The loaded and attached CPU sampler. Dropping it detaches everything.
@@ -118,12 +128,15 @@ impl Sampler {
         if let Some(u) = &config.unwinder {
             u.validate()?;
             loader.map_max_entries("fs_known_pids", u.max_pids);
+            loader.map_max_entries("fs_interp_procs", u.max_pids);
             loader.map_max_entries("fs_pid_mappings", u.max_mapping_prefixes);
             loader.map_max_entries("fs_delta_pages", u.max_delta_pages);
             loader.map_max_entries("fs_delta_entries", u.max_delta_entries);
         } else {
             // Unused: keep the kernel memory they take small.
             loader.map_max_entries("fs_known_pids", 1);
+            loader.map_max_entries("fs_interp_procs", 1);
+            loader.map_max_entries("fs_py_threads", 1);
             loader.map_max_entries("fs_pid_mappings", 1);
             loader.map_max_entries("fs_delta_pages", 1);
             loader.map_max_entries("fs_delta_entries", 1);
@@ -331,6 +344,11 @@ impl Sampler {
             pid_reports: read(Counter::PidReports)?,
             pid_reports_lost: read(Counter::PidReportsLost)?,
             unwind_signal_frames: read(Counter::UnwindSignalFrames)?,
+            py_attempts: read(Counter::PyAttempts)?,
+            py_frames: read(Counter::PyFrames)?,
+            py_err_no_thread: read(Counter::PyErrNoThread)?,
+            py_err_read: read(Counter::PyErrRead)?,
+            py_err_no_frame: read(Counter::PyErrNoFrame)?,
         })
     }
 }
@@ -363,10 +381,10 @@ mod tests {
 
     #[test]
     fn ring_buffer_is_a_power_of_two_sized_for_cpus_and_rate() {
-        // The agent's default: 19 Hz on 2 CPUs needs far less than the floor.
-        assert_eq!(ring_buffer_bytes(2, 19), 256 << 10);
-        // record's default on 2 CPUs: 2 x 97 x 2 s x ~2.1 KiB = ~830 KiB -> 1 MiB.
-        assert_eq!(ring_buffer_bytes(2, 97), 1 << 20);
+        // The agent's default: 19 Hz on 2 CPUs: 2 x 19 x 2 s x ~4.8 KiB = ~370 KiB -> 512 KiB.
+        assert_eq!(ring_buffer_bytes(2, 19), 512 << 10);
+        // record's default on 2 CPUs: 2 x 97 x 2 s x ~4.8 KiB = ~1.9 MiB -> 2 MiB.
+        assert_eq!(ring_buffer_bytes(2, 97), 2 << 20);
         // A big host at the highest rate hits the ceiling.
         assert_eq!(ring_buffer_bytes(256, 1000), 64 << 20);
         for (cpus, rate) in [(1, 1), (3, 250), (16, 499), (64, 97)] {

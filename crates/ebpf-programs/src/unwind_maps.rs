@@ -14,7 +14,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 
 use crate::Error;
 use crate::abi::{
-    DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidMapping, UnwindInfoRaw,
+    DeltaEntry, DeltaPage, DeltaPageKey, InterpProc, MAX_UNWIND_INFOS, PidMapping, UnwindInfoRaw,
 };
 use crate::sampler::take_map;
 
@@ -24,6 +24,10 @@ unsafe impl aya::Pod for PidMapping {}
 unsafe impl aya::Pod for DeltaPageKey {}
 // SAFETY: DeltaPage is repr(C), two u32s: no padding, every bit pattern valid.
 unsafe impl aya::Pod for DeltaPage {}
+// SAFETY: InterpProc is repr(C): u32, u32, four u64s, then PyProc (two u64s, thirteen u16s,
+// six u8s: 48 bytes); no padding anywhere (the ABI test pins every offset), every bit
+// pattern valid.
+unsafe impl aya::Pod for InterpProc {}
 // SAFETY: UnwindInfoRaw is repr(C) u8, u8, u16, i32, i32, u32 (16 bytes, no padding);
 // every bit pattern is a valid value.
 unsafe impl aya::Pod for UnwindInfoRaw {}
@@ -77,6 +81,7 @@ pub struct UnwindMaps {
     pid_mappings: LpmTrie<MapData, [u8; 12], PidMapping>,
     delta_pages: HashMap<MapData, DeltaPageKey, DeltaPage>,
     infos: Array<MapData, UnwindInfoRaw>,
+    interp_procs: HashMap<MapData, u32, InterpProc>,
     entries: MappedEntries,
 }
 
@@ -197,6 +202,7 @@ impl UnwindMaps {
             pid_mappings: take_map(ebpf, "fs_pid_mappings")?,
             delta_pages: take_map(ebpf, "fs_delta_pages")?,
             infos: take_map(ebpf, "fs_unwind_infos")?,
+            interp_procs: take_map(ebpf, "fs_interp_procs")?,
             entries: MappedEntries::new(entries)?,
         })
     }
@@ -265,6 +271,18 @@ impl UnwindMaps {
         self.known_pids
             .insert(pid, 1, 0)
             .map_err(map_err("fs_known_pids", "insert"))
+    }
+
+    /// Tells the unwinder that `pid` runs an interpreter, and what its walker needs.
+    pub fn set_interpreter(&mut self, pid: u32, proc: &InterpProc) -> Result<(), Error> {
+        self.interp_procs
+            .insert(pid, *proc, 0)
+            .map_err(map_err("fs_interp_procs", "insert"))
+    }
+
+    /// Stops walking `pid`'s interpreter frames (a missing PID is not an error).
+    pub fn remove_interpreter(&mut self, pid: u32) -> Result<(), Error> {
+        ignore_missing(self.interp_procs.remove(&pid)).map_err(map_err("fs_interp_procs", "delete"))
     }
 
     /// Sends `pid`'s samples back to the frame-pointer walk (a missing PID is not an error).

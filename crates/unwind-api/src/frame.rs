@@ -7,6 +7,11 @@ pub enum FrameKind {
     Kernel,
     /// An address in a user-space native mapping of the process.
     Native,
+    /// A frame of an interpreted or JIT-compiled runtime, recorded by that runtime's walker.
+    /// The number is the runtime's frame kind ([`crate::Interpreter::frame_kind`]); the
+    /// frame's `address` and `aux` mean what that runtime says (for example a code object's
+    /// address and an instruction offset, or, once named, a function ID and a line).
+    Interpreted(u8),
 }
 
 /// One frame of a trace.
@@ -20,6 +25,8 @@ pub struct Frame {
     /// True when `address` is the exact instruction that was executing (the leaf frame of a
     /// stack); false when it is a return address, which points after the call instruction.
     pub is_leaf: bool,
+    /// A second word for interpreted frames (where in the function); 0 for other kinds.
+    pub aux: u64,
 }
 
 impl Frame {
@@ -29,6 +36,17 @@ impl Frame {
             kind: FrameKind::Native,
             address,
             is_leaf,
+            aux: 0,
+        }
+    }
+
+    /// A frame of an interpreted runtime (see [`FrameKind::Interpreted`]).
+    pub fn interpreted(kind: u8, address: u64, aux: u64, is_leaf: bool) -> Self {
+        Frame {
+            kind: FrameKind::Interpreted(kind),
+            address,
+            is_leaf,
+            aux,
         }
     }
 
@@ -38,14 +56,16 @@ impl Frame {
             kind: FrameKind::Kernel,
             address,
             is_leaf,
+            aux: 0,
         }
     }
 
     /// The address to look up in symbol and line tables: a return address minus one, so
     /// that it falls inside the call instruction (and so inside the caller's function even
-    /// when the call is the function's last instruction), the exact address otherwise.
+    /// when the call is the function's last instruction), the exact address otherwise (and
+    /// always for interpreted frames, whose address is not code).
     pub fn lookup_address(&self) -> u64 {
-        if self.is_leaf {
+        if self.is_leaf || matches!(self.kind, FrameKind::Interpreted(_)) {
             self.address
         } else {
             self.address.saturating_sub(1)

@@ -9,6 +9,9 @@
 //! directly, so that the same code runs live ([`RemoteMemory`]) and in unit tests against a
 //! captured snapshot ([`SnapshotMemory`]).
 //!
+//! Interpreter unwinders plug in through [`Interpreter`] and [`InterpreterPlugin`] (see the
+//! `interpreter` module's documentation for the life of a plug-in).
+//!
 //! This crate knows nothing about eBPF, ELF files or profiles.
 //!
 //! ```
@@ -23,7 +26,13 @@
 #![deny(missing_docs)]
 
 mod frame;
+mod interpreter;
 mod memory;
 
 pub use frame::{Frame, FrameKind, Trace};
+pub use interpreter::{
+    AttachTarget, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
+    InterpreterPlugin, InterpreterProcess, MappedRange, SymbolRange, plugins,
+};
+pub use inventory;
 pub use memory::{MemoryError, ProcessMemory, RemoteMemory, SnapshotMemory};

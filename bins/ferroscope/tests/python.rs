@@ -1,0 +1,684 @@
+//! End-to-end tests of Python stacks: every CPython on the machine (3.6 to 3.13 under
+//! /root/.pyenv/versions, see environment.md) runs a real script while the real
+//! `ferroscope` binary records it, and the test reads the pprof it wrote.
+//!
+//! They need root. With `FERROSCOPE_REQUIRE_BPF=1` (CI) running without root, or without the
+//! CPython builds, fails them.
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+use common::{can_run_bpf, ferroscope, fixture};
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferroscope_pprof::proto::Profile;
+
+/// Each test keeps the CPUs busy and measures CPU shares: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const PYENV: &str = "/root/.pyenv/versions";
+
+fn required() -> bool {
+    std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1")
+        || std::env::var_os("CI").is_some()
+}
+
+/// The interpreter of CPython 3.`minor` on this machine (`python3.minor` of the newest
+/// micro version under /root/.pyenv/versions). `None` skips the test, unless required.
+fn python(minor: u8) -> Option<PathBuf> {
+    let prefix = format!("3.{minor}.");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(PYENV)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join(format!("bin/python3.{minor}")))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some(p) => Some(p),
+        None if required() => panic!(
+            "CPython 3.{minor} is not installed under {PYENV} (environment.md lists it): the \
+             Python tests cannot run"
+        ),
+        None => {
+            eprintln!("SKIPPED: no CPython 3.{minor} under {PYENV}");
+            None
+        }
+    }
+}
+
+/// A process started for a test that prints `ready` once set up; killed when dropped.
+struct Ready(Child);
+
+impl Ready {
+    fn start(mut cmd: Command) -> Ready {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "{cmd:?} did not start");
+        // Let it run its loop for a moment, so that every library it loads is mapped.
+        std::thread::sleep(Duration::from_millis(200));
+        Ready(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One frame of a decoded sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Frame {
+    function: String,
+    file: String,
+    line: i64,
+    /// An interpreted (Python) frame: a location with no mapping but a source file.
+    python: bool,
+}
+
+/// A decoded sample: frames leaf first, number of samples, thread ID.
+#[derive(Debug)]
+struct Sample {
+    frames: Vec<Frame>,
+    count: i64,
+    tid: String,
+}
+
+impl Sample {
+    fn python(&self) -> Vec<&Frame> {
+        self.frames.iter().filter(|f| f.python).collect()
+    }
+
+    fn python_names(&self) -> Vec<&str> {
+        self.python().iter().map(|f| f.function.as_str()).collect()
+    }
+
+    fn position(&self, pred: impl Fn(&Frame) -> bool) -> Option<usize> {
+        self.frames.iter().position(pred)
+    }
+}
+
+fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("python.pb.gz");
+    let (pid, duration, out_s) = (
+        pid.to_string(),
+        format!("{seconds}s"),
+        out.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "record", "-p", &pid, "-d", &duration, "-o", out_s, "--top", "5",
+    ];
+    args.extend_from_slice(extra);
+    let result = ferroscope(&args);
+    assert!(result.status.success(), "ferroscope record failed");
+    decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"))
+}
+
+fn decode(p: &Profile) -> Vec<Sample> {
+    let s = |i: i64| p.string_table[i as usize].clone();
+    let period = p.period.max(1);
+    let functions: HashMap<u64, (String, String)> = p
+        .function
+        .iter()
+        .map(|f| (f.id, (s(f.name), s(f.filename))))
+        .collect();
+    let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
+        p.location.iter().map(|l| (l.id, l)).collect();
+    p.sample
+        .iter()
+        .map(|sample| {
+            let mut frames = Vec::new();
+            for id in &sample.location_id {
+                let loc = locations[id];
+                for line in &loc.line {
+                    let (function, file) = functions[&line.function_id].clone();
+                    frames.push(Frame {
+                        python: loc.mapping_id == 0 && !file.is_empty(),
+                        function,
+                        file,
+                        line: line.line,
+                    });
+                }
+            }
+            let tid = sample
+                .label
+                .iter()
+                .find(|l| s(l.key) == "tid")
+                .map(|l| s(l.str))
+                .unwrap_or_default();
+            Sample {
+                frames,
+                count: sample.value[0] / period,
+                tid,
+            }
+        })
+        .collect()
+}
+
+/// Line numbers of the lines of `script` that contain `tag`.
+fn tagged_lines(script: &Path, tag: &str) -> HashSet<i64> {
+    std::fs::read_to_string(script)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(tag))
+        .map(|(i, _)| i as i64 + 1)
+        .collect()
+}
+
+/// The line number of the line of `script` that is exactly `text` (trimmed).
+fn line_of(script: &Path, text: &str) -> i64 {
+    std::fs::read_to_string(script)
+        .unwrap()
+        .lines()
+        .position(|l| l.trim() == text)
+        .unwrap_or_else(|| panic!("no line `{text}` in {}", script.display())) as i64
+        + 1
+}
+
+/// Samples with their share of the total, for failure messages.
+fn show(samples: &[&Sample]) -> String {
+    let mut out = String::new();
+    for s in samples.iter().take(8) {
+        let frames: Vec<String> = s
+            .frames
+            .iter()
+            .map(|f| {
+                if f.python {
+                    format!("{}:{}", f.function, f.line)
+                } else {
+                    f.function.clone()
+                }
+            })
+            .collect();
+        out.push_str(&format!("  {} x {}\n", s.count, frames.join(" <- ")));
+    }
+    out
+}
+
+fn share(part: i64, whole: i64) -> f64 {
+    part as f64 / whole.max(1) as f64
+}
+
+/// The two-chains script on CPython 3.`minor`: chains in order with qualified names (3.11+)
+/// and the right lines, a 3:1 work ratio within 25 %, and at least 95 % of the hot
+/// functions' samples carrying their whole Python chain.
+fn two_chains(minor: u8) {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(minor) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let script = fixture("python/chains.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script);
+    let workload = Ready::start(cmd);
+    // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
+    // stays well inside the 25 % the test allows.
+    let samples = record(workload.pid(), 5, &["-r", "499"]);
+    drop(workload);
+
+    let qualified = minor >= 11;
+    let (inner, run) = if qualified {
+        ("Worker.run.<locals>.inner", "Worker.run")
+    } else {
+        ("inner", "run")
+    };
+    let chain_a = [inner, run, "chain_a", "<module>"];
+    let chain_b = ["leaf_b", "chain_b", "<module>"];
+    let hot_a = tagged_lines(&script, "# HOT_A");
+    let hot_b = tagged_lines(&script, "# HOT_B");
+    let callers_a = [
+        line_of(&script, "return inner(n)"),
+        line_of(&script, "return worker.run(3 * UNIT)"),
+        line_of(&script, "chain_a(worker)"),
+    ];
+    let callers_b = [
+        line_of(&script, "return leaf_b(UNIT)"),
+        line_of(&script, "chain_b()"),
+    ];
+
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    assert!(total >= 1000, "only {total} samples in 5 s at 499 Hz");
+    let mut report = String::new();
+    let mut counts = Vec::new();
+    for (chain, hot, callers) in [
+        (&chain_a[..], &hot_a, &callers_a[..]),
+        (&chain_b[..], &hot_b, &callers_b[..]),
+    ] {
+        let leaf = chain[0];
+        let with_leaf: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.python_names().contains(&leaf))
+            .collect();
+        let n: i64 = with_leaf.iter().map(|s| s.count).sum();
+        let full: Vec<&&Sample> = with_leaf
+            .iter()
+            .filter(|s| s.python_names() == chain)
+            .collect();
+        let n_full: i64 = full.iter().map(|s| s.count).sum();
+        let on_hot_line: i64 = full
+            .iter()
+            .filter(|s| hot.contains(&s.python()[0].line))
+            .map(|s| s.count)
+            .sum();
+        let right_callers: i64 = full
+            .iter()
+            .filter(|s| {
+                let lines: Vec<i64> = s.python()[1..].iter().map(|f| f.line).collect();
+                lines == callers
+            })
+            .map(|s| s.count)
+            .sum();
+        report.push_str(&format!(
+            "{leaf}: {n} samples, {n_full} with the whole chain {chain:?}, {on_hot_line} on the hot lines {hot:?}, {right_callers} with caller lines {callers:?}\n"
+        ));
+        let wrong: Vec<&Sample> = with_leaf
+            .iter()
+            .copied()
+            .filter(|s| s.python_names() != chain)
+            .collect();
+        assert!(
+            n > 0 && share(n_full, n) >= 0.95,
+            "CPython 3.{minor}: fewer than 95 % of {leaf}'s samples carry the whole chain\n{report}samples without it:\n{}",
+            show(&wrong)
+        );
+        assert!(
+            share(on_hot_line, n_full) >= 0.9,
+            "CPython 3.{minor}: {leaf}'s line is not its hot loop's\n{report}"
+        );
+        assert!(
+            share(right_callers, n_full) >= 0.95,
+            "CPython 3.{minor}: the callers of {leaf} are not at their call lines\n{report}{}",
+            show(&full.iter().map(|s| **s).collect::<Vec<_>>())
+        );
+        counts.push(n);
+    }
+    let ratio = counts[0] as f64 / counts[1].max(1) as f64;
+    eprintln!("CPython 3.{minor}:\n{report}ratio A:B = {ratio:.2} (expected 3)");
+    assert!(
+        (2.25..=3.75).contains(&ratio),
+        "CPython 3.{minor}: work ratio A:B is {ratio:.2}, not within 25 % of 3\n{report}"
+    );
+    let python_share = share(
+        samples
+            .iter()
+            .filter(|s| !s.python().is_empty())
+            .map(|s| s.count)
+            .sum(),
+        total,
+    );
+    assert!(
+        python_share >= 0.95,
+        "CPython 3.{minor}: only {:.1} % of samples have Python frames",
+        python_share * 100.0
+    );
+}
+
+#[test]
+fn two_chains_python_3_6() {
+    two_chains(6);
+}
+
+#[test]
+fn two_chains_python_3_7() {
+    two_chains(7);
+}
+
+#[test]
+fn two_chains_python_3_8() {
+    two_chains(8);
+}
+
+#[test]
+fn two_chains_python_3_9() {
+    two_chains(9);
+}
+
+#[test]
+fn two_chains_python_3_10() {
+    two_chains(10);
+}
+
+#[test]
+fn two_chains_python_3_11() {
+    two_chains(11);
+}
+
+#[test]
+fn two_chains_python_3_12() {
+    two_chains(12);
+}
+
+#[test]
+fn two_chains_python_3_13() {
+    two_chains(13);
+}
+
+/// hashlib's sha256 runs in libcrypto: its native frames come first, then the Python
+/// functions that called it, in order.
+#[test]
+fn python_calling_c_shows_both_in_order() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(12) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(&python);
+    cmd.arg(fixture("python/hashing.py"));
+    let workload = Ready::start(cmd);
+    let samples = record(workload.pid(), 3, &[]);
+    drop(workload);
+
+    let in_crypto: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.frames
+                .first()
+                .is_some_and(|f| f.function.contains("libcrypto") || f.function.contains("sha256"))
+        })
+        .collect();
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let n: i64 = in_crypto.iter().map(|s| s.count).sum();
+    assert!(
+        share(n, total) >= 0.5,
+        "hashing 1 MB per call should spend most time in libcrypto: {n} of {total}\n{}",
+        show(&samples.iter().collect::<Vec<_>>())
+    );
+    let ordered: i64 = in_crypto
+        .iter()
+        .filter(|s| {
+            let digest = s.position(|f| f.python && f.function == "digest_loop");
+            let main = s.position(|f| f.python && f.function == "main");
+            let module = s.position(|f| f.python && f.function == "<module>");
+            let native_before = s.frames[..digest.unwrap_or(0)].iter().all(|f| !f.python);
+            matches!((digest, main, module), (Some(d), Some(m), Some(t)) if 0 < d && d < m && m < t)
+                && native_before
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        share(ordered, n) >= 0.95,
+        "libcrypto frames, then digest_loop, main, <module>: only {ordered} of {n}\n{}",
+        show(&in_crypto)
+    );
+}
+
+/// Each thread's samples carry that thread's own Python stack.
+#[test]
+fn each_thread_has_its_own_python_stack() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(12) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(&python);
+    cmd.arg(fixture("python/threads.py"));
+    let workload = Ready::start(cmd);
+    let samples = record(workload.pid(), 3, &[]);
+    drop(workload);
+
+    let mut tids: HashMap<&str, HashSet<&str>> = HashMap::new();
+    let mut right = 0;
+    let mut with_spin = 0;
+    for s in &samples {
+        let names = s.python_names();
+        for (spin, entry) in [("spin_a", "thread_a"), ("spin_b", "thread_b")] {
+            if names.first() == Some(&spin) {
+                with_spin += s.count;
+                tids.entry(spin).or_default().insert(&s.tid);
+                // spin_x <- thread_x <- Thread.run <- Thread._bootstrap_inner <- Thread._bootstrap
+                if names.get(1) == Some(&entry)
+                    && names.last().is_some_and(|n| n.ends_with("_bootstrap"))
+                    && names.len() == 5
+                {
+                    right += s.count;
+                }
+            }
+        }
+    }
+    let (a, b) = (&tids["spin_a"], &tids["spin_b"]);
+    assert!(
+        a.len() == 1 && b.len() == 1 && a.is_disjoint(b),
+        "each spinning function runs on its own thread: spin_a on {a:?}, spin_b on {b:?}"
+    );
+    assert!(
+        share(right, with_spin) >= 0.95,
+        "only {right} of {with_spin} samples have the whole thread stack\n{}",
+        show(&samples.iter().collect::<Vec<_>>())
+    );
+}
+
+/// A C program linked against libpython runs Python code: Python frames above its `main`.
+#[test]
+fn embedded_python_is_unwound_under_the_c_program() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(12) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = python.with_file_name("python3.12-config");
+    let flags = Command::new(&config)
+        .args(["--cflags", "--ldflags", "--embed"])
+        .output()
+        .expect("python3.12-config");
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("embed");
+    let status = Command::new("gcc")
+        .arg(fixture("python/embed.c"))
+        .arg("-o")
+        .arg(&exe)
+        .args(flags.split_whitespace())
+        .status()
+        .expect("gcc must be installed (cargo xtask test installs it)");
+    assert!(status.success(), "gcc failed on embed.c");
+    let workload = Ready::start(Command::new(&exe));
+    let samples = record(workload.pid(), 3, &[]);
+    drop(workload);
+
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let ordered: i64 = samples
+        .iter()
+        .filter(|s| {
+            let work = s.position(|f| f.python && f.function == "embedded_work");
+            let module = s.position(|f| f.python && f.function == "<module>");
+            let main = s.position(|f| !f.python && f.function == "main");
+            matches!((work, module, main), (Some(w), Some(t), Some(m)) if w < t && t < m)
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        share(ordered, total) >= 0.9,
+        "embedded_work <- <module> <- ... <- main: only {ordered} of {total}\n{}",
+        show(&samples.iter().collect::<Vec<_>>())
+    );
+}
+
+/// With the Python unwinder off, the same script shows only native frames: the
+/// interpreter's `_PyEval_EvalFrameDefault`.
+#[test]
+fn python_unwinder_off_gives_native_stacks() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(12) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(&python);
+    cmd.arg(fixture("python/chains.py"));
+    let workload = Ready::start(cmd);
+    let samples = record(workload.pid(), 2, &["--no-interpreter", "python"]);
+    drop(workload);
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let python_frames = samples.iter().filter(|s| !s.python().is_empty()).count();
+    let eval: i64 = samples
+        .iter()
+        .filter(|s| {
+            s.frames
+                .iter()
+                .any(|f| f.function == "_PyEval_EvalFrameDefault")
+        })
+        .map(|s| s.count)
+        .sum();
+    assert_eq!(
+        python_frames, 0,
+        "no Python frames when the unwinder is off"
+    );
+    assert!(
+        share(eval, total) >= 0.9,
+        "the interpreter loop shows instead: {eval} of {total}"
+    );
+}
+
+/// Runs `ferroscope run` on the two-chains script with `python_enabled` as given until it
+/// wrote two profiles; returns their samples.
+fn agent_samples(python: &Path, python_enabled: bool) -> Vec<Sample> {
+    let mut cmd = Command::new(python);
+    cmd.arg(fixture("python/chains.py"));
+    let workload = Ready::start(cmd);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("profiles");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        r#"
+[ebpf]
+collect_interval = "2s"
+sample_rate = 97
+python_enabled = {python_enabled}
+
+[[targets]]
+__process_pid__ = "{pid}"
+service_name = "py"
+
+[output]
+dir = "{out}"
+
+[server]
+listen_address = "{port}"
+"#,
+        pid = workload.pid(),
+        out = out.display(),
+    );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = out.join("py");
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the agent wrote no profiles in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+    drop(workload);
+
+    let mut samples = Vec::new();
+    for entry in std::fs::read_dir(&service).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        samples.extend(decode(
+            &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
+        ));
+    }
+    samples
+}
+
+/// The agent (`ferroscope run`) names Python frames in the profiles it writes, and
+/// `python_enabled = false` in its configuration turns that off: native frames only.
+#[test]
+fn agent_python_enabled_true_and_false() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(12) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+
+    let on = agent_samples(&python, true);
+    let total: i64 = on.iter().map(|s| s.count).sum();
+    let with_chain: i64 = on
+        .iter()
+        .filter(|s| {
+            let names = s.python_names();
+            names
+                == [
+                    "Worker.run.<locals>.inner",
+                    "Worker.run",
+                    "chain_a",
+                    "<module>",
+                ]
+                || names == ["leaf_b", "chain_b", "<module>"]
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(total > 50, "only {total} samples");
+    assert!(
+        share(with_chain, total) >= 0.9,
+        "python_enabled = true: only {with_chain} of {total} samples have a whole Python chain\n{}",
+        show(&on.iter().collect::<Vec<_>>())
+    );
+
+    let off = agent_samples(&python, false);
+    let total: i64 = off.iter().map(|s| s.count).sum();
+    let eval: i64 = off
+        .iter()
+        .filter(|s| {
+            s.frames
+                .iter()
+                .any(|f| f.function == "_PyEval_EvalFrameDefault")
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(total > 50, "only {total} samples");
+    assert!(
+        off.iter().all(|s| s.python().is_empty()),
+        "no Python frames with python_enabled = false"
+    );
+    assert!(
+        share(eval, total) >= 0.9,
+        "the interpreter loop shows instead: {eval} of {total}"
+    );
+}

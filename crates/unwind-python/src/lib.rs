@@ -1,0 +1,135 @@
+//! What a profiler needs to know about CPython 3.6-3.14 to name Python frames.
+//!
+//! A sampled native stack of a Python process shows `_PyEval_EvalFrameDefault` where the
+//! program spent its time; the Python functions are in the interpreter's own data structures.
+//! This crate holds that runtime knowledge, independent of how memory is read:
+//!
+//! - [`layout`]: per minor version, the byte offsets of the fields a walker follows, from
+//!   `_PyRuntime` to the interpreters, their threads, each thread's current frame, the frame
+//!   chain, code objects and strings. Tested against the DWARF of real builds.
+//! - [`threads`] and [`walk`]: a host-side reference walker doing exactly what the eBPF walker
+//!   does (the same reads, the same bounds), producing [`RawFrame`]s: a code object address, the
+//!   byte offset of the instruction executing, and whether the frame starts a C-level eval
+//!   call (where native unwinding resumes).
+//! - [`read_code`]: a code object's names, file and line table, read once per code object and
+//!   cached by the caller under `(address, `[`code_fingerprint`]`)`;
+//!   [`CodeInfo::line_for_offset`] decodes the three line-table formats (lnotab ≤3.9, 3.10's
+//!   linetable, 3.11+'s location table; see [`linetable`]).
+//!
+//! - [`Python`]: the plug-in the agent loads through `ferroscope-unwind-api`'s registry:
+//!   [`detect_file`] (a file named like CPython or exporting `Py_Version`/`_PyRuntime`, with
+//!   `_PyEval_EvalFrameDefault`), [`ebpf_proc`] (the eBPF walker's `fs_interp_proc`, from the
+//!   layout and the load bias; its only tie to eBPF is that ABI mirror), and per-process
+//!   naming of the frames the walker recorded, cached per code object.
+//!
+//! It knows nothing of ELF parsing or profiles; all reads go through
+//! [`ProcessMemory`](ferroscope_unwind_api::ProcessMemory), are bounded, and never panic on
+//! garbage (fuzzed).
+//!
+//! ```
+//! use ferroscope_unwind_api::SnapshotMemory;
+//! use ferroscope_unwind_python::{layout, version_from_path, walk, FrameLayout};
+//!
+//! let version = version_from_path("/usr/lib/libpython3.9.so.1.0").unwrap();
+//! let l = layout(version.minor).unwrap();
+//! let FrameLayout::Object { f_back, f_code, f_lasti, .. } = l.frame else { unreachable!() };
+//!
+//! // A one-frame stack in a fake 3.9 process: the frame at 0x1000 runs the code object at
+//! // 0x2000 and last executed the instruction at byte 6.
+//! let mut frame = vec![0u8; l.frame_read_len as usize];
+//! frame[f_code as usize..][..8].copy_from_slice(&0x2000u64.to_le_bytes());
+//! frame[f_lasti as usize..][..4].copy_from_slice(&6i32.to_le_bytes());
+//! frame[f_back as usize..][..8].copy_from_slice(&0u64.to_le_bytes());
+//! let mut mem = SnapshotMemory::new(1);
+//! mem.add_region(0x1000, frame);
+//!
+//! let frames = walk(&mem, l, 0x1000, 64).unwrap();
+//! assert_eq!(frames.len(), 1);
+//! assert_eq!((frames[0].code, frames[0].byte_offset, frames[0].entry), (0x2000, 6, true));
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod code;
+mod frames;
+mod interpreter;
+mod layout;
+pub mod linetable;
+mod version;
+
+pub use code::{CodeInfo, code_fingerprint, read_code};
+pub use frames::{RawFrame, ThreadState, interpreters_head, threads, walk};
+pub use interpreter::{NAME, Python, PythonFile, byte_offset, detect_file, ebpf_proc};
+pub use layout::{
+    BytesLayout, Entry, FrameLayout, Layout, LineTableFormat, SUPPORTED_MINORS, UnicodeLayout,
+    layout,
+};
+pub use version::{PyVersion, version_from_hex, version_from_path};
+
+use ferroscope_unwind_api::MemoryError;
+
+/// Why reading Python state from a process failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A read of process memory failed.
+    #[error(
+        "cannot read the {what} at {addr:#x}: {source}; the process may have exited, or the \
+         pointer leading here was stale (the program changed it while it was being read), \
+         which a later sample does not repeat"
+    )]
+    Read {
+        /// What was being read (`"thread state"`, `"frame"`, ...).
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// The memory error.
+        #[source]
+        source: MemoryError,
+    },
+    /// Memory was readable but does not hold what the layout says it should.
+    #[error(
+        "the {what} at {addr:#x} is not valid: {reason}; either the object changed while it \
+         was read (retry), or the process is not the CPython version whose layout was used \
+         (check the version detected for this process)"
+    )]
+    Invalid {
+        /// What was being read.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The CPython version has no layout in this crate.
+    #[error(
+        "CPython {version} is not supported: only 3.6 to 3.14 have known layouts; its Python \
+         frames will show as native interpreter frames"
+    )]
+    UnsupportedVersion {
+        /// The version found.
+        version: PyVersion,
+    },
+}
+
+impl Error {
+    pub(crate) fn read(what: &'static str, addr: u64) -> impl FnOnce(MemoryError) -> Error {
+        move |source| Error::Read { what, addr, source }
+    }
+
+    pub(crate) fn invalid(what: &'static str, addr: u64, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            what,
+            addr,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The layout for `version`, or [`Error::UnsupportedVersion`].
+pub fn layout_for(version: PyVersion) -> Result<&'static Layout, Error> {
+    if version.major != 3 {
+        return Err(Error::UnsupportedVersion { version });
+    }
+    layout(version.minor).ok_or(Error::UnsupportedVersion { version })
+}

@@ -1,0 +1,228 @@
+//! Every offset of `layout(minor)` against the DWARF of each installed libpython.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use ferroscope_unwind_python::{Entry, FrameLayout, Layout, LineTableFormat, layout};
+
+const STRUCTS: &[&str] = &[
+    "_PyRuntimeState",
+    "_is",
+    "_ts",
+    "_PyCFrame",
+    "_frame",
+    "_PyInterpreterFrame",
+    "PyCodeObject",
+    "PyASCIIObject",
+    "PyCompactUnicodeObject",
+    "PyBytesObject",
+];
+
+/// (struct, member path, the layout's value); `None` = the member must not exist.
+fn expectations(l: &Layout) -> Vec<(&'static str, &'static str, Option<u32>)> {
+    let m = l.minor;
+    let mut v = vec![
+        ("_is", "next", Some(l.interp_next)),
+        (
+            "_is",
+            if m <= 10 {
+                "tstate_head"
+            } else {
+                "threads.head"
+            },
+            Some(l.interp_threads_head),
+        ),
+        ("_ts", "next", Some(l.tstate_next)),
+        ("_ts", "interp", Some(l.tstate_interp)),
+        ("_ts", "thread_id", Some(l.tstate_thread_id)),
+        ("_ts", "native_thread_id", l.tstate_native_thread_id),
+        (
+            "_ts",
+            match m {
+                ..=10 => "frame",
+                11 | 12 => "cframe",
+                _ => "current_frame",
+            },
+            Some(l.tstate_frame),
+        ),
+        ("PyCodeObject", "co_filename", Some(l.co_filename)),
+        ("PyCodeObject", "co_name", Some(l.co_name)),
+        ("PyCodeObject", "co_qualname", l.co_qualname),
+        ("PyCodeObject", "co_firstlineno", Some(l.co_firstlineno)),
+        (
+            "PyCodeObject",
+            if m <= 9 { "co_lnotab" } else { "co_linetable" },
+            Some(l.co_linetable),
+        ),
+        ("PyCodeObject", "co_code_adaptive", l.co_code_adaptive),
+        ("PyASCIIObject", "length", Some(l.unicode.length)),
+        ("PyASCIIObject", "state", Some(l.unicode.state)),
+        ("PyBytesObject", "ob_base.ob_size", Some(l.bytes.ob_size)),
+        ("PyBytesObject", "ob_sval", Some(l.bytes.ob_sval)),
+    ];
+    if m >= 7 {
+        v.push((
+            "_PyRuntimeState",
+            "interpreters.head",
+            l.runtime_interpreters_head,
+        ));
+    }
+    if matches!(m, 11 | 12) {
+        v.push(("_PyCFrame", "current_frame", l.cframe_current_frame));
+    }
+    match l.frame {
+        FrameLayout::Object {
+            f_back,
+            f_code,
+            f_lasti,
+            ..
+        } => {
+            v.push(("_frame", "f_back", Some(f_back)));
+            v.push(("_frame", "f_code", Some(f_code)));
+            v.push(("_frame", "f_lasti", Some(f_lasti)));
+        }
+        FrameLayout::Interpreter {
+            executable,
+            previous,
+            instr_ptr,
+            entry,
+            ..
+        } => {
+            let f = "_PyInterpreterFrame";
+            v.push((
+                f,
+                if m <= 12 { "f_code" } else { "f_executable" },
+                Some(executable),
+            ));
+            v.push((f, "previous", Some(previous)));
+            v.push((
+                f,
+                if m <= 12 { "prev_instr" } else { "instr_ptr" },
+                Some(instr_ptr),
+            ));
+            match entry {
+                Entry::IsEntry { offset } => v.push((f, "is_entry", Some(offset))),
+                Entry::Owner { offset, .. } => {
+                    v.push((f, "owner", Some(offset)));
+                    v.push((f, "is_entry", None));
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn layouts_match_libpython_dwarf() {
+    let pythons = common::pythons_or_skip("layouts_match_libpython_dwarf");
+    let failures = std::cell::RefCell::new(Vec::new());
+    for py in &pythons {
+        let minor = py.version.minor;
+        let l = layout(minor).unwrap_or_else(|| panic!("no layout for {}", py.version));
+        let (structs, enums) = common::dwarf_info(&py.lib, STRUCTS, &["FRAME_OWNED_BY_CSTACK"]);
+        let mut checked = 0;
+        let mut check = |what: String, got: Option<u64>, want: Option<u64>| {
+            checked += 1;
+            if got != want {
+                failures.borrow_mut().push(format!(
+                    "{}: {what}: DWARF says {got:?}, layout({minor}) says {want:?}",
+                    py.version
+                ));
+            }
+        };
+        for (s, path, want) in expectations(l) {
+            let Some(info) = structs.get(s) else {
+                failures
+                    .borrow_mut()
+                    .push(format!("{}: struct {s} not found in DWARF", py.version));
+                continue;
+            };
+            check(
+                format!("{s}.{path}"),
+                info.offset(path),
+                want.map(u64::from),
+            );
+        }
+        let ascii = &structs["PyASCIIObject"];
+        check(
+            "sizeof(PyASCIIObject)".into(),
+            ascii.size,
+            Some(l.unicode.ascii_size.into()),
+        );
+        check(
+            "sizeof(PyCompactUnicodeObject)".into(),
+            structs["PyCompactUnicodeObject"].size,
+            Some(l.unicode.compact_size.into()),
+        );
+        let bit = |name: &str| {
+            ascii
+                .member(&format!("state.{name}"))
+                .and_then(|(_, m)| m.bit_offset)
+        };
+        check(
+            "state.kind bit".into(),
+            bit("kind"),
+            Some(l.unicode.kind_shift.into()),
+        );
+        check(
+            "state.compact bit".into(),
+            bit("compact"),
+            Some(l.unicode.compact_bit.into()),
+        );
+        check(
+            "state.ascii bit".into(),
+            bit("ascii"),
+            Some(l.unicode.ascii_bit.into()),
+        );
+        check(
+            "state.ready bit".into(),
+            bit("ready"),
+            l.unicode.ready_bit.map(u64::from),
+        );
+        let kind_bits = ascii.member("state.kind").and_then(|(_, m)| m.bit_size);
+        check("state.kind width".into(), kind_bits, Some(3));
+        // The frame read covers the fields and stays inside the structure.
+        let frame_struct = if minor <= 10 {
+            "_frame"
+        } else {
+            "_PyInterpreterFrame"
+        };
+        let size = structs[frame_struct].size.unwrap_or(0);
+        if u64::from(l.frame_read_len) > size {
+            failures.borrow_mut().push(format!(
+                "{}: frame_read_len {} > sizeof({frame_struct}) {size}",
+                py.version, l.frame_read_len
+            ));
+        }
+        if let FrameLayout::Interpreter {
+            entry: Entry::Owner { cstack, .. },
+            ..
+        } = l.frame
+        {
+            match enums.get("FRAME_OWNED_BY_CSTACK") {
+                Some(&v) => check(
+                    "FRAME_OWNED_BY_CSTACK".into(),
+                    Some(v as u64),
+                    Some(cstack.into()),
+                ),
+                None => eprintln!(
+                    "{}: enum _frameowner not in the DWARF seen; FRAME_OWNED_BY_CSTACK unchecked",
+                    py.version
+                ),
+            }
+        }
+        let want_format = match minor {
+            ..=9 => LineTableFormat::Lnotab,
+            10 => LineTableFormat::Linetable310,
+            _ => LineTableFormat::Locations311,
+        };
+        assert_eq!(l.line_table, want_format);
+        eprintln!("{}: {checked} offsets checked against DWARF", py.version);
+    }
+    let failures = failures.into_inner();
+    assert!(
+        failures.is_empty(),
+        "layout mismatches:\n{}",
+        failures.join("\n")
+    );
+}

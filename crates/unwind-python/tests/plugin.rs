@@ -1,0 +1,128 @@
+//! The CPython plug-in on the real files of every installed CPython: detection (libpython
+//! is CPython, the small launcher of a shared build is not), the version it reads, and the
+//! eBPF data built from the layout.
+
+mod common;
+
+use ferroscope_ebpf_programs::abi::{
+    InterpKind, NO_FIELD, PY_ENTRY_FLAG, PY_ENTRY_ONE, PY_ENTRY_SHIM,
+};
+use ferroscope_unwind_api::{ElfFile, SymbolRange};
+use ferroscope_unwind_python::{FrameLayout, detect_file, ebpf_proc};
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+/// An `ElfFile` over a file read from disk (the agent has its own, over the mapped bytes).
+struct Elf<'a> {
+    path: String,
+    file: object::File<'a>,
+}
+
+impl ElfFile for Elf<'_> {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn symbol(&self, name: &str) -> Option<SymbolRange> {
+        self.file
+            .dynamic_symbols()
+            .chain(self.file.symbols())
+            .find(|s| s.name() == Ok(name) && s.is_definition())
+            .map(|s| SymbolRange {
+                address: s.address(),
+                size: s.size(),
+            })
+    }
+    fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
+        self.file.segments().any(|seg| {
+            let Ok(data) = seg.data() else { return false };
+            let start = seg.address();
+            if vaddr < start || vaddr - start + buf.len() as u64 > data.len() as u64 {
+                return false;
+            }
+            let off = (vaddr - start) as usize;
+            buf.copy_from_slice(&data[off..off + buf.len()]);
+            true
+        })
+    }
+}
+
+#[test]
+fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
+    for py in common::pythons_or_skip("plugin detection") {
+        let bytes = std::fs::read(&py.lib).unwrap();
+        let elf = Elf {
+            path: py.lib.to_string_lossy().into_owned(),
+            file: object::File::parse(&*bytes).unwrap(),
+        };
+        let found = detect_file(&elf)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} not detected", py.lib.display()));
+        assert_eq!(
+            found.version.minor,
+            py.version.minor,
+            "{}",
+            py.lib.display()
+        );
+        if py.version.minor >= 11 {
+            // Py_Version gives the micro version too.
+            assert_eq!(
+                found.version,
+                py.version,
+                "Py_Version of {}",
+                py.lib.display()
+            );
+        }
+        let eval = found.eval[0].expect("_PyEval_EvalFrameDefault");
+        assert!(eval.size > 1000, "the eval loop is a big function");
+
+        let bias = 0x7f00_0000_0000;
+        let p = ebpf_proc(&found, bias);
+        let l = found.layout;
+        assert_eq!(p.kind, InterpKind::Python as u32);
+        assert_eq!(p.loop_start[0], eval.address + bias);
+        assert_eq!(p.loop_end[0], eval.address + eval.size + bias);
+        assert_eq!(
+            p.py.interp_head,
+            found.runtime + bias + u64::from(l.runtime_interpreters_head.unwrap_or(0))
+        );
+        assert_eq!(u32::from(p.py.tstate_thread_id), l.tstate_thread_id);
+        assert_eq!(u32::from(p.py.frame_read_len), l.frame_read_len);
+        match l.frame {
+            FrameLayout::Object { f_back, .. } => {
+                assert_eq!(p.py.entry_kind, PY_ENTRY_ONE);
+                assert_eq!(u32::from(p.py.frame_previous), f_back);
+                assert_eq!(p.py.cframe_current_frame, NO_FIELD);
+            }
+            FrameLayout::Interpreter { previous, .. } => {
+                let want = if py.version.minor == 11 {
+                    PY_ENTRY_FLAG
+                } else {
+                    PY_ENTRY_SHIM
+                };
+                assert_eq!(p.py.entry_kind, want);
+                assert_eq!(u32::from(p.py.frame_previous), previous);
+            }
+        }
+
+        // The launcher of a shared build links libpython and has no eval loop of its own.
+        let bytes = std::fs::read(&py.exe).unwrap();
+        let elf = Elf {
+            path: py.exe.to_string_lossy().into_owned(),
+            file: object::File::parse(&*bytes).unwrap(),
+        };
+        assert!(
+            detect_file(&elf).unwrap().is_none(),
+            "{} is a launcher, not the runtime",
+            py.exe.display()
+        );
+    }
+}
+
+#[test]
+fn other_files_are_not_python() {
+    let bytes = std::fs::read("/bin/ls").unwrap();
+    let elf = Elf {
+        path: "/bin/ls".into(),
+        file: object::File::parse(&*bytes).unwrap(),
+    };
+    assert!(detect_file(&elf).unwrap().is_none());
+}
