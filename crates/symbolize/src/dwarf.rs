@@ -161,30 +161,47 @@ impl Dwarf {
     /// that physically contains the address. Empty when DWARF does not cover the address.
     pub fn frames(&self, vaddr: u64) -> Vec<DwarfFrame> {
         let mut out = Vec::new();
+        self.for_each_frame(vaddr, |name, file, line| {
+            out.push(DwarfFrame {
+                name: name.map(|n| String::from_utf8_lossy(n).into_owned()),
+                file: file.map(str::to_owned),
+                line,
+            });
+        });
+        out
+    }
+
+    /// Calls `each(name, file, line)` for the frames at `vaddr`, in the order of
+    /// [`Dwarf::frames`], without copying anything. `name` is the raw bytes of the linkage
+    /// (else plain) name, borrowed from the DWARF sections: for as long as this `Dwarf`
+    /// lives, the same bytes at the same address are the same name, so callers may key a
+    /// cache on the slice's address and length.
+    pub(crate) fn for_each_frame(
+        &self,
+        vaddr: u64,
+        mut each: impl FnMut(Option<&[u8]>, Option<&str>, Option<u32>),
+    ) {
         if vaddr == u64::MAX {
             // addr2line probes `[vaddr, vaddr + 1)`, which would overflow.
-            return out;
+            return;
         }
         let mut iter = match self.ctx.find_frames(vaddr).skip_all_loads() {
             Ok(it) => it,
             Err(e) => {
                 tracing::trace!(vaddr, error = %e, "DWARF lookup failed");
-                return out;
+                return;
             }
         };
         // Bounded: malformed DWARF could describe absurd inline depths.
-        while out.len() < 256 {
+        for _ in 0..MAX_FRAMES {
             match iter.next() {
                 Ok(Some(f)) => {
-                    let name = f
-                        .function
-                        .as_ref()
-                        .and_then(|n| n.raw_name().ok().map(Cow::into_owned));
-                    let (file, line) = match f.location {
-                        Some(l) => (l.file.map(str::to_owned), l.line),
+                    let name = f.function.as_ref().map(|n| n.name.bytes());
+                    let (file, line) = match &f.location {
+                        Some(l) => (l.file, l.line),
                         None => (None, None),
                     };
-                    out.push(DwarfFrame { name, file, line });
+                    each(name, file, line);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -193,9 +210,11 @@ impl Dwarf {
                 }
             }
         }
-        out
     }
 }
+
+/// Most frames reported for one address.
+const MAX_FRAMES: usize = 256;
 
 #[cfg(test)]
 mod tests {

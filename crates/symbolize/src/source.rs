@@ -9,17 +9,18 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use object::{Object, ObjectSection};
 
 use crate::Error;
 use crate::debuglink::{DebugRefs, find_debug_file};
+use crate::demangle::DemangleMode;
 use crate::disk_cache::{DiskCache, Lookup};
-use crate::dwarf::{Dwarf, DwarfFrame};
+use crate::dwarf::Dwarf;
 use crate::elf::ElfSymbols;
 use crate::gopclntab::GoTable;
-use crate::memo::AddrMemo;
+use crate::memo::{AddrMemo, MemoFrame, NameCache, Resolved};
 use crate::root::FsRoot;
 
 /// Largest `.gnu_debugdata` decompressed size accepted.
@@ -40,14 +41,6 @@ pub(crate) enum NameSource {
     DebugSymtab,
     Symtab,
     MiniDebugInfo,
-}
-
-/// The result of a file-level lookup: raw (mangled) names.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RawLookup {
-    /// Innermost first; the last is the physical function. Empty when nothing was found.
-    pub frames: Vec<DwarfFrame>,
-    pub source: Option<NameSource>,
 }
 
 #[derive(Debug)]
@@ -79,6 +72,8 @@ pub(crate) struct FileSymbols {
     /// Resolved addresses (see [`AddrMemo`]); dies with the file, so a replaced file
     /// (a new identity) starts empty.
     pub memo: Mutex<AddrMemo>,
+    /// Demangled names and file names, shared by the memo's entries and the frames.
+    names: Mutex<NameCache>,
 }
 
 /// The identity under which a file is cached: its build ID, else a hash of its content.
@@ -165,6 +160,7 @@ impl FileSymbols {
                 debug: OnceLock::new(),
                 dwarf: OnceLock::new(),
                 memo: Mutex::new(AddrMemo::new()),
+                names: Mutex::new(NameCache::default()),
             },
             disk_hit,
         ))
@@ -231,6 +227,12 @@ impl FileSymbols {
             .as_ref()
     }
 
+    /// Which lazily loaded parts are loaded (the debug-file search, DWARF): when this changes,
+    /// so does [`FileSymbols::approx_bytes`].
+    pub(crate) fn lazy_state(&self) -> (bool, bool) {
+        (self.debug.get().is_some(), self.dwarf.get().is_some())
+    }
+
     /// Whether the debug-file search has run and found a file.
     pub(crate) fn debug_found(&self) -> bool {
         matches!(self.debug.get(), Some(Some(_)))
@@ -253,69 +255,103 @@ impl FileSymbols {
             n += d.lock().map_or(0, |d| d.owned_bytes());
         }
         n += self.memo.lock().map_or(0, |m| m.approx_bytes());
+        n += self.names.lock().map_or(0, |m| m.approx_bytes());
         n
     }
 
-    /// Names `vaddr`: frames innermost first, raw (mangled) names.
-    pub(crate) fn lookup(&self, vaddr: u64, inline_frames: bool) -> RawLookup {
+    /// Names `vaddr`: frames innermost first, names demangled per `mode`; every string comes
+    /// from the file's [`NameCache`], so a name or file seen before costs no copy.
+    ///
+    /// The flag says whether the name cache's (rounded) bytes changed.
+    pub(crate) fn lookup(
+        &self,
+        vaddr: u64,
+        inline_frames: bool,
+        mode: DemangleMode,
+    ) -> (Resolved, bool) {
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = names.approx_bytes();
+        let r = self.lookup_in(vaddr, inline_frames, mode, &mut names);
+        (r, names.approx_bytes() != before)
+    }
+
+    fn lookup_in(
+        &self,
+        vaddr: u64,
+        inline_frames: bool,
+        mode: DemangleMode,
+        names: &mut NameCache,
+    ) -> Resolved {
         if let Some(go) = &self.go
             && let Some(f) = go.lookup(vaddr)
         {
-            return RawLookup {
-                frames: vec![DwarfFrame {
-                    name: Some(f.function),
-                    file: f.file,
-                    line: f.line,
-                }],
+            let frame = MemoFrame {
+                function: Some(names.name(mode, &f.function)),
+                file: f.file.as_deref().map(|x| names.file(x)),
+                line: f.line,
+            };
+            return Resolved {
+                frames: Box::new([frame]),
                 source: Some(NameSource::Go),
             };
         }
-        let mut frames = match self.dwarf().map(Mutex::lock) {
-            Some(Ok(d)) => d.frames(vaddr),
-            Some(Err(_)) | None => Vec::new(),
-        };
+        // One frame is the common case; its exact capacity also makes `into()` free.
+        let mut frames: Vec<MemoFrame> = Vec::with_capacity(1);
+        if let Some(Ok(d)) = self.dwarf().map(Mutex::lock) {
+            d.for_each_frame(vaddr, |name, file, line| {
+                frames.push(MemoFrame {
+                    function: name.map(|n| names.name_at(mode, n)),
+                    file: file.map(|f| names.file(f)),
+                    line,
+                });
+            });
+        }
         if !inline_frames && frames.len() > 1 {
             frames.drain(..frames.len() - 1);
         }
-        if frames.last().is_some_and(|f| f.name.is_some()) {
+        if frames.last().is_some_and(|f| f.function.is_some()) {
             // DWARF names the physical function at the source level; the symbol tables
             // would only give the same function's linkage name.
-            return RawLookup {
-                frames,
+            return Resolved {
+                frames: frames.into(),
                 source: Some(NameSource::Dwarf),
             };
         }
+        // Symbol-table names are borrowed from tables that live as long as `self`.
         let (mut name, mut source) = (None, None);
         if let Some(d) = self.debug()
             && let Some(s) = &d.syms
             && let Some((n, _)) = s.lookup(vaddr)
         {
-            name = Some(n.to_owned());
+            name = Some(names.name_at(mode, n.as_bytes()));
             source = Some(NameSource::DebugSymtab);
         }
         if name.is_none()
             && let Some((n, _)) = self.elf.lookup(vaddr)
         {
-            name = Some(n.to_owned());
+            name = Some(names.name_at(mode, n.as_bytes()));
             source = Some(NameSource::Symtab);
         }
         if name.is_none()
             && let Some(m) = &self.minidebug
             && let Some((n, _)) = m.lookup(vaddr)
         {
-            name = Some(n.to_owned());
+            name = Some(names.name_at(mode, n.as_bytes()));
             source = Some(NameSource::MiniDebugInfo);
         }
         match frames.last_mut() {
-            Some(outer) => outer.name = name,
-            None if name.is_some() => frames.push(DwarfFrame {
-                name,
+            Some(outer) => outer.function = name,
+            None if name.is_some() => frames.push(MemoFrame {
+                function: name,
                 file: None,
                 line: None,
             }),
             None => {}
         }
-        RawLookup { frames, source }
+        Resolved {
+            frames: frames.into(),
+            source,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The process-aware symbolizer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,11 @@ use lru::LruCache;
 
 use crate::Error;
 use crate::debuglink::DebugRefs;
-use crate::demangle::{DemangleMode, demangle};
+use crate::demangle::DemangleMode;
 use crate::disk_cache::DiskCache;
 use crate::kernel::KernelSymbols;
 use crate::maps::{MapEntry, MapPath, parse_maps_lossy, read_maps_text};
-use crate::memo::{MemoFrame, MemoKey, Resolved};
+use crate::memo::{MemoKey, Resolved};
 use crate::root::FsRoot;
 use crate::source::{FileSymbols, NameSource, SourceOptions, file_identity};
 
@@ -336,8 +336,10 @@ impl SymbolizerBuilder {
     /// Bounds the memo of resolved addresses kept per cached file (default
     /// [`DEFAULT_ADDRESS_MEMO_ENTRIES`]; 0 turns it off). A profiler looks the same addresses
     /// up every collect interval; a memo hit skips the symbol tables, DWARF and demangling.
-    /// The memo belongs to the file's cache entry: it is counted in the cache's bytes and
-    /// goes when the file is evicted or replaced.
+    /// Once full, a new address takes the least recently used entry's place only if it was
+    /// asked for more often recently (TinyLFU admission), so a long tail of rare addresses
+    /// does not flush the hot ones. The memo belongs to the file's cache entry: it is counted
+    /// in the cache's bytes and goes when the file is evicted or replaced.
     pub fn address_memo(mut self, entries_per_file: usize) -> Self {
         self.address_memo = entries_per_file;
         self
@@ -362,8 +364,6 @@ impl SymbolizerBuilder {
             kernel: KernelState::NotLoaded,
             stats: SymbolizerStats::default(),
             config: self,
-            demangle_memo: HashMap::new(),
-            interned: HashSet::new(),
         }
     }
 }
@@ -388,16 +388,7 @@ pub struct Symbolizer {
     kernel: KernelState,
     stats: SymbolizerStats,
     config: SymbolizerBuilder,
-    demangle_memo: HashMap<String, Arc<str>>,
-    /// File names (and names when not demangling), shared by the memo's entries.
-    interned: HashSet<Arc<str>>,
 }
-
-/// Bound on interned strings.
-const INTERNED_ENTRIES: usize = 64 * 1024;
-
-/// Bound on memoized demangled names.
-const DEMANGLE_MEMO_ENTRIES: usize = 64 * 1024;
 
 impl Default for Symbolizer {
     fn default() -> Self {
@@ -667,7 +658,7 @@ impl Symbolizer {
         let memo_on = self.config.address_memo > 0;
         if memo_on
             && let Ok(mut memo) = syms.memo.lock()
-            && let Some(r) = memo.get(key, vaddr)
+            && let Some(r) = memo.get(key, self.config.address_memo, vaddr)
         {
             let frame = user_frame(addr, module, vaddr, r);
             let source = r.source;
@@ -676,33 +667,22 @@ impl Symbolizer {
             self.count_source(source);
             return frame;
         }
-        let before = syms.approx_bytes();
+        let lazy_before = syms.lazy_state();
         let had_debug = syms.debug_found();
-        let raw = syms.lookup(vaddr, self.config.inline_frames);
+        let (resolved, mut grew) =
+            syms.lookup(vaddr, self.config.inline_frames, self.config.demangle);
         if !had_debug && syms.debug_found() {
             self.stats.debug_files_found += 1;
         }
-        let frames: Box<[MemoFrame]> = raw
-            .frames
-            .into_iter()
-            .map(|f| MemoFrame {
-                function: f.name.map(|n| self.demangled(n)),
-                file: f.file.map(|f| self.intern(f)),
-                line: f.line,
-            })
-            .collect();
-        let resolved = Resolved {
-            frames,
-            source: raw.source,
-        };
         self.count_source(resolved.source);
         let frame = user_frame(addr, module, vaddr, &resolved);
         if memo_on && let Ok(mut memo) = syms.memo.lock() {
-            memo.insert(key, self.config.address_memo, vaddr, resolved);
+            grew |= memo.insert(key, self.config.address_memo, vaddr, resolved);
         }
-        let after = syms.approx_bytes();
-        if after != before {
-            self.account_growth(syms, after);
+        // The cache's byte accounting is redone only when the file's size moved (a lazy part
+        // loaded, or the memo or name cache crossed a step).
+        if grew || syms.lazy_state() != lazy_before {
+            self.account_growth(syms, syms.approx_bytes());
         }
         frame
     }
@@ -713,37 +693,6 @@ impl Symbolizer {
             Some(NameSource::Dwarf) => self.stats.dwarf_frames += 1,
             _ => {}
         }
-    }
-
-    /// Demangles through a bounded memo: the same few thousand names recur in every profile.
-    fn demangled(&mut self, raw: String) -> Arc<str> {
-        let mode = self.config.demangle;
-        if mode == DemangleMode::None {
-            return self.intern(raw);
-        }
-        if let Some(d) = self.demangle_memo.get(&raw) {
-            return d.clone();
-        }
-        let d: Arc<str> = demangle(&raw, mode).into();
-        if self.demangle_memo.len() >= DEMANGLE_MEMO_ENTRIES {
-            self.demangle_memo.clear();
-        }
-        self.demangle_memo.insert(raw, d.clone());
-        d
-    }
-
-    /// One shared copy of `s` (bounded: the table is emptied when full; entries already
-    /// handed out stay valid).
-    fn intern(&mut self, s: String) -> Arc<str> {
-        if let Some(a) = self.interned.get(s.as_str()) {
-            return a.clone();
-        }
-        let a: Arc<str> = s.into();
-        if self.interned.len() >= INTERNED_ENTRIES {
-            self.interned.clear();
-        }
-        self.interned.insert(a.clone());
-        a
     }
 
     fn account_growth(&mut self, syms: &Arc<FileSymbols>, bytes: usize) {
@@ -1135,6 +1084,8 @@ fn open_mapped_file(
 
 #[cfg(test)]
 mod memo_tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     /// Up to `n` addresses spread over the sized function symbols of `path`.
@@ -1277,11 +1228,14 @@ mod memo_tests {
         let mut s = Symbolizer::builder().address_memo(100).build();
         s.symbolize_elf_batch(&exe, &addrs).expect("symbolize");
         assert_eq!(memo_len(&s), 100);
-        // The last 100 distinct addresses are the ones kept.
+        // Addresses asked for again and again get in, in place of ones asked for once.
+        let hot: Vec<u64> = addrs[addrs.len() - 20..].to_vec();
+        for _ in 0..4 {
+            s.symbolize_elf_batch(&exe, &hot).expect("symbolize");
+        }
         let before = s.stats().memo_hits;
-        let last: Vec<u64> = addrs[addrs.len() - 50..].to_vec();
-        s.symbolize_elf_batch(&exe, &last).expect("symbolize");
-        assert_eq!(s.stats().memo_hits - before, 50);
+        s.symbolize_elf_batch(&exe, &hot).expect("symbolize");
+        assert_eq!(s.stats().memo_hits - before, hot.len() as u64);
         assert_eq!(memo_len(&s), 100);
     }
 }
