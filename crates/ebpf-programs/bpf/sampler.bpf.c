@@ -260,6 +260,12 @@ struct fs_unwinder {
 	 * when its interpreter frames replaced it. */
 	__u32 py_done;
 	__u32 py_hide_pc;
+	/* Python frames emitted in this stack (counted once at the end). */
+	__u32 py_frames;
+	/* Eval-loop frames met in this stack (counted once at the end). */
+	__u32 py_attempts;
+	/* The process's offsets, copied here once per sample. */
+	struct fs_py_proc py;
 };
 
 /* The unwinder's state lives in a per-CPU map rather than on the stack: the verifier then
@@ -317,12 +323,11 @@ static __always_inline long py_finish(struct fs_unwinder *st)
 static __always_inline long py_step(struct fs_unwinder *st, struct fs_trace_event *e)
 {
 	__u32 zero = 0;
-	struct fs_interp_proc *ip = bpf_map_lookup_elem(&fs_interp_procs, &st->pid);
 	struct fs_frame_buf *buf = bpf_map_lookup_elem(&fs_frame_scratch, &zero);
 	__u64 frame = st->py_frame;
-	if (!ip || !buf || frame == 0)
+	if (!buf || frame == 0)
 		return py_finish(st);
-	struct fs_py_proc *py = &ip->py;
+	struct fs_py_proc *py = &st->py;
 
 	__u32 len = py->frame_read_len;
 	if (len == 0 || len > FS_INTERP_FRAME_READ)
@@ -362,7 +367,7 @@ static __always_inline long py_step(struct fs_unwinder *st, struct fs_trace_even
 	e->interp_frames++;
 	st->n = n + 1;
 	st->py_emitted++;
-	count(FS_CNT_PY_FRAMES);
+	st->py_frames++;
 	st->py_frame = previous;
 
 	if (!interp_model)
@@ -405,7 +410,7 @@ static long unwind_step(__u64 index, void *arg)
 	     (at >= st->loop_start[1] && at < st->loop_end[1]))) {
 		/* The interpreter's eval loop: its interpreter frames come first, from the next
 		 * iterations; then this frame is unwound natively. */
-		count(FS_CNT_PY_ATTEMPTS);
+		st->py_attempts++;
 		st->py_emitting = 1;
 		st->py_emitted = 0;
 		return 0;
@@ -678,6 +683,7 @@ static __always_inline void unwind_user(struct bpf_perf_event_data *ctx, struct 
 		st->loop_end[0] = ip->loop_end[0];
 		st->loop_start[1] = ip->loop_start[1];
 		st->loop_end[1] = ip->loop_end[1];
+		st->py = ip->py;
 		py_prepare(st, ip, tid);
 	}
 	if (!in_kernel) {
@@ -700,6 +706,10 @@ static __always_inline void unwind_user(struct bpf_perf_event_data *ctx, struct 
 		bpf_loop(FS_MAX_USER_FRAMES + 1, unwind_step, NULL, 0);
 	}
 	count_n(FS_CNT_UNWIND_FRAMES, st->n);
+	if (st->py_attempts) {
+		count_n(FS_CNT_PY_ATTEMPTS, st->py_attempts);
+		count_n(FS_CNT_PY_FRAMES, st->py_frames);
+	}
 	if (st->error != FS_UNWIND_OK) {
 		count_error(st->error);
 		if (st->error == FS_UNWIND_ERR_NO_MAPPING)
