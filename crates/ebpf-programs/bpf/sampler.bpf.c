@@ -379,6 +379,70 @@ static __always_inline long py_step(struct fs_unwinder *st, struct fs_trace_even
 	return 0;
 }
 
+/* A per-CPU cache of recently found rules, by (file, address): return addresses repeat
+ * (the same call sites in every sample, and again and again in a recursion or an
+ * interpreter's eval loop), and a hit skips the page lookup and the binary search. */
+#define FS_RULE_CACHE_SLOTS 512
+
+struct fs_rule_cache_entry {
+	__u64 file_id;
+	__u64 vaddr;
+	__u32 info_index;
+	__u32 valid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FS_RULE_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fs_rule_cache_entry);
+} fs_rule_cache SEC(".maps");
+
+/* Finds the rule for file address vaddr of st->file_id: the delta page (the previous
+ * frame's, or looked up), then a binary search of its entries. Returns an
+ * enum fs_unwind_error. */
+static __always_inline __u32 find_rule(struct fs_unwinder *st, __u64 vaddr, __u32 *info_index)
+{
+	__u64 page = vaddr >> FS_DELTA_PAGE_BITS;
+	if (page != st->page || st->file_id != st->page_file_id || st->page_count == 0) {
+		struct fs_delta_page_key key = { .file_id = st->file_id, .page = page };
+		struct fs_delta_page *p = bpf_map_lookup_elem(&fs_delta_pages, &key);
+		if (!p)
+			return FS_UNWIND_ERR_NO_PAGE;
+		st->page_file_id = st->file_id;
+		st->page = page;
+		st->page_first = p->first;
+		st->page_count = p->count;
+	}
+
+	/* The last entry whose address_low <= the PC's: the page's first entry is at 0, so
+	 * there always is one. A page has at most 65536 entries: 16 halvings. */
+	__u32 target = vaddr & ((1 << FS_DELTA_PAGE_BITS) - 1);
+	__u32 lo = st->page_first;
+	__u32 len = st->page_count;
+	struct fs_delta_entry *d;
+	for (int i = 0; i < 16; i++) {
+		if (len <= 1)
+			break;
+		__u32 half = len >> 1;
+		__u32 mid = lo + half;
+		d = bpf_map_lookup_elem(&fs_delta_entries, &mid);
+		if (!d)
+			return FS_UNWIND_ERR_BAD_TABLE;
+		if (d->address_low <= target) {
+			lo = mid;
+			len -= half;
+		} else {
+			len = half;
+		}
+	}
+	d = bpf_map_lookup_elem(&fs_delta_entries, &lo);
+	if (!d)
+		return FS_UNWIND_ERR_BAD_TABLE;
+	*info_index = d->info_index;
+	return FS_UNWIND_OK;
+}
+
 /* One frame: record the PC, find its rule, compute the caller's registers. Returns 1 to
  * stop (st->error says why), 0 to go on. */
 static long unwind_step(__u64 index, void *arg)
@@ -442,43 +506,25 @@ static long unwind_step(__u64 index, void *arg)
 	}
 
 	__u64 vaddr = pc - st->bias - (st->exact ? 0 : 1);
-	__u64 page = vaddr >> FS_DELTA_PAGE_BITS;
-	if (page != st->page || st->file_id != st->page_file_id || st->page_count == 0) {
-		struct fs_delta_page_key key = { .file_id = st->file_id, .page = page };
-		struct fs_delta_page *p = bpf_map_lookup_elem(&fs_delta_pages, &key);
-		if (!p)
-			return unwind_fail(st, FS_UNWIND_ERR_NO_PAGE);
-		st->page_file_id = st->file_id;
-		st->page = page;
-		st->page_first = p->first;
-		st->page_count = p->count;
-	}
-
-	/* The last entry whose address_low <= the PC's: the page's first entry is at 0, so
-	 * there always is one. A page has at most 65536 entries: 16 halvings. */
-	__u32 target = vaddr & ((1 << FS_DELTA_PAGE_BITS) - 1);
-	__u32 lo = st->page_first;
-	__u32 len = st->page_count;
-	struct fs_delta_entry *d;
-	for (int i = 0; i < 16; i++) {
-		if (len <= 1)
-			break;
-		__u32 half = len >> 1;
-		__u32 mid = lo + half;
-		d = bpf_map_lookup_elem(&fs_delta_entries, &mid);
-		if (!d)
-			return unwind_fail(st, FS_UNWIND_ERR_BAD_TABLE);
-		if (d->address_low <= target) {
-			lo = mid;
-			len -= half;
-		} else {
-			len = half;
+	/* The rule for this address: from the per-CPU cache of recent lookups, else from the
+	 * file's table (then remembered). A file's rules never change while its ID is the same
+	 * (the ID is a hash of its content; rule indexes are never reused). */
+	__u32 slot = (__u32)(vaddr ^ (vaddr >> 12) ^ st->file_id) & (FS_RULE_CACHE_SLOTS - 1);
+	struct fs_rule_cache_entry *c = bpf_map_lookup_elem(&fs_rule_cache, &slot);
+	__u32 info_index;
+	if (c && c->valid && c->vaddr == vaddr && c->file_id == st->file_id) {
+		info_index = c->info_index;
+	} else {
+		__u32 error = find_rule(st, vaddr, &info_index);
+		if (error)
+			return unwind_fail(st, error);
+		if (c) {
+			c->file_id = st->file_id;
+			c->vaddr = vaddr;
+			c->info_index = info_index;
+			c->valid = 1;
 		}
 	}
-	d = bpf_map_lookup_elem(&fs_delta_entries, &lo);
-	if (!d)
-		return unwind_fail(st, FS_UNWIND_ERR_BAD_TABLE);
-	__u32 info_index = d->info_index;
 	struct fs_unwind_info *info = bpf_map_lookup_elem(&fs_unwind_infos, &info_index);
 	if (!info)
 		return unwind_fail(st, FS_UNWIND_ERR_BAD_TABLE);
