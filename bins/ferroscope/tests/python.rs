@@ -561,9 +561,17 @@ fn python_unwinder_off_gives_native_stacks() {
     );
 }
 
+/// The value of the first `/metrics` line that starts with `name`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
 /// Runs `ferroscope run` on the two-chains script with `python_enabled` as given until it
-/// wrote two profiles; returns their samples.
-fn agent_samples(python: &Path, python_enabled: bool) -> Vec<Sample> {
+/// wrote two profiles; returns their samples and the agent's `/metrics` at the end.
+fn agent_samples(python: &Path, python_enabled: bool) -> (Vec<Sample>, String) {
     let mut cmd = Command::new(python);
     cmd.arg(fixture("python/chains.py"));
     let workload = Ready::start(cmd);
@@ -610,6 +618,14 @@ listen_address = "{port}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(port).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut m = String::new();
+        s.read_to_string(&mut m).unwrap();
+        m
+    };
     // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     assert!(agent.wait().unwrap().success());
@@ -622,7 +638,7 @@ listen_address = "{port}"
             &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
         ));
     }
-    samples
+    (samples, metrics)
 }
 
 /// The agent (`ferroscope run`) names Python frames in the profiles it writes, and
@@ -637,7 +653,15 @@ fn agent_python_enabled_true_and_false() {
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
 
-    let on = agent_samples(&python, true);
+    let (on, metrics) = agent_samples(&python, true);
+    for name in [
+        "UnwindPythonAttempts_total",
+        "UnwindPythonFrames_total",
+        "PythonSymbolizationSuccesses_total",
+    ] {
+        assert!(metric(&metrics, name) > 0.0, "{name} counts what happened");
+    }
+    assert_eq!(metric(&metrics, "PythonSymbolizationFailures_total"), 0.0);
     let total: i64 = on.iter().map(|s| s.count).sum();
     let with_chain: i64 = on
         .iter()
@@ -661,7 +685,8 @@ fn agent_python_enabled_true_and_false() {
         show(&on.iter().collect::<Vec<_>>())
     );
 
-    let off = agent_samples(&python, false);
+    let (off, metrics) = agent_samples(&python, false);
+    assert_eq!(metric(&metrics, "UnwindPythonFrames_total"), 0.0);
     let total: i64 = off.iter().map(|s| s.count).sum();
     let eval: i64 = off
         .iter()
