@@ -172,6 +172,8 @@ struct {
 	__type(value, struct fs_frame_buf);
 } fs_frame_scratch SEC(".maps");
 
+/* Most bytes read at once from a frame's save area (saved RBP up to the return address). */
+#define FS_SAVE_AREA_READ 64
 /* A thread without a thread state is looked for again at most this often. */
 #define FS_PY_NEGATIVE_NS 1000000000ULL
 /* Most interpreters and thread states visited looking for a thread's state. */
@@ -586,6 +588,24 @@ static long unwind_step(__u64 index, void *arg)
 			return unwind_fail(st, FS_UNWIND_ERR_READ_FAILED);
 		st->bp = pair[0];
 		ra = pair[1];
+	} else if ((info->flags & FS_UNWIND_FLAG_FP_SAVED) && info->fp_offset < -16 &&
+		   info->fp_offset >= -(__s32)FS_SAVE_AREA_READ) {
+		/* RBP pushed after other callee-saved registers (`push r15; ...; push rbp`): one
+		 * read from the saved RBP up to the return address instead of two. */
+		__u32 zero = 0;
+		struct fs_frame_buf *buf = bpf_map_lookup_elem(&fs_frame_scratch, &zero);
+		__u32 len = (__u32)(-info->fp_offset) & (FS_INTERP_FRAME_READ - 1);
+		/* Keep clang from recomputing the size from the signed offset after the checks:
+		 * the verifier must see the bounded value in the call. */
+		asm volatile("" : "+r"(len));
+		if (!buf || len > FS_SAVE_AREA_READ || len < 24)
+			return unwind_fail(st, FS_UNWIND_ERR_BAD_TABLE);
+		if (bpf_probe_read_user(buf->b, len, (void *)(cfa + (__s64)info->fp_offset)))
+			return unwind_fail(st, FS_UNWIND_ERR_READ_FAILED);
+		st->bp = buf_u64(buf, 0);
+		__u32 ra_at = len - 8;
+		asm volatile("" : "+r"(ra_at)); /* keep buf_u64's bounds check */
+		ra = buf_u64(buf, ra_at);
 	} else {
 		if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
 			return unwind_fail(st, FS_UNWIND_ERR_READ_FAILED);
