@@ -200,8 +200,34 @@ fn list_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Allocations at least this large get their own memory mapping, returned to the kernel
+/// when freed (glibc's default threshold, made fixed).
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Fixes glibc's mmap threshold so that large buffers freed after start-up are given back.
+///
+/// glibc raises the threshold to the size of every mmapped block freed (up to 32 MiB), so
+/// once the start-up peak is over (aya's parse of the kernel's BTF, the first round's
+/// `/proc/kallsyms` and DWARF) every later large buffer comes from the heap instead, and
+/// heap memory is only returned from its top: the agent keeps what it freed. A fixed
+/// threshold turns that adjustment off. Large buffers are few (one per table, per debug
+/// section, per profile), so the extra `mmap`/`munmap` calls cost nothing measurable.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator parameters; M_MMAP_THRESHOLD with a value
+        // within glibc's bounds is always accepted and is safe to call at any time.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+        if ok != 1 {
+            tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused; freed memory may be retained");
+        }
+    }
+}
+
 /// Runs the agent until `stop` is set, then flushes the last partial interval and returns.
 pub fn run(config: Config, stop: Arc<AtomicBool>) -> Result<(), Error> {
+    fix_mmap_threshold();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,7 +3,7 @@
 //! The policy (which ranges to allocate, which rules to share, when to evict) belongs to
 //! the agent's process manager; this module only offers typed, checked writes:
 //! `fs_known_pids`, `fs_pid_mappings` (LPM trie), `fs_delta_pages`, `fs_delta_entries`
-//! (memory-mapped, written in place) and `fs_unwind_infos`.
+//! (written in place through a memory mapping of the pages written) and `fs_unwind_infos`.
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
@@ -96,21 +96,34 @@ impl std::fmt::Debug for UnwindMaps {
 /// Kernel array maps store each value in a slot rounded up to 8 bytes.
 const ENTRY_STRIDE: usize = 8;
 
-/// `fs_delta_entries`, memory-mapped so that a table is written with stores rather than
-/// one syscall per entry.
+/// Most bytes of `fs_delta_entries` mapped at once while writing (a larger write is done
+/// window after window), so the agent's resident memory does not grow with a table's size.
+const WINDOW_BYTES: usize = 1 << 20;
+
+/// `fs_delta_entries`, written with stores through a short-lived memory mapping of just the
+/// pages being written rather than one syscall per entry.
+///
+/// The kernel maps every page of a BPF array at `mmap` time, so keeping the whole array
+/// mapped would count all of it (16 MiB for 2 M entries) in the agent's RSS for as long as
+/// it runs. The array's memory is BPF map memory either way (vmalloc'ed by the kernel and
+/// charged to the agent's memory cgroup); mapping only a window while writing keeps it out
+/// of the agent's resident set. The kernel honours the mapping's page offset
+/// (`vm_pgoff`) for array maps, so a window can start at any page of the array.
 struct MappedEntries {
-    ptr: NonNull<u8>,
-    bytes: usize,
     len: u32,
-    // Keeps the map (and so the kernel memory behind `ptr`) alive; unmapped first in Drop.
-    _map: MapData,
+    /// Bytes of the array as the kernel maps it (its slots, rounded up to a page).
+    bytes: usize,
+    page: usize,
+    map: MapData,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; nothing about it is tied
-// to the thread that created it.
-unsafe impl Send for MappedEntries {}
+/// One page-aligned window of `fs_delta_entries`, unmapped on drop.
+struct Window {
+    ptr: NonNull<u8>,
+    bytes: usize,
+}
 
-impl Drop for MappedEntries {
+impl Drop for Window {
     fn drop(&mut self) {
         // SAFETY: ptr/bytes are exactly what mmap returned, unmapped only here.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
@@ -128,11 +141,27 @@ impl MappedEntries {
         // SAFETY: sysconf has no preconditions.
         let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize;
         let bytes = (len as usize * ENTRY_STRIDE).div_ceil(page) * page;
-        let fd = map.fd().as_fd();
+        let entries = MappedEntries {
+            len,
+            bytes,
+            page,
+            map,
+        };
+        // Fail at start rather than at the first table when the kernel cannot map the array.
+        entries.window(0, page.min(bytes))?;
+        Ok(entries)
+    }
+
+    /// Maps `[offset, offset + bytes)` of the array; `offset` is page-aligned and the range
+    /// lies within `self.bytes`.
+    fn window(&self, offset: usize, bytes: usize) -> Result<Window, Error> {
         use std::os::fd::AsRawFd;
-        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array map of exactly the
-        // map's (page-rounded) size; the kernel validates the length and flags and returns
-        // MAP_FAILED on error. The memory is only accessed through `write`, within `bytes`.
+        debug_assert!(offset.is_multiple_of(self.page) && offset + bytes <= self.bytes);
+        let fd = self.map.fd().as_fd();
+        // SAFETY: a shared read-write mapping of `bytes` bytes at page offset `offset` of a
+        // BPF_F_MMAPABLE array map, within the map's page-rounded size; the kernel validates
+        // the range and flags and returns MAP_FAILED on error. The memory is only accessed
+        // through `write`, within `bytes`, and unmapped when the `Window` drops.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -140,7 +169,7 @@ impl MappedEntries {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -148,12 +177,7 @@ impl MappedEntries {
         }
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| Error::MmapEntries(std::io::Error::other("null mapping")))?;
-        Ok(MappedEntries {
-            ptr,
-            bytes,
-            len,
-            _map: map,
-        })
+        Ok(Window { ptr, bytes })
     }
 
     fn write(&mut self, first: u32, entries: &[DeltaEntry]) -> Result<(), Error> {
@@ -165,21 +189,69 @@ impl MappedEntries {
                 capacity: self.len,
             });
         }
-        for (i, e) in entries.iter().enumerate() {
-            let off = (first as usize + i) * ENTRY_STRIDE;
-            // SAFETY: off + 4 <= len * 8 <= bytes (checked above), so the write stays inside
-            // the mapping; DeltaEntry needs 2-byte alignment and `off` is a multiple of 8 in
-            // a page-aligned mapping. The eBPF program may read the slot concurrently; it
-            // only ever sees a table's slots after userspace publishes its page entries.
-            unsafe {
-                self.ptr
-                    .as_ptr()
-                    .add(off)
-                    .cast::<DeltaEntry>()
-                    .write_volatile(*e)
-            };
+        let per_window = WINDOW_BYTES / ENTRY_STRIDE;
+        let mut done = 0;
+        while done < entries.len() {
+            let index = first as usize + done;
+            let byte = index * ENTRY_STRIDE;
+            let offset = byte / self.page * self.page;
+            let chunk = &entries[done..entries.len().min(done + per_window)];
+            let last = byte + chunk.len() * ENTRY_STRIDE;
+            let bytes = last.div_ceil(self.page) * self.page - offset;
+            let window = self.window(offset, bytes)?;
+            for (i, e) in chunk.iter().enumerate() {
+                let off = byte - offset + i * ENTRY_STRIDE;
+                // SAFETY: off + 4 <= last - offset <= window.bytes, so the write stays inside
+                // the window; DeltaEntry needs 2-byte alignment and `off` is a multiple of 8
+                // in a page-aligned mapping. The eBPF program may read the slot
+                // concurrently; it only ever sees a table's slots after userspace publishes
+                // its page entries.
+                unsafe {
+                    window
+                        .ptr
+                        .as_ptr()
+                        .add(off)
+                        .cast::<DeltaEntry>()
+                        .write_volatile(*e)
+                };
+            }
+            done += chunk.len();
         }
         Ok(())
+    }
+
+    fn read(&self, first: u32, count: u32) -> Result<Vec<DeltaEntry>, Error> {
+        let end = u64::from(first) + u64::from(count);
+        if end > u64::from(self.len) {
+            return Err(Error::EntriesOutOfRange {
+                first,
+                count: count as usize,
+                capacity: self.len,
+            });
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        let per_window = WINDOW_BYTES / ENTRY_STRIDE;
+        while out.len() < count as usize {
+            let byte = (first as usize + out.len()) * ENTRY_STRIDE;
+            let offset = byte / self.page * self.page;
+            let n = (count as usize - out.len()).min(per_window);
+            let last = byte + n * ENTRY_STRIDE;
+            let window = self.window(offset, last.div_ceil(self.page) * self.page - offset)?;
+            for i in 0..n {
+                let off = byte - offset + i * ENTRY_STRIDE;
+                // SAFETY: as in `write`: inside the window, aligned, and every bit pattern
+                // is a valid DeltaEntry.
+                out.push(unsafe {
+                    window
+                        .ptr
+                        .as_ptr()
+                        .add(off)
+                        .cast::<DeltaEntry>()
+                        .read_volatile()
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -215,6 +287,11 @@ impl UnwindMaps {
     /// Writes `entries` at `first..first + entries.len()` of `fs_delta_entries`.
     pub fn write_entries(&mut self, first: u32, entries: &[DeltaEntry]) -> Result<(), Error> {
         self.entries.write(first, entries)
+    }
+
+    /// Reads `count` entries of `fs_delta_entries` from `first` (for tests and diagnostics).
+    pub fn read_entries(&self, first: u32, count: u32) -> Result<Vec<DeltaEntry>, Error> {
+        self.entries.read(first, count)
     }
 
     /// Sets rule `index` of `fs_unwind_infos`.

@@ -133,3 +133,39 @@ fn kernel_stacks_are_captured_in_syscalls() {
         "{with_both} of {in_kernel} kernel samples have both stacks"
     );
 }
+
+#[test]
+fn delta_entries_written_through_windows_read_back() {
+    use ferroscope_ebpf_programs::UnwinderConfig;
+    use ferroscope_ebpf_programs::abi::DeltaEntry;
+    if !bpf_available() {
+        return;
+    }
+    let mut sampler = Sampler::start(&SamplerConfig {
+        sample_rate_hz: 19,
+        pids: Some(vec![]),
+        unwinder: Some(UnwinderConfig {
+            max_delta_entries: 300_000,
+            ..UnwinderConfig::default()
+        }),
+    })
+    .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
+    let maps = sampler.unwind_maps().expect("unwinder maps");
+    assert_eq!(maps.entries_capacity(), 300_000);
+    // Unaligned start, longer than one 1 MiB window, ending at the array's last entry.
+    let first = 300_000 - 200_003;
+    let entries: Vec<DeltaEntry> = (0..200_003u32)
+        .map(|i| DeltaEntry {
+            address_low: i as u16,
+            info_index: (i >> 16) as u16 ^ 0x5a5a,
+        })
+        .collect();
+    maps.write_entries(first, &entries).unwrap();
+    assert_eq!(maps.read_entries(first, 200_003).unwrap(), entries);
+    // The entry before the written range is untouched.
+    assert_eq!(
+        maps.read_entries(first - 1, 1).unwrap(),
+        vec![DeltaEntry::default()]
+    );
+    assert!(maps.write_entries(299_999, &entries[..2]).is_err());
+}

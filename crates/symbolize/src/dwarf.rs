@@ -116,7 +116,22 @@ impl Dwarf {
         let base = map.as_ptr() as usize;
         let mut owned_bytes = 0usize;
         let mut load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-            let section = file.section_by_name(id.name());
+            // Sections that line and inline-frame lookups never read (variable locations,
+            // macros, type units) are not loaded: decompressing them would only cost memory
+            // (1.4 MiB of location lists for glibc's debug file).
+            let unused = matches!(
+                id,
+                gimli::SectionId::DebugLoc
+                    | gimli::SectionId::DebugLocLists
+                    | gimli::SectionId::DebugMacinfo
+                    | gimli::SectionId::DebugMacro
+                    | gimli::SectionId::DebugTypes
+            );
+            let section = if unused {
+                None
+            } else {
+                file.section_by_name(id.name())
+            };
             let bytes = match section.map(|s| checked_uncompressed(&s)) {
                 Some(Ok(Cow::Borrowed(b))) => {
                     let start = (b.as_ptr() as usize).wrapping_sub(base);

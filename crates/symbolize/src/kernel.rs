@@ -64,10 +64,23 @@ impl KernelSymbols {
     /// Fails with [`Error::KallsymsRestricted`] when every address reads as zero (the caller
     /// is not root, or `kernel.kptr_restrict` hides addresses even from root).
     pub fn load() -> Result<Self, Error> {
+        use std::io::BufRead;
         let path = PathBuf::from("/proc/kallsyms");
-        let bytes = fs::read(&path).map_err(|e| Error::from_io(path, e))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let (syms, report) = Self::parse(&text);
+        // Read line by line rather than whole: the file is about 5 MiB of text of which only
+        // the names are kept, and a whole-file buffer would be a 5-8 MiB transient peak.
+        let file = fs::File::open(&path).map_err(|e| Error::from_io(path.clone(), e))?;
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+        let mut line = Vec::new();
+        let mut parser = Parser::default();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => parser.line(&String::from_utf8_lossy(&line)),
+                Err(e) => return Err(Error::from_io(path, e)),
+            }
+        }
+        let (syms, report) = parser.finish();
         if syms.is_empty() {
             if report.text_symbols_with_zero_address > 0 {
                 let kptr_restrict = fs::read_to_string("/proc/sys/kernel/kptr_restrict")
@@ -94,73 +107,11 @@ impl KernelSymbols {
     }
 
     fn parse(text: &str) -> (Self, ParseReport) {
-        let mut report = ParseReport::default();
-        let mut out = KernelSymbols::default();
-        let mut module_ids: HashMap<&str, u32> = HashMap::new();
+        let mut parser = Parser::default();
         for line in text.lines() {
-            let mut fields = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                if !line.trim().is_empty() {
-                    report.malformed_lines += 1;
-                }
-                continue;
-            };
-            let module = fields.next();
-            if fields.next().is_some() || !matches!(kind, "t" | "T" | "w" | "W") {
-                if kind.len() != 1 {
-                    report.malformed_lines += 1;
-                }
-                continue;
-            }
-            let Some(start) = parse_hex(addr) else {
-                report.malformed_lines += 1;
-                continue;
-            };
-            if start == 0 {
-                report.text_symbols_with_zero_address += 1;
-                continue;
-            }
-            let module = match module {
-                None => VMLINUX,
-                Some(m) => {
-                    let Some(m) = m.strip_prefix('[').and_then(|m| m.strip_suffix(']')) else {
-                        report.malformed_lines += 1;
-                        continue;
-                    };
-                    let next = u32::try_from(out.modules.len()).unwrap_or(VMLINUX);
-                    *module_ids.entry(m).or_insert_with(|| {
-                        out.modules.push(m.to_owned());
-                        next
-                    })
-                }
-            };
-            let (Ok(name_off), Ok(name_len)) =
-                (u32::try_from(out.names.len()), u32::try_from(name.len()))
-            else {
-                // More than 4 GiB of names: not a real kallsyms.
-                break;
-            };
-            out.names.push_str(name);
-            out.syms.push(Sym {
-                start,
-                name_off,
-                name_len,
-                module,
-            });
+            parser.line(line);
         }
-        // Among aliases at one address keep the most readable name.
-        let mut syms = std::mem::take(&mut out.syms);
-        syms.sort_by(|a, b| {
-            a.start
-                .cmp(&b.start)
-                .then_with(|| name_rank(out.name(a)).cmp(&name_rank(out.name(b))))
-        });
-        out.syms = syms;
-        out.syms.dedup_by_key(|s| s.start);
-        out.syms.shrink_to_fit();
-        (out, report)
+        parser.finish()
     }
 
     fn name(&self, s: &Sym) -> &str {
@@ -218,6 +169,106 @@ fn parse_hex(s: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(s, 16).ok()
+}
+
+/// Builds [`KernelSymbols`] from the lines of `/proc/kallsyms`, one at a time.
+#[derive(Default)]
+struct Parser {
+    out: KernelSymbols,
+    report: ParseReport,
+    module_ids: HashMap<String, u32>,
+    /// More than 4 GiB of names: not a real kallsyms; the rest is ignored.
+    full: bool,
+}
+
+impl Parser {
+    /// Adds one line of `/proc/kallsyms` (with or without its newline).
+    fn line(&mut self, line: &str) {
+        let Parser {
+            out,
+            report,
+            module_ids,
+            full,
+        } = self;
+        if *full {
+            return;
+        }
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            if !line.trim().is_empty() {
+                report.malformed_lines += 1;
+            }
+            return;
+        };
+        let module = fields.next();
+        if fields.next().is_some() || !matches!(kind, "t" | "T" | "w" | "W") {
+            if kind.len() != 1 {
+                report.malformed_lines += 1;
+            }
+            return;
+        }
+        let Some(start) = parse_hex(addr) else {
+            report.malformed_lines += 1;
+            return;
+        };
+        if start == 0 {
+            report.text_symbols_with_zero_address += 1;
+            return;
+        }
+        let module = match module {
+            None => VMLINUX,
+            Some(m) => {
+                let Some(m) = m.strip_prefix('[').and_then(|m| m.strip_suffix(']')) else {
+                    report.malformed_lines += 1;
+                    return;
+                };
+                match module_ids.get(m) {
+                    Some(&id) => id,
+                    None => {
+                        let id = u32::try_from(out.modules.len()).unwrap_or(VMLINUX);
+                        out.modules.push(m.to_owned());
+                        module_ids.insert(m.to_owned(), id);
+                        id
+                    }
+                }
+            }
+        };
+        let (Ok(name_off), Ok(name_len)) =
+            (u32::try_from(out.names.len()), u32::try_from(name.len()))
+        else {
+            *full = true;
+            return;
+        };
+        out.names.push_str(name);
+        out.syms.push(Sym {
+            start,
+            name_off,
+            name_len,
+            module,
+        });
+    }
+
+    fn finish(self) -> (KernelSymbols, ParseReport) {
+        let Parser {
+            mut out, report, ..
+        } = self;
+        // Among aliases at one address keep the most readable name. `name_rank` ends with
+        // the name itself, so the order is total and an in-place unstable sort (no scratch
+        // buffer the size of the table) gives the same result as a stable one.
+        let mut syms = std::mem::take(&mut out.syms);
+        syms.sort_unstable_by(|a, b| {
+            a.start
+                .cmp(&b.start)
+                .then_with(|| name_rank(out.name(a)).cmp(&name_rank(out.name(b))))
+        });
+        out.syms = syms;
+        out.syms.dedup_by_key(|s| s.start);
+        out.syms.shrink_to_fit();
+        // The names were appended one by one; give back the doubling's slack (about 1 MiB).
+        out.names.shrink_to_fit();
+        (out, report)
+    }
 }
 
 /// Orders aliases: fewer leading underscores first, then shorter, then alphabetical.
