@@ -135,6 +135,22 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
     decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"))
 }
 
+/// Records `fixtures/python/<script>` run by CPython 3.`minor` for `seconds`; `None` when
+/// the test is skipped (not root, or that CPython is missing and not required).
+fn record_script(minor: u8, script: &str, seconds: u32, extra: &[&str]) -> Option<Vec<Sample>> {
+    if !can_run_bpf() {
+        return None;
+    }
+    let python = python(minor)?;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(&python);
+    cmd.arg(fixture(&format!("python/{script}")));
+    let workload = Ready::start(cmd);
+    let samples = record(workload.pid(), seconds, extra);
+    drop(workload);
+    Some(samples)
+}
+
 fn decode(p: &Profile) -> Vec<Sample> {
     let s = |i: i64| p.string_table[i as usize].clone();
     let period = p.period.max(1);
@@ -225,21 +241,12 @@ fn share(part: i64, whole: i64) -> f64 {
 /// and the right lines, a 3:1 work ratio within 25 %, and at least 95 % of the hot
 /// functions' samples carrying their whole Python chain.
 fn two_chains(minor: u8) {
-    if !can_run_bpf() {
-        return;
-    }
-    let Some(python) = python(minor) else {
-        return;
-    };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let script = fixture("python/chains.py");
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script);
-    let workload = Ready::start(cmd);
     // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
     // stays well inside the 25 % the test allows.
-    let samples = record(workload.pid(), 5, &["-r", "499"]);
-    drop(workload);
+    let Some(samples) = record_script(minor, "chains.py", 5, &["-r", "499"]) else {
+        return;
+    };
+    let script = fixture("python/chains.py");
 
     let qualified = minor >= 11;
     let (inner, run) = if qualified {
@@ -382,18 +389,9 @@ fn two_chains_python_3_13() {
 /// functions that called it, in order.
 #[test]
 fn python_calling_c_shows_both_in_order() {
-    if !can_run_bpf() {
-        return;
-    }
-    let Some(python) = python(12) else {
+    let Some(samples) = record_script(12, "hashing.py", 3, &[]) else {
         return;
     };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = Command::new(&python);
-    cmd.arg(fixture("python/hashing.py"));
-    let workload = Ready::start(cmd);
-    let samples = record(workload.pid(), 3, &[]);
-    drop(workload);
 
     let in_crypto: Vec<&Sample> = samples
         .iter()
@@ -432,18 +430,9 @@ fn python_calling_c_shows_both_in_order() {
 /// Each thread's samples carry that thread's own Python stack.
 #[test]
 fn each_thread_has_its_own_python_stack() {
-    if !can_run_bpf() {
-        return;
-    }
-    let Some(python) = python(12) else {
+    let Some(samples) = record_script(12, "threads.py", 3, &[]) else {
         return;
     };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = Command::new(&python);
-    cmd.arg(fixture("python/threads.py"));
-    let workload = Ready::start(cmd);
-    let samples = record(workload.pid(), 3, &[]);
-    drop(workload);
 
     let mut tids: HashMap<&str, HashSet<&str>> = HashMap::new();
     let mut right = 0;
@@ -528,18 +517,9 @@ fn embedded_python_is_unwound_under_the_c_program() {
 /// interpreter's `_PyEval_EvalFrameDefault`.
 #[test]
 fn python_unwinder_off_gives_native_stacks() {
-    if !can_run_bpf() {
-        return;
-    }
-    let Some(python) = python(12) else {
+    let Some(samples) = record_script(12, "chains.py", 2, &["--no-interpreter", "python"]) else {
         return;
     };
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = Command::new(&python);
-    cmd.arg(fixture("python/chains.py"));
-    let workload = Ready::start(cmd);
-    let samples = record(workload.pid(), 2, &["--no-interpreter", "python"]);
-    drop(workload);
     let total: i64 = samples.iter().map(|s| s.count).sum();
     let python_frames = samples.iter().filter(|s| !s.python().is_empty()).count();
     let eval: i64 = samples

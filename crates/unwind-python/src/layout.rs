@@ -211,6 +211,36 @@ const BYTES: BytesLayout = BytesLayout {
     ob_sval: 32,
 };
 
+/// 3.8: co_posonlyargcount shifts the code object.
+const PY38: Layout = Layout {
+    minor: 8,
+    runtime_interpreters_head: Some(32),
+    interp_next: 0,
+    interp_threads_head: 8,
+    tstate_next: 8,
+    tstate_interp: 16,
+    tstate_thread_id: 176,
+    tstate_native_thread_id: None,
+    tstate_frame: 24,
+    cframe_current_frame: None,
+    frame: FrameLayout::Object {
+        f_back: 24,
+        f_code: 32,
+        f_lasti: 104,
+        lasti_in_code_units: false,
+    },
+    frame_read_len: 108,
+    co_filename: 104,
+    co_name: 112,
+    co_qualname: None,
+    co_firstlineno: 40,
+    co_linetable: 120,
+    co_code_adaptive: None,
+    line_table: LineTableFormat::Lnotab,
+    unicode: UNICODE_WSTR,
+    bytes: BYTES,
+};
+
 static LAYOUTS: [Layout; 9] = [
     // 3.6: Include/pystate.h, Include/frameobject.h, Include/code.h.
     Layout {
@@ -270,64 +300,9 @@ static LAYOUTS: [Layout; 9] = [
         unicode: UNICODE_WSTR,
         bytes: BYTES,
     },
-    // 3.8: co_posonlyargcount shifts the code object.
-    Layout {
-        minor: 8,
-        runtime_interpreters_head: Some(32),
-        interp_next: 0,
-        interp_threads_head: 8,
-        tstate_next: 8,
-        tstate_interp: 16,
-        tstate_thread_id: 176,
-        tstate_native_thread_id: None,
-        tstate_frame: 24,
-        cframe_current_frame: None,
-        frame: FrameLayout::Object {
-            f_back: 24,
-            f_code: 32,
-            f_lasti: 104,
-            lasti_in_code_units: false,
-        },
-        frame_read_len: 108,
-        co_filename: 104,
-        co_name: 112,
-        co_qualname: None,
-        co_firstlineno: 40,
-        co_linetable: 120,
-        co_code_adaptive: None,
-        line_table: LineTableFormat::Lnotab,
-        unicode: UNICODE_WSTR,
-        bytes: BYTES,
-    },
-    // 3.9
-    Layout {
-        minor: 9,
-        runtime_interpreters_head: Some(32),
-        interp_next: 0,
-        interp_threads_head: 8,
-        tstate_next: 8,
-        tstate_interp: 16,
-        tstate_thread_id: 176,
-        tstate_native_thread_id: None,
-        tstate_frame: 24,
-        cframe_current_frame: None,
-        frame: FrameLayout::Object {
-            f_back: 24,
-            f_code: 32,
-            f_lasti: 104,
-            lasti_in_code_units: false,
-        },
-        frame_read_len: 108,
-        co_filename: 104,
-        co_name: 112,
-        co_qualname: None,
-        co_firstlineno: 40,
-        co_linetable: 120,
-        co_code_adaptive: None,
-        line_table: LineTableFormat::Lnotab,
-        unicode: UNICODE_WSTR,
-        bytes: BYTES,
-    },
+    PY38,
+    // 3.9: the same structures as 3.8.
+    Layout { minor: 9, ..PY38 },
     // 3.10: f_lasti counts code units; co_linetable replaces co_lnotab.
     Layout {
         minor: 10,
