@@ -687,3 +687,54 @@ fn agent_python_enabled_true_and_false() {
         "the interpreter loop shows instead: {eval} of {total}"
     );
 }
+
+/// Debian's own `/usr/bin/python3` links the interpreter statically (no libpython): it is
+/// detected in the executable itself, by its name and its exported symbols.
+#[test]
+fn statically_linked_python_executable() {
+    if !can_run_bpf() {
+        return;
+    }
+    let exe = Path::new("/usr/bin/python3");
+    if !exe.exists() {
+        assert!(
+            !required(),
+            "/usr/bin/python3 is missing (python3-pip installs it)"
+        );
+        eprintln!("SKIPPED: no /usr/bin/python3");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(exe);
+    cmd.arg(fixture("python/chains.py"));
+    let workload = Ready::start(cmd);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", workload.pid())).unwrap();
+    let samples = record(workload.pid(), 3, &[]);
+    drop(workload);
+    assert!(
+        !maps.contains("libpython"),
+        "this test is about an interpreter without libpython"
+    );
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let whole: i64 = samples
+        .iter()
+        .filter(|s| {
+            let names = s.python_names();
+            // Debian's python3 is 3.11 (bookworm) or later: qualified names.
+            names
+                == [
+                    "Worker.run.<locals>.inner",
+                    "Worker.run",
+                    "chain_a",
+                    "<module>",
+                ]
+                || names == ["leaf_b", "chain_b", "<module>"]
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        share(whole, total) >= 0.9,
+        "only {whole} of {total} samples have a whole Python chain\n{}",
+        show(&samples.iter().collect::<Vec<_>>())
+    );
+}
