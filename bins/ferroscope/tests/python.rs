@@ -260,7 +260,7 @@ fn two_chains(minor: u8) {
     let hot_b = tagged_lines(&script, "# HOT_B");
     let callers_a = [
         line_of(&script, "return inner(n)"),
-        line_of(&script, "return worker.run(3 * UNIT)"),
+        line_of(&script, "return worker.run(UNIT)"),
         line_of(&script, "chain_a(worker)"),
     ];
     let callers_b = [
