@@ -72,6 +72,9 @@ fn has_chain(stack: &[String], chain: &[&str]) -> bool {
 
 #[test]
 fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
+    // At 499 Hz the 5 s give ~2,500 samples: the ratio's sampling noise (about 5 %) stays
+    // well inside the 25 % allowed (at 97 Hz it was about 10 %, and the test failed now and
+    // then).
     if !can_run_bpf() {
         return;
     }
@@ -102,7 +105,7 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
             "--duration",
             "5s",
             "--sample-rate",
-            "97",
+            "499",
             "--output",
             out_path.to_str().unwrap(),
             "--flamegraph",
@@ -131,7 +134,7 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
         c0.as_secs_f64() + frac * (c1.as_secs_f64() - c0.as_secs_f64())
     };
     let cpu = Duration::from_secs_f64(cpu_at(window_end) - cpu_at(window_start));
-    assert_eq!(p.period, 1_000_000_000 / 97);
+    assert_eq!(p.period, 1_000_000_000 / 499);
     let samples = samples(&p);
     let count: i64 = samples.iter().map(|s| s.1).sum::<i64>() / p.period;
 
@@ -175,10 +178,10 @@ fn two_chains_by_pid_have_the_right_stacks_ratio_and_sample_count() {
     );
 
     // Samples: rate x time on CPU (what the process really got) within 10 %.
-    let expected = 97.0 * cpu.as_secs_f64();
+    let expected = 499.0 * cpu.as_secs_f64();
     assert!(
         (count as f64 - expected).abs() <= 0.1 * expected,
-        "{count} samples, expected {expected:.0} (97 Hz x {:.2} s of CPU)",
+        "{count} samples, expected {expected:.0} (499 Hz x {:.2} s of CPU)",
         cpu.as_secs_f64()
     );
 
