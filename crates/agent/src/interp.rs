@@ -377,14 +377,19 @@ impl ElfFile for MappedElf<'_> {
 
     fn symbol(&self, name: &str) -> Option<SymbolRange> {
         use object::Object;
-        let dynsym = self
-            .dynsym
-            .get_or_init(|| index(self.file.dynamic_symbols()));
-        if let Some(s) = dynsym.get(name) {
-            return Some(*s);
+        if let Some(s) = self.exported_symbol(name) {
+            return Some(s);
         }
         let symtab = self.symtab.get_or_init(|| index(self.file.symbols()));
         symtab.get(name).copied()
+    }
+
+    fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
+        use object::Object;
+        let dynsym = self
+            .dynsym
+            .get_or_init(|| index(self.file.dynamic_symbols()));
+        dynsym.get(name).copied()
     }
 
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {

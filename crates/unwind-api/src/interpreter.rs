@@ -37,6 +37,10 @@ pub trait ElfFile {
     fn path(&self) -> &str;
     /// A symbol of `.dynsym` or `.symtab` by exact name.
     fn symbol(&self, name: &str) -> Option<SymbolRange>;
+    /// A symbol of `.dynsym` only: cheap to ask of every file (a plug-in asks this first,
+    /// and [`ElfFile::symbol`] only of files it already recognised, since a large `.symtab`
+    /// is costly to index).
+    fn exported_symbol(&self, name: &str) -> Option<SymbolRange>;
     /// Fills `buf` with the file's initialised bytes at virtual address `vaddr`; false when
     /// the range is not entirely file-backed (for example `.bss`).
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool;

@@ -78,12 +78,13 @@ fn runtime_error(e: Error) -> InterpreterError {
 /// small `python3.N` launcher of a shared-library build is not taken for the runtime).
 pub fn detect_file(file: &dyn ElfFile) -> Result<Option<PythonFile>, Error> {
     let by_path = version_from_path(file.path());
-    let by_symbol = file.symbol("Py_Version").and_then(|s| {
+    // Only `.dynsym` until the file looks like CPython: every file of every process is asked.
+    let by_symbol = file.exported_symbol("Py_Version").and_then(|s| {
         let mut b = [0u8; 4];
         file.read_vaddr(s.address, &mut b)
             .then(|| version_from_hex(u32::from_le_bytes(b)))
     });
-    let has_runtime = file.symbol("_PyRuntime").is_some();
+    let has_runtime = file.exported_symbol("_PyRuntime").is_some();
     if by_path.is_none() && by_symbol.is_none() && !has_runtime {
         return Ok(None);
     }

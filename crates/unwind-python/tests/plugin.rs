@@ -31,6 +31,15 @@ impl ElfFile for Elf<'_> {
                 size: s.size(),
             })
     }
+    fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
+        self.file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok(name) && s.is_definition())
+            .map(|s| SymbolRange {
+                address: s.address(),
+                size: s.size(),
+            })
+    }
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
         self.file.segments().any(|seg| {
             let Ok(data) = seg.data() else { return false };
