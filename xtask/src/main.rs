@@ -168,18 +168,24 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--doc"]))
 }
 
+/// Installs what the build needs, builds the release binary, and returns the target
+/// directory (`$CARGO_TARGET_DIR`, else `target/`).
+fn build_release(root: &Path) -> Result<PathBuf> {
+    ensure_packages(BUILD_PACKAGES)?;
+    run(Command::new(cargo())
+        .current_dir(root)
+        .args(["build", "--release", "-p", "ferroscope"]))?;
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target")))
+}
+
 fn demo() -> Result<()> {
     if !is_root() {
         bail!("the demo loads eBPF programs and must run as root: `sudo cargo xtask demo`");
     }
-    ensure_packages(BUILD_PACKAGES)?;
     let root = root();
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "ferroscope"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = build_release(&root)?;
     let demo_dir = target.join("demo");
     std::fs::create_dir_all(&demo_dir)?;
     let workload = demo_dir.join("ferroscope-demo");
@@ -271,14 +277,8 @@ fn bench_agent(args: &[String]) -> Result<()> {
         bail!("the agent benchmark loads eBPF programs and must run as root");
     }
     let seconds: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(75);
-    ensure_packages(BUILD_PACKAGES)?;
     let root = root();
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "ferroscope"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = build_release(&root)?;
     let work = std::env::temp_dir().join(format!("ferroscope-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let busy_exe = work.join("busy");
@@ -446,14 +446,8 @@ fn bench_python(args: &[String]) -> Result<()> {
         .first()
         .cloned()
         .unwrap_or_else(|| "/root/.pyenv/versions/3.12.1/bin/python3.12".to_owned());
-    ensure_packages(BUILD_PACKAGES)?;
     let root = root();
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "ferroscope"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = build_release(&root)?;
     let exe = target.join("release/ferroscope");
     let (seconds, rate) = (10, 97);
 

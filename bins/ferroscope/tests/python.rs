@@ -233,6 +233,28 @@ fn show(samples: &[&Sample]) -> String {
     out
 }
 
+/// Samples of the two-chains script (CPython 3.11+) whose Python frames are exactly one of
+/// its two chains, and all samples.
+fn whole_chains(samples: &[Sample]) -> (i64, i64) {
+    let chain_a = [
+        "Worker.run.<locals>.inner",
+        "Worker.run",
+        "chain_a",
+        "<module>",
+    ];
+    let chain_b = ["leaf_b", "chain_b", "<module>"];
+    let total = samples.iter().map(|s| s.count).sum();
+    let whole = samples
+        .iter()
+        .filter(|s| {
+            let names = s.python_names();
+            names == chain_a || names == chain_b
+        })
+        .map(|s| s.count)
+        .sum();
+    (whole, total)
+}
+
 fn share(part: i64, whole: i64) -> f64 {
     part as f64 / whole.max(1) as f64
 }
@@ -642,22 +664,7 @@ fn agent_python_enabled_true_and_false() {
         assert!(metric(&metrics, name) > 0.0, "{name} counts what happened");
     }
     assert_eq!(metric(&metrics, "PythonSymbolizationFailures_total"), 0.0);
-    let total: i64 = on.iter().map(|s| s.count).sum();
-    let with_chain: i64 = on
-        .iter()
-        .filter(|s| {
-            let names = s.python_names();
-            names
-                == [
-                    "Worker.run.<locals>.inner",
-                    "Worker.run",
-                    "chain_a",
-                    "<module>",
-                ]
-                || names == ["leaf_b", "chain_b", "<module>"]
-        })
-        .map(|s| s.count)
-        .sum();
+    let (with_chain, total) = whole_chains(&on);
     assert!(total > 50, "only {total} samples");
     assert!(
         share(with_chain, total) >= 0.9,
@@ -715,23 +722,8 @@ fn statically_linked_python_executable() {
         !maps.contains("libpython"),
         "this test is about an interpreter without libpython"
     );
-    let total: i64 = samples.iter().map(|s| s.count).sum();
-    let whole: i64 = samples
-        .iter()
-        .filter(|s| {
-            let names = s.python_names();
-            // Debian's python3 is 3.11 (bookworm) or later: qualified names.
-            names
-                == [
-                    "Worker.run.<locals>.inner",
-                    "Worker.run",
-                    "chain_a",
-                    "<module>",
-                ]
-                || names == ["leaf_b", "chain_b", "<module>"]
-        })
-        .map(|s| s.count)
-        .sum();
+    // Debian's python3 is 3.11 (bookworm) or later: qualified names.
+    let (whole, total) = whole_chains(&samples);
     assert!(
         share(whole, total) >= 0.9,
         "only {whole} of {total} samples have a whole Python chain\n{}",
