@@ -44,7 +44,7 @@ fn main() -> Result<()> {
                  demo      install what is missing, build, profile a demo workload for 10 s,\n            \
                  write profile.pb.gz and flamegraph.svg\n  \
                  test      install what is missing, then run every test (extra args go to cargo test)\n  \
-                 vmlinux   regenerate crates/ebpf-programs/bpf/vmlinux.h from this kernel's BTF\n  \
+                 vmlinux   regenerate crates/ebpf-abi/include/vmlinux.h from this kernel's BTF\n  \
                  bench-agent [SECONDS]  whole-agent overhead: `ferroscope run` with 200 idle and\n            \
                  4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
@@ -231,7 +231,7 @@ fn demo() -> Result<()> {
 
 fn vmlinux() -> Result<()> {
     ensure_packages(&["bpftool"])?;
-    let out = root().join("crates/ebpf-programs/bpf/vmlinux.h");
+    let out = root().join("crates/ebpf-abi/include/vmlinux.h");
     let output = Command::new("bpftool")
         .args([
             "btf",
