@@ -95,76 +95,17 @@ pub fn kernels(args: &[String]) -> Result<()> {
         bail!("the host run loads eBPF programs and must run as root (or pass --kernel 5.10 etc.)");
     }
     ensure_packages(PACKAGES)?;
-    let root = root();
-    let cache = target_dir(&root).join("kernels");
-    // Each run replaces the folders of the kernels it runs (a --keep of an earlier run of
-    // another kernel stays).
-    let work = cache.join("work");
-    std::fs::create_dir_all(&work)?;
-
-    let ferroscope = match &options.binary {
-        Some(path) => std::fs::canonicalize(path)
-            .with_context(|| format!("--binary {}: no such file", path.display()))?,
-        None => build_release(&root)?.join("release/ferroscope"),
-    };
-    let c_program = build_c_program(&root, &work)?;
-    let python = Path::new(PYTHON);
-    if !python.exists() {
-        bail!(
-            "{PYTHON} is missing: the Python record needs CPython 3.12.1 from pyenv \
-             (`pyenv install 3.12.1`; environment.md lists it)"
-        );
-    }
-    let py_script = root.join("fixtures/python/chains.py");
-
-    let guests: Vec<&debian::Kernel> = debian::KERNELS
-        .iter()
-        .filter(|k| options.kernels.iter().any(|n| n == k.name))
-        .collect();
-    let mut images = Vec::new();
-    for kernel in &guests {
-        let image = debian::image(kernel, &cache, options.refresh)
-            .with_context(|| format!("cannot get Debian's {} kernel", kernel.name))?;
-        eprintln!("kernel {}: {}", kernel.name, image.package);
-        images.push((kernel.name, image));
-    }
-    let initrd = work.join("initramfs.cpio");
-    if !images.is_empty() {
-        let built = initramfs::build(
-            &initrd,
-            &initramfs::Inputs {
-                busybox: Path::new("/bin/busybox"),
-                ferroscope: &ferroscope,
-                c_program: &c_program,
-                python,
-                py_script: &py_script,
-                record_seconds: RECORD_SECONDS,
-                rate: RATE,
-            },
-        )?;
-        eprintln!(
-            "initramfs: {:.1} MB (Python standard library: {} files, {:.1} MB)",
-            built.bytes as f64 / 1e6,
-            built.python_stdlib_files,
-            built.python_stdlib_bytes as f64 / 1e6
-        );
-    }
+    let setup = Setup::prepare(&options)?;
     let prepared = started.elapsed().as_secs_f64();
 
     let mut outcomes = Vec::new();
-    for (name, image) in &images {
+    for (name, image) in &setup.images {
         eprintln!("\n== booting {name} ({}) under qemu", image.package);
-        outcomes.push(boot(name, image, &initrd, &work.join(name)));
+        outcomes.push(boot(name, image, &setup.initrd, &setup.work.join(name)));
     }
     if options.host() {
         eprintln!("\n== the host kernel");
-        outcomes.push(on_host(
-            &ferroscope,
-            &c_program,
-            python,
-            &py_script,
-            &work.join("host"),
-        ));
+        outcomes.push(on_host(&setup, &setup.work.join("host")));
     }
 
     print_report(&outcomes);
@@ -178,9 +119,9 @@ pub fn kernels(args: &[String]) -> Result<()> {
             .join(", ")
     );
     if options.keep {
-        println!("work folder kept: {}", work.display());
+        println!("work folder kept: {}", setup.work.display());
     } else {
-        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir_all(&setup.work);
     }
     let failed: Vec<&str> = outcomes
         .iter()
@@ -191,6 +132,85 @@ pub fn kernels(args: &[String]) -> Result<()> {
         bail!("the kernel matrix failed on: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// What every run needs, built or fetched before the first one.
+struct Setup {
+    /// target/kernels/work: the initramfs, the C program, one folder per kernel.
+    work: PathBuf,
+    ferroscope: PathBuf,
+    c_program: PathBuf,
+    python: PathBuf,
+    py_script: PathBuf,
+    images: Vec<(&'static str, debian::Image)>,
+    initrd: PathBuf,
+}
+
+impl Setup {
+    fn prepare(options: &Options) -> Result<Setup> {
+        let root = root();
+        let cache = target_dir(&root).join("kernels");
+        // Each run replaces the folders of the kernels it runs (a --keep of an earlier run
+        // of another kernel stays).
+        let work = cache.join("work");
+        std::fs::create_dir_all(&work)?;
+        let ferroscope = match &options.binary {
+            Some(path) => std::fs::canonicalize(path)
+                .with_context(|| format!("--binary {}: no such file", path.display()))?,
+            None => build_release(&root)?.join("release/ferroscope"),
+        };
+        let python = PathBuf::from(PYTHON);
+        if !python.exists() {
+            bail!(
+                "{PYTHON} is missing: the Python record needs CPython 3.12.1 from pyenv \
+                 (`pyenv install 3.12.1`; environment.md lists it)"
+            );
+        }
+        let mut setup = Setup {
+            c_program: build_c_program(&root, &work)?,
+            initrd: work.join("initramfs.cpio"),
+            work,
+            ferroscope,
+            python,
+            py_script: root.join("fixtures/python/chains.py"),
+            images: Vec::new(),
+        };
+        for kernel in debian::KERNELS
+            .iter()
+            .filter(|k| options.kernels.iter().any(|n| n == k.name))
+        {
+            let image = debian::image(kernel, &cache, options.refresh)
+                .with_context(|| format!("cannot get Debian's {} kernel", kernel.name))?;
+            eprintln!("kernel {}: {}", kernel.name, image.package);
+            setup.images.push((kernel.name, image));
+        }
+        if !setup.images.is_empty() {
+            setup.build_initramfs()?;
+        }
+        Ok(setup)
+    }
+
+    fn build_initramfs(&self) -> Result<()> {
+        let built = initramfs::build(
+            &self.initrd,
+            &initramfs::Inputs {
+                busybox: Path::new("/bin/busybox"),
+                ferroscope: &self.ferroscope,
+                c_program: &self.c_program,
+                python: &self.python,
+                py_script: &self.py_script,
+                record_seconds: RECORD_SECONDS,
+                rate: RATE,
+            },
+        )?;
+        eprintln!(
+            "initramfs: {:.1} MB (Python standard library: {} files, {:.1} MB)",
+            built.bytes as f64 / 1e6,
+            built.python_stdlib_files,
+            built.python_stdlib_bytes as f64 / 1e6
+        );
+        Ok(())
+    }
 }
 
 /// nofp_chain.c without frame pointers, linked statically so the guest needs no library
@@ -322,13 +342,7 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// The same steps on the host kernel, for comparison.
-fn on_host(
-    ferroscope: &Path,
-    c_program: &Path,
-    python: &Path,
-    py_script: &Path,
-    dir: &Path,
-) -> Outcome {
+fn on_host(setup: &Setup, dir: &Path) -> Outcome {
     let _ = std::fs::remove_dir_all(dir);
     let results = dir.join("results");
     let started = Instant::now();
@@ -336,10 +350,10 @@ fn on_host(
         .arg("-c")
         .arg(initramfs::MATRIX)
         .env("OUT", &results)
-        .env("FERROSCOPE", ferroscope)
-        .env("C_PROGRAM", c_program)
-        .env("PYTHON", python)
-        .env("PY_SCRIPT", py_script)
+        .env("FERROSCOPE", &setup.ferroscope)
+        .env("C_PROGRAM", &setup.c_program)
+        .env("PYTHON", &setup.python)
+        .env("PY_SCRIPT", &setup.py_script)
         .env("RECORD_SECONDS", RECORD_SECONDS.to_string())
         .env("RATE", RATE.to_string())
         .env("NO_COLOR", "1")
@@ -410,17 +424,15 @@ fn print_details(o: &Outcome) {
         println!("    {line}");
     }
     for (name, r) in [("C", &o.c), ("Python", &o.py)] {
-        let lines = r.notable_lines();
-        if !lines.is_empty() {
-            println!("record of the {name} program, warnings and errors:");
-            for line in lines {
-                println!("    {}", clip(line));
-            }
+        let Some(rc) = r.rc else { continue };
+        println!("record of the {name} program (rc {rc}):");
+        for line in r.notable_lines() {
+            println!("    {}", clip(line));
         }
         if let (Some(share), Some(example)) = (r.whole, &r.broken_example)
             && share < 1.0
         {
-            println!("    a {name} sample without the whole chain: {example}");
+            println!("    a sample without the whole chain: {}", clip(example));
         }
     }
     if let Some(times) = marks(o) {

@@ -44,18 +44,27 @@ pub struct Record {
     /// Its stdout and stderr, colour codes removed.
     pub output: String,
     pub samples: i64,
-    /// Share of samples with a whole chain, when a profile was written.
+    /// Share of the samples judged (C: those in `hot_leaf`; Python: all) that carry a whole
+    /// chain, when a profile was written.
     pub whole: Option<f64>,
     /// A sample that lacks it, for the report.
     pub broken_example: Option<String>,
+    /// Samples with at least one interpreted (Python) frame.
+    pub interpreted: i64,
 }
 
 impl Record {
-    /// The lines worth showing when something went wrong: warnings and errors.
+    /// The lines worth showing: record's end-of-run summary (samples, its own cost, Python
+    /// frames named), warnings and errors.
     pub fn notable_lines(&self) -> Vec<&str> {
         self.output
             .lines()
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.starts_with("error:"))
+            .filter(|l| {
+                (l.starts_with("ferroscope: ") && !l.starts_with("ferroscope: sampling"))
+                    || l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+                    || l.starts_with("error:")
+            })
             .collect()
     }
 }
@@ -156,7 +165,17 @@ impl Outcome {
                 self.unwinder()
             ));
         }
-        for (what, r) in [("the C program", &self.c), ("the Python program", &self.py)] {
+        let records = [
+            ("the C program", &self.c, false),
+            ("the Python program", &self.py, true),
+        ];
+        for (what, r, interpreted) in records {
+            // Said apart: the interpreter unwinder gave nothing, rather than broken chains.
+            let none_named = if interpreted && r.samples > 0 && r.interpreted == 0 {
+                "; no sample has a single Python frame"
+            } else {
+                ""
+            };
             match (r.rc, r.whole) {
                 (None, _) => out.push(format!("the record of {what} did not run")),
                 (Some(rc), _) if rc != 0 => {
@@ -164,7 +183,7 @@ impl Outcome {
                 }
                 (_, None) => out.push(format!("the record of {what} wrote no profile")),
                 (_, Some(share)) if share < MIN_WHOLE_SHARE => out.push(format!(
-                    "only {:.1} % of the samples of {what} carry its whole chain (at least {:.0} % needed)",
+                    "only {:.1} % of the samples of {what} carry its whole chain (at least {:.0} % needed){none_named}",
                     share * 100.0,
                     MIN_WHOLE_SHARE * 100.0
                 )),
@@ -207,6 +226,11 @@ fn read_record(dir: &Path, name: &str, rc: Option<i32>, judge: Judge) -> Record 
     };
     let stacks = stacks(&profile);
     record.samples = stacks.iter().map(|s| s.count).sum();
+    record.interpreted = stacks
+        .iter()
+        .filter(|s| s.frames.iter().any(|(_, python)| *python))
+        .map(|s| s.count)
+        .sum();
     let judged: Vec<(&Stack, bool)> = stacks
         .iter()
         .filter_map(|s| judge(s).map(|whole| (s, whole)))
@@ -357,6 +381,50 @@ mod tests {
         assert_eq!(whole_py_chain(&mixed), Some(false));
         assert_eq!(whole_py_chain(&stack(&[("main", false)])), Some(false));
         assert_eq!(whole_py_chain(&stack(&[("leaf_b", false)])), Some(false));
+    }
+
+    fn passing() -> Outcome {
+        let record = |samples| Record {
+            rc: Some(0),
+            samples,
+            whole: Some(0.995),
+            interpreted: samples,
+            ..Record::default()
+        };
+        Outcome {
+            check_rc: Some(0),
+            c: record(4000),
+            py: record(4000),
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn a_kernel_passes_only_with_check_records_and_whole_chains() {
+        assert_eq!(passing().failures(), Vec::<String>::new());
+
+        // 5.10 today: check passes, then both records fail because the unwinder is refused.
+        let mut refused = passing();
+        for r in [&mut refused.c, &mut refused.py] {
+            r.rc = Some(1);
+            r.whole = None;
+            r.output = "WARN ferroscope_agent::record: the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: ...".into();
+        }
+        let failures = refused.failures();
+        assert_eq!(refused.unwinder(), "no (refused)");
+        assert_eq!(failures.len(), 3, "{failures:?}");
+
+        // A record that runs but has no Python frame at all.
+        let mut no_python = passing();
+        no_python.py.whole = Some(0.0);
+        no_python.py.interpreted = 0;
+        let failures = no_python.failures();
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].contains("no sample has a single Python frame"));
+
+        let mut check_failed = passing();
+        check_failed.check_rc = Some(1);
+        assert_eq!(check_failed.failures().len(), 1);
     }
 
     #[test]
