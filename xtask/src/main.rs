@@ -1,7 +1,10 @@
 //! Project automation. `cargo xtask demo` and `cargo xtask test` are the two commands the
 //! README opens with: each installs what is missing on a fresh Debian machine (as root), then
 //! builds and runs. `cargo xtask vmlinux` regenerates the committed `vmlinux.h`.
+//! `cargo xtask kernels` runs the kernel matrix (see kernels.rs).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod kernels;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -49,7 +53,10 @@ fn main() -> Result<()> {
                  4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
-                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)"
+                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
+                 on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
+                 (`cargo xtask kernels --help` for its options)"
             );
             bail!("no command given")
         }
@@ -175,9 +182,14 @@ fn build_release(root: &Path) -> Result<PathBuf> {
     run(Command::new(cargo())
         .current_dir(root)
         .args(["build", "--release", "-p", "ferroscope"]))?;
-    Ok(std::env::var_os("CARGO_TARGET_DIR")
+    Ok(target_dir(root))
+}
+
+/// `$CARGO_TARGET_DIR`, else `target/` of the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target")))
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn demo() -> Result<()> {
