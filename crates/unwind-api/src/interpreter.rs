@@ -51,6 +51,38 @@ pub trait ElfFile {
     /// Fills `buf` with the file's initialised bytes at virtual address `vaddr`; false when
     /// the range is not entirely file-backed (for example `.bss`).
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool;
+    /// The file's thread-local storage template (its `PT_TLS` segment), when it has one.
+    fn tls_template(&self) -> Option<TlsTemplate> {
+        None
+    }
+}
+
+/// A file's thread-local storage template: its `PT_TLS` segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsTemplate {
+    /// The segment's virtual address.
+    pub vaddr: u64,
+    /// Its size in memory.
+    pub memsz: u64,
+    /// Its alignment.
+    pub align: u64,
+}
+
+impl TlsTemplate {
+    /// Where a thread-local variable of the main executable lives, relative to the thread
+    /// pointer (x86-64, where the thread pointer is the FS base and static TLS blocks lie
+    /// below it; the executable's block comes first, right below). `offset` is the
+    /// variable's symbol value (for `STT_TLS` symbols, its offset in the block). The eBPF
+    /// side reads it at `fs_thread_pointer() + result`. Blocks of shared libraries follow in
+    /// load order at offsets only the dynamic linker knows; this does not cover them.
+    pub fn executable_variable(&self, offset: u64) -> i64 {
+        let align = self.align.max(1);
+        // glibc's _dl_determine_tlsoffset, TLS_TCB_AT_TP, for the first module: the block
+        // starts where its first byte keeps the segment's address modulo its alignment.
+        let firstbyte = self.vaddr.wrapping_neg() & (align - 1);
+        let block = (self.memsz + firstbyte).div_ceil(align) * align - firstbyte;
+        offset as i64 - block as i64
+    }
 }
 
 /// Per-file facts a plug-in found in [`Interpreter::detect`] (its own type, shared by every

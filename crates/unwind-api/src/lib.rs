@@ -34,7 +34,7 @@ pub use interpreter::{
     AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
     InterpreterPlugin, InterpreterProcess, MapWrite, MappedRange, MappingsChanged, Metric,
     MetricKind, OwnedRange, ProcessUpdate, RangeMode, RegistryError, SharedMemory, SymbolRange,
-    check_names, plugins,
+    TlsTemplate, check_names, plugins,
 };
 pub use inventory;
 pub use memory::{MemoryError, ProcessMemory, RemoteMemory, SnapshotMemory};

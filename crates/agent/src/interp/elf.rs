@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 
-use ferroscope_unwind_api::{ElfFile, SymbolRange};
+use ferroscope_unwind_api::{ElfFile, SymbolRange, TlsTemplate};
 
 /// An ELF file mapped in memory, as plug-ins see it: symbols looked up by name (an index of
 /// `.dynsym` built on first use, then `.symtab` only when a name is not in `.dynsym`).
 pub(crate) struct MappedElf<'a> {
     path: &'a str,
+    data: &'a [u8],
     file: object::File<'a>,
     dynsym: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
     symtab: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
@@ -18,6 +19,7 @@ impl<'a> MappedElf<'a> {
         let file = object::File::parse(data).ok()?;
         Some(MappedElf {
             path,
+            data,
             file,
             dynsym: std::cell::OnceCell::new(),
             symtab: std::cell::OnceCell::new(),
@@ -63,6 +65,24 @@ impl ElfFile for MappedElf<'_> {
             .dynsym
             .get_or_init(|| index(self.file.dynamic_symbols()));
         dynsym.get(name).copied()
+    }
+
+    fn tls_template(&self) -> Option<TlsTemplate> {
+        use object::read::elf::{FileHeader, ProgramHeader};
+        use object::{Endianness, elf};
+        let data = self.data;
+        let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
+        let endian = header.endian().ok()?;
+        let tls = header
+            .program_headers(endian, data)
+            .ok()?
+            .iter()
+            .find(|p| p.p_type(endian) == elf::PT_TLS)?;
+        Some(TlsTemplate {
+            vaddr: tls.p_vaddr(endian),
+            memsz: tls.p_memsz(endian),
+            align: tls.p_align(endian),
+        })
     }
 
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
