@@ -207,7 +207,8 @@ fn symbolizes_own_vdso() {
         .iter()
         .find(|m| m.path == MapPath::Special("[vdso]".into()))
     else {
-        return; // Kernel without a vDSO.
+        ferroscope_test_harness::skip("this kernel maps no vDSO into processes");
+        return;
     };
     let mut s = Symbolizer::new();
     let pid = std::process::id();

@@ -222,7 +222,7 @@ pub fn deb_extract(package: &str, suite: &str) -> Result<PathBuf, Unavailable> {
                 .ok_or_else(|| Unavailable(format!("Debian {suite} has no package {package}")))?
         }
     };
-    let key = format!("deb/{suite}/{package}_{}", version.replace(':', "%3a"));
+    let key = format!("deb/{suite}/{package}_{}", version.replace(':', "_"));
     provision(&key, |tmp| {
         let dl = tmp.join(".download");
         std::fs::create_dir(&dl)

@@ -39,11 +39,12 @@ pub mod cache;
 pub mod chroot;
 pub mod debian;
 mod exec;
+pub mod files;
 pub mod process;
 pub mod require;
 pub mod runtimes;
 
-pub use process::{Guard, run, run_ok};
+pub use process::{Guard, run, run_ok, run_ok_with_input};
 pub use require::{
     Unavailable, cpython, file, find_cpython, find_tool, is_root, need, required, root, skip, tool,
 };

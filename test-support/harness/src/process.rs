@@ -341,12 +341,29 @@ pub enum RunError {
 /// Runs `cmd` to completion in its own process group, with stdout and stderr captured, and
 /// kills the group when it runs past `limit`.
 pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, RunError> {
+    try_run_with_input(cmd, None, limit)
+}
+
+/// [`try_run`], writing `input` (when given) to the command's stdin, then closing it.
+pub fn try_run_with_input(
+    cmd: &mut Command,
+    input: Option<Vec<u8>>,
+    limit: Duration,
+) -> Result<Output, RunError> {
     prepare(cmd);
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(RunError::Start)?;
+    let writer = child.stdin.take().zip(input).map(|(mut stdin, input)| {
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        })
+    });
     let collect = |stream: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -381,6 +398,9 @@ pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, RunError> {
     };
     // A grandchild that kept the pipes open must not keep us waiting.
     kill_group(child.id(), libc::SIGKILL);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
     let output = Output {
         status,
         stdout: out.join().unwrap_or_default(),
@@ -406,8 +426,12 @@ pub fn tail(bytes: &[u8]) -> String {
 /// Runs `cmd` to completion under `limit` ([`try_run`]) and returns its output, whatever its
 /// exit status; fails the test when it cannot start or runs past the limit.
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    run_with_input(cmd, None, limit)
+}
+
+fn run_with_input(cmd: &mut Command, input: Option<Vec<u8>>, limit: Duration) -> Output {
     let what = describe(cmd);
-    match try_run(cmd, limit) {
+    match try_run_with_input(cmd, input, limit) {
         Ok(out) => out,
         Err(RunError::Start(e)) => panic!("cannot run `{what}`: {e}"),
         Err(RunError::Timeout(out)) => panic!(
@@ -421,8 +445,17 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
 
 /// Runs `cmd` under `limit` and fails the test unless it succeeds; returns its stdout.
 pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
+    run_ok_inner(cmd, None, limit)
+}
+
+/// [`run_ok`], with `input` written to the command's stdin.
+pub fn run_ok_with_input(cmd: &mut Command, input: &[u8], limit: Duration) -> String {
+    run_ok_inner(cmd, Some(input.to_vec()), limit)
+}
+
+fn run_ok_inner(cmd: &mut Command, input: Option<Vec<u8>>, limit: Duration) -> String {
     let what = describe(cmd);
-    let out = run(cmd, limit);
+    let out = run_with_input(cmd, input, limit);
     assert!(
         out.status.success(),
         "`{what}` failed ({})\n--- its stdout (last lines)\n{}--- its stderr (last lines)\n{}",

