@@ -79,7 +79,8 @@ pub struct Guard {
     what: String,
     limit: Duration,
     started: Instant,
-    lines: Receiver<String>,
+    /// Behind a mutex so that a guard can be shared with other threads of the test.
+    lines: Mutex<Receiver<String>>,
     stdout: Arc<Mutex<Tail>>,
     stderr: Arc<Mutex<Tail>>,
     readers: Vec<JoinHandle<()>>,
@@ -143,7 +144,7 @@ impl Guard {
             what,
             limit,
             started: Instant::now(),
-            lines,
+            lines: Mutex::new(lines),
             stdout,
             stderr,
             readers,
@@ -198,7 +199,12 @@ impl Guard {
         let end = Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            let next = self
+                .lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(left);
+            match next {
                 Ok(line) if pred(&line) => return line,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => self.fail(&format!(
@@ -228,7 +234,12 @@ impl Guard {
     /// The next stdout line within `timeout`, or `None` when stdout closed first; fails the
     /// test when the time runs out.
     pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        match self.lines.recv_timeout(timeout) {
+        let next = self
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv_timeout(timeout);
+        match next {
             Ok(line) => Some(line),
             Err(RecvTimeoutError::Disconnected) => None,
             Err(RecvTimeoutError::Timeout) => self.fail(&format!(
