@@ -240,11 +240,11 @@ fn go_1_19_prologues_match_objdump_across_the_binary() {
 /// SUBQ $n, SP` (CFA = RSP + n + 16 after it); older Go (1.19): `SUBQ $n, SP;
 /// MOVQ BP, n-8(SP); LEAQ n-8(SP), BP` (CFA = RSP + n + 8).
 fn prologue(insns: &[Insn]) -> Option<(usize, i64, &Insn, i64)> {
-    if let Some(p) = insns.iter().position(|i| i.text == "PUSHQ BP") {
-        if insns.get(p + 1).is_some_and(|i| i.text == "MOVQ SP, BP") {
-            let n = insns.get(p + 2).and_then(|i| imm(&i.text, "SUBQ "))?;
-            return Some((p, n, insns.get(p + 3)?, n + 16));
-        }
+    if let Some(p) = insns.iter().position(|i| i.text == "PUSHQ BP")
+        && insns.get(p + 1).is_some_and(|i| i.text == "MOVQ SP, BP")
+    {
+        let n = insns.get(p + 2).and_then(|i| imm(&i.text, "SUBQ "))?;
+        return Some((p, n, insns.get(p + 3)?, n + 16));
     }
     let p = insns.iter().position(|i| imm(&i.text, "SUBQ ").is_some())?;
     let n = imm(&insns[p].text, "SUBQ ")?;

@@ -2,7 +2,7 @@
 //! runtime installs.
 //!
 //! - **One switch** ([`require`]): a test that cannot run its real check calls a helper
-//!   ([`root`], [`tool`], [`file`], [`cpython`], the runtime provisioners) that returns
+//!   ([`root`], [`tool`], [`file()`], [`cpython`], the runtime provisioners) that returns
 //!   `None` after printing and logging a skip, or panics with the reason when
 //!   `FERROSCOPE_REQUIRE=1` (or `CI=true`, or the older `FERROSCOPE_REQUIRE_BPF=1`) is set.
 //!   `cargo xtask test` collects the skips through `FERROSCOPE_SKIP_LOG` and lists them.

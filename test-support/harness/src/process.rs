@@ -424,7 +424,7 @@ pub fn try_run_with_input(
     }
 }
 
-/// The last [`TAIL_LINES`] lines of `bytes`, indented, for failure messages.
+/// The last 40 lines of `bytes`, indented, for failure messages.
 pub fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
