@@ -359,6 +359,11 @@ fn bad_input_is_refused_before_sampling() {
         err.contains("cannot write /nonexistent-dir/p.pb.gz"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is printed once: {err}"
+    );
 
     let out = ferroscope(&["record", "-d", "10x"]);
     assert!(!out.status.success());
