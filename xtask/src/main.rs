@@ -1,7 +1,10 @@
 //! Project automation. `cargo xtask demo` and `cargo xtask test` are the two commands the
 //! README opens with: each installs what is missing on a fresh Debian machine (as root), then
 //! builds and runs. `cargo xtask vmlinux` regenerates the committed `vmlinux.h`.
+//! `cargo xtask kernels` runs the kernel matrix (see kernels.rs).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod kernels;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -59,12 +63,15 @@ fn main() -> Result<()> {
                  demo      install what is missing, build, profile a demo workload for 10 s,\n            \
                  write profile.pb.gz and flamegraph.svg\n  \
                  test      install what is missing, then run every test (extra args go to cargo test)\n  \
-                 vmlinux   regenerate crates/ebpf-programs/bpf/vmlinux.h from this kernel's BTF\n  \
+                 vmlinux   regenerate crates/ebpf-abi/include/vmlinux.h from this kernel's BTF\n  \
                  bench-agent [SECONDS]  whole-agent overhead: `ferroscope run` with 200 idle and\n            \
                  4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
-                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)"
+                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
+                 on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
+                 (`cargo xtask kernels --help` for its options)"
             );
             bail!("no command given")
         }
@@ -278,9 +285,14 @@ fn build_release(root: &Path) -> Result<PathBuf> {
     run(Command::new(cargo())
         .current_dir(root)
         .args(["build", "--release", "-p", "ferroscope"]))?;
-    Ok(std::env::var_os("CARGO_TARGET_DIR")
+    Ok(target_dir(root))
+}
+
+/// `$CARGO_TARGET_DIR`, else `target/` of the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target")))
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn demo() -> Result<()> {
@@ -334,7 +346,7 @@ fn demo() -> Result<()> {
 
 fn vmlinux() -> Result<()> {
     ensure_packages(&["bpftool"])?;
-    let out = root().join("crates/ebpf-programs/bpf/vmlinux.h");
+    let out = root().join("crates/ebpf-abi/include/vmlinux.h");
     let output = Command::new("bpftool")
         .args([
             "btf",

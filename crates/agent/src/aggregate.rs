@@ -1,28 +1,51 @@
-//! Counting identical traces.
+//! From ring-buffer records to traces, and counting identical traces.
 
 use std::collections::{HashMap, HashSet};
 
-use ferroscope_ebpf_programs::abi::{FRAME_NATIVE, TraceEvent, UnwindError};
-use ferroscope_unwind_api::{Frame, FrameKind, Trace};
+use ferroscope_ebpf_abi::{FRAME_NATIVE, TraceRecord, UnwindError};
+use ferroscope_unwind_api::{Frame, RawFrame, RecordedFrame, Trace};
 
-use crate::interp::Interpreters;
-
-/// Addresses at and above this, in a native frame, are not code: they stand for the
-/// [`UnwindError`] (`address - UNWIND_ERROR_FRAME_BASE`) that ended the user stack. No
-/// user-space address is this high on any 64-bit architecture.
-pub const UNWIND_ERROR_FRAME_BASE: u64 = 0xffff_ffff_ffff_ff00;
-
-/// The frame that ends a user stack the unwinder could not finish.
-pub fn unwind_error_frame(error: UnwindError) -> Frame {
-    Frame::native(UNWIND_ERROR_FRAME_BASE + error as u64, false)
+/// A record as a trace: kernel frames first (leaf first), then user frames. The first frame
+/// of each stack is the interrupted instruction, and so is a frame a signal interrupted;
+/// every other frame is a return address. A user stack the unwinder could not finish ends
+/// with an [`RecordedFrame::UnwindError`]. Runtime frames come out raw (as their programs
+/// recorded them): name them with [`crate::interp::Interpreters::resolve`].
+pub fn trace_of(record: &TraceRecord<'_>) -> Trace<RecordedFrame> {
+    let kernel = record
+        .kernel_frames()
+        .enumerate()
+        .map(|(i, a)| RecordedFrame::kernel(a, i == 0));
+    // When the sample interrupted a syscall, the user stack's first frame is the
+    // instruction the syscall returns to: the thread is "at" it, so it is looked up as is,
+    // as perf does.
+    let user = record.user_frames().map(|f| {
+        if f.kind() == FRAME_NATIVE {
+            RecordedFrame::native(f.addr, f.is_exact())
+        } else {
+            RecordedFrame::Runtime(RawFrame {
+                runtime: f.kind(),
+                address: f.addr,
+                aux: f.payload(),
+            })
+        }
+    });
+    let error = record
+        .user_error()
+        .map(|e| RecordedFrame::UnwindError(e as u8));
+    Trace {
+        pid: record.header.pid,
+        tid: record.header.tid,
+        comm: record.comm(),
+        frames: kernel.chain(user).chain(error).collect(),
+    }
 }
 
-/// The unwind error a frame from [`unwind_error_frame`] stands for.
+/// The unwind error a frame stands for.
 pub fn unwind_error_of(frame: &Frame) -> Option<UnwindError> {
-    if frame.kind != FrameKind::Native || frame.address < UNWIND_ERROR_FRAME_BASE {
-        return None;
+    match frame {
+        Frame::UnwindError(code) => UnwindError::from_raw(u32::from(*code)),
+        _ => None,
     }
-    UnwindError::from_raw((frame.address - UNWIND_ERROR_FRAME_BASE) as u32)
 }
 
 /// Counts identical traces (same process, thread, comm and frames).
@@ -39,53 +62,8 @@ impl TraceAggregator {
         Self::default()
     }
 
-    /// Converts a sampled event into a [`Trace`]: kernel frames first (leaf first), then
-    /// user frames. The first frame of each stack is the interrupted instruction; every
-    /// other frame is a return address. A user stack the unwinder could not finish ends
-    /// with an [`unwind_error_frame`]. Interpreter frames come out raw (as the eBPF walker
-    /// recorded them): name them with [`crate::interp::Interpreters::resolve`] before
-    /// counting the trace.
-    pub fn trace_of(event: &TraceEvent) -> Trace {
-        let kernel = event
-            .kernel_frames()
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| Frame::kernel(a, i == 0));
-        // When the sample interrupted a syscall, the user stack's first frame is the
-        // instruction the syscall returns to: the thread is "at" it, so it is looked up as
-        // is, as perf does.
-        let kinds = event.user_frame_kinds();
-        let user = event
-            .user_frames()
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| match kinds {
-                Some((kinds, aux)) if kinds[i] != FRAME_NATIVE => {
-                    Frame::interpreted(kinds[i], a, aux[i], i == 0)
-                }
-                _ => Frame::native(a, i == 0),
-            });
-        let error = event.user_error().map(unwind_error_frame);
-        Trace {
-            pid: event.pid,
-            tid: event.tid,
-            comm: event.comm_str(),
-            frames: kernel.chain(user).chain(error).collect(),
-        }
-    }
-
-    /// Counts one event. Returns true when its process was not seen before.
-    /// Interpreter frames are named by `interpreters` first.
-    pub fn add(&mut self, event: &TraceEvent, interpreters: &mut Interpreters) -> bool {
-        let mut trace = Self::trace_of(event);
-        if event.interp_frames > 0 {
-            interpreters.resolve(&mut trace);
-        }
-        self.add_trace(trace, 1)
-    }
-
     /// Counts `count` samples of `trace`. Returns true when its process was not seen before.
-    pub fn add_trace(&mut self, trace: Trace, count: u64) -> bool {
+    pub fn add(&mut self, trace: Trace, count: u64) -> bool {
         self.samples += count;
         let new = self.processes.insert(trace.pid);
         *self.counts.entry(trace).or_insert(0) += count;
@@ -116,73 +94,107 @@ impl TraceAggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferroscope_ebpf_programs::abi::{MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+    use ferroscope_ebpf_abi::{
+        FRAME_KIND_SHIFT, NATIVE_EXACT, TRACE_IN_KERNEL, TraceHeader, UserFrame,
+    };
 
-    fn event(pid: u32, kernel: &[u64], user: &[u64]) -> TraceEvent {
-        let mut e = TraceEvent {
+    fn header(pid: u32) -> TraceHeader {
+        TraceHeader {
             pid,
             tid: pid + 1,
             ktime_ns: 0,
+            start_ns: 0,
             cpu: 0,
-            flags: 0,
-            kernel_len: kernel.len() as i32,
-            user_len: user.len() as i32,
+            flags: TRACE_IN_KERNEL,
+            kernel_len: 0,
+            user_len: 0,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
             user_error: 0,
             interp_frames: 0,
-            kernel_frames: [0; MAX_KERNEL_FRAMES],
-            user_frames: [0; MAX_USER_FRAMES],
-            user_aux: [0; MAX_USER_FRAMES],
-            user_kinds: [0; MAX_USER_FRAMES],
-        };
-        e.kernel_frames[..kernel.len()].copy_from_slice(kernel);
-        e.user_frames[..user.len()].copy_from_slice(user);
-        e
+        }
+    }
+
+    fn native(addr: u64, exact: bool) -> UserFrame {
+        UserFrame {
+            addr,
+            aux: if exact { NATIVE_EXACT } else { 0 },
+        }
+    }
+
+    fn trace(h: &TraceHeader, kernel: &[u64], user: &[UserFrame]) -> Trace<RecordedFrame> {
+        let bytes = TraceRecord::encode(h, user, kernel);
+        trace_of(&TraceRecord::parse(&bytes).unwrap())
+    }
+
+    fn named(t: Trace<RecordedFrame>) -> Trace {
+        crate::interp::Interpreters::new(Vec::new()).resolve(t)
     }
 
     #[test]
     fn identical_traces_are_counted_together() {
         let mut agg = TraceAggregator::new();
-        let mut i = Interpreters::new(&[]);
-        assert!(agg.add(&event(10, &[], &[0x1000, 0x2000]), &mut i));
-        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2000]), &mut i));
-        assert!(!agg.add(&event(10, &[], &[0x1000, 0x2001]), &mut i));
-        assert!(agg.add(&event(11, &[], &[0x1000, 0x2000]), &mut i));
+        let h = header(10);
+        let t = |second| {
+            named(trace(
+                &h,
+                &[],
+                &[native(0x1000, true), native(second, false)],
+            ))
+        };
+        assert!(agg.add(t(0x2000), 1));
+        assert!(!agg.add(t(0x2000), 1));
+        assert!(!agg.add(t(0x2001), 1));
+        assert!(agg.add(named(trace(&header(11), &[], &[native(0x1000, true)])), 1));
         assert_eq!(agg.samples(), 4);
         assert_eq!(agg.processes(), 2);
         assert_eq!(agg.distinct(), 3);
-        let max = agg.iter().map(|(_, c)| c).max().unwrap();
-        assert_eq!(max, 2);
+        assert_eq!(agg.iter().map(|(_, c)| c).max(), Some(2));
     }
 
     #[test]
-    fn kernel_frames_come_first_and_only_leaves_are_exact() {
-        let t =
-            TraceAggregator::trace_of(&event(1, &[0xffff_1000, 0xffff_2000], &[0x10, 0x20, 0x30]));
-        let kinds: Vec<_> = t.frames.iter().map(|f| (f.kind, f.is_leaf)).collect();
-        use ferroscope_unwind_api::FrameKind::*;
+    fn kernel_frames_come_first_and_exactness_comes_from_the_record() {
+        let t = trace(
+            &header(1),
+            &[0xffff_1000, 0xffff_2000],
+            // A frame a signal interrupted is exact too, wherever it is.
+            &[native(0x10, true), native(0x20, false), native(0x30, true)],
+        );
         assert_eq!(
-            kinds,
+            t.frames,
             vec![
-                (Kernel, true),
-                (Kernel, false),
-                (Native, true),
-                (Native, false),
-                (Native, false)
+                RecordedFrame::kernel(0xffff_1000, true),
+                RecordedFrame::kernel(0xffff_2000, false),
+                RecordedFrame::native(0x10, true),
+                RecordedFrame::native(0x20, false),
+                RecordedFrame::native(0x30, true),
             ]
         );
         assert_eq!(t.comm, "worker");
-        assert_eq!(t.frames[4].lookup_address(), 0x2f);
     }
 
     #[test]
-    fn an_unwind_error_ends_the_user_stack_with_its_frame() {
-        let mut e = event(1, &[], &[0x10, 0x20]);
-        e.user_error = UnwindError::NoMapping as u32;
-        let t = TraceAggregator::trace_of(&e);
-        assert_eq!(t.frames.len(), 3);
-        assert_eq!(unwind_error_of(&t.frames[2]), Some(UnwindError::NoMapping));
-        assert_eq!(unwind_error_of(&t.frames[1]), None);
-        assert_eq!(unwind_error_of(&Frame::kernel(u64::MAX, false)), None);
+    fn runtime_frames_come_out_raw_and_an_error_ends_the_stack() {
+        let mut h = header(1);
+        h.user_error = UnwindError::NoMapping as u32;
+        let runtime = UserFrame {
+            addr: 0x7f00_0000_1000,
+            aux: (3 << FRAME_KIND_SHIFT) | 0x42,
+        };
+        let t = trace(&h, &[], &[native(0x10, true), runtime]);
+        assert_eq!(
+            t.frames[1],
+            RecordedFrame::Runtime(RawFrame {
+                runtime: 3,
+                address: 0x7f00_0000_1000,
+                aux: 0x42
+            })
+        );
+        assert_eq!(
+            t.frames[2],
+            RecordedFrame::UnwindError(UnwindError::NoMapping as u8)
+        );
+        let n = named(t);
+        assert_eq!(unwind_error_of(&n.frames[2]), Some(UnwindError::NoMapping));
+        assert_eq!(unwind_error_of(&n.frames[0]), None);
     }
 }

@@ -64,8 +64,13 @@ pub struct Config {
 
 /// The `[ebpf]` table: the arguments of Alloy's `pyroscope.ebpf`, same names, types and
 /// defaults.
+///
+/// Every `<runtime>_enabled` key (`python_enabled`, `hotspot_enabled`, ...) is collected in
+/// [`EbpfConfig::runtimes`]: which runtimes exist is up to the plug-ins linked into the
+/// binary, so the keys are not fixed here. [`parse`] checks them against those plug-ins
+/// and the runtimes `pyroscope.ebpf` knows.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EbpfConfig {
     /// How often profiles are collected and sent (`"15s"`).
     #[serde(deserialize_with = "de_positive_duration")]
@@ -73,22 +78,9 @@ pub struct EbpfConfig {
     /// Samples per second per CPU (19).
     #[serde(deserialize_with = "de_sample_rate")]
     pub sample_rate: u32,
-    /// Python profiling (true).
-    pub python_enabled: bool,
-    /// Perl profiling (true).
-    pub perl_enabled: bool,
-    /// PHP profiling (true).
-    pub php_enabled: bool,
-    /// HotSpot JVM profiling (true).
-    pub hotspot_enabled: bool,
-    /// Ruby profiling (true).
-    pub ruby_enabled: bool,
-    /// V8 / Node.js profiling (true).
-    pub v8_enabled: bool,
-    /// .NET profiling (true).
-    pub dotnet_enabled: bool,
-    /// Go profiling (true).
-    pub go_enabled: bool,
+    /// `<runtime>_enabled` switches, by runtime name; a runtime not listed is on.
+    #[serde(flatten)]
+    pub runtimes: RuntimeSwitches,
     /// C++ demangling ("none").
     pub demangle: Demangle,
     /// Probability in [0, 1] that a context switch is recorded for off-CPU profiles (0).
@@ -144,14 +136,7 @@ impl Default for EbpfConfig {
         Self {
             collect_interval: Duration::from_secs(15),
             sample_rate: 19,
-            python_enabled: true,
-            perl_enabled: true,
-            php_enabled: true,
-            hotspot_enabled: true,
-            ruby_enabled: true,
-            v8_enabled: true,
-            dotnet_enabled: true,
-            go_enabled: true,
+            runtimes: RuntimeSwitches::default(),
             demangle: Demangle::None,
             off_cpu_threshold: 0.0,
             load_probe: false,
@@ -179,21 +164,19 @@ impl Default for EbpfConfig {
 }
 
 impl EbpfConfig {
-    /// The interpreter unwinders the `*_enabled` arguments turn off, by plug-in name.
-    pub fn disabled_interpreters(&self) -> Vec<String> {
-        [
-            ("python", self.python_enabled),
-            ("perl", self.perl_enabled),
-            ("php", self.php_enabled),
-            ("hotspot", self.hotspot_enabled),
-            ("ruby", self.ruby_enabled),
-            ("v8", self.v8_enabled),
-            ("dotnet", self.dotnet_enabled),
-        ]
-        .into_iter()
-        .filter(|(_, on)| !on)
-        .map(|(name, _)| name.to_owned())
-        .collect()
+    /// The runtime unwinders the `*_enabled` arguments turn off, by plug-in name.
+    pub fn disabled_runtimes(&self) -> Vec<String> {
+        self.runtimes
+            .0
+            .iter()
+            .filter(|(_, on)| !**on)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether the runtime `name` is on (true unless `<name>_enabled = false`).
+    pub fn runtime_enabled(&self, name: &str) -> bool {
+        self.runtimes.0.get(name).copied().unwrap_or(true)
     }
 
     /// The deprecated arguments that are set, with the byte range of their values.
@@ -223,6 +206,82 @@ impl EbpfConfig {
             .collect();
         set.sort_by_key(|(_, span)| span.start);
         set
+    }
+}
+
+/// The runtimes `pyroscope.ebpf` has a `<name>_enabled` argument for. A configuration
+/// written for Alloy may set any of them, whether this binary has the runtime or not (`go`
+/// is native code here: always on, accepted for compatibility).
+pub const PYROSCOPE_RUNTIME_KEYS: &[&str] = &[
+    "python", "perl", "php", "hotspot", "ruby", "v8", "dotnet", "go",
+];
+
+/// The keys of `[ebpf]` besides the `<runtime>_enabled` switches (for the message about an
+/// unknown key; a test checks the list against [`EbpfConfig`]'s fields).
+pub const EBPF_KEYS: &[&str] = &[
+    "collect_interval",
+    "sample_rate",
+    "demangle",
+    "off_cpu_threshold",
+    "load_probe",
+    "u_probe_links",
+    "verbose_mode",
+    "lazy_mode",
+    "comm",
+    "pid_label",
+    "kernel_frames",
+    "targets_only",
+    "symb_cache_path",
+    "symb_cache_size",
+    "pid_cache_size",
+    "build_id_cache_size",
+    "same_file_cache_size",
+    "cache_rounds",
+    "go_table_fallback",
+    "symbols_map_size",
+    "pid_map_size",
+    "collect_user_profile",
+    "collect_kernel_profile",
+    "container_id_cache_size",
+];
+
+/// The `<runtime>_enabled` keys of `[ebpf]`, by runtime name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeSwitches(pub BTreeMap<String, bool>);
+
+impl<'de> Deserialize<'de> for RuntimeSwitches {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RuntimeSwitches;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`<runtime>_enabled = true|false` keys")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let Some(name) = key.strip_suffix("_enabled").filter(|n| {
+                        !n.is_empty()
+                            && n.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    }) else {
+                        let known: Vec<String> =
+                            EBPF_KEYS.iter().map(|k| format!("`{k}`")).collect();
+                        return Err(de::Error::custom(format!(
+                            "unknown field `{key}`, expected one of {}, or `<runtime>_enabled`",
+                            known.join(", ")
+                        )));
+                    };
+                    let on: bool = map.next_value().map_err(|e| {
+                        let e = e.to_string();
+                        de::Error::custom(format!("{key}: {}; use true or false", e.trim()))
+                    })?;
+                    out.insert(name.to_owned(), on);
+                }
+                Ok(RuntimeSwitches(out))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -547,18 +606,65 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
 /// configuration and warnings (deprecated arguments, a configuration that profiles nothing)
 /// for the caller to log.
 pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let (line, column) = line_column(text, span.start);
+    let config_error = |at: usize, message: String| {
+        let (line, column) = line_column(text, at);
         Error::Config {
             file: file_name.to_owned(),
             line,
             column,
-            key: key_at(text, span.start),
-            message: e.message().trim().to_owned(),
+            key: key_at(text, at),
+            message,
         }
+    };
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_owned();
+        // Keys of [ebpf] that are not its own fields reach the runtime switches, whose errors
+        // carry no position: find the key in the text.
+        let named_key = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .or_else(|| {
+                message
+                    .split_once("_enabled: ")
+                    .map(|(name, _)| &message[..name.len() + 8])
+            })
+            .and_then(|key| ebpf_key_position(text, key));
+        let at = named_key.or_else(|| e.span().map(|s| s.start)).unwrap_or(0);
+        config_error(at, message)
     })?;
     let mut warnings = Vec::new();
+    let linked = crate::interp::built_in();
+    for name in config.ebpf.runtimes.0.keys() {
+        let key = format!("{name}_enabled");
+        let at = ebpf_key_position(text, &key).unwrap_or(0);
+        if linked.contains(&name.as_str()) {
+            continue;
+        }
+        if PYROSCOPE_RUNTIME_KEYS.contains(&name.as_str()) {
+            // Turning a runtime off that is not there changes nothing; asking for one that is
+            // not there deserves a word.
+            if name != "go" && config.ebpf.runtime_enabled(name) {
+                let (line, column) = line_column(text, at);
+                warnings.push(format!(
+                    "{file_name}:{line}:{column}: ebpf.{key}: this ferroscope was built without the {name} runtime, so the setting has no effect (built in: {})",
+                    linked.join(", ")
+                ));
+            }
+            continue;
+        }
+        return Err(config_error(
+            at,
+            format!(
+                "unknown runtime `{name}`: the runtimes built into this ferroscope are {}, and                  pyroscope.ebpf knows {}",
+                if linked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    linked.join(", ")
+                },
+                PYROSCOPE_RUNTIME_KEYS.join(", ")
+            ),
+        ));
+    }
     for (name, span) in config.ebpf.deprecated_set() {
         let (line, column) = line_column(text, span.start);
         warnings.push(format!(
@@ -572,6 +678,26 @@ pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error
         ));
     }
     Ok((config, warnings))
+}
+
+/// The byte offset of `key = ...` in the `[ebpf]` table of `text`.
+fn ebpf_key_position(text: &str, key: &str) -> Option<usize> {
+    let mut in_ebpf = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            in_ebpf = t.trim_start_matches('[').trim_start().starts_with("ebpf]")
+                || t.trim_start_matches('[').trim_start().starts_with("ebpf ]");
+        } else if in_ebpf
+            && let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(offset + (line.len() - t.len()));
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of byte `offset`.
@@ -848,15 +974,73 @@ mod tests {
     }
 
     #[test]
-    fn interpreter_switches_name_the_plugins_to_turn_off() {
+    fn runtime_switches_name_the_plugins_to_turn_off() {
         let (c, _) = parse("[ebpf]\n", "a.toml").unwrap();
-        assert!(c.ebpf.disabled_interpreters().is_empty());
-        let (c, _) = parse(
-            "[ebpf]\npython_enabled = false\nhotspot_enabled = false\n",
+        assert!(c.ebpf.disabled_runtimes().is_empty());
+        assert!(c.ebpf.runtime_enabled("python"));
+        // This test binary links no plug-in: pyroscope.ebpf's runtimes are accepted with a
+        // warning that they have no effect here.
+        let (c, warnings) = parse(
+            "[ebpf]\npython_enabled = false\nhotspot_enabled = false\ngo_enabled = true\nv8_enabled = true\n",
             "a.toml",
         )
         .unwrap();
-        assert_eq!(c.ebpf.disabled_interpreters(), ["python", "hotspot"]);
+        assert_eq!(c.ebpf.disabled_runtimes(), ["hotspot", "python"]);
+        assert!(!c.ebpf.runtime_enabled("hotspot"));
+        // Asking for a runtime this binary does not have is worth a warning (go is native
+        // code here); turning one off that is not there changes nothing.
+        let built_without: Vec<&String> = warnings
+            .iter()
+            .filter(|w| w.contains("built without"))
+            .collect();
+        assert_eq!(built_without.len(), 1, "{warnings:?}");
+        assert!(
+            built_without[0].starts_with("a.toml:5:1: ebpf.v8_enabled"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_list_of_ebpf_keys_is_every_field() {
+        // Field names from the Debug output, at the top level of the struct.
+        let debug = format!("{:?}", EbpfConfig::default());
+        let body = &debug[debug.find('{').unwrap() + 1..debug.rfind('}').unwrap()];
+        let mut fields = Vec::new();
+        let mut depth = 0;
+        let mut start = 0;
+        for (i, c) in body.char_indices() {
+            match c {
+                '{' | '(' | '[' => depth += 1,
+                '}' | ')' | ']' => depth -= 1,
+                ':' if depth == 0 => {
+                    let name = body[start..i].trim().trim_start_matches(',').trim();
+                    fields.push(name.to_owned());
+                }
+                ',' if depth == 0 => start = i,
+                _ => {}
+            }
+        }
+        fields.retain(|f| f != "runtimes");
+        assert_eq!(
+            fields, EBPF_KEYS,
+            "EBPF_KEYS must list EbpfConfig's fields in order"
+        );
+    }
+
+    #[test]
+    fn unknown_runtimes_and_keys_are_refused_where_they_are() {
+        let text = "[ebpf]\nsample_rate = 97\nlua_enabled = true\n";
+        let e = parse(text, "a.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("a.toml:3:1") && e.contains("unknown runtime `lua`"),
+            "{e}"
+        );
+        let text = "[ebpf]\nsample_rate = 97\nsampel_rate = 3\n";
+        let e = parse(text, "a.toml").unwrap_err().to_string();
+        assert!(e.contains("a.toml:3:1") && e.contains("sampel_rate"), "{e}");
+        let text = "[ebpf]\npython_enabled = 3\n";
+        let e = parse(text, "a.toml").unwrap_err().to_string();
+        assert!(e.contains("true or false"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use ferroscope_unwind_api::{Metric, MetricKind};
+
 /// Label set of `pyroscope_ebpf_pprofs_total`.
 pub type ServiceLabels = Vec<(String, String)>;
 
@@ -40,10 +42,28 @@ pub struct AgentMetrics {
     /// `ferroscope_last_round_build_seconds`: time to symbolize, build and encode every
     /// profile of the last interval.
     pub last_round_build_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
-    /// The unwinder's and process manager's internal metrics, under the reference
-    /// profiler's names (`UnwindNativeAttempts_total`, `NumProcNew_total`, ...), labelled
-    /// `otel_scope_name="pyroscope.ebpf"` as Alloy labels them.
-    pub internal: std::collections::HashMap<&'static str, Family<ServiceLabels, Gauge>>,
+    /// The unwinder's, process manager's and runtime plug-ins' internal metrics, under the
+    /// reference profiler's names (`UnwindNativeAttempts_total`, `NumProcNew_total`,
+    /// `UnwindPythonFrames_total`, ...), labelled `otel_scope_name="pyroscope.ebpf"` as
+    /// Alloy labels them; counters are counters, gauges gauges.
+    pub internal: std::collections::HashMap<String, Internal>,
+    /// `ferroscope_bpf_program_loaded{owner, program, build, reason}`: 1 for each loaded
+    /// eBPF program, 0 for a rejected one (with the kernel's reason).
+    pub programs: Family<ServiceLabels, Gauge>,
+    /// `ferroscope_bpf_program_verified_instructions{owner, program, build}`.
+    pub verified_instructions: Family<ServiceLabels, Gauge>,
+}
+
+/// One internal metric.
+#[derive(Debug, Clone)]
+pub enum Internal {
+    /// A counter, kept in step with its monotonic source.
+    Counter(
+        Family<ServiceLabels, Counter>,
+        std::sync::Arc<std::sync::Mutex<u64>>,
+    ),
+    /// A gauge.
+    Gauge(Family<ServiceLabels, Gauge>),
 }
 
 impl AgentMetrics {
@@ -109,17 +129,35 @@ impl AgentMetrics {
         let names = crate::process::UnwindMetrics::default()
             .named()
             .into_iter()
-            .map(|(n, _)| n)
-            .chain(crate::interp::Interpreters::metric_names());
-        for name in names {
-            let family: Family<ServiceLabels, Gauge> = Family::default();
-            registry.register(
-                name,
-                "Internal metric of the eBPF profiler (reference profiler's name)",
-                family.clone(),
-            );
-            m.internal.insert(name, family);
+            .chain(crate::interp::Interpreters::linked(&[]).metrics(|_| None));
+        for metric in names {
+            let help = "Internal metric of the eBPF profiler (reference profiler's name)";
+            let name = metric.name.to_string();
+            let internal = match metric.kind {
+                MetricKind::Counter => {
+                    let family: Family<ServiceLabels, Counter> = Family::default();
+                    let base = name.strip_suffix("_total").unwrap_or(&name);
+                    registry.register(base, help, family.clone());
+                    Internal::Counter(family, Default::default())
+                }
+                MetricKind::Gauge => {
+                    let family: Family<ServiceLabels, Gauge> = Family::default();
+                    registry.register(name.as_str(), help, family.clone());
+                    Internal::Gauge(family)
+                }
+            };
+            m.internal.insert(name, internal);
         }
+        registry.register(
+            "ferroscope_bpf_program_loaded",
+            "1 for each eBPF program the kernel loaded, 0 for one it rejected (reason label)",
+            m.programs.clone(),
+        );
+        registry.register(
+            "ferroscope_bpf_program_verified_instructions",
+            "Instructions the kernel's verifier processed for each loaded eBPF program",
+            m.verified_instructions.clone(),
+        );
         registry.register(
             "ferroscope_last_round_build_seconds",
             "Time to symbolize, build and encode every profile of the last interval",
@@ -147,16 +185,65 @@ impl Mirror {
 }
 
 impl AgentMetrics {
-    /// Publishes the unwinder's and process manager's metrics.
+    /// Publishes the unwinder's, process manager's and runtime plug-ins' metrics.
     pub fn set_internal(
         &self,
-        unwind: &crate::process::UnwindMetrics,
-        interpreters: &crate::interp::Interpreters,
+        unwind: Option<&crate::process::UnwindMetrics>,
+        runtimes: &[Metric],
     ) {
         let labels = vec![("otel_scope_name".to_owned(), "pyroscope.ebpf".to_owned())];
-        for (name, value) in unwind.named().into_iter().chain(interpreters.metrics()) {
-            if let Some(family) = self.internal.get(name) {
-                family.get_or_create(&labels).set(value as i64);
+        // Every metric shows, at 0 until it moves (a runtime turned off reports zeros).
+        for internal in self.internal.values() {
+            match internal {
+                Internal::Counter(family, _) => drop(family.get_or_create(&labels)),
+                Internal::Gauge(family) => drop(family.get_or_create(&labels)),
+            }
+        }
+        let unwind = unwind.map(|u| u.named()).unwrap_or_default();
+        for metric in unwind.iter().chain(runtimes) {
+            match self.internal.get(&*metric.name) {
+                Some(Internal::Counter(family, last)) => {
+                    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                    // Created at 0 too: a counter that has not moved is still reported.
+                    let counter = family.get_or_create(&labels);
+                    if metric.value > *last {
+                        counter.inc_by(metric.value - *last);
+                    }
+                    *last = metric.value;
+                }
+                Some(Internal::Gauge(family)) => {
+                    family.get_or_create(&labels).set(metric.value as i64);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Publishes every program's load verdict.
+    pub fn set_programs(&self, reports: &[ferroscope_ebpf_programs::ProgramReport]) {
+        use ferroscope_ebpf_programs::Verdict;
+        for r in reports {
+            let mut labels = vec![
+                ("owner".to_owned(), r.owner.clone()),
+                ("program".to_owned(), r.program.clone()),
+                ("build".to_owned(), r.build.describe().to_owned()),
+            ];
+            match &r.verdict {
+                Verdict::Loaded {
+                    verified_instructions,
+                } => {
+                    if let Some(n) = verified_instructions {
+                        self.verified_instructions
+                            .get_or_create(&labels)
+                            .set(i64::from(*n));
+                    }
+                    labels.push(("reason".to_owned(), String::new()));
+                    self.programs.get_or_create(&labels).set(1);
+                }
+                Verdict::Rejected { reason, .. } => {
+                    labels.push(("reason".to_owned(), reason.clone()));
+                    self.programs.get_or_create(&labels).set(0);
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use ferroscope_pprof::proto::Profile;
 use ferroscope_pprof::{Label, LineSpec, LocationId, LocationSpec, MappingSpec, ProfileBuilder};
 use ferroscope_symbolize::Symbolizer;
-use ferroscope_unwind_api::{Frame, FrameKind, Trace};
+use ferroscope_unwind_api::{Frame, Trace, lookup_address};
 
 use crate::interp::FrameNames;
 
@@ -50,8 +50,8 @@ impl SampleLabels {
 /// Samples carry the labels chosen in `options.labels` (`pid`, `tid`, `comm`). A sample's
 /// value is the number of samples times the period, in nanoseconds of CPU time.
 ///
-/// Interpreted frames must have been named ([`crate::interp::Interpreters::resolve`]);
-/// `names` gives their functions and files.
+/// Runtime frames are named ([`crate::interp::Interpreters::resolve`]); `names` gives their
+/// functions, files and lines.
 pub fn build_cpu_profile<'a>(
     traces: impl IntoIterator<Item = (&'a Trace, u64)>,
     symbolizer: &mut Symbolizer,
@@ -65,30 +65,36 @@ pub fn build_cpu_profile<'a>(
     let mut user_locations: HashMap<(u32, u64), LocationId> = HashMap::new();
     let mut kernel_locations: HashMap<u64, LocationId> = HashMap::new();
     let mut comm_locations: HashMap<String, LocationId> = HashMap::new();
-    let mut interpreted_locations: HashMap<(u64, u64), LocationId> = HashMap::new();
+    let mut interpreted_locations: HashMap<u64, LocationId> = HashMap::new();
     let mut locations = Vec::new();
 
     for (trace, count) in traces {
         locations.clear();
         for frame in &trace.frames {
-            if let Some(error) = crate::aggregate::unwind_error_of(frame) {
-                let name = format!("[unwind error: {}]", error.describe());
-                let id = *comm_locations
-                    .entry(name)
-                    .or_insert_with_key(|name| named_location(&mut b, name));
-                locations.push(id);
-                continue;
-            }
-            let id = match frame.kind {
-                FrameKind::Kernel => *kernel_locations
-                    .entry(frame.lookup_address())
-                    .or_insert_with(|| kernel_location(&mut b, symbolizer, frame)),
-                FrameKind::Native => *user_locations
-                    .entry((trace.pid, frame.lookup_address()))
-                    .or_insert_with(|| user_location(&mut b, symbolizer, trace.pid, frame)),
-                FrameKind::Interpreted(_) => *interpreted_locations
-                    .entry((frame.address, frame.aux))
-                    .or_insert_with(|| interpreted_location(&mut b, names, frame)),
+            let id = match *frame {
+                Frame::UnwindError(_) => {
+                    let name = match crate::aggregate::unwind_error_of(frame) {
+                        Some(error) => format!("[unwind error: {}]", error.describe()),
+                        None => "[unwind error]".to_owned(),
+                    };
+                    *comm_locations
+                        .entry(name)
+                        .or_insert_with_key(|name| named_location(&mut b, name))
+                }
+                Frame::Kernel { address, exact } => *kernel_locations
+                    .entry(lookup_address(address, exact))
+                    .or_insert_with(|| {
+                        kernel_location(&mut b, symbolizer, lookup_address(address, exact))
+                    }),
+                Frame::Native { address, exact } => {
+                    let addr = lookup_address(address, exact);
+                    *user_locations
+                        .entry((trace.pid, addr))
+                        .or_insert_with(|| user_location(&mut b, symbolizer, trace.pid, addr))
+                }
+                Frame::Named(id) => *interpreted_locations
+                    .entry(id)
+                    .or_insert_with(|| interpreted_location(&mut b, names, id)),
             };
             locations.push(id);
         }
@@ -133,19 +139,22 @@ fn named_location(b: &mut ProfileBuilder, name: &str) -> LocationId {
     })
 }
 
-/// An interpreted frame named by [`crate::interp::Interpreters::resolve`]: its address is
-/// the name's ID, its aux the line.
-fn interpreted_location(b: &mut ProfileBuilder, names: &FrameNames, frame: &Frame) -> LocationId {
-    let Some(name) = names.get(frame.address) else {
-        return named_location(b, "[unnamed interpreted frame]");
+/// A runtime frame named by [`crate::interp::Interpreters::resolve`]: one location with a
+/// line per named frame (innermost first, as pprof orders inlined frames).
+fn interpreted_location(b: &mut ProfileBuilder, names: &FrameNames, id: u64) -> LocationId {
+    let Some(named) = names.get(id) else {
+        return named_location(b, "[unnamed runtime frame]");
     };
-    let lines = [LineSpec {
-        function: &name.function,
-        system_name: &name.function,
-        filename: &name.file,
-        start_line: i64::from(name.start_line),
-        line: frame.aux as i64,
-    }];
+    let lines: Vec<LineSpec<'_>> = named
+        .iter()
+        .map(|n| LineSpec {
+            function: &n.function,
+            system_name: &n.function,
+            filename: &n.file,
+            start_line: i64::from(n.start_line),
+            line: i64::from(n.line),
+        })
+        .collect();
     b.add_location(&LocationSpec {
         mapping: None,
         address: 0,
@@ -153,12 +162,7 @@ fn interpreted_location(b: &mut ProfileBuilder, names: &FrameNames, frame: &Fram
     })
 }
 
-fn kernel_location(
-    b: &mut ProfileBuilder,
-    symbolizer: &mut Symbolizer,
-    frame: &Frame,
-) -> LocationId {
-    let addr = frame.lookup_address();
+fn kernel_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, addr: u64) -> LocationId {
     let k = symbolizer.symbolize_kernel(addr);
     let mapping = b.add_mapping(&MappingSpec {
         start: 0,
@@ -190,9 +194,8 @@ fn user_location(
     b: &mut ProfileBuilder,
     symbolizer: &mut Symbolizer,
     pid: u32,
-    frame: &Frame,
+    addr: u64,
 ) -> LocationId {
-    let addr = frame.lookup_address();
     let f = symbolizer.symbolize_user(pid, addr);
     let mapping = f.module.as_ref().map(|m| {
         b.add_mapping(&MappingSpec {

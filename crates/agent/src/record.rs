@@ -4,14 +4,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferroscope_ebpf_programs::{Counters, Sampler, SamplerConfig, UnwinderConfig};
+use ferroscope_ebpf_abi::Counter;
+use ferroscope_ebpf_programs::{Counters, ProgramReport, UnwinderConfig};
 use ferroscope_pprof::proto::Profile;
 use ferroscope_symbolize::Symbolizer;
+use ferroscope_unwind_api::Metric;
 
 use crate::Error;
 use crate::aggregate::TraceAggregator;
-use crate::process::{ProcessManager, ProcessManagerConfig, UnwindMetrics};
+use crate::process::UnwindMetrics;
 use crate::profile::{ProfileOptions, build_cpu_profile};
+use crate::session::{Session, SessionConfig};
 
 /// Highest sample rate `record` accepts, before the kernel's own limit.
 pub const MAX_SAMPLE_RATE_HZ: u32 = 1000;
@@ -25,8 +28,8 @@ pub struct RecordConfig {
     pub duration: Duration,
     /// Samples per second per CPU.
     pub sample_rate_hz: u32,
-    /// Interpreter unwinders turned off, by name (`python`): their code shows as the
-    /// interpreter's native frames.
+    /// Runtime unwinders turned off, by name (`python`): their code shows as the
+    /// runtime's native frames.
     pub disabled_interpreters: Vec<String>,
 }
 
@@ -78,8 +81,10 @@ pub struct RecordOutcome {
     /// The stack-delta unwinder's and process manager's metrics; `None` when the unwinder
     /// could not be loaded and every user stack came from frame pointers.
     pub unwind: Option<UnwindMetrics>,
-    /// The interpreter plug-ins' metrics (`PythonSymbolizationSuccesses_total`, ...).
-    pub interpreters: Vec<(&'static str, u64)>,
+    /// The runtime plug-ins' metrics (`UnwindPythonFrames_total`, ...).
+    pub interpreters: Vec<Metric>,
+    /// Every eBPF program's load report (native, then each runtime's).
+    pub programs: Vec<ProgramReport>,
 }
 
 /// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
@@ -169,28 +174,26 @@ pub fn record(
     }
     // With --pid the filter starts empty: the targets' tables are loaded first, so that
     // their first samples are already unwound from tables, then the targets are let in.
-    let mut sampler = start_sampler(config.sample_rate_hz, pids.as_ref().map(|_| Vec::new()))?;
-    let mut manager = ProcessManager::new(ProcessManagerConfig {
-        disabled_interpreters: config.disabled_interpreters.clone(),
-        ..ProcessManagerConfig::default()
-    });
     // Whole host: no start-up scan of every process. Processes are loaded when the sampler
     // reports them (the first time they are sampled); scanning all of /proc up front
     // extracted tables of every binary on the host, most never sampled, and cost seconds of
     // CPU on a build machine (docs/benchmarks/unwind-ebpf.md).
-    if let (Some(maps), Some(targets)) = (sampler.unwind_maps(), pids.as_deref()) {
-        manager.scan(Some(targets));
-        while manager.busy() {
-            manager.tick(maps);
-        }
+    let mut session = Session::start(&SessionConfig {
+        sample_rate_hz: config.sample_rate_hz,
+        pids: pids.as_ref().map(|_| Vec::new()),
+        disabled_runtimes: config.disabled_interpreters.clone(),
+        unwinder: UnwinderConfig::default(),
+    })?;
+    if let Some(targets) = pids.as_deref() {
+        session.load_now(targets, Duration::from_secs(30));
     }
     for &pid in pids.iter().flatten() {
-        sampler.add_pid(pid)?;
+        session.add_pid(pid)?;
     }
-    if let Err(e) = sampler.enable_run_time_stats() {
+    if let Err(e) = session.enable_run_time_stats() {
         tracing::debug!("BPF run time will not be reported: {e}");
     }
-    let bpf_before = sampler.run_time();
+    let bpf_before = session.run_time();
     let cpu_before = process_cpu_time();
     let wall_start = SystemTime::now();
     let start = Instant::now();
@@ -200,13 +203,13 @@ pub fn record(
 
     let stop_reason = loop {
         std::thread::sleep(Duration::from_millis(50));
-        drain(&mut sampler, &mut agg, &mut symbolizer, &mut manager);
-        manage_processes(&mut sampler, &mut manager);
+        drain(&mut session, &mut agg, &mut symbolizer);
+        session.manage();
         let elapsed = start.elapsed();
         if last_progress.elapsed() >= Duration::from_millis(250) {
-            lost = sampler
+            lost = session
                 .counters()
-                .map(|c| c.lost_ringbuf_full)
+                .map(|c| c.get(Counter::LostRingbufFull))
                 .unwrap_or(lost);
             on_progress(&Progress {
                 elapsed,
@@ -232,26 +235,21 @@ pub fn record(
         }
     };
     let elapsed = start.elapsed();
-    drain(&mut sampler, &mut agg, &mut symbolizer, &mut manager);
-    manage_processes(&mut sampler, &mut manager);
-    let counters = sampler.counters()?;
-    let unwind = sampler
-        .unwind_maps()
-        .is_some()
-        .then(|| manager.metrics(&counters));
-    if let Some(m) = &unwind {
-        let named = m.named();
-        tracing::debug!(?named, "stack-delta unwinder metrics");
-    }
+    drain(&mut session, &mut agg, &mut symbolizer);
+    session.manage();
+    let counters = session.counters()?;
+    let unwind = session.unwind_metrics();
+    let interpreters = session.runtime_metrics();
+    let programs = session.programs().to_vec();
     let agent_cpu = process_cpu_time().saturating_sub(cpu_before);
-    let bpf_run_time = match (bpf_before, sampler.run_time()) {
+    let bpf_run_time = match (bpf_before, session.run_time()) {
         (Some((t0, n0)), Some((t1, n1))) if n1 > 0 => Some((t1.saturating_sub(t0), n1 - n0)),
         _ => None,
     };
-    drop(sampler);
-    if counters.lost_ringbuf_full > 0 {
+    let lost = counters.get(Counter::LostRingbufFull);
+    if lost > 0 {
         tracing::warn!(
-            lost = counters.lost_ringbuf_full,
+            lost,
             "samples were lost because the ring buffer was full; lower --sample-rate"
         );
     }
@@ -266,12 +264,9 @@ pub fn record(
         comm_root_frame: pids.is_none(),
         labels: crate::profile::SampleLabels::ALL,
     };
-    let profile = build_cpu_profile(
-        agg.iter(),
-        &mut symbolizer,
-        manager.interpreters().frame_names(),
-        &options,
-    );
+    // Sampling stops before symbolization starts.
+    let interps = session.stop();
+    let profile = build_cpu_profile(agg.iter(), &mut symbolizer, interps.frame_names(), &options);
     Ok(RecordOutcome {
         profile,
         samples: agg.samples(),
@@ -282,53 +277,17 @@ pub fn record(
         agent_cpu,
         bpf_run_time,
         unwind,
-        interpreters: manager.interpreters().metrics(),
+        interpreters,
+        programs,
     })
 }
 
-/// Starts the sampler with the stack-delta unwinder, or without it (frame pointers only)
-/// when the kernel refuses it.
-pub(crate) fn start_sampler(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> Result<Sampler, Error> {
-    let with_unwinder = SamplerConfig {
-        sample_rate_hz,
-        pids: pids.clone(),
-        unwinder: Some(UnwinderConfig::default()),
-    };
-    match Sampler::start(&with_unwinder) {
-        Ok(s) => Ok(s),
-        Err(e) => {
-            tracing::warn!(
-                "the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: {e}"
-            );
-            Ok(Sampler::start(&SamplerConfig {
-                sample_rate_hz,
-                pids,
-                unwinder: None,
-            })?)
-        }
-    }
-}
-
-/// Hands the sampler's process reports to the process manager and lets it work. Called
-/// after the traces were drained, so an exited process's queued traces come first.
-pub(crate) fn manage_processes(sampler: &mut Sampler, manager: &mut ProcessManager) {
-    sampler.drain_pid_events(|pid, kind| manager.report(pid, kind));
-    if let Some(maps) = sampler.unwind_maps() {
-        manager.tick(maps);
-    }
-}
-
-fn drain(
-    sampler: &mut Sampler,
-    agg: &mut TraceAggregator,
-    symbolizer: &mut Symbolizer,
-    manager: &mut ProcessManager,
-) {
+fn drain(session: &mut Session, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {
     let mut new_pids = Vec::new();
-    let interpreters = manager.interpreters_mut();
-    sampler.drain(|event| {
-        if agg.add(event, interpreters) {
-            new_pids.push(event.pid);
+    session.drain(|trace| {
+        let pid = trace.pid;
+        if agg.add(trace, 1) {
+            new_pids.push(pid);
         }
     });
     for pid in new_pids {

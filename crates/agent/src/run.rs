@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferroscope_ebpf_programs::Sampler;
+use ferroscope_ebpf_abi::Counter;
+use ferroscope_ebpf_programs::UnwinderConfig;
 use ferroscope_pprof::push::{EndpointConfig, SeriesProfile, WriteMetrics, Writer};
 use ferroscope_pprof::sink::LocalSink;
 use ferroscope_symbolize::{DemangleMode, Symbolizer};
@@ -21,7 +22,6 @@ use ferroscope_targets::target::PROCESS_CPU;
 use ferroscope_targets::{
     FinderOptions, Labels, ProcessDiscovery, Target, TargetFinder, build_targets,
 };
-use ferroscope_unwind_api::FrameKind;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
@@ -29,9 +29,9 @@ use crate::aggregate::TraceAggregator;
 use crate::config::{Api, Comm, Config, Demangle, Endpoint};
 use crate::interp::FrameNames;
 use crate::metrics::{AgentMetrics, Mirror};
-use crate::process::{ProcessManager, ProcessManagerConfig};
 use crate::profile::{ProfileOptions, SampleLabels, build_cpu_profile};
 use crate::server::{Health, ServerState};
+use crate::session::{Session, SessionConfig};
 
 /// How often the ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -314,11 +314,7 @@ fn collect_loop(
         .cache_dir(cache_dir)
         .build()
         .with_cache_capacity(ebpf.symb_cache_size.clamp(1, 1 << 20) as usize);
-    let mut sampler: Option<Sampler> = None;
-    let mut manager = ProcessManager::new(ProcessManagerConfig {
-        disabled_interpreters: ebpf.disabled_interpreters(),
-        ..ProcessManagerConfig::default()
-    });
+    let mut session: Option<Session> = None;
     let mut filtered: HashSet<u32> = HashSet::new();
     let mut per_pid: HashMap<u32, TraceAggregator> = HashMap::new();
     let mut mirrors = (Mirror::default(), Mirror::default());
@@ -333,12 +329,25 @@ fn collect_loop(
         metrics.active_targets.set(targeting.finder.len() as i64);
 
         // Start sampling, unless lazy mode waits for the first target.
-        if sampler.is_none() && !(ebpf.lazy_mode && targeting.finder.is_empty()) && !stopping {
-            let pids = ebpf.targets_only.then(Vec::new);
-            match crate::record::start_sampler(ebpf.sample_rate, pids) {
+        if session.is_none() && !(ebpf.lazy_mode && targeting.finder.is_empty()) && !stopping {
+            let started = Session::start(&SessionConfig {
+                sample_rate_hz: ebpf.sample_rate,
+                pids: ebpf.targets_only.then(Vec::new),
+                disabled_runtimes: ebpf.disabled_runtimes(),
+                unwinder: UnwinderConfig::default(),
+            });
+            match started {
                 Ok(s) => {
                     tracing::info!(rate = ebpf.sample_rate, "sampling started");
-                    sampler = Some(s);
+                    for p in s.programs() {
+                        if let ferroscope_ebpf_programs::Verdict::Rejected { reason, .. } =
+                            &p.verdict
+                        {
+                            tracing::warn!(runtime = %p.owner, program = %p.program, "program not loaded, this runtime is off: {reason}");
+                        }
+                    }
+                    metrics.set_programs(s.programs());
+                    session = Some(s);
                     filtered.clear();
                     state.set_health(Health::Healthy);
                 }
@@ -351,7 +360,7 @@ fn collect_loop(
         }
 
         // Match new processes and put them in the PID filter.
-        if let Some(s) = sampler.as_mut()
+        if let Some(s) = session.as_mut()
             && ebpf.targets_only
             && (refreshed || last_scan.is_none_or(|t| t.elapsed() >= PROCESS_SCAN_EVERY))
         {
@@ -364,15 +373,7 @@ fn collect_loop(
                 .collect();
             // Load the new targets' unwind tables before letting them in the filter, so that
             // their first samples are already unwound from tables.
-            if let Some(maps) = s.unwind_maps()
-                && !new.is_empty()
-            {
-                manager.scan(Some(&new));
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while manager.busy() && Instant::now() < deadline {
-                    manager.tick(maps);
-                }
-            }
+            s.load_now(&new, Duration::from_secs(2));
             for pid in new {
                 match s.add_pid(pid) {
                     Ok(()) => {
@@ -397,21 +398,17 @@ fn collect_loop(
         }
 
         // Drain.
-        if let Some(s) = sampler.as_mut() {
+        if let Some(s) = session.as_mut() {
             let mut new_pids = Vec::new();
             let kernel_frames = ebpf.kernel_frames;
-            let interpreters = manager.interpreters_mut();
-            s.drain(|event| {
-                let mut trace = TraceAggregator::trace_of(event);
-                if event.interp_frames > 0 {
-                    interpreters.resolve(&mut trace);
-                }
+            s.drain(|mut trace| {
                 if !kernel_frames {
-                    trace.frames.retain(|f| f.kind != FrameKind::Kernel);
+                    trace.frames.retain(|f| !f.is_kernel());
                 }
-                let agg = per_pid.entry(trace.pid).or_default();
-                if agg.add_trace(trace, 1) {
-                    new_pids.push(event.pid);
+                let pid = trace.pid;
+                let agg = per_pid.entry(pid).or_default();
+                if agg.add(trace, 1) {
+                    new_pids.push(pid);
                 }
             });
             for pid in new_pids {
@@ -419,23 +416,26 @@ fn collect_loop(
                     tracing::debug!(pid, "process mappings not captured: {e}");
                 }
             }
-            crate::record::manage_processes(s, &mut manager);
+            s.manage();
             if let Ok(c) = s.counters() {
-                mirrors.0.update(&metrics.samples, c.sent);
-                mirrors.1.update(&metrics.samples_lost, c.lost_ringbuf_full);
-                if s.unwind_maps().is_some() {
-                    metrics.set_internal(&manager.metrics(&c), manager.interpreters());
-                }
+                mirrors.0.update(&metrics.samples, c.get(Counter::Sent));
+                mirrors
+                    .1
+                    .update(&metrics.samples_lost, c.get(Counter::LostRingbufFull));
             }
+            metrics.set_internal(s.unwind_metrics().as_ref(), &s.runtime_metrics());
         }
 
         if stopping || Instant::now() >= next_collect {
             let now = SystemTime::now();
             let build_start = Instant::now();
+            let empty = crate::interp::FrameNames::default();
             let profiles = build_round(
                 &mut targeting,
                 &mut symbolizer,
-                manager.interpreters().frame_names(),
+                session
+                    .as_ref()
+                    .map_or(&empty, |s| s.interpreters().frame_names()),
                 &mut per_pid,
                 config,
                 metrics,
@@ -455,7 +455,9 @@ fn collect_loop(
                 "collected"
             );
             interval_start = now;
-            manager.interpreters_mut().trim_names();
+            if let Some(s) = session.as_mut() {
+                s.interpreters_mut().trim_names();
+            }
             next_collect = Instant::now() + ebpf.collect_interval;
             metrics.sessions.inc();
             let budget = if stopping {

@@ -39,18 +39,10 @@ fn every_ebpf_argument_has_alloys_default() {
     let e = &c.ebpf;
     assert_eq!(e.collect_interval, Duration::from_secs(15));
     assert_eq!(e.sample_rate, 19);
-    for (name, on) in [
-        ("python", e.python_enabled),
-        ("perl", e.perl_enabled),
-        ("php", e.php_enabled),
-        ("hotspot", e.hotspot_enabled),
-        ("ruby", e.ruby_enabled),
-        ("v8", e.v8_enabled),
-        ("dotnet", e.dotnet_enabled),
-        ("go", e.go_enabled),
-    ] {
-        assert!(on, "{name}_enabled defaults to true");
+    for name in ferroscope_agent::config::PYROSCOPE_RUNTIME_KEYS {
+        assert!(e.runtime_enabled(name), "{name}_enabled defaults to true");
     }
+    assert!(e.disabled_runtimes().is_empty());
     assert_eq!(e.demangle, Demangle::None);
     assert_eq!(e.off_cpu_threshold, 0.0);
     assert!(!e.load_probe);
@@ -105,24 +97,20 @@ symb_cache_path = "/var/cache/ferroscope"
 symb_cache_size = 4096
 "#,
     );
+    // This test binary links no runtime plug-in: turning pyroscope.ebpf's runtimes off is
+    // accepted silently.
     assert!(warnings.is_empty(), "{warnings:?}");
     let e = &c.ebpf;
     assert_eq!(e.collect_interval, Duration::from_secs(90));
     assert_eq!(e.sample_rate, 97);
-    assert!(
-        ![
-            e.python_enabled,
-            e.perl_enabled,
-            e.php_enabled,
-            e.hotspot_enabled,
-            e.ruby_enabled,
-            e.v8_enabled,
-            e.dotnet_enabled,
-            e.go_enabled
-        ]
+    let mut off = e.disabled_runtimes();
+    off.sort();
+    let mut all: Vec<String> = ferroscope_agent::config::PYROSCOPE_RUNTIME_KEYS
         .iter()
-        .any(|&b| b)
-    );
+        .map(|s| s.to_string())
+        .collect();
+    all.sort();
+    assert_eq!(off, all);
     assert_eq!(e.demangle, Demangle::Templates);
     assert_eq!(e.off_cpu_threshold, 0.25);
     assert!(e.load_probe && e.verbose_mode && e.lazy_mode && e.pid_label);

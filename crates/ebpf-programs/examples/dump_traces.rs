@@ -11,24 +11,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: dump_traces PID [SECONDS]")?
         .parse()?;
     let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1.0);
-    let mut sampler = Sampler::start(&SamplerConfig {
-        sample_rate_hz: 97,
-        pids: Some(vec![pid]),
-        unwinder: None,
-    })?;
+    let mut sampler = Sampler::start(&SamplerConfig::frame_pointers(97, Some(vec![pid])))?;
     std::thread::sleep(std::time::Duration::from_secs_f64(secs));
     sampler.drain(|e| {
-        let k: Vec<String> = e
-            .kernel_frames()
-            .iter()
-            .map(|a| format!("{a:#x}"))
-            .collect();
-        let u: Vec<String> = e.user_frames().iter().map(|a| format!("{a:#x}")).collect();
+        let k: Vec<String> = e.kernel_frames().map(|a| format!("{a:#x}")).collect();
+        let u: Vec<String> = e.user_frames().map(|f| format!("{:#x}", f.addr)).collect();
         println!(
             "{} {} {} kernel=[{}] user=[{}]",
-            e.pid,
-            e.tid,
-            e.comm_str(),
+            e.header.pid,
+            e.header.tid,
+            e.comm(),
             k.join(" "),
             u.join(" ")
         );

@@ -1,25 +1,42 @@
 use std::io;
+use std::path::PathBuf;
 
 /// Why loading or running the eBPF programs failed. Each message says what failed, why
-/// it usually happens, and what to do about it.
+/// it usually happens, and what to do about it; the underlying error is the `source`, printed
+/// once by whoever prints the chain.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The kernel refused to load a program or create its maps.
+    /// The kernel refused to create the maps or load the object's BTF.
     #[error(
-        "could not load the eBPF sampler into the kernel: {source}. The usual causes are missing \
-         privileges (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE), a kernel \
-         older than 5.8 or without BTF (/sys/kernel/btf/vmlinux); `ferroscope check` tells which"
+        "could not load the eBPF object into the kernel. The usual causes are missing \
+         privileges (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE), or a \
+         kernel older than 5.10 or without BTF (/sys/kernel/btf/vmlinux)"
     )]
     Load {
-        /// aya's error, with the verifier log when there is one.
+        /// aya's error.
         #[source]
         source: Box<aya::EbpfError>,
     },
-    /// A program could not be loaded or attached.
-    #[error("could not {action} the eBPF program `{program}`: {source}. {hint}")]
+    /// A native program the sampler cannot work without was rejected by the verifier in
+    /// every build.
+    #[error(
+        "the kernel rejected the eBPF program `{program}`: {reason}. ferroscope needs Linux \
+         5.10 or later; on a newer kernel this is a bug: please report it with the output of \
+         `ferroscope check`"
+    )]
+    ProgramRejected {
+        /// The program.
+        program: String,
+        /// Why, in one line.
+        reason: String,
+        /// The end of the verifier's log (not part of the message: print it for a bug report).
+        log_tail: String,
+    },
+    /// A program could not be attached.
+    #[error("could not {action} the eBPF program `{program}`. {hint}")]
     Program {
-        /// "load" or "attach to CPU N".
+        /// What was being done.
         action: String,
         /// The program's name.
         program: &'static str,
@@ -29,38 +46,57 @@ pub enum Error {
         /// What to do.
         hint: &'static str,
     },
-    /// A map the object should contain is missing or has another type: a build problem.
+    /// A map or program the object should contain is missing or has another type: a build
+    /// problem.
     #[error(
-        "the eBPF object has no usable map `{0}`; the object and the loader are out of step, rebuild ferroscope"
+        "the eBPF object has no usable `{0}`; the object and the loader are out of step: rebuild ferroscope"
     )]
-    MissingMap(&'static str),
+    MissingMap(String),
     /// A map operation failed.
-    #[error("eBPF map `{map}`: {action} failed: {source}")]
+    #[error("could not {action} the eBPF map `{map}`")]
     Map {
         /// The map's name.
-        map: &'static str,
+        map: String,
         /// What was done.
         action: &'static str,
-        /// aya's error.
+        /// The system's error.
         #[source]
-        source: Box<aya::maps::MapError>,
+        source: io::Error,
     },
-    /// More PIDs were given than the filter map holds.
+    /// More runtime programs than the tail-call table has slots.
     #[error(
-        "{given} PIDs were given but the sampler's PID filter holds at most {max}; profile the whole host instead (no --pid)"
+        "{given} runtime programs were given but the unwinder has {max} runtime slots; turn some runtimes off"
     )]
-    TooManyPids {
+    TooManyRuntimes {
         /// How many were given.
         given: usize,
-        /// The limit.
+        /// Slots.
         max: usize,
     },
+    /// A runtime slot with no loaded program.
+    #[error("no runtime program is loaded in slot {slot}")]
+    NoSuchRuntime {
+        /// The slot.
+        slot: u32,
+    },
+    /// The pin directory for the shared maps could not be made.
+    #[error(
+        "could not make {path} for the shared eBPF maps: runtime programs need a bpffs \
+         (mounted at /sys/fs/bpf, or mountable, which needs CAP_SYS_ADMIN)"
+    )]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
     /// The list of online CPUs could not be read.
-    #[error("could not read the online CPUs from /sys/devices/system/cpu/online: {0}")]
+    #[error("could not read the online CPUs from /sys/devices/system/cpu/online")]
     OnlineCpus(#[source] io::Error),
     /// BPF run-time statistics could not be turned on.
     #[error(
-        "could not enable BPF run-time statistics (BPF_ENABLE_STATS): {0}; this needs root or CAP_SYS_ADMIN"
+        "could not enable BPF run-time statistics (BPF_ENABLE_STATS); this needs root or CAP_SYS_ADMIN"
     )]
     Stats(#[source] aya::sys::SyscallError),
     /// A map size in [`crate::UnwinderConfig`] is out of range.
@@ -73,7 +109,7 @@ pub enum Error {
     },
     /// The stack-delta entries array could not be memory-mapped.
     #[error(
-        "could not memory-map the eBPF map fs_delta_entries: {0}; the kernel must support BPF_F_MMAPABLE arrays (5.5 or later)"
+        "could not memory-map the eBPF map fs_delta_entries; the kernel must support BPF_F_MMAPABLE arrays (5.5 or later)"
     )]
     MmapEntries(#[source] io::Error),
     /// A write would go past the end of the entries array.
@@ -93,14 +129,4 @@ pub enum Error {
         "more than 65536 distinct unwind rules were loaded; the eBPF entries index them with 16 bits, so the rest of this table cannot be loaded"
     )]
     TooManyUnwindInfos,
-    /// An interpreter plug-in handed over data of the wrong size.
-    #[error(
-        "an interpreter plug-in gave {len} bytes of eBPF data where struct fs_interp_proc has {want}; the plug-in was built against another ABI: rebuild ferroscope"
-    )]
-    BadInterpreterData {
-        /// Bytes given.
-        len: usize,
-        /// `size_of::<InterpProc>()`.
-        want: usize,
-    },
 }

@@ -1,16 +1,28 @@
 //! Loading, attaching and reading the CPU sampler.
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use aya::Ebpf;
+use aya::maps::{MapData, PerCpuArray, ProgramArray, RingBuf};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{PerfEvent, RawTracePoint};
-use aya::{Ebpf, EbpfLoader};
+use ferroscope_ebpf_abi::{
+    Counter, PidEvent, PidEventKind, RT_CNT_ATTEMPTS, RT_CNT_FRAMES, RT_CNT_NO_FRAMES, TraceRecord,
+    runtime_counter_key,
+};
 
-use crate::abi::{Counter, MAX_FILTER_PIDS, PidEvent, PidEventKind, TraceEvent};
-use crate::unwind_maps::UnwindMaps;
-use crate::{Error, SAMPLER_OBJECT, UnwinderConfig};
+use crate::loader::{
+    Build, LoadedRuntime, PinDir, ProgramReport, RuntimeObject, SHARED_MAPS, Verdict,
+    load_perf_event, load_raw_tracepoint, load_runtime, loader_with_pins, preferred_build,
+};
+use crate::unwind_maps::{RawMap, UnwindMaps};
+use crate::{Error, NATIVE_OBJECT, NATIVE_OBJECT_LEGACY, UnwinderConfig};
 
-const PROGRAM: &str = "fs_sample";
-const EXIT_PROGRAM: &str = "fs_process_exit";
+const SAMPLE: &str = "fs_sample";
+const NATIVE: &str = "fs_native";
+const EXIT: &str = "fs_process_exit";
+const EXEC: &str = "fs_process_exec";
 
 /// What to sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,67 +35,72 @@ pub struct SamplerConfig {
     /// [`Sampler::unwind_maps`]; `None` keeps the kernel's frame-pointer walk for every
     /// sample.
     pub unwinder: Option<UnwinderConfig>,
+    /// Runtime programs to load with the unwinder, in slot order (slot 1 first).
+    pub runtimes: Vec<RuntimeObject>,
+    /// Which build to load first (`None`: what the kernel supports, see
+    /// [`crate::preferred_build`]).
+    pub build: Option<Build>,
 }
 
-/// The sampler's counters, summed over all CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+impl SamplerConfig {
+    /// Sampling at `sample_rate_hz`, with the kernel's frame-pointer walk only.
+    pub fn frame_pointers(sample_rate_hz: u32, pids: Option<Vec<u32>>) -> SamplerConfig {
+        SamplerConfig {
+            sample_rate_hz,
+            pids,
+            unwinder: None,
+            runtimes: Vec::new(),
+            build: None,
+        }
+    }
+}
+
+/// The native counters, summed over all CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counters {
-    /// Runs of the sampling program.
-    pub samples: u64,
-    /// Samples of idle CPUs, not recorded.
-    pub idle: u64,
-    /// Samples of processes outside the PID filter.
-    pub filtered: u64,
-    /// Samples lost because the ring buffer was full.
-    pub lost_ringbuf_full: u64,
-    /// Kernel stacks that could not be read.
-    pub kernel_stack_errors: u64,
-    /// User stacks that could not be read.
-    pub user_stack_errors: u64,
-    /// Samples sent to userspace.
-    pub sent: u64,
-    /// User stacks the stack-delta unwinder walked.
-    pub unwind_attempts: u64,
-    /// User frames it produced.
-    pub unwind_frames: u64,
-    /// Stacks that ended normally (Stop rule or zero return address).
-    pub unwind_stop: u64,
-    /// Return addresses below 0x1000.
-    pub unwind_small_pc: u64,
-    /// Stacks ended because the PC was in no loaded mapping.
-    pub unwind_err_no_mapping: u64,
-    /// Stacks ended because the PC's file had no table page.
-    pub unwind_err_no_page: u64,
-    /// Stacks ended at an Invalid rule.
-    pub unwind_err_invalid_rule: u64,
-    /// Stacks ended because reading the stack failed.
-    pub unwind_err_read_failed: u64,
-    /// Stacks deeper than the frame limit.
-    pub unwind_err_stack_length: u64,
-    /// Stacks ended by a CFA that did not move up the stack.
-    pub unwind_err_bad_cfa: u64,
-    /// Stacks whose user registers could not be read.
-    pub unwind_err_no_regs: u64,
-    /// Stacks ended by an inconsistent table.
-    pub unwind_err_bad_table: u64,
-    /// Samples of processes whose tables were not loaded (frame-pointer walk instead).
-    pub pid_unknown: u64,
-    /// Process reports sent to userspace (new, rescan, exit).
-    pub pid_reports: u64,
-    /// Process reports lost because their ring buffer was full.
-    pub pid_reports_lost: u64,
-    /// Signal frames unwound.
-    pub unwind_signal_frames: u64,
-    /// Native eval-loop frames whose Python frames were looked for.
-    pub py_attempts: u64,
-    /// Python frames recorded.
-    pub py_frames: u64,
-    /// Samples of a Python process's thread that has no Python thread state.
-    pub py_err_no_thread: u64,
-    /// Failed reads of a Python thread state or frame.
-    pub py_err_read: u64,
-    /// Eval-loop frames with no Python frame left for them.
-    pub py_err_no_frame: u64,
+    values: Vec<u64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            values: vec![0; Counter::COUNT as usize],
+        }
+    }
+}
+
+impl Counters {
+    /// One counter's value.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values.get(c as usize).copied().unwrap_or(0)
+    }
+
+    /// Every counter with its value, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.iter().map(|&c| (c, self.get(c)))
+    }
+
+    /// Counters with these values (for tests of code that reads them).
+    pub fn from_values(values: impl IntoIterator<Item = (Counter, u64)>) -> Counters {
+        let mut c = Counters::default();
+        for (k, v) in values {
+            c.values[k as usize] = v;
+        }
+        c
+    }
+}
+
+/// One runtime's counters, summed over all CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeCounters {
+    /// Times its frames were looked for.
+    pub attempts: u64,
+    /// Its frames recorded.
+    pub frames: u64,
+    /// Native frames of its splice ranges with no frames queued for them.
+    pub no_frames: u64,
+    /// Its own counters (`fs_rt_counters`), in index order.
+    pub own: Vec<u64>,
 }
 
 /// The loaded and attached CPU sampler. Dropping it detaches everything.
@@ -92,74 +109,307 @@ pub struct Sampler {
     pid_events: Option<RingBuf<MapData>>,
     unwind_maps: Option<UnwindMaps>,
     counters: PerCpuArray<MapData, u64>,
-    pid_filter: HashMap<MapData, u32, u8>,
+    runtime_counters: Option<PerCpuArray<MapData, u64>>,
+    pid_filter: RawMap,
     cpus: Vec<u32>,
+    programs: Vec<ProgramReport>,
+    build: Build,
+    runtimes: Vec<LoadedRuntime>,
     // While held, the kernel accounts run time per BPF program (kernel.bpf_stats_enabled).
     stats_fd: Option<std::os::fd::OwnedFd>,
+    // Keeps the tail-call table's entries: the kernel empties it when its last fd closes.
+    _progs: Option<ProgramArray<MapData>>,
     // Declared last so that the maps above are dropped first; holds programs and perf links.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sampler")
             .field("cpus", &self.cpus)
+            .field("build", &self.build)
+            .field("programs", &self.programs)
             .finish_non_exhaustive()
     }
 }
 
-impl Sampler {
-    /// Loads the sampler, fills the PID filter, and attaches a cpu-clock perf event at
-    /// `sample_rate_hz` on every online CPU.
-    pub fn start(config: &SamplerConfig) -> Result<Sampler, Error> {
-        if let Some(pids) = &config.pids
-            && pids.len() > MAX_FILTER_PIDS
-        {
-            return Err(Error::TooManyPids {
-                given: pids.len(),
-                max: MAX_FILTER_PIDS,
-            });
-        }
-        let filter: u32 = config.pids.is_some().into();
-        let unwinder: u32 = config.unwinder.is_some().into();
-        let mut loader = EbpfLoader::new();
-        loader.override_global("fs_filter_pids", &filter, true);
-        loader.override_global("fs_unwinder_enabled", &unwinder, true);
-        if let Some(u) = &config.unwinder {
-            u.validate()?;
+/// The native object loaded in one build.
+struct Native {
+    ebpf: Ebpf,
+    reports: Vec<ProgramReport>,
+    build: Build,
+}
+
+fn shared_pins(dir: &PinDir) -> HashMap<&'static str, PathBuf> {
+    SHARED_MAPS.iter().map(|&m| (m, dir.path_of(m))).collect()
+}
+
+/// Loads the native object in `build`; `Err` with the reports when a program it cannot do
+/// without was rejected.
+fn load_native(
+    config: &SamplerConfig,
+    build: Build,
+    pins: Option<&HashMap<&'static str, PathBuf>>,
+    filter_size: u32,
+    ring_bytes: u32,
+) -> Result<Result<Native, Vec<ProgramReport>>, Error> {
+    let filter: u32 = config.pids.is_some().into();
+    let unwinder: u32 = config.unwinder.is_some().into();
+    let mut loader = loader_with_pins(pins);
+    loader.override_global("fs_filter_pids", &filter, true);
+    loader.override_global("fs_unwinder_enabled", &unwinder, true);
+    loader.map_max_entries("fs_pid_filter", filter_size);
+    match &config.unwinder {
+        Some(u) => {
             loader.map_max_entries("fs_known_pids", u.max_pids);
-            loader.map_max_entries("fs_interp_procs", u.max_pids);
             loader.map_max_entries("fs_pid_mappings", u.max_mapping_prefixes);
             loader.map_max_entries("fs_delta_pages", u.max_delta_pages);
             loader.map_max_entries("fs_delta_entries", u.max_delta_entries);
-        } else {
-            // Unused: keep the kernel memory they take small.
-            loader.map_max_entries("fs_known_pids", 1);
-            loader.map_max_entries("fs_interp_procs", 1);
-            loader.map_max_entries("fs_py_threads", 1);
-            loader.map_max_entries("fs_pid_mappings", 1);
-            loader.map_max_entries("fs_delta_pages", 1);
-            loader.map_max_entries("fs_delta_entries", 1);
         }
-        let online = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
-        loader.map_max_entries(
-            "fs_traces",
-            ring_buffer_bytes(online.len(), config.sample_rate_hz),
-        );
-        let mut ebpf = loader.load(SAMPLER_OBJECT).map_err(|e| Error::Load {
-            source: Box::new(e),
-        })?;
+        None => {
+            // Unused: keep the kernel memory they take small.
+            for m in [
+                "fs_known_pids",
+                "fs_pid_mappings",
+                "fs_delta_pages",
+                "fs_delta_entries",
+            ] {
+                loader.map_max_entries(m, 1);
+            }
+        }
+    }
+    loader.map_max_entries("fs_traces", ring_bytes);
+    let bytes = match build {
+        Build::Loop => NATIVE_OBJECT,
+        Build::Legacy => NATIVE_OBJECT_LEGACY,
+    };
+    let mut ebpf = loader.load(bytes).map_err(|e| Error::Load {
+        source: Box::new(e),
+    })?;
+    let mut reports = vec![load_perf_event(&mut ebpf, "native", SAMPLE, None, build)];
+    if config.unwinder.is_some() {
+        reports.push(load_perf_event(
+            &mut ebpf,
+            "native",
+            NATIVE,
+            Some(ferroscope_ebpf_abi::PROG_NATIVE),
+            build,
+        ));
+        reports.push(load_raw_tracepoint(&mut ebpf, EXIT, build));
+        reports.push(load_raw_tracepoint(&mut ebpf, EXEC, build));
+    }
+    if reports.iter().all(ProgramReport::loaded) {
+        Ok(Ok(Native {
+            ebpf,
+            reports,
+            build,
+        }))
+    } else {
+        Ok(Err(reports))
+    }
+}
 
-        let mut pid_filter: HashMap<MapData, u32, u8> = take_map(&mut ebpf, "fs_pid_filter")?;
-        for pid in config.pids.iter().flatten() {
-            pid_filter.insert(pid, 1, 0).map_err(|e| Error::Map {
-                map: "fs_pid_filter",
-                action: "insert",
+/// Everything loaded, before anything is attached.
+struct Loaded {
+    ebpf: Ebpf,
+    reports: Vec<ProgramReport>,
+    build: Build,
+    runtimes: Vec<LoadedRuntime>,
+    progs: Option<ProgramArray<MapData>>,
+    online: Vec<u32>,
+}
+
+fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
+    if let Some(u) = &config.unwinder {
+        u.validate()?;
+    }
+    if config.runtimes.len() >= ferroscope_ebpf_abi::MAX_RUNTIMES {
+        return Err(Error::TooManyRuntimes {
+            given: config.runtimes.len(),
+            max: ferroscope_ebpf_abi::MAX_RUNTIMES - 1,
+        });
+    }
+    let filter_size = config
+        .pids
+        .as_ref()
+        .map_or(1, |p| p.len())
+        .max(config.unwinder.map_or(1024, |u| u.max_pids) as usize)
+        .min(1 << 24) as u32;
+    let online = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
+    let ring_bytes = ring_buffer_bytes(online.len(), config.sample_rate_hz);
+
+    // Runtime objects reach the shared maps through pins in a private bpffs directory.
+    let mut pin_problem = None;
+    let pin_dir = if config.unwinder.is_some() && !config.runtimes.is_empty() {
+        match PinDir::create() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                pin_problem = Some(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pins = pin_dir.as_ref().map(shared_pins);
+
+    let first = config.build.unwrap_or_else(preferred_build);
+    let mut attempts = vec![first];
+    if first == Build::Loop {
+        attempts.push(Build::Legacy);
+    }
+    let mut native = None;
+    let mut rejected = Vec::new();
+    for build in attempts {
+        // A previous attempt's pins belong to maps of an object that was dropped.
+        for p in pins.iter().flat_map(|p| p.values()) {
+            let _ = std::fs::remove_file(p);
+        }
+        match load_native(config, build, pins.as_ref(), filter_size, ring_bytes)? {
+            Ok(n) => {
+                native = Some(n);
+                break;
+            }
+            Err(reports) => {
+                for r in &reports {
+                    if let Verdict::Rejected { reason, .. } = &r.verdict {
+                        tracing::warn!(
+                            program = %r.program,
+                            build = r.build.describe(),
+                            "the kernel rejected the program: {reason}"
+                        );
+                    }
+                }
+                rejected = reports;
+            }
+        }
+    }
+    let Some(Native {
+        mut ebpf,
+        mut reports,
+        build,
+    }) = native
+    else {
+        let report = rejected
+            .into_iter()
+            .find(|r| !r.loaded())
+            .expect("a rejected attempt has a rejected program");
+        let (reason, log_tail) = match report.verdict {
+            Verdict::Rejected { reason, log_tail } => (reason, log_tail),
+            Verdict::Loaded { .. } => unreachable!("found as rejected"),
+        };
+        return Err(Error::ProgramRejected {
+            program: report.program,
+            reason,
+            log_tail,
+        });
+    };
+
+    let mut progs: Option<ProgramArray<MapData>> = None;
+    let mut runtimes = Vec::new();
+    if config.unwinder.is_some() {
+        let mut table: ProgramArray<MapData> = take_map(&mut ebpf, "fs_progs")?;
+        let native_fd = ebpf
+            .program(NATIVE)
+            .and_then(|p| <&PerfEvent>::try_from(p).ok())
+            .ok_or_else(|| Error::MissingMap(NATIVE.into()))?
+            .fd()
+            .map_err(|e| Error::Program {
+                action: "get the file descriptor of".into(),
+                program: NATIVE,
                 source: Box::new(e),
+                hint: "this is a bug in the loader",
+            })?
+            .try_clone()
+            .map_err(|e| Error::Map {
+                map: "fs_progs".into(),
+                action: "duplicate the native program's descriptor for",
+                source: e,
             })?;
+        table
+            .set(ferroscope_ebpf_abi::PROG_NATIVE, &native_fd, 0)
+            .map_err(|e| Error::Map {
+                map: "fs_progs".into(),
+                action: "insert the native unwinder into",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let max_pids = config.unwinder.map_or(1, |u| u.max_pids);
+        for (i, rt) in config.runtimes.iter().enumerate() {
+            let slot = i as u32 + 1;
+            match (&pins, &pin_problem) {
+                (Some(pins), _) => {
+                    let (loaded, report) =
+                        load_runtime(rt, slot, build, pins, max_pids, &mut table);
+                    if let Verdict::Rejected { reason, .. } = &report.verdict {
+                        tracing::warn!(
+                            runtime = rt.name,
+                            "the kernel rejected the runtime's eBPF program, so its frames \
+                             are not unwound (native unwinding goes on): {reason}"
+                        );
+                    }
+                    runtimes.extend(loaded);
+                    reports.push(report);
+                }
+                (None, problem) => reports.push(ProgramReport {
+                    owner: rt.name.into(),
+                    program: rt.program.into(),
+                    slot: Some(slot),
+                    build,
+                    verdict: Verdict::Rejected {
+                        reason: format!(
+                            "runtime programs share maps through a bpffs pin directory, which \
+                             could not be made: {}",
+                            problem.as_deref().unwrap_or("unknown")
+                        ),
+                        log_tail: String::new(),
+                    },
+                }),
+            }
+        }
+        progs = Some(table);
+    }
+    drop(pin_dir);
+    Ok(Loaded {
+        ebpf,
+        reports,
+        build,
+        runtimes,
+        progs,
+        online,
+    })
+}
+
+/// Loads every program `config` names (native and runtime) without attaching anything, and
+/// reports each one's verdict: what `ferroscope check` shows.
+pub fn probe(config: &SamplerConfig) -> Result<Vec<ProgramReport>, Error> {
+    Ok(load_all(config)?.reports)
+}
+
+impl Sampler {
+    /// Loads the sampler (and, with an unwinder, the native unwinder and every runtime
+    /// program in `config.runtimes`), fills the PID filter, and attaches a cpu-clock perf
+    /// event at `sample_rate_hz` on every online CPU.
+    ///
+    /// A runtime program the kernel rejects does not fail the start: it is reported in
+    /// [`Sampler::programs`] and its runtime stays off.
+    pub fn start(config: &SamplerConfig) -> Result<Sampler, Error> {
+        let Loaded {
+            mut ebpf,
+            reports,
+            build,
+            runtimes,
+            progs,
+            online,
+        } = load_all(config)?;
+        let pid_filter = RawMap::take(&mut ebpf, "fs_pid_filter")?;
+        for pid in config.pids.iter().flatten() {
+            pid_filter.update(&pid.to_ne_bytes(), &[1])?;
         }
         let traces: RingBuf<MapData> = take_map(&mut ebpf, "fs_traces")?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "fs_counters")?;
+        let runtime_counters: Option<PerCpuArray<MapData, u64>> = ebpf
+            .take_map("fs_runtime_counters")
+            .and_then(|m| PerCpuArray::try_from(m).ok());
         let (pid_events, unwind_maps) = match &config.unwinder {
             Some(_) => {
                 let events: RingBuf<MapData> = take_map(&mut ebpf, "fs_pid_events")?;
@@ -168,36 +418,27 @@ impl Sampler {
             None => (None, None),
         };
         if config.unwinder.is_some() {
-            let exit: &mut RawTracePoint = ebpf
-                .program_mut(EXIT_PROGRAM)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(Error::MissingMap(EXIT_PROGRAM))?;
-            exit.load().map_err(|e| Error::Program {
-                action: "load".into(),
-                program: EXIT_PROGRAM,
-                source: Box::new(e),
-                hint: "the verifier rejected it; run `ferroscope check` and report the log above as a bug",
-            })?;
-            exit.attach("sched_process_exit").map_err(|e| Error::Program {
-                action: "attach to the sched_process_exit raw tracepoint".into(),
-                program: EXIT_PROGRAM,
-                source: Box::new(e),
-                hint: "raw tracepoints need CAP_BPF and CAP_PERFMON (or root); `ferroscope check` tells which",
-            })?;
+            for (program, tracepoint) in
+                [(EXIT, "sched_process_exit"), (EXEC, "sched_process_exec")]
+            {
+                let p: &mut RawTracePoint = ebpf
+                    .program_mut(program)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| Error::MissingMap(program.into()))?;
+                p.attach(tracepoint).map_err(|e| Error::Program {
+                    action: format!("attach to the {tracepoint} raw tracepoint"),
+                    program,
+                    source: Box::new(e),
+                    hint: "raw tracepoints need CAP_BPF and CAP_PERFMON (or root)",
+                })?;
+            }
         }
 
         let program: &mut PerfEvent = ebpf
-            .program_mut(PROGRAM)
+            .program_mut(SAMPLE)
             .and_then(|p| p.try_into().ok())
-            .ok_or(Error::MissingMap(PROGRAM))?;
-        program.load().map_err(|e| Error::Program {
-            action: "load".into(),
-            program: PROGRAM,
-            source: Box::new(e),
-            hint: "the verifier rejected it; run `ferroscope check` and report the log above as a bug",
-        })?;
-        let cpus = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
-        for &cpu in &cpus {
+            .ok_or_else(|| Error::MissingMap(SAMPLE.into()))?;
+        for &cpu in &online {
             program
                 .attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
@@ -207,15 +448,17 @@ impl Sampler {
                 )
                 .map_err(|e| Error::Program {
                     action: format!("attach a cpu-clock perf event on CPU {cpu} to"),
-                    program: PROGRAM,
+                    program: SAMPLE,
                     source: Box::new(e),
                     hint: "perf_event_open needs root or CAP_PERFMON, and a rate no higher than \
-                           /proc/sys/kernel/perf_event_max_sample_rate; `ferroscope check` tells which",
+                           /proc/sys/kernel/perf_event_max_sample_rate",
                 })?;
         }
         tracing::debug!(
-            cpus = cpus.len(),
+            cpus = online.len(),
             rate = config.sample_rate_hz,
+            build = build.describe(),
+            runtimes = runtimes.len(),
             "sampler attached"
         );
         Ok(Sampler {
@@ -223,10 +466,15 @@ impl Sampler {
             pid_events,
             unwind_maps,
             counters,
+            runtime_counters,
             pid_filter,
-            cpus,
+            cpus: online,
+            programs: reports,
+            build,
+            runtimes,
             stats_fd: None,
-            _ebpf: ebpf,
+            _progs: progs,
+            ebpf,
         })
     }
 
@@ -235,14 +483,29 @@ impl Sampler {
         &self.cpus
     }
 
+    /// Which build of the programs is loaded.
+    pub fn build(&self) -> Build {
+        self.build
+    }
+
+    /// Every program's load report: the native ones, then each runtime's.
+    pub fn programs(&self) -> &[ProgramReport] {
+        &self.programs
+    }
+
+    /// The slots of the runtimes whose programs are loaded, by name.
+    pub fn loaded_runtimes(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
+        self.runtimes.iter().map(|r| (r.name, r.slot))
+    }
+
     /// Hands every trace waiting in the ring buffer to `f`; returns how many there were.
-    /// Records too short to be a [`TraceEvent`] are skipped (they cannot occur unless the
+    /// Records shorter than their header says are skipped (they cannot occur unless the
     /// object and this crate disagree, which the ABI tests prevent).
-    pub fn drain(&mut self, mut f: impl FnMut(&TraceEvent)) -> usize {
+    pub fn drain(&mut self, mut f: impl FnMut(&TraceRecord<'_>)) -> usize {
         let mut n = 0;
         while let Some(item) = self.traces.next() {
-            if let Some(event) = TraceEvent::from_bytes(&item) {
-                f(&event);
+            if let Some(record) = TraceRecord::parse(&item) {
+                f(&record);
                 n += 1;
             }
         }
@@ -251,14 +514,14 @@ impl Sampler {
 
     /// Hands every process report waiting in the `fs_pid_events` ring buffer to `f`
     /// (nothing when the unwinder is off); returns how many there were.
-    pub fn drain_pid_events(&mut self, mut f: impl FnMut(u32, PidEventKind)) -> usize {
+    pub fn drain_pid_events(&mut self, mut f: impl FnMut(PidEvent, PidEventKind)) -> usize {
         let Some(events) = &mut self.pid_events else {
             return 0;
         };
         let mut n = 0;
         while let Some(item) = events.next() {
-            if let Some((pid, kind)) = PidEvent::from_bytes(&item) {
-                f(pid, kind);
+            if let Some((event, kind)) = PidEvent::decode(&item) {
+                f(event, kind);
                 n += 1;
             }
         }
@@ -271,26 +534,61 @@ impl Sampler {
         self.unwind_maps.as_mut()
     }
 
+    /// The unwinder's maps, to read (their sizes); `None` without an unwinder.
+    pub fn unwind_maps_ref(&self) -> Option<&UnwindMaps> {
+        self.unwind_maps.as_ref()
+    }
+
+    /// Writes (or with `None` deletes) a key of a runtime's own map.
+    pub fn write_runtime_map(
+        &mut self,
+        slot: u32,
+        map: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let rt = self
+            .runtimes
+            .iter()
+            .find(|r| r.slot == slot)
+            .ok_or(Error::NoSuchRuntime { slot })?;
+        let m = rt
+            .maps
+            .get(map)
+            .ok_or_else(|| Error::MissingMap(format!("{}:{map}", rt.name)))?;
+        match value {
+            Some(v) => m.update(key, v),
+            None => m.delete(key),
+        }
+    }
+
+    /// Deletes `pid` from every per-process map of the runtime at `slot`.
+    pub fn forget_runtime_pid(&mut self, slot: u32, pid: u32) -> Result<(), Error> {
+        let Some(rt) = self.runtimes.iter().find(|r| r.slot == slot) else {
+            return Ok(());
+        };
+        for name in rt.pid_maps {
+            if let Some(m) = rt.maps.get(*name) {
+                m.delete(&pid.to_ne_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds a process to the PID filter (only effective when started with `pids`).
     pub fn add_pid(&mut self, pid: u32) -> Result<(), Error> {
-        self.pid_filter.insert(pid, 1, 0).map_err(|e| Error::Map {
-            map: "fs_pid_filter",
-            action: "insert",
-            source: Box::new(e),
-        })
+        self.pid_filter.update(&pid.to_ne_bytes(), &[1])
     }
 
     /// Removes a process from the PID filter. Removing a PID that is not there is not an
     /// error.
     pub fn remove_pid(&mut self, pid: u32) -> Result<(), Error> {
-        match self.pid_filter.remove(&pid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(Error::Map {
-                map: "fs_pid_filter",
-                action: "remove",
-                source: Box::new(e),
-            }),
-        }
+        self.pid_filter.delete(&pid.to_ne_bytes())
+    }
+
+    /// How many processes the PID filter holds at most.
+    pub fn max_filter_pids(&self) -> u32 {
+        self.pid_filter.max_entries()
     }
 
     /// Asks the kernel to account the run time of BPF programs from now on, for
@@ -303,66 +601,89 @@ impl Sampler {
         Ok(())
     }
 
-    /// Total time the sampling program has run in the kernel and how many times, when run
-    /// time accounting is on (see [`Sampler::enable_run_time_stats`]).
+    /// Total time every program of the set has run in the kernel, and how many samples
+    /// (runs of the sampling program), when run time accounting is on (see
+    /// [`Sampler::enable_run_time_stats`]).
     pub fn run_time(&self) -> Option<(std::time::Duration, u64)> {
-        let info = self._ebpf.program(PROGRAM)?.info().ok()?;
-        Some((info.run_time(), info.run_count()))
+        let info = |e: &Ebpf, name: &str| e.program(name).and_then(|p| p.info().ok());
+        let sample = info(&self.ebpf, SAMPLE)?;
+        let mut total = sample.run_time();
+        for name in [NATIVE] {
+            if let Some(i) = info(&self.ebpf, name) {
+                total += i.run_time();
+            }
+        }
+        for rt in &self.runtimes {
+            for (_, p) in rt._ebpf.programs() {
+                if let Ok(i) = p.info() {
+                    total += i.run_time();
+                }
+            }
+        }
+        Some((total, sample.run_count()))
     }
 
-    /// Reads the counters, summed over CPUs.
+    /// Reads the native counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, Error> {
-        let read = |c: Counter| -> Result<u64, Error> {
-            let values = self.counters.get(&(c as u32), 0).map_err(|e| Error::Map {
-                map: "fs_counters",
-                action: "lookup",
-                source: Box::new(e),
-            })?;
-            Ok(values.iter().sum())
-        };
-        Ok(Counters {
-            samples: read(Counter::Samples)?,
-            idle: read(Counter::Idle)?,
-            filtered: read(Counter::Filtered)?,
-            lost_ringbuf_full: read(Counter::LostRingbufFull)?,
-            kernel_stack_errors: read(Counter::KernelStackError)?,
-            user_stack_errors: read(Counter::UserStackError)?,
-            sent: read(Counter::Sent)?,
-            unwind_attempts: read(Counter::UnwindAttempts)?,
-            unwind_frames: read(Counter::UnwindFrames)?,
-            unwind_stop: read(Counter::UnwindStop)?,
-            unwind_small_pc: read(Counter::UnwindSmallPc)?,
-            unwind_err_no_mapping: read(Counter::UnwindErrNoMapping)?,
-            unwind_err_no_page: read(Counter::UnwindErrNoPage)?,
-            unwind_err_invalid_rule: read(Counter::UnwindErrInvalidRule)?,
-            unwind_err_read_failed: read(Counter::UnwindErrReadFailed)?,
-            unwind_err_stack_length: read(Counter::UnwindErrStackLength)?,
-            unwind_err_bad_cfa: read(Counter::UnwindErrBadCfa)?,
-            unwind_err_no_regs: read(Counter::UnwindErrNoRegs)?,
-            unwind_err_bad_table: read(Counter::UnwindErrBadTable)?,
-            pid_unknown: read(Counter::PidUnknown)?,
-            pid_reports: read(Counter::PidReports)?,
-            pid_reports_lost: read(Counter::PidReportsLost)?,
-            unwind_signal_frames: read(Counter::UnwindSignalFrames)?,
-            py_attempts: read(Counter::PyAttempts)?,
-            py_frames: read(Counter::PyFrames)?,
-            py_err_no_thread: read(Counter::PyErrNoThread)?,
-            py_err_read: read(Counter::PyErrRead)?,
-            py_err_no_frame: read(Counter::PyErrNoFrame)?,
-        })
+        let mut values = Vec::with_capacity(Counter::COUNT as usize);
+        for &c in Counter::ALL {
+            values.push(sum_percpu(&self.counters, c as u32, "fs_counters")?);
+        }
+        Ok(Counters { values })
     }
+
+    /// Reads the counters of the runtime at `slot`; `None` when it is not loaded.
+    pub fn runtime_counters(&self, slot: u32) -> Result<Option<RuntimeCounters>, Error> {
+        let Some(rt) = self.runtimes.iter().find(|r| r.slot == slot) else {
+            return Ok(None);
+        };
+        let mut out = RuntimeCounters::default();
+        if let Some(common) = &self.runtime_counters {
+            let read = |which| {
+                sum_percpu(
+                    common,
+                    runtime_counter_key(slot, which),
+                    "fs_runtime_counters",
+                )
+            };
+            out.attempts = read(RT_CNT_ATTEMPTS)?;
+            out.frames = read(RT_CNT_FRAMES)?;
+            out.no_frames = read(RT_CNT_NO_FRAMES)?;
+        }
+        if let Some(own) = &rt.counters {
+            for i in 0..own.len() {
+                out.own.push(sum_percpu(own, i, "fs_rt_counters")?);
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+fn sum_percpu(map: &PerCpuArray<MapData, u64>, index: u32, name: &str) -> Result<u64, Error> {
+    let values = map.get(&index, 0).map_err(|e| Error::Map {
+        map: name.into(),
+        action: "look up",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(values.iter().sum())
 }
 
 /// Seconds of samples the trace ring buffer holds: how long userspace may be busy
 /// elsewhere (building a round's profiles, loading tables) before samples are lost.
 const RING_BUFFER_SECONDS: u64 = 2;
+/// The size of a typical record, with room to spare: the header, 64 user frames and 16
+/// kernel frames (records are as long as their stacks, so this is an average, not a bound).
+const TYPICAL_RECORD_BYTES: u64 = 64 + 64 * 16 + 16 * 8 + 8;
 
-/// The trace ring buffer's size: every CPU at the full rate for [`RING_BUFFER_SECONDS`],
-/// as a power of two (the kernel requires one) between 256 KiB and 64 MiB. The kernel maps
-/// the buffer's pages into the agent twice, so this is what it adds to RSS, doubled.
+/// The trace ring buffer's size: every CPU at the full rate for [`RING_BUFFER_SECONDS`] of
+/// typical records, as a power of two (the kernel requires one) between 256 KiB and 64 MiB.
+/// The kernel maps the buffer's pages into the agent twice, so this is what it adds to RSS,
+/// doubled.
 pub fn ring_buffer_bytes(cpus: usize, sample_rate_hz: u32) -> u32 {
-    let record = std::mem::size_of::<TraceEvent>() as u64 + 8;
-    let want = cpus.max(1) as u64 * u64::from(sample_rate_hz.max(1)) * RING_BUFFER_SECONDS * record;
+    let want = cpus.max(1) as u64
+        * u64::from(sample_rate_hz.max(1))
+        * RING_BUFFER_SECONDS
+        * TYPICAL_RECORD_BYTES;
     want.next_power_of_two().clamp(256 << 10, 64 << 20) as u32
 }
 
@@ -372,7 +693,7 @@ where
 {
     ebpf.take_map(name)
         .and_then(|m| T::try_from(m).ok())
-        .ok_or(Error::MissingMap(name))
+        .ok_or_else(|| Error::MissingMap(name.into()))
 }
 
 #[cfg(test)]
@@ -381,10 +702,10 @@ mod tests {
 
     #[test]
     fn ring_buffer_is_a_power_of_two_sized_for_cpus_and_rate() {
-        // The agent's default: 19 Hz on 2 CPUs: 2 x 19 x 2 s x ~4.8 KiB = ~370 KiB -> 512 KiB.
-        assert_eq!(ring_buffer_bytes(2, 19), 512 << 10);
-        // record's default on 2 CPUs: 2 x 97 x 2 s x ~4.8 KiB = ~1.9 MiB -> 2 MiB.
-        assert_eq!(ring_buffer_bytes(2, 97), 2 << 20);
+        // The agent's default: 19 Hz on 2 CPUs: 2 x 19 x 2 s x ~1.2 KiB = ~93 KiB -> the floor.
+        assert_eq!(ring_buffer_bytes(2, 19), 256 << 10);
+        // record's default on 2 CPUs: 2 x 97 x 2 s x ~1.2 KiB = ~475 KiB -> 512 KiB.
+        assert_eq!(ring_buffer_bytes(2, 97), 512 << 10);
         // A big host at the highest rate hits the ceiling.
         assert_eq!(ring_buffer_bytes(256, 1000), 64 << 20);
         for (cpus, rate) in [(1, 1), (3, 250), (16, 499), (64, 97)] {

@@ -1,41 +1,29 @@
 //! The maps the stack-delta unwinder reads, as userspace writes them.
 //!
-//! The policy (which ranges to allocate, which rules to share, when to evict) belongs to
-//! the agent's process manager; this module only offers typed, checked writes:
-//! `fs_known_pids`, `fs_pid_mappings` (LPM trie), `fs_delta_pages`, `fs_delta_entries`
-//! (written in place through a memory mapping of the pages written) and `fs_unwind_infos`.
+//! The policy (which ranges to allocate, which rules to share, when to evict, who owns a
+//! range) belongs to the agent's process manager; this module only offers typed, checked
+//! writes: `fs_known_pids`, `fs_pid_mappings` (LPM trie), `fs_delta_pages`,
+//! `fs_delta_entries` (written in place through a memory mapping of the pages written) and
+//! `fs_unwind_infos`.
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
 use aya::Ebpf;
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Map, MapData};
+use ferroscope_ebpf_abi::{
+    DeltaEntry, DeltaPage, DeltaPageKey, MAX_UNWIND_INFOS, PidMapping, PidMappingKey, Plain,
+    UnwindInfoRaw,
+};
 
 use crate::Error;
-use crate::abi::{
-    DeltaEntry, DeltaPage, DeltaPageKey, InterpProc, MAX_UNWIND_INFOS, PidMapping, UnwindInfoRaw,
-};
-use crate::sampler::take_map;
-
-// SAFETY: PidMapping is repr(C), four u64s: no padding, every bit pattern valid.
-unsafe impl aya::Pod for PidMapping {}
-// SAFETY: DeltaPageKey is repr(C), two u64s: no padding, every bit pattern valid.
-unsafe impl aya::Pod for DeltaPageKey {}
-// SAFETY: DeltaPage is repr(C), two u32s: no padding, every bit pattern valid.
-unsafe impl aya::Pod for DeltaPage {}
-// SAFETY: InterpProc is repr(C): u32, u32, four u64s, then PyProc (two u64s, thirteen u16s,
-// six u8s: 48 bytes); no padding anywhere (the ABI test pins every offset), every bit
-// pattern valid.
-unsafe impl aya::Pod for InterpProc {}
-// SAFETY: UnwindInfoRaw is repr(C) u8, u8, u16, i32, i32, u32 (16 bytes, no padding);
-// every bit pattern is a valid value.
-unsafe impl aya::Pod for UnwindInfoRaw {}
+use crate::sys::{self, Sizes};
 
 /// Sizes of the unwinder's maps, fixed when the sampler is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnwinderConfig {
-    /// Processes whose tables can be loaded at once (`fs_known_pids`).
+    /// Processes whose tables can be loaded at once (`fs_known_pids`, and each runtime's
+    /// per-process maps).
     pub max_pids: u32,
     /// Address prefixes of all processes' mappings (`fs_pid_mappings`); a mapping takes up
     /// to about 70, usually a handful.
@@ -74,14 +62,87 @@ impl UnwinderConfig {
     }
 }
 
+/// A map used through raw key and value bytes, checked against its own sizes.
+pub(crate) struct RawMap {
+    pub(crate) name: String,
+    data: MapData,
+    sizes: Sizes,
+}
+
+impl std::fmt::Debug for RawMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawMap")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawMap {
+    pub(crate) fn new(name: &str, data: MapData) -> Result<RawMap, Error> {
+        let info = data.info().map_err(|e| Error::Map {
+            map: name.to_owned(),
+            action: "read the info of",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(RawMap {
+            name: name.to_owned(),
+            sizes: Sizes {
+                key: info.key_size(),
+                value: info.value_size(),
+            },
+            data,
+        })
+    }
+
+    pub(crate) fn take(ebpf: &mut Ebpf, name: &str) -> Result<RawMap, Error> {
+        let data = match ebpf.take_map(name) {
+            Some(
+                Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::Array(d)
+                | Map::LpmTrie(d)
+                | Map::PerCpuArray(d)
+                | Map::PerCpuHashMap(d),
+            ) => d,
+            _ => return Err(Error::MissingMap(name.to_owned())),
+        };
+        RawMap::new(name, data)
+    }
+
+    fn err(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Map {
+            map: self.name.clone(),
+            action,
+            source,
+        }
+    }
+
+    pub(crate) fn update(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        sys::update(self.data.fd().as_fd(), self.sizes, key, value, sys::BPF_ANY)
+            .map_err(self.err("update"))
+    }
+
+    pub(crate) fn delete(&self, key: &[u8]) -> Result<(), Error> {
+        sys::delete(self.data.fd().as_fd(), self.sizes, key).map_err(self.err("delete"))
+    }
+
+    pub(crate) fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, Error> {
+        sys::lookup(self.data.fd().as_fd(), self.sizes, key, value).map_err(self.err("look up"))
+    }
+
+    pub(crate) fn max_entries(&self) -> u32 {
+        self.data.info().map(|i| i.max_entries()).unwrap_or(0)
+    }
+}
+
 /// The process-manager side of the unwinder's maps. Obtained from
 /// [`crate::Sampler::unwind_maps`].
 pub struct UnwindMaps {
-    known_pids: HashMap<MapData, u32, u8>,
-    pid_mappings: LpmTrie<MapData, [u8; 12], PidMapping>,
-    delta_pages: HashMap<MapData, DeltaPageKey, DeltaPage>,
-    infos: Array<MapData, UnwindInfoRaw>,
-    interp_procs: HashMap<MapData, u32, InterpProc>,
+    known_pids: RawMap,
+    pid_mappings: RawMap,
+    delta_pages: RawMap,
+    infos: RawMap,
+    delta_entries_lookup: RawMap,
     entries: MappedEntries,
 }
 
@@ -133,9 +194,9 @@ impl Drop for Window {
 impl MappedEntries {
     fn new(map: MapData) -> Result<Self, Error> {
         let info = map.info().map_err(|e| Error::Map {
-            map: "fs_delta_entries",
-            action: "read info of",
-            source: Box::new(e),
+            map: "fs_delta_entries".into(),
+            action: "read the info of",
+            source: std::io::Error::other(e.to_string()),
         })?;
         let len = info.max_entries();
         // SAFETY: sysconf has no preconditions.
@@ -219,62 +280,32 @@ impl MappedEntries {
         }
         Ok(())
     }
-
-    fn read(&self, first: u32, count: u32) -> Result<Vec<DeltaEntry>, Error> {
-        let end = u64::from(first) + u64::from(count);
-        if end > u64::from(self.len) {
-            return Err(Error::EntriesOutOfRange {
-                first,
-                count: count as usize,
-                capacity: self.len,
-            });
-        }
-        let mut out = Vec::with_capacity(count as usize);
-        let per_window = WINDOW_BYTES / ENTRY_STRIDE;
-        while out.len() < count as usize {
-            let byte = (first as usize + out.len()) * ENTRY_STRIDE;
-            let offset = byte / self.page * self.page;
-            let n = (count as usize - out.len()).min(per_window);
-            let last = byte + n * ENTRY_STRIDE;
-            let window = self.window(offset, last.div_ceil(self.page) * self.page - offset)?;
-            for i in 0..n {
-                let off = byte - offset + i * ENTRY_STRIDE;
-                // SAFETY: as in `write`: inside the window, aligned, and every bit pattern
-                // is a valid DeltaEntry.
-                out.push(unsafe {
-                    window
-                        .ptr
-                        .as_ptr()
-                        .add(off)
-                        .cast::<DeltaEntry>()
-                        .read_volatile()
-                });
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn map_err(map: &'static str, action: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |e| Error::Map {
-        map,
-        action,
-        source: Box::new(e),
-    }
 }
 
 impl UnwindMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         let entries = match ebpf.take_map("fs_delta_entries") {
             Some(Map::Array(data)) => data,
-            _ => return Err(Error::MissingMap("fs_delta_entries")),
+            _ => return Err(Error::MissingMap("fs_delta_entries".into())),
         };
+        // A second handle on the same array, for reads through the syscall (what the kernel
+        // sees, independently of the mapping used for writes).
+        let lookup = MapData::from_id(entries.info().map(|i| i.id()).map_err(|e| Error::Map {
+            map: "fs_delta_entries".into(),
+            action: "read the info of",
+            source: std::io::Error::other(e.to_string()),
+        })?)
+        .map_err(|e| Error::Map {
+            map: "fs_delta_entries".into(),
+            action: "open a second handle on",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(UnwindMaps {
-            known_pids: take_map(ebpf, "fs_known_pids")?,
-            pid_mappings: take_map(ebpf, "fs_pid_mappings")?,
-            delta_pages: take_map(ebpf, "fs_delta_pages")?,
-            infos: take_map(ebpf, "fs_unwind_infos")?,
-            interp_procs: take_map(ebpf, "fs_interp_procs")?,
+            known_pids: RawMap::take(ebpf, "fs_known_pids")?,
+            pid_mappings: RawMap::take(ebpf, "fs_pid_mappings")?,
+            delta_pages: RawMap::take(ebpf, "fs_delta_pages")?,
+            infos: RawMap::take(ebpf, "fs_unwind_infos")?,
+            delta_entries_lookup: RawMap::new("fs_delta_entries", lookup)?,
             entries: MappedEntries::new(entries)?,
         })
     }
@@ -289,9 +320,22 @@ impl UnwindMaps {
         self.entries.write(first, entries)
     }
 
-    /// Reads `count` entries of `fs_delta_entries` from `first` (for tests and diagnostics).
+    /// Reads `count` entries of `fs_delta_entries` from `first` through the `bpf` syscall
+    /// (as the kernel holds them; for tests and diagnostics).
     pub fn read_entries(&self, first: u32, count: u32) -> Result<Vec<DeltaEntry>, Error> {
-        self.entries.read(first, count)
+        let mut out = Vec::with_capacity(count as usize);
+        for i in first..first.saturating_add(count) {
+            let mut v = [0u8; 4];
+            if !self.delta_entries_lookup.lookup(&i.to_ne_bytes(), &mut v)? {
+                return Err(Error::EntriesOutOfRange {
+                    first,
+                    count: count as usize,
+                    capacity: self.entries.len,
+                });
+            }
+            out.extend(DeltaEntry::from_bytes(&v));
+        }
+        Ok(out)
     }
 
     /// Sets rule `index` of `fs_unwind_infos`.
@@ -299,21 +343,17 @@ impl UnwindMaps {
         if index as usize >= MAX_UNWIND_INFOS {
             return Err(Error::TooManyUnwindInfos);
         }
-        self.infos
-            .set(index, info, 0)
-            .map_err(map_err("fs_unwind_infos", "update"))
+        self.infos.update(&index.to_ne_bytes(), info.as_bytes())
     }
 
     /// Publishes a table page.
     pub fn insert_page(&mut self, key: DeltaPageKey, page: DeltaPage) -> Result<(), Error> {
-        self.delta_pages
-            .insert(key, page, 0)
-            .map_err(map_err("fs_delta_pages", "insert"))
+        self.delta_pages.update(key.as_bytes(), page.as_bytes())
     }
 
     /// Withdraws a table page (a missing page is not an error).
     pub fn remove_page(&mut self, key: &DeltaPageKey) -> Result<(), Error> {
-        ignore_missing(self.delta_pages.remove(key)).map_err(map_err("fs_delta_pages", "delete"))
+        self.delta_pages.delete(key.as_bytes())
     }
 
     /// Maps `[address, address + 2^(64 - prefix_len))` of process `pid` to `value`.
@@ -325,10 +365,10 @@ impl UnwindMaps {
         prefix_len: u32,
         value: PidMapping,
     ) -> Result<(), Error> {
-        let key = Key::new(32 + prefix_len, prefix_key(pid, address));
-        self.pid_mappings
-            .insert(&key, value, 0)
-            .map_err(map_err("fs_pid_mappings", "insert"))
+        self.pid_mappings.update(
+            prefix_key(pid, address, prefix_len).as_bytes(),
+            value.as_bytes(),
+        )
     }
 
     /// Removes a prefix inserted by [`UnwindMaps::insert_mapping_prefix`] (a missing one is
@@ -339,50 +379,45 @@ impl UnwindMaps {
         address: u64,
         prefix_len: u32,
     ) -> Result<(), Error> {
-        let key = Key::new(32 + prefix_len, prefix_key(pid, address));
-        ignore_missing(self.pid_mappings.remove(&key)).map_err(map_err("fs_pid_mappings", "delete"))
+        self.pid_mappings
+            .delete(prefix_key(pid, address, prefix_len).as_bytes())
+    }
+
+    /// What the trie holds for the exact prefix (for tests and diagnostics).
+    pub fn mapping_prefix(
+        &self,
+        pid: u32,
+        address: u64,
+        prefix_len: u32,
+    ) -> Result<Option<PidMapping>, Error> {
+        let mut v = [0u8; size_of::<PidMapping>()];
+        let found = self
+            .pid_mappings
+            .lookup(prefix_key(pid, address, prefix_len).as_bytes(), &mut v)?;
+        Ok(found.then(|| PidMapping::from_bytes(&v)).flatten())
     }
 
     /// Lets the unwinder walk `pid`'s stacks (its mappings must be inserted first).
     pub fn set_pid_known(&mut self, pid: u32) -> Result<(), Error> {
-        self.known_pids
-            .insert(pid, 1, 0)
-            .map_err(map_err("fs_known_pids", "insert"))
-    }
-
-    /// Tells the unwinder that `pid` runs an interpreter, and what its walker needs.
-    pub fn set_interpreter(&mut self, pid: u32, proc: &InterpProc) -> Result<(), Error> {
-        self.interp_procs
-            .insert(pid, *proc, 0)
-            .map_err(map_err("fs_interp_procs", "insert"))
-    }
-
-    /// Stops walking `pid`'s interpreter frames (a missing PID is not an error).
-    pub fn remove_interpreter(&mut self, pid: u32) -> Result<(), Error> {
-        ignore_missing(self.interp_procs.remove(&pid)).map_err(map_err("fs_interp_procs", "delete"))
+        self.known_pids.update(&pid.to_ne_bytes(), &[1])
     }
 
     /// Sends `pid`'s samples back to the frame-pointer walk (a missing PID is not an error).
     pub fn forget_pid(&mut self, pid: u32) -> Result<(), Error> {
-        ignore_missing(self.known_pids.remove(&pid)).map_err(map_err("fs_known_pids", "delete"))
+        self.known_pids.delete(&pid.to_ne_bytes())
+    }
+
+    /// How many processes `fs_known_pids` holds at most.
+    pub fn max_pids(&self) -> u32 {
+        self.known_pids.max_entries()
     }
 }
 
-fn prefix_key(pid: u32, address: u64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&pid.to_ne_bytes());
-    k[4..].copy_from_slice(&address.to_be_bytes());
-    k
-}
-
-fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
-    match r {
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        other => other,
+/// The LPM key of `address`'s top `prefix_len` bits in `pid`'s mappings.
+fn prefix_key(pid: u32, address: u64, prefix_len: u32) -> PidMappingKey {
+    PidMappingKey {
+        prefixlen: 32 + prefix_len,
+        pid,
+        address_be: address.to_be(),
     }
 }

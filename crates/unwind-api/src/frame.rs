@@ -1,87 +1,136 @@
-//! Frames and traces.
+//! Frames and traces, as recorded and as named.
+//!
+//! A trace comes out of the kernel as a [`Trace<RecordedFrame>`]: kernel and native frames
+//! are addresses, and a runtime's frame is a [`RawFrame`] that only its plug-in can read. The
+//! agent names every raw frame while the process still lives and turns the trace into a
+//! [`Trace<Frame>`], whose runtime frames are IDs of names the session interned. The two
+//! phases are two types, so a raw frame can never reach a profile unnamed.
 
-/// What an address in a trace refers to.
+/// A frame a runtime's eBPF program recorded: what identifies the function (a code object,
+/// a method) and where in it, as that runtime's plug-in defines them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FrameKind {
-    /// An address in the kernel's text (vmlinux, a module or a BPF program).
-    Kernel,
-    /// An address in a user-space native mapping of the process.
-    Native,
-    /// A frame of an interpreted or JIT-compiled runtime, recorded by that runtime's walker.
-    /// The number is the runtime's frame kind ([`crate::Interpreter::frame_kind`]); the
-    /// frame's `address` and `aux` mean what that runtime says (for example a code object's
-    /// address and an instruction offset, or, once named, a function ID and a line).
-    Interpreted(u8),
+pub struct RawFrame {
+    /// The runtime's slot in this session (the frame kind its program wrote).
+    pub runtime: u8,
+    /// First word (for CPython: the code object's address).
+    pub address: u64,
+    /// Second word, 56 bits (for CPython: the instruction offset and a fingerprint).
+    pub aux: u64,
 }
 
-/// One frame of a trace.
+/// Why a user stack ended before its outermost frame (the frame kept at its end), as the
+/// unwinder's error code.
+pub type UnwindErrorCode = u8;
+
+/// A frame as the kernel recorded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frame {
-    /// Kernel or user native.
-    pub kind: FrameKind,
-    /// The address as captured: the program counter for the leaf frame, a return address
-    /// for every caller.
-    pub address: u64,
-    /// True when `address` is the exact instruction that was executing (the leaf frame of a
-    /// stack); false when it is a return address, which points after the call instruction.
-    pub is_leaf: bool,
-    /// A second word for interpreted frames (where in the function); 0 for other kinds.
-    pub aux: u64,
+pub enum RecordedFrame {
+    /// An address in the kernel's text (vmlinux, a module or a BPF program).
+    Kernel {
+        /// The address.
+        address: u64,
+        /// The exact instruction (the leaf), not a return address.
+        exact: bool,
+    },
+    /// An address in a user-space native mapping of the process.
+    Native {
+        /// The address.
+        address: u64,
+        /// The exact instruction (the leaf, or a frame a signal interrupted), not a return
+        /// address.
+        exact: bool,
+    },
+    /// A frame of a runtime, not named yet.
+    Runtime(RawFrame),
+    /// The user stack could not be unwound further.
+    UnwindError(UnwindErrorCode),
+}
+
+/// A frame ready for a profile: runtime frames are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Frame {
+    /// An address in the kernel's text.
+    Kernel {
+        /// The address.
+        address: u64,
+        /// The exact instruction, not a return address.
+        exact: bool,
+    },
+    /// An address in a user-space native mapping of the process.
+    Native {
+        /// The address.
+        address: u64,
+        /// The exact instruction, not a return address.
+        exact: bool,
+    },
+    /// A runtime frame, named: the ID of its names (one or more frames, innermost first,
+    /// when the runtime inlined calls) in the session's name table.
+    Named(u64),
+    /// The user stack could not be unwound further.
+    UnwindError(UnwindErrorCode),
+}
+
+/// The address to look up in symbol and line tables: a return address minus one, so that
+/// it falls inside the call instruction (and so inside the caller's function even when the
+/// call is the function's last instruction), the exact address otherwise.
+pub fn lookup_address(address: u64, exact: bool) -> u64 {
+    if exact {
+        address
+    } else {
+        address.saturating_sub(1)
+    }
 }
 
 impl Frame {
     /// A user-space native frame.
-    pub fn native(address: u64, is_leaf: bool) -> Self {
-        Frame {
-            kind: FrameKind::Native,
-            address,
-            is_leaf,
-            aux: 0,
-        }
-    }
-
-    /// A frame of an interpreted runtime (see [`FrameKind::Interpreted`]).
-    pub fn interpreted(kind: u8, address: u64, aux: u64, is_leaf: bool) -> Self {
-        Frame {
-            kind: FrameKind::Interpreted(kind),
-            address,
-            is_leaf,
-            aux,
-        }
+    pub fn native(address: u64, exact: bool) -> Self {
+        Frame::Native { address, exact }
     }
 
     /// A kernel frame.
-    pub fn kernel(address: u64, is_leaf: bool) -> Self {
-        Frame {
-            kind: FrameKind::Kernel,
-            address,
-            is_leaf,
-            aux: 0,
-        }
+    pub fn kernel(address: u64, exact: bool) -> Self {
+        Frame::Kernel { address, exact }
     }
 
-    /// The address to look up in symbol and line tables: a return address minus one, so
-    /// that it falls inside the call instruction (and so inside the caller's function even
-    /// when the call is the function's last instruction), the exact address otherwise (and
-    /// always for interpreted frames, whose address is not code).
-    pub fn lookup_address(&self) -> u64 {
-        if self.is_leaf || matches!(self.kind, FrameKind::Interpreted(_)) {
-            self.address
-        } else {
-            self.address.saturating_sub(1)
-        }
+    /// Whether this is a kernel frame.
+    pub fn is_kernel(&self) -> bool {
+        matches!(self, Frame::Kernel { .. })
     }
 }
 
-/// One sampled stack of one thread, leaf first.
+impl RecordedFrame {
+    /// A user-space native frame.
+    pub fn native(address: u64, exact: bool) -> Self {
+        RecordedFrame::Native { address, exact }
+    }
+
+    /// A kernel frame.
+    pub fn kernel(address: u64, exact: bool) -> Self {
+        RecordedFrame::Kernel { address, exact }
+    }
+}
+
+/// One sampled stack of one thread, leaf first: kernel frames (if any) before user frames.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Trace {
+pub struct Trace<F = Frame> {
     /// Process (thread-group) ID, as seen from the host's PID namespace.
     pub pid: u32,
     /// Thread ID.
     pub tid: u32,
     /// The thread's command name (at most 15 bytes, as the kernel keeps it).
     pub comm: String,
-    /// Frames, leaf first: kernel frames (if any) come before user frames.
-    pub frames: Vec<Frame>,
+    /// Frames, leaf first.
+    pub frames: Vec<F>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_addresses_are_looked_up_inside_the_call() {
+        assert_eq!(lookup_address(0x401000, true), 0x401000);
+        assert_eq!(lookup_address(0x401234, false), 0x401233);
+        assert_eq!(lookup_address(0, false), 0);
+    }
 }

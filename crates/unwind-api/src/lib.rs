@@ -1,27 +1,27 @@
-//! Types that every ferroscope unwinder shares.
+//! Types that every ferroscope unwinder shares, and the seam runtime unwinders plug into.
 //!
-//! An unwinder (the eBPF native walker today, interpreter unwinders later) produces
-//! [`Trace`]s: a thread's identity and its frames, leaf first. Frames carry the raw address
-//! the unwinder saw together with what kind of address it is, so that the symbolizer can
-//! apply the right lookup rule (a return address points one past its call instruction).
+//! Unwinders produce [`Trace`]s: a thread's identity and its frames, leaf first. A trace
+//! comes out of the kernel with [`RecordedFrame`]s (kernel and native addresses, and
+//! [`RawFrame`]s that a runtime's program recorded) and is turned into one with named
+//! [`Frame`]s before it is counted; the two phases are two types.
 //!
 //! Unwinders that read another process's memory do so through [`ProcessMemory`], never
 //! directly, so that the same code runs live ([`RemoteMemory`]) and in unit tests against a
-//! captured snapshot ([`SnapshotMemory`]).
+//! captured snapshot ([`SnapshotMemory`]); plug-ins get theirs handed to them
+//! ([`AttachContext::memory`]).
 //!
-//! Interpreter unwinders plug in through [`Interpreter`] and [`InterpreterPlugin`] (see the
-//! `interpreter` module's documentation for the life of a plug-in).
-//!
-//! This crate knows nothing about eBPF, ELF files or profiles.
+//! Runtime unwinders plug in through [`Interpreter`] and [`InterpreterPlugin`] (see the
+//! `interpreter` module's documentation for the life of a plug-in). Their eBPF programs are
+//! opaque bytes here ([`EbpfProgram`]): this crate knows nothing about eBPF, ELF files or
+//! profiles.
 //!
 //! ```
-//! use ferroscope_unwind_api::{Frame, FrameKind};
+//! use ferroscope_unwind_api::{Frame, lookup_address};
 //!
 //! let leaf = Frame::native(0x401000, true);
-//! let caller = Frame::native(0x401234, false);
-//! assert_eq!(leaf.lookup_address(), 0x401000);
-//! assert_eq!(caller.lookup_address(), 0x401233);
-//! assert_eq!(caller.kind, FrameKind::Native);
+//! assert!(!leaf.is_kernel());
+//! assert_eq!(lookup_address(0x401000, true), 0x401000);
+//! assert_eq!(lookup_address(0x401234, false), 0x401233);
 //! ```
 #![deny(missing_docs)]
 
@@ -29,10 +29,12 @@ mod frame;
 mod interpreter;
 mod memory;
 
-pub use frame::{Frame, FrameKind, Trace};
+pub use frame::{Frame, RawFrame, RecordedFrame, Trace, UnwindErrorCode, lookup_address};
 pub use interpreter::{
-    AttachTarget, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
-    InterpreterPlugin, InterpreterProcess, MappedRange, SymbolRange, plugins,
+    AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
+    InterpreterPlugin, InterpreterProcess, MapWrite, MappedRange, MappingsChanged, Metric,
+    MetricKind, OwnedRange, ProcessUpdate, RangeMode, RegistryError, SharedMemory, SymbolRange,
+    check_names, plugins,
 };
 pub use inventory;
 pub use memory::{MemoryError, ProcessMemory, RemoteMemory, SnapshotMemory};

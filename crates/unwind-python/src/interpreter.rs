@@ -1,30 +1,28 @@
 //! The CPython plug-in: detection, the eBPF walker's data, and naming of recorded frames.
 //!
-//! The eBPF walker (`py_step` in `crates/ebpf-programs/bpf/sampler.bpf.c`) follows the same
-//! reads as [`walk`](crate::walk): it finds the sampled thread's `PyThreadState` by walking
-//! the interpreters' thread lists for the one whose `thread_id` is the thread's
-//! `pthread_self()` (its FS base; cached per TID and checked on every use), then, wherever
-//! the native unwinder meets `_PyEval_EvalFrameDefault`, emits that C call's Python frames.
-//! Each recorded frame is the code object's address, with the raw instruction offset in the
-//! low 32 bits of `aux` and the code object's `co_firstlineno` (its fingerprint) in the high
-//! 32 bits.
+//! The eBPF walker (`bpf/python.bpf.c`) follows the same reads as [`walk`](crate::walk): it
+//! finds the sampled thread's `PyThreadState` by walking the interpreters' thread lists for
+//! the one whose `thread_id` is the thread's `pthread_self()` (its FS base; cached per TID
+//! and checked on every use), then queues the thread's Python frames, one segment per C-level
+//! call of the eval loop, which the native unwinder splices in where it meets
+//! `_PyEval_EvalFrameDefault` (the ranges this plug-in registers). Each recorded frame is the
+//! code object's address, with the raw instruction offset in the low 32 bits of its payload
+//! and the low 24 bits of the code object's `co_firstlineno` (its fingerprint) above.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferroscope_ebpf_programs::abi::{
-    FRAME_PYTHON, InterpKind, InterpProc, NO_FIELD, PY_ENTRY_FLAG, PY_ENTRY_ONE, PY_ENTRY_SHIM,
-    PY_FRAMES_INTERPRETER, PY_FRAMES_OBJECT, PyProc,
-};
 use ferroscope_unwind_api::{
-    AttachTarget, ElfFile, FileData, Frame, InterpretedFrame, Interpreter, InterpreterError,
-    InterpreterPlugin, InterpreterProcess, MappedRange, RemoteMemory, SymbolRange,
+    AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
+    InterpreterPlugin, InterpreterProcess, MapWrite, MappedRange, MappingsChanged, Metric,
+    OwnedRange, ProcessUpdate, RangeMode, RawFrame, SharedMemory, SymbolRange,
 };
 
+use crate::ebpf::{FINGERPRINT_MASK, PROCS_MAP, PyProc, py_proc, split_payload};
 use crate::{
-    CodeInfo, Entry, Error, FrameLayout, Layout, PyVersion, layout_for, read_code,
-    version_from_hex, version_from_path,
+    CodeInfo, Error, FrameLayout, Layout, PyVersion, layout_for, read_code, version_from_hex,
+    version_from_path,
 };
 
 /// The plug-in's name: the `python` cargo feature and `python_enabled`.
@@ -41,8 +39,6 @@ inventory::submit! {
 #[derive(Debug, Default)]
 struct Counters {
     attached: AtomicU64,
-    successes: AtomicU64,
-    failures: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
 }
@@ -124,78 +120,27 @@ pub fn detect_file(file: &dyn ElfFile) -> Result<Option<PythonFile>, Error> {
 }
 
 /// The eBPF walker's data for a process that maps `file` at `bias`.
-pub fn ebpf_proc(file: &PythonFile, bias: u64) -> InterpProc {
+pub fn ebpf_proc(file: &PythonFile, bias: u64) -> PyProc {
     let l = file.layout;
-    let field = |v: Option<u32>| v.map_or(NO_FIELD, |v| v as u16);
-    let mut py = PyProc {
-        interp_head: file
-            .runtime
-            .wrapping_add(bias)
-            .wrapping_add(u64::from(l.runtime_interpreters_head.unwrap_or(0))),
-        code_mask: u64::MAX,
-        interp_next: l.interp_next as u16,
-        interp_threads_head: l.interp_threads_head as u16,
-        tstate_next: l.tstate_next as u16,
-        tstate_thread_id: l.tstate_thread_id as u16,
-        tstate_frame: l.tstate_frame as u16,
-        cframe_current_frame: field(l.cframe_current_frame),
-        frame_read_len: l.frame_read_len as u16,
-        code_firstlineno: l.co_firstlineno as u16,
-        code_adaptive: l.co_code_adaptive.unwrap_or(0) as u16,
-        ..PyProc::default()
-    };
-    match l.frame {
-        FrameLayout::Object {
-            f_back,
-            f_code,
-            f_lasti,
-            ..
-        } => {
-            py.frame_model = PY_FRAMES_OBJECT;
-            py.frame_code = f_code as u16;
-            py.frame_previous = f_back as u16;
-            py.frame_instr = f_lasti as u16;
-            py.frame_entry = NO_FIELD;
-            py.entry_kind = PY_ENTRY_ONE;
-        }
-        FrameLayout::Interpreter {
-            executable,
-            previous,
-            instr_ptr,
-            entry,
-            executable_tag_mask,
-            ..
-        } => {
-            py.frame_model = PY_FRAMES_INTERPRETER;
-            py.frame_code = executable as u16;
-            py.frame_previous = previous as u16;
-            py.frame_instr = instr_ptr as u16;
-            py.code_mask = !executable_tag_mask;
-            match entry {
-                Entry::IsEntry { offset } => {
-                    py.frame_entry = offset as u16;
-                    py.entry_kind = PY_ENTRY_FLAG;
-                }
-                Entry::Owner { offset, cstack } => {
-                    py.frame_entry = offset as u16;
-                    py.entry_kind = PY_ENTRY_SHIM;
-                    py.owner_cstack = cstack;
-                }
-            }
-        }
-    }
-    let mut proc = InterpProc {
-        kind: InterpKind::Python as u32,
-        py,
-        ..InterpProc::default()
-    };
-    for (i, range) in file.eval.iter().enumerate() {
-        if let Some(r) = range {
-            proc.loop_start[i] = r.address.wrapping_add(bias);
-            proc.loop_end[i] = r.address.wrapping_add(r.size.max(1)).wrapping_add(bias);
-        }
-    }
-    proc
+    let interp_head = file
+        .runtime
+        .wrapping_add(bias)
+        .wrapping_add(u64::from(l.runtime_interpreters_head.unwrap_or(0)));
+    py_proc(l, interp_head)
+}
+
+/// The process ranges of the eval loop (splice ranges) for `file` mapped at `bias`.
+pub fn eval_ranges(file: &PythonFile, bias: u64) -> Vec<OwnedRange> {
+    file.eval
+        .iter()
+        .flatten()
+        .map(|r| OwnedRange {
+            start: r.address.wrapping_add(bias),
+            end: r.address.wrapping_add(r.size.max(1)).wrapping_add(bias),
+            mode: RangeMode::Splice,
+            frame_pointer: false,
+        })
+        .collect()
 }
 
 /// The byte offset in the code's bytecode of the instruction a recorded frame is at, from
@@ -217,8 +162,12 @@ impl Interpreter for Python {
         NAME
     }
 
-    fn frame_kind(&self) -> u8 {
-        FRAME_PYTHON
+    fn metric_name(&self) -> &'static str {
+        "Python"
+    }
+
+    fn ebpf(&self) -> Option<EbpfProgram> {
+        Some(crate::ebpf::program())
     }
 
     fn detect(&self, file: &dyn ElfFile) -> Result<Option<FileData>, InterpreterError> {
@@ -230,7 +179,7 @@ impl Interpreter for Python {
     fn attach(
         &self,
         data: &FileData,
-        target: AttachTarget,
+        context: &AttachContext<'_>,
     ) -> Result<Box<dyn InterpreterProcess>, InterpreterError> {
         let file = data
             .downcast_ref::<PythonFile>()
@@ -239,37 +188,30 @@ impl Interpreter for Python {
                 source: "file data of another plug-in".into(),
             })?;
         self.counters.attached.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(pid = target.pid, version = %file.version, "CPython process attached");
+        tracing::debug!(pid = context.pid, version = %file.version, "CPython process attached");
         Ok(Box::new(PythonProcess {
-            memory: RemoteMemory::new(target.pid),
+            pid: context.pid,
+            memory: context.memory.clone(),
             layout: file.layout,
-            ebpf: ebpf_proc(file, target.bias),
-            runtime_range: file.eval[0].map(|r| r.address.wrapping_add(target.bias)),
+            ebpf: ebpf_proc(file, context.bias),
+            ranges: eval_ranges(file, context.bias),
             codes: HashMap::new(),
             counters: Arc::clone(&self.counters),
         }))
     }
 
-    fn metrics(&self) -> Vec<(&'static str, u64)> {
+    fn metrics(&self) -> Vec<Metric> {
         let c = &self.counters;
         vec![
-            (
+            Metric::counter(
                 "PythonProcessesAttached_total",
                 c.attached.load(Ordering::Relaxed),
             ),
-            (
-                "PythonSymbolizationSuccesses_total",
-                c.successes.load(Ordering::Relaxed),
-            ),
-            (
-                "PythonSymbolizationFailures_total",
-                c.failures.load(Ordering::Relaxed),
-            ),
-            (
+            Metric::counter(
                 "PythonCodeObjectCacheHits_total",
                 c.cache_hits.load(Ordering::Relaxed),
             ),
-            (
+            Metric::counter(
                 "PythonCodeObjectCacheMisses_total",
                 c.cache_misses.load(Ordering::Relaxed),
             ),
@@ -287,10 +229,11 @@ struct Code {
 
 /// One CPython process.
 struct PythonProcess {
-    memory: RemoteMemory,
+    pid: u32,
+    memory: SharedMemory,
     layout: &'static Layout,
-    ebpf: InterpProc,
-    runtime_range: Option<u64>,
+    ebpf: PyProc,
+    ranges: Vec<OwnedRange>,
     /// Code objects by (address, fingerprint).
     codes: HashMap<(u64, u32), Arc<Code>>,
     counters: Arc<Counters>,
@@ -303,14 +246,14 @@ impl PythonProcess {
             return Ok(Arc::clone(c));
         }
         self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let info = read_code(&self.memory, self.layout, addr)?;
-        if info.first_line != fingerprint {
+        let info = read_code(&*self.memory, self.layout, addr)?;
+        if info.first_line & FINGERPRINT_MASK != fingerprint {
             // The code object was freed and its memory reused since the sample.
             return Err(Error::invalid(
                 "code object",
                 addr,
                 format!(
-                    "its first line is {} now but was {fingerprint} when sampled (the address was reused)",
+                    "its first line is {} now but was {fingerprint} (24 bits) when sampled (the address was reused)",
                     info.first_line
                 ),
             ));
@@ -329,37 +272,50 @@ impl PythonProcess {
 }
 
 impl InterpreterProcess for PythonProcess {
-    fn ebpf_data(&self) -> Vec<u8> {
-        self.ebpf.to_bytes()
+    fn start(&mut self) -> Result<ProcessUpdate, InterpreterError> {
+        Ok(ProcessUpdate {
+            map_writes: vec![MapWrite {
+                map: PROCS_MAP,
+                key: self.pid.to_ne_bytes().to_vec(),
+                value: Some(self.ebpf.to_bytes()),
+            }],
+            ranges: Some(self.ranges.clone()),
+        })
     }
 
-    fn sync_mappings(&mut self, mappings: &[MappedRange]) -> bool {
+    fn mappings_changed(&mut self, mappings: &[MappedRange]) -> MappingsChanged {
         // Still attached while the eval loop's code is mapped.
-        self.runtime_range
-            .is_none_or(|pc| mappings.iter().any(|m| m.start <= pc && pc < m.end))
+        let mapped = self.ranges.first().is_none_or(|r| {
+            mappings
+                .iter()
+                .any(|m| m.start <= r.start && r.start < m.end)
+        });
+        if mapped {
+            MappingsChanged::Keep(ProcessUpdate::default())
+        } else {
+            MappingsChanged::Detach
+        }
     }
 
-    fn symbolize(&mut self, frame: &Frame) -> Result<InterpretedFrame, InterpreterError> {
-        let raw = frame.aux as u32;
-        let fingerprint = (frame.aux >> 32) as u32;
-        match self.code(frame.address, fingerprint) {
-            Ok(code) => {
-                self.counters.successes.fetch_add(1, Ordering::Relaxed);
-                let offset = byte_offset(self.layout, raw);
-                Ok(InterpretedFrame {
-                    function: Arc::clone(&code.function),
-                    file: Arc::clone(&code.file),
-                    line: code
-                        .info
-                        .line_for_offset(offset)
-                        .unwrap_or(code.info.first_line),
-                    start_line: code.info.first_line,
-                })
-            }
-            Err(e) => {
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                Err(runtime_error(e))
-            }
-        }
+    fn symbolize(
+        &mut self,
+        frame: &RawFrame,
+        out: &mut Vec<InterpretedFrame>,
+    ) -> Result<(), InterpreterError> {
+        let (raw, fingerprint) = split_payload(frame.aux);
+        let code = self
+            .code(frame.address, fingerprint)
+            .map_err(runtime_error)?;
+        let offset = byte_offset(self.layout, raw);
+        out.push(InterpretedFrame {
+            function: Arc::clone(&code.function),
+            file: Arc::clone(&code.file),
+            line: code
+                .info
+                .line_for_offset(offset)
+                .unwrap_or(code.info.first_line),
+            start_line: code.info.first_line,
+        });
+        Ok(())
     }
 }

@@ -18,8 +18,9 @@
 //!
 //! - [`Python`]: the plug-in the agent loads through `ferroscope-unwind-api`'s registry:
 //!   [`detect_file`] (a file named like CPython or exporting `Py_Version`/`_PyRuntime`, with
-//!   `_PyEval_EvalFrameDefault`), [`ebpf_proc`] (the eBPF walker's `fs_interp_proc`, from the
-//!   layout and the load bias; its only tie to eBPF is that ABI mirror), and per-process
+//!   `_PyEval_EvalFrameDefault`), the eBPF walker (`bpf/python.bpf.c`, built by this crate's
+//!   build script against `ferroscope-ebpf-abi`'s headers) and its per-process data
+//!   ([`ebpf_proc`], mirrored in [`ebpf`]), the eval loop's ranges it owns, and per-process
 //!   naming of the frames the walker recorded, cached per code object.
 //!
 //! It knows nothing of ELF parsing or profiles; all reads go through
@@ -51,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 mod code;
+pub mod ebpf;
 mod frames;
 mod interpreter;
 mod layout;
@@ -59,7 +61,7 @@ mod version;
 
 pub use code::{CodeInfo, code_fingerprint, read_code};
 pub use frames::{RawFrame, ThreadState, interpreters_head, threads, walk};
-pub use interpreter::{NAME, Python, PythonFile, byte_offset, detect_file, ebpf_proc};
+pub use interpreter::{NAME, Python, PythonFile, byte_offset, detect_file, ebpf_proc, eval_ranges};
 pub use layout::{
     BytesLayout, Entry, FrameLayout, Layout, LineTableFormat, SUPPORTED_MINORS, UnicodeLayout,
     layout,

@@ -4,11 +4,9 @@
 
 mod common;
 
-use ferroscope_ebpf_programs::abi::{
-    InterpKind, NO_FIELD, PY_ENTRY_FLAG, PY_ENTRY_ONE, PY_ENTRY_SHIM,
-};
-use ferroscope_unwind_api::{ElfFile, SymbolRange};
-use ferroscope_unwind_python::{FrameLayout, detect_file, ebpf_proc};
+use ferroscope_unwind_api::{ElfFile, RangeMode, SymbolRange};
+use ferroscope_unwind_python::ebpf::{NO_FIELD, PY_ENTRY_FLAG, PY_ENTRY_ONE, PY_ENTRY_SHIM};
+use ferroscope_unwind_python::{FrameLayout, detect_file, ebpf_proc, eval_ranges};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// An `ElfFile` over a file read from disk (the agent has its own, over the mapped bytes).
@@ -86,20 +84,25 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
         let bias = 0x7f00_0000_0000;
         let p = ebpf_proc(&found, bias);
         let l = found.layout;
-        assert_eq!(p.kind, InterpKind::Python as u32);
-        assert_eq!(p.loop_start[0], eval.address + bias);
-        assert_eq!(p.loop_end[0], eval.address + eval.size + bias);
+        let ranges = eval_ranges(&found, bias);
+        assert_eq!(ranges[0].start, eval.address + bias);
+        assert_eq!(ranges[0].end, eval.address + eval.size + bias);
+        assert!(
+            ranges
+                .iter()
+                .all(|r| r.mode == RangeMode::Splice && !r.frame_pointer)
+        );
         assert_eq!(
-            p.py.interp_head,
+            p.interp_head,
             found.runtime + bias + u64::from(l.runtime_interpreters_head.unwrap_or(0))
         );
-        assert_eq!(u32::from(p.py.tstate_thread_id), l.tstate_thread_id);
-        assert_eq!(u32::from(p.py.frame_read_len), l.frame_read_len);
+        assert_eq!(u32::from(p.tstate_thread_id), l.tstate_thread_id);
+        assert_eq!(u32::from(p.frame_read_len), l.frame_read_len);
         match l.frame {
             FrameLayout::Object { f_back, .. } => {
-                assert_eq!(p.py.entry_kind, PY_ENTRY_ONE);
-                assert_eq!(u32::from(p.py.frame_previous), f_back);
-                assert_eq!(p.py.cframe_current_frame, NO_FIELD);
+                assert_eq!(p.entry_kind, PY_ENTRY_ONE);
+                assert_eq!(u32::from(p.frame_previous), f_back);
+                assert_eq!(p.cframe_current_frame, NO_FIELD);
             }
             FrameLayout::Interpreter { previous, .. } => {
                 let want = if py.version.minor == 11 {
@@ -107,8 +110,8 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
                 } else {
                     PY_ENTRY_SHIM
                 };
-                assert_eq!(p.py.entry_kind, want);
-                assert_eq!(u32::from(p.py.frame_previous), previous);
+                assert_eq!(p.entry_kind, want);
+                assert_eq!(u32::from(p.frame_previous), previous);
             }
         }
 

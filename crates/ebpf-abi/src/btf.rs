@@ -1,5 +1,9 @@
-//! A small reader of BTF type information, enough to check the ABI mirrors in tests against
+//! A small reader of BTF type information, enough to check ABI mirrors in tests against
 //! what clang actually compiled (struct sizes, member offsets, array lengths, enum values).
+//! Runtime crates use it to check their own kernel-side structures.
+//!
+//! It is written for objects our build produced, not for hostile input: malformed BTF gives
+//! `None`, never a panic.
 
 use object::{Object, ObjectSection};
 
@@ -16,17 +20,23 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
+/// A struct member.
 #[derive(Debug)]
 pub struct Member {
+    /// Its name.
     pub name: String,
+    /// Offset from the struct's start, in bits.
     pub bit_offset: u32,
     /// Element count when the member is an array.
     pub array_len: Option<u32>,
 }
 
+/// A struct's size and members.
 #[derive(Debug)]
 pub struct StructLayout {
+    /// Size in bytes.
     pub size: u32,
+    /// Members in declaration order.
     pub members: Vec<Member>,
 }
 
@@ -47,6 +57,8 @@ enum Type {
     Other,
 }
 
+/// The types of one BTF blob.
+#[derive(Debug)]
 pub struct Btf {
     types: Vec<Type>, // index = type id - 1
 }
@@ -59,12 +71,14 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 }
 
 impl Btf {
+    /// The BTF of an ELF object (its `.BTF` section).
     pub fn from_elf(elf: &[u8]) -> Option<Btf> {
         let file = object::File::parse(elf).ok()?;
         let data = file.section_by_name(".BTF")?.data().ok()?;
         Btf::parse(data)
     }
 
+    /// Parses raw BTF.
     pub fn parse(b: &[u8]) -> Option<Btf> {
         if u16_at(b, 0)? != BTF_MAGIC {
             return None;
@@ -155,6 +169,7 @@ impl Btf {
         self.types.get((id as usize).checked_sub(1)?)
     }
 
+    /// The layout of the struct named `wanted`.
     pub fn struct_layout(&self, wanted: &str) -> Option<StructLayout> {
         self.types.iter().find_map(|t| match t {
             Type::Struct {
@@ -179,10 +194,67 @@ impl Btf {
         })
     }
 
+    /// The enumerators of the enum named `wanted`.
     pub fn enum_values(&self, wanted: &str) -> Option<Vec<(String, i64)>> {
         self.types.iter().find_map(|t| match t {
             Type::Enum { name, values } if name == wanted => Some(values.clone()),
             _ => None,
         })
+    }
+}
+
+impl Btf {
+    /// Checks a Rust mirror against the struct `c_name`: its size, and the byte offset of
+    /// each named field (every C member must be listed, in order). The error says what
+    /// differs.
+    pub fn check_struct(
+        &self,
+        c_name: &str,
+        rust_size: usize,
+        rust_fields: &[(&str, usize)],
+    ) -> Result<(), String> {
+        let layout = self
+            .struct_layout(c_name)
+            .ok_or_else(|| format!("struct {c_name} is not in the object's BTF"))?;
+        if layout.size as usize != rust_size {
+            return Err(format!(
+                "struct {c_name}: C has {} bytes, the Rust mirror {rust_size}",
+                layout.size
+            ));
+        }
+        let c: Vec<(&str, usize)> = layout
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.bit_offset as usize / 8))
+            .collect();
+        if c != rust_fields {
+            return Err(format!(
+                "struct {c_name}: C members (name, offset) {c:?} differ from the Rust mirror's {rust_fields:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that the enum `c_name` has exactly these enumerators and values.
+    pub fn check_enum(&self, c_name: &str, expected: &[(&str, i64)]) -> Result<(), String> {
+        let values = self
+            .enum_values(c_name)
+            .ok_or_else(|| format!("enum {c_name} is not in the object's BTF"))?;
+        let got: Vec<(&str, i64)> = values.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        if got != expected {
+            return Err(format!(
+                "enum {c_name}: C has {got:?}, the Rust mirror {expected:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The element count of member `member` of struct `c_name`, when it is an array.
+    pub fn array_len(&self, c_name: &str, member: &str) -> Option<u32> {
+        self.struct_layout(c_name)?
+            .members
+            .into_iter()
+            .find(|m| m.name == member)?
+            .array_len
     }
 }

@@ -1,0 +1,229 @@
+//! Mapped files: opening them as the process sees them, their identity by content, and the
+//! load bias of a mapping.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use ferroscope_symbolize::maps::{MapEntry, MapPath};
+
+/// A file's identity by content: the same bytes give the same ID in every process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub u64);
+
+impl FileId {
+    /// The ID of an ELF file's bytes: a hash of its GNU build ID when it has one, else of
+    /// its length and its first and last 4 KiB.
+    pub fn of_bytes(data: &[u8], build_id: Option<&[u8]>) -> FileId {
+        let mut h = Fnv::new();
+        match build_id.filter(|b| !b.is_empty()) {
+            Some(id) => {
+                h.write(b"build-id");
+                h.write(id);
+            }
+            None => {
+                h.write(b"content");
+                h.write(&(data.len() as u64).to_le_bytes());
+                h.write(&data[..data.len().min(4096)]);
+                h.write(&data[data.len().saturating_sub(4096)..]);
+            }
+        }
+        // Zero means "no file" (an anonymous range) in the eBPF maps.
+        FileId(h.finish().max(1))
+    }
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Where a file mapping's identity and layout were cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileKey {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl FileKey {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// A PT_LOAD segment.
+#[derive(Debug, Clone)]
+pub(crate) struct Load {
+    pub offset: u64,
+    pub filesz: u64,
+    pub vaddr: u64,
+    pub executable: bool,
+}
+
+/// What the manager keeps about a file: its ID and segments.
+#[derive(Debug, Clone)]
+pub(crate) struct FileFacts {
+    pub id: FileId,
+    pub loads: Vec<Load>,
+}
+
+/// Opens a mapped file as the process sees it: through `/proc/PID/map_files` (works for
+/// deleted files and other mount namespaces), else through `/proc/PID/root`.
+pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<(File, PathBuf)> {
+    let via_map_files = map_files_path(pid, entry);
+    if let Ok(f) = File::open(&via_map_files) {
+        return Some((f, via_map_files));
+    }
+    let path = match &entry.path {
+        MapPath::File(p) => p,
+        _ => return None,
+    };
+    let via_root =
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+    File::open(&via_root).ok().map(|f| (f, via_root))
+}
+
+/// `/proc/PID/map_files/START-END` of a mapping.
+pub(crate) fn map_files_path(pid: u32, entry: &MapEntry) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        entry.start, entry.end
+    ))
+}
+
+pub(crate) fn map_file(file: &File, path: &Path) -> Option<memmap2::Mmap> {
+    // SAFETY: a private read-only map, read only while the Mmap lives. Another process may
+    // truncate the file meanwhile (SIGBUS); executables and libraries are replaced by
+    // rename, not rewritten in place, which is the same trade-off the symbolizer makes.
+    match unsafe { memmap2::Mmap::map(file) } {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), "cannot map the file for unwinding: {e}");
+            None
+        }
+    }
+}
+
+/// The file's ID and its PT_LOAD segments.
+pub(crate) fn file_facts(data: &[u8]) -> Option<FileFacts> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::{Endianness, Object, elf};
+    let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let loads = header
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .filter(|p| p.p_type(endian) == elf::PT_LOAD)
+        .map(|p| Load {
+            offset: p.p_offset(endian),
+            filesz: p.p_filesz(endian),
+            vaddr: p.p_vaddr(endian),
+            executable: (p.p_flags(endian) & elf::PF_X).0 != 0,
+        })
+        .collect();
+    let file = object::File::parse(data).ok()?;
+    let build_id = file.build_id().ok().flatten();
+    Some(FileFacts {
+        id: FileId::of_bytes(data, build_id),
+        loads,
+    })
+}
+
+/// `mapping start - vaddr of the mapping's file offset`, choosing the PT_LOAD segment whose
+/// execute flag matches the mapping's (lld lets the executable segment start inside the
+/// page of the read-only one before it).
+pub(crate) fn load_bias(loads: &[Load], entry: &MapEntry) -> Option<u64> {
+    const MAX_PAGE: u64 = 1 << 16;
+    let off = entry.offset;
+    let executable = entry.is_executable();
+    let best = loads
+        .iter()
+        .filter_map(|l| {
+            let contains = l.offset <= off && off - l.offset < l.filesz.max(1);
+            let just_after = l.offset > off && l.offset - off < MAX_PAGE;
+            (contains || just_after)
+                .then_some(((l.executable != executable, !contains, l.offset), l))
+        })
+        .min_by_key(|(rank, _)| *rank)?
+        .1;
+    let vaddr = if best.offset <= off {
+        best.vaddr + (off - best.offset)
+    } else {
+        best.vaddr.checked_sub(best.offset - off)?
+    };
+    Some(entry.start.wrapping_sub(vaddr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_ids_depend_on_content_only() {
+        let a = FileId::of_bytes(b"\x7fELF same", Some(b"\x01\x02"));
+        let b = FileId::of_bytes(b"\x7fELF other", Some(b"\x01\x02"));
+        assert_eq!(a, b, "the build ID decides when present");
+        assert_ne!(
+            FileId::of_bytes(b"one", None),
+            FileId::of_bytes(b"two", None)
+        );
+    }
+
+    #[test]
+    fn bias_uses_the_segment_whose_execute_flag_matches() {
+        // lld layout: read-only segment at offset 0 (0x1234 bytes), executable segment at
+        // file offset 0x1240 with vaddr 0x2240; the executable mapping starts at offset 0x1000.
+        let loads = vec![
+            Load {
+                offset: 0,
+                filesz: 0x1234,
+                vaddr: 0,
+                executable: false,
+            },
+            Load {
+                offset: 0x1240,
+                filesz: 0x5000,
+                vaddr: 0x2240,
+                executable: true,
+            },
+        ];
+        let entry = MapEntry {
+            start: 0x5555_0000_1000,
+            end: 0x5555_0000_7000,
+            perms: *b"r-xp",
+            offset: 0x1000,
+            dev_major: 0,
+            dev_minor: 0,
+            inode: 1,
+            path: MapPath::File("/x".into()),
+        };
+        let bias = load_bias(&loads, &entry).unwrap();
+        assert_eq!(
+            0x5555_0000_1000 - bias,
+            0x2000,
+            "offset 0x1000 is vaddr 0x2000 in the executable segment"
+        );
+    }
+}

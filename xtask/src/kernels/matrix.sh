@@ -1,0 +1,44 @@
+# The steps of the kernel matrix, the same in a qemu guest (run by /init) and on the host
+# (run by `cargo xtask kernels`): `ferroscope check`, then a record of a C program built
+# without frame pointers, then one of a Python program. Everything goes to files in $OUT;
+# the host judges them. Variables: OUT FERROSCOPE C_PROGRAM PYTHON PY_SCRIPT RECORD_SECONDS RATE.
+mkdir -p "$OUT"
+stamp() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >> "$OUT/times"; }
+stamp start
+uname -r > "$OUT/release"
+
+echo "matrix: ferroscope check"
+"$FERROSCOPE" check > "$OUT/check.out" 2> "$OUT/check.err"
+echo $? > "$OUT/check.rc"
+stamp check
+
+# record NAME PID: writes NAME.pb.gz, NAME.out (stdout and stderr) and NAME.rc.
+record() {
+	echo "matrix: ferroscope record of $1 (PID $2) for ${RECORD_SECONDS}s at ${RATE} Hz"
+	"$FERROSCOPE" record --pid "$2" -d "${RECORD_SECONDS}s" -r "$RATE" \
+		-o "$OUT/$1.pb.gz" --top 0 > "$OUT/$1.out" 2>&1
+	echo $? > "$OUT/$1.rc"
+}
+
+"$C_PROGRAM" &
+c=$!
+sleep 0.3
+record c "$c"
+kill "$c"
+wait "$c" 2> /dev/null
+stamp c
+
+# -S -E: no site-packages and no environment, so the few stdlib files in the initramfs do.
+"$PYTHON" -S -E -B "$PY_SCRIPT" > "$OUT/py.stdout" 2>&1 &
+py=$!
+tries=0
+until grep -q ready "$OUT/py.stdout" 2> /dev/null || [ $tries -ge 600 ]; do
+	tries=$((tries + 1))
+	sleep 0.1
+done
+# Let its loop run a moment, so that every library it loads is mapped.
+sleep 0.3
+record py "$py"
+kill "$py"
+wait "$py" 2> /dev/null
+stamp py
