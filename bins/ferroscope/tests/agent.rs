@@ -2,17 +2,18 @@
 //! real processes and pushes to the Pyroscope-compatible receiver of this repository
 //! (test-support/pyroscope-receiver), which decodes the real message definitions.
 //!
-//! They need root (eBPF, cgroups). With `FERROSCOPE_REQUIRE_BPF=1` running without root
+//! They need root (eBPF, cgroups). With `FERROSCOPE_REQUIRE=1` running without root
 //! fails them.
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{can_run_bpf, fixture};
+use common::{FERROSCOPE_LIMIT, WORKLOAD_LIMIT, can_run_bpf, fixture};
+use ferroscope_test_harness::{self as harness, Guard};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,22 +24,20 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn compile_workload(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);
     let src = fixture("c/two_chains.c");
-    let ok = Command::new("gcc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    harness::run_ok(
+        Command::new("gcc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(src),
+        Duration::from_secs(120),
+    );
     out
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A process of the test (a workload or the agent), killed when dropped or after
+/// [`WORKLOAD_LIMIT`].
+fn spawn(cmd: &mut Command) -> Guard {
+    Guard::spawn(cmd, WORKLOAD_LIMIT)
 }
 
 fn free_port() -> SocketAddr {
@@ -131,44 +130,30 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn start_agent(config: &str, dir: &Path) -> Proc {
+fn start_agent(config: &str, dir: &Path) -> Guard {
     let path = dir.join("agent.toml");
     std::fs::write(&path, config).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(["run", "--check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    harness::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["run", "--check-config", "--config"])
+            .arg(&path),
+        FERROSCOPE_LIMIT,
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["run", "--config"])
+            .arg(&path),
+    )
 }
 
 /// Sends SIGTERM and checks the agent exits cleanly within 5 s.
-fn stop_agent(mut agent: Proc) {
-    // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    loop {
-        if let Some(status) = agent.0.try_wait().unwrap() {
-            assert!(status.success(), "agent exited with {status}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the agent did not exit within 5 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn stop_agent(mut agent: Guard) {
+    let status = agent.terminate(Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "agent exited with {status}\n{}",
+        agent.stderr_tail()
+    );
 }
 
 fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration, what: &str) {
@@ -191,10 +176,10 @@ fn pushes_per_process_profiles_for_pid_and_container_targets() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let exe = compile_workload(dir.path(), "two_chains");
-    let by_pid = Proc(Command::new(&exe).spawn().unwrap());
+    let by_pid = spawn(&mut Command::new(&exe));
     let container = FakeContainer::new();
-    let in_container = Proc(Command::new(&exe).spawn().unwrap());
-    container.adopt(in_container.0.id());
+    let in_container = spawn(&mut Command::new(&exe));
+    container.adopt(in_container.pid());
     let metrics_addr = free_port();
     let config = format!(
         r#"
@@ -222,7 +207,7 @@ cluster = "ci"
 [server]
 listen_address = "{metrics_addr}"
 "#,
-        pid = by_pid.0.id(),
+        pid = by_pid.pid(),
         cid = container.id,
     );
     let agent = start_agent(&config, dir.path());
@@ -258,8 +243,8 @@ listen_address = "{metrics_addr}"
         );
     }
     for (svc, pid) in [
-        ("pid-svc", by_pid.0.id()),
-        ("container-svc", in_container.0.id()),
+        ("pid-svc", by_pid.pid()),
+        ("container-svc", in_container.pid()),
     ] {
         let series: Vec<_> = records
             .iter()
@@ -370,7 +355,7 @@ fn faults_are_retried_dropped_and_counted_and_memory_stays_flat() {
 
     let dir = tempfile::tempdir().unwrap();
     let exe = compile_workload(dir.path(), "two_chains");
-    let work = Proc(Command::new(&exe).spawn().unwrap());
+    let work = spawn(&mut Command::new(&exe));
     let metrics_addr = free_port();
     let config = format!(
         r#"
@@ -392,10 +377,10 @@ max_backoff_retries = 3
 [server]
 listen_address = "{metrics_addr}"
 "#,
-        pid = work.0.id()
+        pid = work.pid()
     );
     let agent = start_agent(&config, dir.path());
-    let agent_pid = agent.0.id();
+    let agent_pid = agent.pid();
     let endpoint = format!("http://{addr}");
     let scrape = || http_get(metrics_addr, "/metrics");
     let counter = |text: &str, name: &str| -> f64 {

@@ -1,38 +1,33 @@
 //! The deployment files in `deploy/` are checked with the real tools: `systemd-analyze
-//! verify` for the unit and `kubernetes-validate --strict` (PyPI, installed by
-//! `cargo xtask test`) for the manifests; the configuration they carry must pass
+//! verify` for the unit and `kubernetes-validate --strict` (PyPI, installed into the
+//! test cache on first use) for the manifests; the configuration they carry must pass
 //! `ferroscope run --check-config`.
 #![allow(clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use ferroscope_test_harness as harness;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Finds a tool, or fails (in CI) / skips with a note (elsewhere) when it is missing.
-fn tool(name: &str, install: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let required = std::env::var_os("CI").is_some()
-            || std::env::var_os("FERROSCOPE_REQUIRE_TOOLS").is_some();
-        assert!(
-            !required,
-            "{name} is missing: {install} (cargo xtask test installs it)"
-        );
-        eprintln!("SKIPPED: {name} is missing: {install}");
-    }
-    found
+/// Finds a tool by `FERROSCOPE_<TOOL>` or PATH (kubernetes-validate: else from PyPI into the
+/// test cache), or skips (logged) / fails when tests are required.
+fn tool(name: &str) -> Option<PathBuf> {
+    harness::tool(name)
+}
+
+/// Runs a checker for at most 2 minutes.
+fn run(cmd: &mut Command) -> std::process::Output {
+    harness::run(cmd, Duration::from_secs(120))
 }
 
 #[test]
 fn systemd_unit_verifies() {
-    let Some(analyze) = tool("systemd-analyze", "apt-get install systemd") else {
+    let Some(analyze) = tool("systemd-analyze") else {
         return;
     };
     let unit = std::fs::read_to_string(repo().join("deploy/ferroscope.service")).unwrap();
@@ -44,11 +39,7 @@ fn systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferroscope.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new(analyze)
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run(Command::new(analyze).arg("verify").arg(&path));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -62,14 +53,12 @@ fn systemd_unit_verifies() {
 
 #[test]
 fn kubernetes_manifests_validate() {
-    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else {
+    let Some(validate) = tool("kubernetes-validate") else {
         return;
     };
-    let out = Command::new(validate)
+    let out = run(Command::new(validate)
         .args(["--strict"])
-        .arg(repo().join("deploy/kubernetes/daemonset.yaml"))
-        .output()
-        .unwrap();
+        .arg(repo().join("deploy/kubernetes/daemonset.yaml")));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -86,7 +75,7 @@ fn kubernetes_manifests_validate() {
 #[test]
 fn broken_manifest_is_rejected_by_the_validator() {
     // The validator really checks: a DaemonSet with a misspelt field fails.
-    let Some(validate) = tool("kubernetes-validate", "pip install kubernetes-validate") else {
+    let Some(validate) = tool("kubernetes-validate") else {
         return;
     };
     let text = std::fs::read_to_string(repo().join("deploy/kubernetes/daemonset.yaml")).unwrap();
@@ -94,11 +83,7 @@ fn broken_manifest_is_rejected_by_the_validator() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.yaml");
     std::fs::write(&path, broken).unwrap();
-    let out = Command::new(validate)
-        .arg("--strict")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run(Command::new(validate).arg("--strict").arg(&path));
     assert!(
         !out.status.success(),
         "a misspelt field must fail strict validation"

@@ -2,18 +2,18 @@
 //! /root/.pyenv/versions, see environment.md) runs a real script while the real
 //! `ferroscope` binary records it, and the test reads the pprof it wrote.
 //!
-//! They need root. With `FERROSCOPE_REQUIRE_BPF=1` (CI) running without root, or without the
+//! They need root. With `FERROSCOPE_REQUIRE=1` (CI) running without root, or without the
 //! CPython builds, fails them.
 
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{can_run_bpf, ferroscope, fixture};
+use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use ferroscope_test_harness::{self as harness, Guard};
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,67 +22,31 @@ use ferroscope_pprof::proto::Profile;
 /// Each test keeps the CPUs busy and measures CPU shares: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const PYENV: &str = "/root/.pyenv/versions";
-
-fn required() -> bool {
-    std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1")
-        || std::env::var_os("CI").is_some()
-}
-
-/// The interpreter of CPython 3.`minor` on this machine (`python3.minor` of the newest
-/// micro version under /root/.pyenv/versions). `None` skips the test, unless required.
+/// The interpreter of CPython 3.`minor` on this machine (`python3.minor` of the newest micro
+/// version under `$FERROSCOPE_PYENV_VERSIONS`, default /root/.pyenv/versions). `None` skips
+/// the test (logged), unless tests are required (`FERROSCOPE_REQUIRE=1`), which fails it.
 fn python(minor: u8) -> Option<PathBuf> {
-    let prefix = format!("3.{minor}.");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(PYENV)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path().join(format!("bin/python3.{minor}")))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    match found.pop() {
-        Some(p) => Some(p),
-        None if required() => panic!(
-            "CPython 3.{minor} is not installed under {PYENV} (environment.md lists it): the \
-             Python tests cannot run"
-        ),
-        None => {
-            eprintln!("SKIPPED: no CPython 3.{minor} under {PYENV}");
-            None
-        }
-    }
+    harness::cpython(minor)
 }
 
-/// A process started for a test that prints `ready` once set up; killed when dropped.
-struct Ready(Child);
+/// How long a fixture may take to print `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A process started for a test that prints `ready` once set up; killed when dropped, or
+/// when it outlives [`WORKLOAD_LIMIT`].
+struct Ready(Guard);
 
 impl Ready {
     fn start(mut cmd: Command) -> Ready {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "{cmd:?} did not start");
+        let mut guard = Guard::spawn(&mut cmd, WORKLOAD_LIMIT);
+        guard.wait_for_line("ready", READY_TIMEOUT);
         // Let it run its loop for a moment, so that every library it loads is mapped.
         std::thread::sleep(Duration::from_millis(200));
-        Ready(child)
+        Ready(guard)
     }
 
     fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Ready {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.pid()
     }
 }
 
@@ -498,21 +462,20 @@ fn embedded_python_is_unwound_under_the_c_program() {
     };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let config = python.with_file_name("python3.12-config");
-    let flags = Command::new(&config)
-        .args(["--cflags", "--ldflags", "--embed"])
-        .output()
-        .expect("python3.12-config");
-    let flags = String::from_utf8(flags.stdout).unwrap();
+    let flags = harness::run_ok(
+        Command::new(&config).args(["--cflags", "--ldflags", "--embed"]),
+        Duration::from_secs(60),
+    );
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("embed");
-    let status = Command::new("gcc")
-        .arg(fixture("python/embed.c"))
-        .arg("-o")
-        .arg(&exe)
-        .args(flags.split_whitespace())
-        .status()
-        .expect("gcc must be installed (cargo xtask test installs it)");
-    assert!(status.success(), "gcc failed on embed.c");
+    harness::run_ok(
+        Command::new("gcc")
+            .arg(fixture("python/embed.c"))
+            .arg("-o")
+            .arg(&exe)
+            .args(flags.split_whitespace()),
+        Duration::from_secs(120),
+    );
     let workload = Ready::start(Command::new(&exe));
     let samples = record(workload.pid(), 3, &[]);
     drop(workload);
@@ -605,18 +568,19 @@ listen_address = "{port}"
     );
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, config).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = Guard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["run", "--config"])
+            .arg(&path),
+        WORKLOAD_LIMIT,
+    );
     let service = out.join("py");
     let start = std::time::Instant::now();
     while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 2 {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "the agent wrote no profiles in 20 s"
+            "the agent wrote no profiles in 20 s\n{}",
+            agent.stderr_tail()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -628,9 +592,8 @@ listen_address = "{port}"
         s.read_to_string(&mut m).unwrap();
         m
     };
-    // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    assert!(agent.wait().unwrap().success());
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.stderr_tail());
     drop(workload);
 
     let mut samples = Vec::new();
@@ -702,17 +665,11 @@ fn statically_linked_python_executable() {
     if !can_run_bpf() {
         return;
     }
-    let exe = Path::new("/usr/bin/python3");
-    if !exe.exists() {
-        assert!(
-            !required(),
-            "/usr/bin/python3 is missing (python3-pip installs it)"
-        );
-        eprintln!("SKIPPED: no /usr/bin/python3");
+    let Some(exe) = harness::file("/usr/bin/python3", "apt-get install python3") else {
         return;
-    }
+    };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.arg(fixture("python/chains.py"));
     let workload = Ready::start(cmd);
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", workload.pid())).unwrap();

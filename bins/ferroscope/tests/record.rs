@@ -1,12 +1,13 @@
 //! End-to-end tests of `ferroscope record` against real processes: the real binary, the
 //! real eBPF sampler, real C programs compiled for the test, and the pprof it writes.
 //!
-//! They need root. With `FERROSCOPE_REQUIRE_BPF=1` (CI) running without root fails them.
+//! They need root. With `FERROSCOPE_REQUIRE=1` (CI) running without root fails them.
 
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{Workload, can_run_bpf, ferroscope, fixture};
+use common::{FERROSCOPE_LIMIT, Workload, can_run_bpf, ferroscope, fixture};
+use ferroscope_test_harness::{self as harness, Guard};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,13 +22,13 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Compiles a fixture with frame pointers into `dir`.
 fn compile(dir: &Path, source: &str, exe: &str) -> PathBuf {
     let out = dir.join(exe);
-    let status = Command::new("gcc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&out)
-        .arg(fixture(&format!("c/{source}")))
-        .status()
-        .expect("gcc must be installed (cargo xtask test installs it)");
-    assert!(status.success(), "gcc failed on {source}");
+    harness::run_ok(
+        Command::new("gcc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(fixture(&format!("c/{source}"))),
+        Duration::from_secs(120),
+    );
     out
 }
 
@@ -358,6 +359,11 @@ fn bad_input_is_refused_before_sampling() {
         err.contains("cannot write /nonexistent-dir/p.pb.gz"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is printed once: {err}"
+    );
 
     let out = ferroscope(&["record", "-d", "10x"]);
     assert!(!out.status.success());
@@ -375,8 +381,8 @@ fn interrupt_stops_early_and_still_writes() {
     let work = Workload::start(&compile(dir.path(), "two_chains.c", "two_chains"), &[]);
     let out_path = dir.path().join("i.pb.gz");
     let start = std::time::Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args([
+    let mut child = Guard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope")).args([
             "record",
             "-p",
             &work.pid().to_string(),
@@ -384,22 +390,16 @@ fn interrupt_stops_early_and_still_writes() {
             "60s",
             "-o",
             out_path.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: kill has no memory-safety preconditions; the PID is our child's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        FERROSCOPE_LIMIT,
     );
+    std::thread::sleep(Duration::from_secs(2));
+    child.signal(libc::SIGINT);
+    let status = child.wait(Duration::from_secs(13));
+    let stderr = child.stderr_tail();
+    assert!(status.success(), "{stderr}");
     assert!(start.elapsed() < Duration::from_secs(15));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(stderr.contains("interrupted"), "{stderr}");
     let p = read_profile(&out_path);
     assert!(!p.sample.is_empty());
 }

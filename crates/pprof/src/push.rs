@@ -461,7 +461,7 @@ impl Writer {
                     needs_ingest,
                 )),
                 Err(e) => {
-                    tracing::warn!("dropping a profile: {e}");
+                    tracing::warn!("dropping a profile: {}", crate::error::Chain(&e));
                     for ep in &inner.endpoints {
                         inner.metrics.dropped(&ep.labels, profile.pprof_gzip.len());
                     }
@@ -707,7 +707,7 @@ async fn endpoint_round(
             match &outcome {
                 Outcome::Sent => metrics.sent(&ep.labels, item.pprof.len()),
                 Outcome::Failed(e) => {
-                    tracing::debug!(endpoint = %ep.name, labels = %format_labels(&item.labels), "dropping a profile: {e}");
+                    tracing::debug!(endpoint = %ep.name, labels = %format_labels(&item.labels), "dropping a profile: {}", crate::error::Chain(e));
                     metrics.dropped(&ep.labels, item.pprof.len());
                 }
                 Outcome::DeadlinePassed => metrics.dropped(&ep.labels, item.pprof.len()),

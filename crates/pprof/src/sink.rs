@@ -83,7 +83,11 @@ impl LocalSink {
         let _ = fs::remove_file(&tmp);
         let path = result?;
         if let Err(e) = self.enforce_retention(Some(&path)) {
-            tracing::warn!("profile retention in {} failed: {e}", self.dir.display());
+            tracing::warn!(
+                "profile retention in {} failed: {}",
+                self.dir.display(),
+                crate::error::Chain(&e)
+            );
         }
         Ok(path)
     }

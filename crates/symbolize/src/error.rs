@@ -32,7 +32,7 @@ pub enum Error {
     },
 
     /// Any other I/O failure.
-    #[error("cannot read {path}: {source}; check that the file exists and that /proc is mounted")]
+    #[error("cannot read {path} (check that the file exists and that /proc is mounted)")]
     Io {
         /// The file that could not be read.
         path: PathBuf,
@@ -144,5 +144,21 @@ impl Error {
             Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied { path },
             _ => Error::Io { path, source },
         }
+    }
+}
+
+/// An error and each of its causes, joined by `": "`: how the crate's logs print an error,
+/// since each `Display` names only its own failure and leaves the cause to `source()`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }

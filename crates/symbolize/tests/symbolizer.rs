@@ -1,9 +1,10 @@
 //! The process-aware symbolizer against real processes.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use ferroscope_test_harness::{self as harness, Guard};
 
 use ferroscope_symbolize::kernel::KernelSymbols;
 use ferroscope_symbolize::maps::{MapPath, read_maps};
@@ -33,22 +34,18 @@ fn compile(dir: &Path) -> PathBuf {
     let src = dir.join("prog.c");
     std::fs::write(&src, PROGRAM).expect("writing C source");
     let bin = dir.join("prog");
-    let out = Command::new("gcc")
-        .args(["-O0", "-fno-omit-frame-pointer", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("running gcc (apt-get install gcc)");
-    assert!(
-        out.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    harness::run_ok(
+        Command::new("gcc")
+            .args(["-O0", "-fno-omit-frame-pointer", "-o"])
+            .arg(&bin)
+            .arg(&src),
+        Duration::from_secs(120),
     );
     bin
 }
 
 struct Running {
-    child: Child,
+    child: Guard,
     leaf: u64,
     helper: u64,
     getpid: u64,
@@ -56,15 +53,10 @@ struct Running {
 
 impl Running {
     fn start(bin: &Path) -> Running {
-        let mut child = Command::new(bin)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting test program");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading addresses");
+        let mut child = Guard::spawn(&mut Command::new(bin), Duration::from_secs(300));
+        let line = child
+            .next_line(Duration::from_secs(30))
+            .expect("the test program printed its addresses");
         let addrs: Vec<u64> = line
             .split_whitespace()
             .map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).expect("address"))
@@ -79,12 +71,12 @@ impl Running {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
-    fn kill(mut self) {
-        self.child.kill().expect("killing test program");
-        self.child.wait().expect("reaping test program");
+    fn kill(self) {
+        // The guard kills the process group and reaps the program.
+        drop(self.child);
     }
 }
 
@@ -169,17 +161,13 @@ fn stripped_binary_falls_back_to_module_plus_offset() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = compile(dir.path());
     let stripped = dir.path().join("prog-stripped");
-    let out = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&bin)
-        .output()
-        .expect("running strip");
-    assert!(out.status.success(), "strip failed");
+    harness::run_ok(
+        Command::new("strip").arg("-o").arg(&stripped).arg(&bin),
+        Duration::from_secs(60),
+    );
 
     // ELF address of the helper, from the unstripped copy (strip keeps the layout).
-    let nm = Command::new("nm").arg(&bin).output().expect("running nm");
-    let nm = String::from_utf8_lossy(&nm.stdout);
+    let nm = harness::run_ok(Command::new("nm").arg(&bin), Duration::from_secs(60));
     let helper_vaddr = nm
         .lines()
         .find(|l| l.ends_with(" helper_function_for_ferroscope"))
@@ -207,7 +195,8 @@ fn symbolizes_own_vdso() {
         .iter()
         .find(|m| m.path == MapPath::Special("[vdso]".into()))
     else {
-        return; // Kernel without a vDSO.
+        harness::skip("this kernel maps no vDSO into processes");
+        return;
     };
     let mut s = Symbolizer::new();
     let pid = std::process::id();

@@ -68,7 +68,7 @@ pub enum Error {
         problem: String,
     },
     /// The `/proc` directory cannot be listed.
-    #[error("cannot list processes in {}: {source}; check that procfs is mounted there and readable (run as root)", path.display())]
+    #[error("cannot list processes in {} (check that procfs is mounted there and readable; run as root)", path.display())]
     ProcRoot {
         /// The directory.
         path: PathBuf,

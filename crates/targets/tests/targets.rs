@@ -425,11 +425,20 @@ fn discovery_over_a_fixture_tree() {
         ])
     );
 
-    let missing = ProcessDiscovery::new(proc.path().join("nope")).discover();
-    let msg = missing.err().map(|e| e.to_string()).unwrap_or_default();
+    let missing = ProcessDiscovery::new(proc.path().join("nope"))
+        .discover()
+        .expect_err("no such directory");
+    // The cause is the source, not part of the message, so a printed chain shows it once.
+    let cause = std::error::Error::source(&missing).map(|c| c.to_string());
+    let msg = missing.to_string();
     assert!(
         msg.contains("cannot list processes") && msg.contains("procfs"),
         "{msg}"
+    );
+    assert!(
+        cause.as_deref().is_some_and(|c| c.contains("No such file"))
+            && !msg.contains("No such file"),
+        "{msg} / cause {cause:?}"
     );
 }
 

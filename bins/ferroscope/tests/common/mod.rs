@@ -2,23 +2,22 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-/// Whether the eBPF tests can run (root). Without root they skip with a note, unless
-/// `FERROSCOPE_REQUIRE_BPF=1` (CI), which makes them fail.
+use ferroscope_test_harness::{self as harness, Guard};
+
+/// The longest a workload may run: far more than any test records, so that only a hung
+/// test reaches it (the guard then kills the workload and fails the test).
+pub const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
+
+/// The longest one `ferroscope` command may take.
+pub const FERROSCOPE_LIMIT: Duration = Duration::from_secs(300);
+
+/// Whether the eBPF tests can run (root). Without root they skip (logged), unless
+/// `FERROSCOPE_REQUIRE=1` (CI), which makes them fail.
 pub fn can_run_bpf() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some_and(|v| v == "1") {
-        panic!(
-            "FERROSCOPE_REQUIRE_BPF=1 but the tests do not run as root: the eBPF tests cannot run"
-        );
-    }
-    eprintln!("SKIPPED: not root; set FERROSCOPE_REQUIRE_BPF=1 to make this a failure");
-    false
+    harness::root("loading eBPF programs")
 }
 
 /// A file under the repository's `fixtures/`.
@@ -28,24 +27,22 @@ pub fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A process started for a test, killed and reaped when dropped.
-pub struct Workload(Child);
+/// A process started for a test under a [`Guard`]: killed with its process group when
+/// dropped, or when it outlives [`WORKLOAD_LIMIT`].
+pub struct Workload(pub Guard);
 
 impl Workload {
     /// Starts `exe` with `args` and gives it 200 ms to get going, so that its mappings exist
     /// before sampling starts.
     pub fn start(exe: &Path, args: &[&str]) -> Workload {
-        let child = Command::new(exe)
-            .args(args)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let guard = Guard::spawn(Command::new(exe).args(args), WORKLOAD_LIMIT);
         std::thread::sleep(Duration::from_millis(200));
-        Workload(child)
+        Workload(guard)
     }
 
     /// Its PID.
     pub fn pid(&self) -> u32 {
-        self.0.id()
+        self.0.pid()
     }
 
     /// CPU time (user + system) the process has used so far.
@@ -61,19 +58,13 @@ impl Workload {
     }
 }
 
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs the ferroscope binary and echoes what it printed (shown when a test fails).
+/// Runs the ferroscope binary (for at most [`FERROSCOPE_LIMIT`]) and echoes what it printed
+/// (shown when a test fails).
 pub fn ferroscope(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(args)
-        .output()
-        .expect("run ferroscope");
+    let out = harness::run(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope")).args(args),
+        FERROSCOPE_LIMIT,
+    );
     eprintln!(
         "--- ferroscope {}\n{}{}",
         args.join(" "),

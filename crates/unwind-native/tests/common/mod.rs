@@ -106,15 +106,16 @@ pub struct Symbols {
 
 /// The separate debug file of `elf` under /usr/lib/debug/.build-id, if installed.
 pub fn debug_file_for(data: &[u8]) -> Option<PathBuf> {
+    debug_path_for(data).filter(|p| p.exists())
+}
+
+/// Where the separate debug file of an ELF file with a build ID is installed (whether or
+/// not it is).
+pub fn debug_path_for(data: &[u8]) -> Option<PathBuf> {
     let file = object::File::parse(data).ok()?;
     let id = file.build_id().ok()??;
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let path = PathBuf::from(format!(
-        "/usr/lib/debug/.build-id/{}/{}.debug",
-        &hex[..2],
-        &hex[2..]
-    ));
-    path.exists().then_some(path)
+    Some(ferroscope_test_harness::files::build_id_debug_path(&hex))
 }
 
 impl Symbols {

@@ -18,12 +18,9 @@ pub struct Installed {
     pub lib: PathBuf,
 }
 
-/// Every CPython 3 under `$PYENV_ROOT/versions` (default `/root/.pyenv/versions`).
+/// Every CPython 3 under `$FERROSCOPE_PYENV_VERSIONS` (default `/root/.pyenv/versions`).
 pub fn installed_pythons() -> Vec<Installed> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"))
-        .join("versions");
+    let root = ferroscope_test_harness::require::pyenv_versions();
     let mut out = Vec::new();
     let Ok(dirs) = std::fs::read_dir(&root) else {
         return out;
@@ -63,21 +60,32 @@ pub fn installed_pythons() -> Vec<Installed> {
     out
 }
 
-/// Installed CPythons, or an empty list after a skip message; panics instead when the
-/// environment requires the runtimes (CI, FERROSCOPE_REQUIRE_BPF).
-pub fn pythons_or_skip(test: &str) -> Vec<Installed> {
-    let found = installed_pythons();
-    if found.is_empty() {
-        let required = std::env::var_os("CI").is_some()
-            || std::env::var_os("FERROSCOPE_REQUIRE_BPF").is_some();
-        assert!(
-            !required,
-            "{test}: no CPython 3.x under $PYENV_ROOT/versions (default /root/.pyenv/versions); \
-             install them with pyenv (`--enable-shared`) or unset CI/FERROSCOPE_REQUIRE_BPF"
-        );
-        eprintln!("{test}: skipped, no CPython 3.x with a shared libpython found");
+/// The CPython minor versions the unwinder supports, each of which the tests check.
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u8> = 6..=13;
+
+/// CPython 3.`minor` with its shared libpython, or `None` after a skip (logged; a failure
+/// when tests are required, `FERROSCOPE_REQUIRE=1`).
+pub fn python(minor: u8) -> Option<Installed> {
+    match installed_pythons()
+        .into_iter()
+        .rev()
+        .find(|p| p.version.minor == minor)
+    {
+        Some(p) => Some(p),
+        None => {
+            ferroscope_test_harness::skip(format!(
+                "no CPython 3.{minor} with a shared libpython under {} (FERROSCOPE_PYENV_VERSIONS)",
+                ferroscope_test_harness::require::pyenv_versions().display()
+            ));
+            None
+        }
     }
-    found
+}
+
+/// Every supported CPython installed here; each missing one is a skip (logged; a failure
+/// when tests are required). `_test` names the caller, for older call sites.
+pub fn pythons_or_skip(_test: &str) -> Vec<Installed> {
+    SUPPORTED_MINORS.filter_map(python).collect()
 }
 
 /// A symbol's address (link-time) in `.symtab` or `.dynsym`.
