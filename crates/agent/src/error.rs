@@ -81,3 +81,19 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+/// An error and each of its causes, joined by `": "`: how the agent's logs print an error,
+/// since each `Display` names only its own failure and leaves the cause to `source()`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}

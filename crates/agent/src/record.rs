@@ -169,7 +169,11 @@ pub fn record(
     // Snapshot the targets' mappings before sampling, so that a short run still names them.
     for pid in pids.iter().flatten() {
         if let Err(e) = symbolizer.observe_process(*pid) {
-            tracing::warn!(pid, "cannot read the process's mappings yet: {e}");
+            tracing::warn!(
+                pid,
+                "cannot read the process's mappings yet: {}",
+                crate::error::Chain(&e)
+            );
         }
     }
     // With --pid the filter starts empty: the targets' tables are loaded first, so that
@@ -191,7 +195,10 @@ pub fn record(
         session.add_pid(pid)?;
     }
     if let Err(e) = session.enable_run_time_stats() {
-        tracing::debug!("BPF run time will not be reported: {e}");
+        tracing::debug!(
+            "BPF run time will not be reported: {}",
+            crate::error::Chain(&e)
+        );
     }
     let bpf_before = session.run_time();
     let cpu_before = process_cpu_time();
@@ -292,7 +299,11 @@ fn drain(session: &mut Session, agg: &mut TraceAggregator, symbolizer: &mut Symb
     });
     for pid in new_pids {
         if let Err(e) = symbolizer.observe_process(pid) {
-            tracing::debug!(pid, "process mappings not captured: {e}");
+            tracing::debug!(
+                pid,
+                "process mappings not captured: {}",
+                crate::error::Chain(&e)
+            );
         }
     }
 }

@@ -135,7 +135,7 @@ impl Targeting {
         if let Some((discovery, _)) = &self.discovery {
             match discovery.discover() {
                 Ok(found) => sets.extend(found),
-                Err(e) => tracing::warn!("process discovery failed: {e}"),
+                Err(e) => tracing::warn!("process discovery failed: {}", crate::error::Chain(&e)),
             }
         }
         let relabelled = sets
@@ -379,7 +379,11 @@ fn collect_loop(
                     Ok(()) => {
                         filtered.insert(pid);
                     }
-                    Err(e) => tracing::warn!(pid, "cannot profile the process: {e}"),
+                    Err(e) => tracing::warn!(
+                        pid,
+                        "cannot profile the process: {}",
+                        crate::error::Chain(&e)
+                    ),
                 }
             }
             let gone: Vec<u32> = filtered
@@ -413,7 +417,11 @@ fn collect_loop(
             });
             for pid in new_pids {
                 if let Err(e) = symbolizer.observe_process(pid) {
-                    tracing::debug!(pid, "process mappings not captured: {e}");
+                    tracing::debug!(
+                        pid,
+                        "process mappings not captured: {}",
+                        crate::error::Chain(&e)
+                    );
                 }
             }
             s.manage();
@@ -489,7 +497,10 @@ fn collect_loop(
                     for b in &profiles {
                         if let Err(e) = sink.write(&b.service, b.pid, now, &b.profile.pprof_gzip) {
                             metrics.pprofs_dropped.inc();
-                            tracing::warn!("cannot write a profile locally: {e}");
+                            tracing::warn!(
+                                "cannot write a profile locally: {}",
+                                crate::error::Chain(&e)
+                            );
                         }
                     }
                 }

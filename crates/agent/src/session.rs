@@ -136,7 +136,7 @@ impl RuntimeMaps for Kernel<'_> {
     ) -> Result<(), String> {
         self.0
             .write_runtime_map(slot, map, key, value)
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::error::Chain(&e).to_string())
     }
 
     fn forget_runtime_pid(&mut self, slot: u32, pid: u32) {
@@ -144,7 +144,8 @@ impl RuntimeMaps for Kernel<'_> {
             tracing::debug!(
                 pid,
                 slot,
-                "cannot delete the process from a runtime's maps: {e}"
+                "cannot delete the process from a runtime's maps: {}",
+                crate::error::Chain(&e)
             );
         }
     }
@@ -167,7 +168,8 @@ impl Session {
             Ok(s) => (s, true),
             Err(e) => {
                 tracing::warn!(
-                    "the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: {e}"
+                    "the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: {}",
+                    crate::error::Chain(&e)
                 );
                 let s = Sampler::start(&SamplerConfig::frame_pointers(
                     config.sample_rate_hz,

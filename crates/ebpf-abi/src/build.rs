@@ -30,6 +30,8 @@ pub struct Objects {
 /// Compiles `source` (relative to the calling crate's manifest directory) into `OUT_DIR`,
 /// and tells cargo to rebuild when it or a header changes. Panics with what to install when
 /// clang or libbpf's headers are missing: a build script has no better way to say it.
+// A build script talks to cargo on stdout.
+#[allow(clippy::print_stdout)]
 pub fn compile_program(source: &str) -> Objects {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));

@@ -66,12 +66,30 @@ pub fn explain_rejection(log: &str, error: &std::io::Error) -> String {
             );
         }
     }
-    // Otherwise the verifier's own words: the lines after the last instruction it printed.
+    // Verified, yet refused: the x86 JIT of kernels before 5.12 gives up (silently) on
+    // programs whose jumps keep changing size between its passes; the program would run
+    // interpreted, and an interpreted program cannot join the JIT-compiled ones in the
+    // tail-call table (EINVAL without a word in the log).
     let lines: Vec<&str> = log.lines().map(str::trim).collect();
     let after = lines
         .iter()
         .rposition(|l| is_instruction(l))
         .map_or(0, |i| i + 1);
+    let verified = lines[after..].iter().any(|l| l.starts_with("processed "));
+    let said_why = lines[after..].iter().any(|l| {
+        !l.is_empty()
+            && !l.starts_with("processed ")
+            && !l.starts_with("verification time")
+            && !l.starts_with("stack depth")
+    });
+    if verified && !said_why && error.raw_os_error() == Some(libc::EINVAL) {
+        return "the verifier accepted it, but the kernel's JIT could not compile it (x86 kernels \
+                before 5.12 give up on programs whose jumps do not settle; keep loop steps \
+                straight-line), and an interpreted program cannot share the tail-call table with \
+                JIT-compiled ones"
+            .into();
+    }
+    // Otherwise the verifier's own words: the lines after the last instruction it printed.
     let said: Vec<&str> = lines[after..]
         .iter()
         .copied()
@@ -122,6 +140,15 @@ mod tests {
             m.contains("bpf_loop callbacks") && m.contains("legacy"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_verified_program_refused_after_verification_is_the_jit() {
+        let log = "0: R1=ctx(id=0,off=0,imm=0) R10=fp0\n; int f(void *ctx)\n0: (b7) r0 = 0\n\
+                   1: (95) exit\nverification time 3755378 usec\nstack depth 104\n\
+                   processed 64500 insns (limit 1000000) max_states_per_insn 30\n";
+        let m = explain_rejection(log, &einval());
+        assert!(m.contains("JIT could not compile it"), "{m}");
     }
 
     #[test]

@@ -39,7 +39,10 @@ mod unwind_maps;
 pub use diagnose::explain_rejection;
 pub use error::Error;
 pub use loader::{Build, ProgramReport, RuntimeObject, Verdict, kernel_version, preferred_build};
-pub use sampler::{Counters, RuntimeCounters, Sampler, SamplerConfig, probe, ring_buffer_bytes};
+pub use sampler::{
+    Counters, RING_BUFFER_SECONDS, RuntimeCounters, Sampler, SamplerConfig, probe,
+    ring_buffer_bytes,
+};
 pub use unwind_maps::{UnwindMaps, UnwinderConfig};
 
 /// The native object, `bpf_loop` build (`bpf/native.bpf.c`).

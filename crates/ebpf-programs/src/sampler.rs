@@ -670,7 +670,7 @@ fn sum_percpu(map: &PerCpuArray<MapData, u64>, index: u32, name: &str) -> Result
 
 /// Seconds of samples the trace ring buffer holds: how long userspace may be busy
 /// elsewhere (building a round's profiles, loading tables) before samples are lost.
-const RING_BUFFER_SECONDS: u64 = 2;
+pub const RING_BUFFER_SECONDS: u64 = 2;
 /// The size of a typical record, with room to spare: the header, 64 user frames and 16
 /// kernel frames (records are as long as their stacks, so this is an average, not a bound).
 const TYPICAL_RECORD_BYTES: u64 = 64 + 64 * 16 + 16 * 8 + 8;

@@ -150,8 +150,8 @@ pub enum InterpreterError {
     /// Reading the process's memory failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    /// The runtime's own error.
-    #[error("{runtime}: {source}")]
+    /// The runtime's own error (its cause says what).
+    #[error("{runtime}")]
     Runtime {
         /// The plug-in's name.
         runtime: &'static str,

@@ -18,8 +18,8 @@ pub enum MemoryError {
     },
     /// The kernel refused the read.
     #[error(
-        "cannot read {len} bytes at {addr:#x} in process {pid}: {source}; reading another \
-         process's memory needs CAP_SYS_PTRACE (run as root) and a process that still exists"
+        "cannot read {len} bytes at {addr:#x} in process {pid} (reading another process's \
+         memory needs CAP_SYS_PTRACE, run as root, and a process that still exists)"
     )]
     Io {
         /// The process.

@@ -66,7 +66,9 @@ fn an_executables_thread_local_variable_is_found_from_its_file() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let mut words = line.split_whitespace().map(|w| u64::from_str_radix(w, 16).unwrap());
+    let mut words = line
+        .split_whitespace()
+        .map(|w| u64::from_str_radix(w, 16).unwrap());
     let (tp, address) = (words.next().unwrap(), words.next().unwrap());
     let value = RemoteMemory::new(child.id()).read_u64(tp.wrapping_add(offset as u64));
     let _ = child.kill();

@@ -279,46 +279,35 @@ FS_CALLBACK search_step(__u64 index, void *arg)
 	if (!st)
 		return 1;
 	struct py_search *s = &walk_of(st)->search;
-	__u64 word;
-	if (s->done)
-		return 1;
+	/* One read per step and one way out, so that the step stays a straight line (5.10's
+	 * x86 JIT gives up on programs whose jumps keep changing size between its passes). */
+	__u64 at;
+	if (s->tstate == 0)
+		/* The next interpreter (then the head of its thread list). */
+		at = s->started ? s->interp + s->interp_next : s->interp_head;
+	else
+		at = s->tstate + s->tstate_thread_id;
+	__u64 word = 0;
+	long failed = bpf_probe_read_user(&word, sizeof(word), (void *)at);
 	if (s->tstate == 0) {
-		/* The next interpreter. */
-		__u64 at = s->started ? s->interp + s->interp_next : s->interp_head;
 		s->started = 1;
-		if (bpf_probe_read_user(&word, sizeof(word), (void *)at)) {
-			s->failed = 1;
-			s->done = 1;
-			return 1;
-		}
-		if (word == 0) {
-			s->done = 1;
-			return 1;
-		}
 		s->interp = word;
-		if (bpf_probe_read_user(&s->tstate, sizeof(s->tstate), (void *)(word + s->interp_threads_head))) {
-			s->failed = 1;
-			s->done = 1;
-			return 1;
-		}
-		return 0;
-	}
-	if (bpf_probe_read_user(&word, sizeof(word), (void *)(s->tstate + s->tstate_thread_id))) {
-		s->failed = 1;
-		s->done = 1;
-		return 1;
-	}
-	if (word == s->fsbase) {
+		if (!failed && word)
+			failed = bpf_probe_read_user(&s->tstate, sizeof(s->tstate),
+						     (void *)(word + s->interp_threads_head));
+		s->done = failed || word == 0;
+	} else if (!failed && word == s->fsbase) {
 		s->found = s->tstate;
 		s->done = 1;
-		return 1;
-	}
-	if (bpf_probe_read_user(&s->tstate, sizeof(s->tstate), (void *)(s->tstate + s->tstate_next))) {
-		s->failed = 1;
+	} else if (!failed) {
+		failed = bpf_probe_read_user(&s->tstate, sizeof(s->tstate),
+					     (void *)(s->tstate + s->tstate_next));
+		s->done = failed != 0;
+	} else {
 		s->done = 1;
-		return 1;
 	}
-	return 0;
+	s->failed = failed != 0;
+	return s->done;
 }
 
 /* The frame a thread state executes now (0 when none). */

@@ -59,8 +59,10 @@ mod layout;
 pub mod linetable;
 mod version;
 
-pub use code::{CodeInfo, code_fingerprint, read_code};
-pub use frames::{RawFrame, ThreadState, interpreters_head, threads, walk};
+pub use code::{CodeInfo, MAX_LINE_TABLE, MAX_STRING_CHARS, code_fingerprint, read_code};
+pub use frames::{
+    MAX_INTERPRETERS, MAX_THREADS, RawFrame, ThreadState, interpreters_head, threads, walk,
+};
 pub use interpreter::{NAME, Python, PythonFile, byte_offset, detect_file, ebpf_proc, eval_ranges};
 pub use layout::{
     BytesLayout, Entry, FrameLayout, Layout, LineTableFormat, SUPPORTED_MINORS, UnicodeLayout,
@@ -76,9 +78,9 @@ use ferroscope_unwind_api::MemoryError;
 pub enum Error {
     /// A read of process memory failed.
     #[error(
-        "cannot read the {what} at {addr:#x}: {source}; the process may have exited, or the \
-         pointer leading here was stale (the program changed it while it was being read), \
-         which a later sample does not repeat"
+        "cannot read the {what} at {addr:#x} (the process may have exited, or the pointer \
+         leading here was stale: the program changed it while it was being read, which a \
+         later sample does not repeat)"
     )]
     Read {
         /// What was being read (`"thread state"`, `"frame"`, ...).

@@ -267,7 +267,12 @@ impl Interpreters {
             let mut process = match runtime.plugin.attach(&data, &context) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::debug!(pid, runtime = name, "cannot attach to the process: {e}");
+                    tracing::debug!(
+                        pid,
+                        runtime = name,
+                        "cannot attach to the process: {}",
+                        crate::error::Chain(&e)
+                    );
                     continue;
                 }
             };
@@ -277,7 +282,8 @@ impl Interpreters {
                     tracing::debug!(
                         pid,
                         runtime = name,
-                        "cannot start following the process: {e}"
+                        "cannot start following the process: {}",
+                        crate::error::Chain(&e)
                     );
                     process.detach();
                     continue;
@@ -324,7 +330,7 @@ impl Interpreters {
                         }
                         Ok(None) => None,
                         Err(e) => {
-                            tracing::debug!(path = %f.path, runtime = r.plugin.name(), "detection failed: {e}");
+                            tracing::debug!(path = %f.path, runtime = r.plugin.name(), "detection failed: {}", crate::error::Chain(&e));
                             None
                         }
                     })
@@ -415,7 +421,11 @@ impl Interpreters {
             match a.process.refresh() {
                 Ok(update) if update.is_empty() => {}
                 Ok(update) => self.apply(key.0, key.1, update, manager, kernel),
-                Err(e) => tracing::debug!(pid = key.0, "runtime refresh failed: {e}"),
+                Err(e) => tracing::debug!(
+                    pid = key.0,
+                    "runtime refresh failed: {}",
+                    crate::error::Chain(&e)
+                ),
             }
         }
     }

@@ -6,8 +6,8 @@
 //! `/proc/PID/map_files` (or `/proc/PID/root`), identifies the file by its content
 //! ([`FileId`]), extracts its table once with `ferroscope-unwind-native` (successes and
 //! failures are both cached) and loads it into the eBPF maps, shared by every process that
-//! maps the same file ([`tables`]). The process's address space then becomes pieces in the
-//! mapping trie ([`pieces`]): its file mappings, and the ranges runtimes own in it (which a
+//! maps the same file. The process's address space then becomes pieces in the mapping trie:
+//! its file mappings, and the ranges runtimes own in it (which a
 //! runtime plug-in sets with [`ProcessManager::set_owned_ranges`]), each piece saying which
 //! file, at which bias, and which unwinder. Marking the process known switches its samples
 //! from the frame-pointer walk to the stack-delta unwinder.
@@ -18,6 +18,9 @@
 //! Exited processes are removed only after a grace period, so that traces already queued in
 //! the ring buffer were processed first. Everything that touches eBPF goes through
 //! [`UnwindBackend`].
+//!
+//! The tables live in `tables.rs` (encoding, allocation, eviction), the pieces of a process's
+//! address space in `pieces.rs`.
 
 mod backend;
 mod files;
@@ -116,6 +119,9 @@ pub enum ProcessEvent {
         pid: u32,
     },
 }
+
+/// A mapping's place and its file's (device major, minor, inode, offset).
+type MappingKey = (u64, u64, (u32, u32, u64, u64));
 
 #[derive(Debug, Clone)]
 struct LoadedMapping {
@@ -435,7 +441,7 @@ impl ProcessManager {
                 return;
             }
         };
-        let mut old: HashMap<(u64, u64, (u32, u32, u64, u64)), LoadedMapping> = self
+        let mut old: HashMap<MappingKey, LoadedMapping> = self
             .processes
             .get_mut(&pid)
             .map(|p| {

@@ -30,7 +30,7 @@ pub(crate) struct SlotRange {
 }
 
 /// The trie's entries for a process: prefix `(address, length)` → value.
-pub(crate) type Prefixes = BTreeMap<(u64, u32), PidMapping>;
+pub(crate) type Prefixes = BTreeMap<PrefixKey, PidMapping>;
 
 /// The pieces of a process: every address covered by a file mapping or an owned range gets
 /// one value; adjacent addresses with the same meaning share a piece. Owned ranges win over
@@ -110,6 +110,9 @@ pub fn covering_prefixes(start: u64, end: u64) -> Vec<(u64, u32)> {
     out
 }
 
+/// A trie entry: prefix `(address, length)`.
+pub(crate) type PrefixKey = (u64, u32);
+
 /// The trie entries of a set of pieces.
 pub(crate) fn prefixes_of(pieces: &[PidMapping]) -> Prefixes {
     let mut out = Prefixes::new();
@@ -126,7 +129,7 @@ pub(crate) fn prefixes_of(pieces: &[PidMapping]) -> Prefixes {
 pub(crate) fn diff(
     old: &Prefixes,
     new: &Prefixes,
-) -> (Vec<(u64, u32)>, Vec<((u64, u32), PidMapping)>) {
+) -> (Vec<PrefixKey>, Vec<(PrefixKey, PidMapping)>) {
     let removed = old
         .keys()
         .filter(|k| !new.contains_key(k))

@@ -37,7 +37,12 @@
  * Keep whatever a callback reads and writes in a map value (the unwinder state, its scratch
  * area), never on the caller's stack: verifiers before Linux 6.7 check a callback as if it
  * ran once, with the caller's stack as it was before the loop, and remove as dead the code
- * that this state makes look unreachable. Pass NULL as ctx. */
+ * that this state makes look unreachable. Pass NULL as ctx.
+ *
+ * Keep a step straight-line, with one way out (compute the result, return it once): the x86
+ * JIT of kernels before 5.12 gives up on a program whose jumps keep changing size between its
+ * passes (early returns in an inlined legacy loop do that), and the program then runs
+ * interpreted, which the tail-call table refuses (seen on 5.10 with the CPython walker). */
 #if FS_LEGACY
 #define FS_CALLBACK static __always_inline long
 #define FS_LOOP(n, fn, ctx)                                                                       \
