@@ -234,6 +234,27 @@ fn test(extra: &[String]) -> Result<()> {
         (true, false) => bail!("doc tests failed (unit and integration tests passed)"),
         (false, false) => bail!("unit or integration tests and doc tests failed"),
     }
+    step("kernel matrix");
+    // Debian's 5.10, 6.1 and 6.12 under qemu, with the debug binary the tests just built
+    // (the host kernel is what the tests above ran on). About 4 minutes once the kernels are
+    // cached; it runs as root only, and without root fails under FERROSCOPE_REQUIRE=1.
+    if is_root() {
+        let binary = target.join("debug/ferroscope");
+        kernels::kernels(&[
+            "--kernel".into(),
+            "5.10".into(),
+            "--kernel".into(),
+            "6.1".into(),
+            "--kernel".into(),
+            "6.12".into(),
+            "--binary".into(),
+            binary.display().to_string(),
+        ])?;
+    } else if ferroscope_test_harness::require::required() {
+        bail!("the kernel matrix boots kernels that load eBPF programs: run as root");
+    } else {
+        eprintln!("SKIPPED the kernel matrix: not root");
+    }
     step("docs");
     if !passes(
         cargo_in_root()
