@@ -149,8 +149,16 @@ struct Process {
 enum Work {
     Load(u32),
     Rescan(u32),
-    /// exec: unload, then load as new.
+    /// exec (or the PID now names another process): unload, then load as new.
     Reload(u32),
+}
+
+impl Work {
+    fn pid(&self) -> u32 {
+        match *self {
+            Work::Load(p) | Work::Rescan(p) | Work::Reload(p) => p,
+        }
+    }
 }
 
 /// Loads and unloads processes' unwind tables. See the module documentation.
@@ -310,6 +318,9 @@ impl ProcessManager {
                     }
                 }
                 Work::Reload(pid) => {
+                    // An exit report of the old program (or of the process that had the
+                    // PID before) must not unload the new one.
+                    self.exiting.retain(|(p, _)| *p != pid);
                     if self.remove_process(maps, pid) {
                         self.metrics.num_proc_exec += 1;
                     }
@@ -341,6 +352,54 @@ impl ProcessManager {
 
     /// The manager's metrics together with the eBPF unwinder's counters.
     pub fn metrics(&self, counters: &Counters) -> UnwindMetrics {
+        UnwindMetrics {
+            native: counters.clone(),
+            manager: self.manager_metrics(),
+        }
+    }
+
+    /// How many entries each of the manager's per-process structures holds (each goes back
+    /// to the number of loaded processes, or zero, once processes are gone).
+    pub fn tracked(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("manager_processes", self.processes.len() as u64),
+            ("manager_queue", self.queue.len() as u64),
+            ("manager_failed_pids", self.failed_pids.len() as u64),
+            ("manager_exiting", self.exiting.len() as u64),
+            ("manager_rescans_due", self.rescans_due.len() as u64),
+        ]
+    }
+
+    /// Removes every process that is not in `alive` (its exit report may have been lost),
+    /// and forgets failures and queued work of those.
+    pub fn sweep(&mut self, maps: &mut dyn UnwindBackend, alive: &HashSet<u32>) {
+        let gone: Vec<u32> = self
+            .processes
+            .keys()
+            .copied()
+            .filter(|pid| !alive.contains(pid))
+            .collect();
+        for pid in gone {
+            if self.remove_process(maps, pid) {
+                self.metrics.num_proc_exit += 1;
+            }
+        }
+        self.failed_pids.retain(|pid, _| alive.contains(pid));
+        self.rescans_due.retain(|pid, _| alive.contains(pid));
+        self.exiting
+            .retain(|(pid, _)| alive.contains(pid) || self.processes.contains_key(pid));
+        let queued = &mut self.queued;
+        self.queue.retain(|w| {
+            let keep = alive.contains(&w.pid());
+            if !keep {
+                queued.remove(w);
+            }
+            keep
+        });
+    }
+
+    /// The manager's own metrics.
+    pub fn manager_metrics(&self) -> ManagerMetrics {
         let mut m = self.metrics;
         m.num_exe_id_loaded_to_ebpf = self.tables.loaded() as u64;
         m.num_tables_evicted = self.tables.evicted;
@@ -351,10 +410,7 @@ impl ProcessManager {
         m.pid_mapping_prefixes = self.prefixes;
         m.unwind_infos = self.tables.infos() as u64;
         m.owned_ranges = self.owned_ranges;
-        UnwindMetrics {
-            native: counters.clone(),
-            manager: m,
-        }
+        m
     }
 
     /// The ranges a runtime (at `slot`) owns in `pid` from now on, replacing those it owned
