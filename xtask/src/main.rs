@@ -8,7 +8,7 @@ mod bench_churn;
 mod kernels;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -92,6 +92,7 @@ pub(crate) fn root() -> PathBuf {
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
     let status = cmd
+        .stdin(Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", describe(cmd)))?;
     if !status.success() {
@@ -153,7 +154,11 @@ fn cargo() -> String {
 /// Runs `cmd` and says whether it succeeded (a failure to start is an error).
 fn passes(cmd: &mut Command) -> Result<bool> {
     eprintln!("$ {}", describe(cmd));
+    // Children never read whatever stdin xtask was given: rustc's `-` probes (cargo's target
+    // information, build scripts) compile what they read there, and a CI runner's stdin is
+    // not empty.
     let status = cmd
+        .stdin(Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", describe(cmd)))?;
     Ok(status.success())
@@ -188,6 +193,13 @@ fn test(extra: &[String]) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     std::fs::create_dir_all(&target)?;
+    // Cargo caches rustc's answers to its probes here, failures included; one probe that read
+    // a stray stdin would fail every later clippy run. The cache only saves a few rustc calls.
+    match std::fs::remove_file(target.join(".rustc_info.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("cannot remove cargo's rustc probe cache"),
+    }
     let skip_log = target.join("skipped-tests.txt");
     std::fs::write(&skip_log, "")?;
     let cargo_in_root = || {
