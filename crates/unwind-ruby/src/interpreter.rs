@@ -313,10 +313,15 @@ impl RubyProcess {
         };
         let line_of = |n: &Named| -> Option<u32> {
             match (pc22, &n.iseq) {
+                // YJIT leaves the pc of the frames its code pushed unset until a call needs
+                // it: the method's first line.
+                (Some(0), Some(info)) => Some(info.first_line),
                 (Some(pc), Some(info)) => info.offset_of(pc).map(|off| info.line_at(off)),
                 _ => Some(0),
             }
         };
+        // A cached iseq is used only while the sampled pc lies in it (its identity check);
+        // otherwise it is read again.
         if let Some(n) = self.frames.get(&(frame.address, key))
             && let Some(line) = line_of(n)
         {
@@ -328,13 +333,10 @@ impl RubyProcess {
             Payload::Iseq { me32, .. } => self.name_iseq(frame.address, me32)?,
             Payload::Cfunc { def } => self.name_cfunc(frame.address, def)?,
         };
-        let Some(line) = line_of(&named) else {
-            return Err(Error::invalid(
-                "iseq",
-                frame.address,
-                "the sampled instruction is not inside it (the address was reused)",
-            ));
-        };
+        // The pc of a frame YJIT's code runs is stale (it is written before calls only):
+        // when even the iseq just read does not hold it, the method's first line.
+        let line =
+            line_of(&named).unwrap_or_else(|| named.iseq.as_ref().map_or(0, |i| i.first_line));
         if self.frames.len() >= CACHE_LIMIT {
             self.frames.clear();
         }
@@ -377,7 +379,15 @@ impl InterpreterProcess for RubyProcess {
         frame: &RawFrame,
         out: &mut Vec<InterpretedFrame>,
     ) -> Result<(), InterpreterError> {
-        let (named, line) = self.named(frame).map_err(runtime_error)?;
+        let (named, line) = self.named(frame).map_err(|e| {
+            tracing::trace!(
+                pid = self.pid,
+                address = format_args!("{:#x}", frame.address),
+                aux = format_args!("{:#x}", frame.aux),
+                "Ruby frame not named: {e}"
+            );
+            runtime_error(e)
+        })?;
         let start_line = named.iseq.as_ref().map_or(0, |i| i.first_line);
         out.push(InterpretedFrame {
             function: Arc::clone(&named.function),
