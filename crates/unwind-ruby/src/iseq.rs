@@ -217,7 +217,7 @@ pub fn succinct_len(size: u32) -> usize {
     let blocks = if size < IMMEDIATE {
         0
     } else {
-        (size - IMMEDIATE + 511) / 512
+        (size - IMMEDIATE).div_ceil(512)
     };
     imm_words as usize * 8 + blocks as usize * 80
 }
@@ -273,7 +273,7 @@ mod tests {
         let blocks = if size < IMMEDIATE {
             0
         } else {
-            ((size - IMMEDIATE + 511) / 512) as usize
+            ((size - IMMEDIATE).div_ceil(512)) as usize
         };
         let mut t = vec![0u8; imm_words * 8 + blocks * 80];
         let mut r = 0usize;

@@ -160,7 +160,7 @@ impl Symbols {
     }
 }
 
-/// The entries of an `st_table` (key, record), at most [`MAX_ST_ENTRIES`].
+/// The entries of an `st_table` (key, record), at most 4,096.
 pub fn st_entries(mem: &dyn ProcessMemory, table: u64) -> Result<Vec<(u64, u64)>> {
     let head = bytes(mem, table, 56, "st_table")?;
     let start = le64(&head, 32);
