@@ -35,6 +35,9 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "debootstrap",
     "mono-mcs",
+    // Ruby 3.1 and its internal structures as compiled (rb_mjit_min_header), for the Ruby tests.
+    "ruby3.1",
+    "ruby3.1-dev",
     "podman",
     "runc",
     "containerd",
