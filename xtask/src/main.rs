@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_ruby;
+mod bench_churn;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,7 @@ fn main() -> Result<()> {
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
+        Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -76,6 +78,8 @@ fn main() -> Result<()> {
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
+                 bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
+                 program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"
@@ -85,14 +89,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
     let status = cmd
         .status()
@@ -110,7 +114,7 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -241,6 +245,27 @@ fn test(extra: &[String]) -> Result<()> {
         (true, false) => bail!("doc tests failed (unit and integration tests passed)"),
         (false, false) => bail!("unit or integration tests and doc tests failed"),
     }
+    step("kernel matrix");
+    // Debian's 5.10, 6.1 and 6.12 under qemu, with the debug binary the tests just built
+    // (the host kernel is what the tests above ran on). About 4 minutes once the kernels are
+    // cached; it runs as root only, and without root fails under FERROSCOPE_REQUIRE=1.
+    if is_root() {
+        let binary = target.join("debug/ferroscope");
+        kernels::kernels(&[
+            "--kernel".into(),
+            "5.10".into(),
+            "--kernel".into(),
+            "6.1".into(),
+            "--kernel".into(),
+            "6.12".into(),
+            "--binary".into(),
+            binary.display().to_string(),
+        ])?;
+    } else if ferroscope_test_harness::require::required() {
+        bail!("the kernel matrix boots kernels that load eBPF programs: run as root");
+    } else {
+        eprintln!("SKIPPED the kernel matrix: not root");
+    }
     step("docs");
     if !passes(
         cargo_in_root()
@@ -287,7 +312,7 @@ fn report_skips(log: &Path) -> Result<()> {
 
 /// Installs what the build needs, builds the release binary, and returns the target
 /// directory (`$CARGO_TARGET_DIR`, else `target/`).
-fn build_release(root: &Path) -> Result<PathBuf> {
+pub(crate) fn build_release(root: &Path) -> Result<PathBuf> {
     ensure_packages(BUILD_PACKAGES)?;
     run(Command::new(cargo())
         .current_dir(root)
@@ -376,7 +401,7 @@ fn vmlinux() -> Result<()> {
     Ok(())
 }
 
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+pub(crate) fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     text.lines()
         .find(|l| l.starts_with(key))?
@@ -386,7 +411,7 @@ fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
@@ -506,7 +531,7 @@ fn bench_agent(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn user_hz() -> f64 {
+pub(crate) fn user_hz() -> f64 {
     // /proc/PID/stat counts in USER_HZ, which is 100 on Linux for every architecture we build for.
     100.0
 }

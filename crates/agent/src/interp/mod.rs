@@ -308,14 +308,10 @@ impl Interpreters {
             return;
         }
         let found = std::fs::File::open(&f.open_path)
+            .and_then(ferroscope_symbolize::root::regular)
             .ok()
-            .and_then(|file| {
-                // SAFETY: a private read-only map, read only during detection; a file
-                // truncated meanwhile could fault (the same trade-off as the process
-                // manager's table extraction).
-                unsafe { memmap2::Mmap::map(&file) }.ok()
-            })
-            .map(|data| {
+            .map(|file| {
+                let data = object::ReadCache::new(file);
                 let Some(elf) = MappedElf::new(&f.path, &data) else {
                     return Vec::new();
                 };
