@@ -111,11 +111,12 @@ impl Sample {
         self.ruby().iter().map(|f| f.function.as_str()).collect()
     }
 
-    /// Ruby frames defined in Ruby (not C methods).
+    /// Ruby frames of the program's own files (not C methods, nor the core methods 3.3
+    /// writes in Ruby, `<internal:kernel>`).
     fn iseq_names(&self) -> Vec<&str> {
         self.ruby()
             .iter()
-            .filter(|f| f.file != "<cfunc>")
+            .filter(|f| f.file != "<cfunc>" && !f.file.starts_with("<internal:"))
             .map(|f| f.function.as_str())
             .collect()
     }
