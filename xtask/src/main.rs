@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_churn;
+mod bench_ruby;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "debootstrap",
     "mono-mcs",
+    // Ruby 3.1 and its internal structures as compiled (rb_mjit_min_header), for the Ruby tests.
+    "ruby3.1",
+    "ruby3.1-dev",
     "podman",
     "runc",
     "containerd",
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
@@ -71,6 +76,8 @@ fn main() -> Result<()> {
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
+                 script (default /usr/bin/ruby3.1)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
