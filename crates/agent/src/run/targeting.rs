@@ -119,6 +119,18 @@ impl Targeting {
     pub(super) fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
         self.finder.forget(pid);
+        // A discovered target was the exited process's: a process that gets the PID next
+        // must not inherit it before the next discovery. A static target names the PID and
+        // stays.
+        if self.discovery.is_some() {
+            let target = self
+                .static_pids
+                .get(&pid)
+                .cloned()
+                .and_then(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l))
+                .and_then(Target::new);
+            self.finder.set_pid_target(pid, target);
+        }
     }
 
     /// Drops what is cached about processes not in `alive`.
