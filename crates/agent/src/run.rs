@@ -3,8 +3,9 @@
 //! Every `collect_interval` it drains what the eBPF sampler recorded, builds one pprof per
 //! process with the series labels of the process's target, and hands the round to every
 //! `[[write.endpoint]]` (or, without endpoints, to the local sink). Targets come from the
-//! static `targets` and the built-in process discovery, relabelled; processes are matched
-//! to targets by PID, then by container ID. With `targets_only` (the default) only matched
+//! static `targets`, the built-in process discovery and the container discoveries
+//! (`crate::discover`: Docker, Kubernetes, the node's CRI runtime), relabelled; processes
+//! are matched to targets by PID, then by container ID. With `targets_only` (the default) only matched
 //! processes are put in the eBPF PID filter, so the rest cost nothing in the kernel.
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,7 @@ use prometheus_client::registry::Registry;
 use crate::Error;
 use crate::aggregate::TraceAggregator;
 use crate::config::{Api, Comm, Config, Demangle, Endpoint};
+use crate::discover::Discoveries;
 use crate::interp::FrameNames;
 use crate::metrics::{AgentMetrics, Mirror};
 use crate::profile::{ProfileOptions, SampleLabels, build_cpu_profile};
@@ -94,13 +96,18 @@ struct Targeting {
     config: Config,
     discovery: Option<(ProcessDiscovery, Duration)>,
     last_discovery: Option<Instant>,
+    /// What the process discovery found last.
+    processes_found: Vec<Labels>,
+    /// The container discoveries, and the generation of their lists last used.
+    discoveries: Discoveries,
+    discoveries_seen: Option<u64>,
     finder: TargetFinder,
     /// Processes seen, with their target (None: matches nothing).
     processes: HashMap<u32, Option<Arc<Target>>>,
 }
 
 impl Targeting {
-    fn new(config: &Config) -> Targeting {
+    fn new(config: &Config, discoveries: Discoveries) -> Targeting {
         let discovery = config
             .discovery
             .process
@@ -115,29 +122,44 @@ impl Targeting {
             config: config.clone(),
             discovery,
             last_discovery: None,
+            processes_found: Vec::new(),
+            discoveries,
+            discoveries_seen: None,
             finder,
             processes: HashMap::new(),
         }
     }
 
-    /// Rebuilds the target list when discovery is due (always the first time).
+    /// Rebuilds the target list when process discovery is due (always the first time) or a
+    /// container discovery's list changed.
     fn refresh_targets(&mut self) -> bool {
         let due = match (self.last_discovery, &self.discovery) {
             (None, _) => true,
             (Some(at), Some((_, every))) => at.elapsed() >= *every,
             (Some(_), None) => false,
         };
-        if !due {
+        let generation = self.discoveries.generation();
+        let containers_changed = self.discoveries_seen != Some(generation);
+        if !due && !containers_changed {
             return false;
         }
-        self.last_discovery = Some(Instant::now());
-        let mut sets: Vec<Labels> = self.config.targets.clone();
-        if let Some((discovery, _)) = &self.discovery {
-            match discovery.discover() {
-                Ok(found) => sets.extend(found),
-                Err(e) => tracing::warn!("process discovery failed: {}", crate::error::Chain(&e)),
+        self.discoveries_seen = Some(generation);
+        if due {
+            self.last_discovery = Some(Instant::now());
+            if let Some((discovery, _)) = &self.discovery {
+                match discovery.discover() {
+                    Ok(found) => self.processes_found = found,
+                    Err(e) => {
+                        tracing::warn!("process discovery failed: {}", crate::error::Chain(&e))
+                    }
+                }
             }
         }
+        let mut sets: Vec<Labels> = self.config.targets.clone();
+        sets.extend(self.processes_found.iter().cloned());
+        // Processes match PID targets first, then container targets; of two targets for the
+        // same PID or container, the later wins.
+        sets.extend(self.discoveries.targets());
         let relabelled = sets
             .into_iter()
             .filter_map(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l));
@@ -186,7 +208,11 @@ impl Targeting {
             })
             .collect();
         out.sort_by_key(|v| v["service_name"].to_string());
-        serde_json::json!({ "active_targets": self.finder.len(), "matched": out })
+        serde_json::json!({
+            "active_targets": self.finder.len(),
+            "matched": out,
+            "discoveries": self.discoveries.debug_json(),
+        })
     }
 }
 
@@ -300,7 +326,7 @@ fn collect_loop(
     state: &ServerState,
 ) -> Result<(), Error> {
     let ebpf = &config.ebpf;
-    let mut targeting = Targeting::new(config);
+    let mut targeting = Targeting::new(config, Discoveries::start(config, runtime, metrics));
     let demangle = match ebpf.demangle {
         Demangle::None => DemangleMode::None,
         Demangle::Simplified => DemangleMode::Simplified,
@@ -327,6 +353,7 @@ fn collect_loop(
         let stopping = stop.load(Ordering::Relaxed);
         let refreshed = targeting.refresh_targets();
         metrics.active_targets.set(targeting.finder.len() as i64);
+        state.set_discovery_failures(targeting.discoveries.failures());
 
         // Start sampling, unless lazy mode waits for the first target.
         if session.is_none() && !(ebpf.lazy_mode && targeting.finder.is_empty()) && !stopping {
