@@ -416,7 +416,8 @@ pub struct KubernetesDiscoveryConfig {
     #[serde(default)]
     pub namespaces: KubernetesNamespaces,
     /// `[[discovery.kubernetes.selectors]]`: label and field selectors (`${VAR}` is replaced
-    /// by the environment variable, e.g. `field = "spec.nodeName=${NODE_NAME}"`).
+    /// by the environment variable when the agent starts, e.g.
+    /// `field = "spec.nodeName=${NODE_NAME}"`).
     #[serde(default)]
     pub selectors: Vec<KubernetesSelector>,
 }
@@ -523,7 +524,8 @@ pub struct CriDiscoveryConfig {
     /// CRI-O's containers/storage run roots (["/run/containers/storage"]).
     pub crio_storage_dirs: Vec<PathBuf>,
     /// This node's name, given as `__meta_kubernetes_pod_node_name` (`${VAR}` is replaced by
-    /// the environment variable, e.g. `"${NODE_NAME}"` from the downward API).
+    /// the environment variable when the agent starts, e.g. `"${NODE_NAME}"` from the
+    /// downward API).
     #[serde(deserialize_with = "de_env_option")]
     pub node_name: Option<String>,
 }
@@ -542,10 +544,33 @@ impl Default for CriDiscoveryConfig {
 /// Replaces every `${NAME}` in `s` by the environment variable `NAME`; an unset variable or
 /// an unclosed `${` is an error saying which.
 pub fn expand_env(s: &str) -> Result<String, String> {
+    env_references(s)?;
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(at) = rest.find("${") {
         out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after.find('}').unwrap_or(after.len());
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            _ => {
+                return Err(format!(
+                    "{s:?} uses the environment variable {name}, which is not set: set it (in a DaemonSet, e.g. from the downward API: valueFrom.fieldRef.fieldPath = spec.nodeName)"
+                ));
+            }
+        }
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The names of the `${NAME}` variables in `s`; an error for a malformed reference.
+pub fn env_references(s: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
         let after = &rest[at + 2..];
         let Some(end) = after.find('}') else {
             return Err(format!("{s:?} has an unclosed \"${{\": write ${{NAME}}"));
@@ -556,25 +581,20 @@ pub fn expand_env(s: &str) -> Result<String, String> {
                 "{s:?}: ${{{name}}} is not an environment variable name (letters, digits and '_')"
             ));
         }
-        match std::env::var(name) {
-            Ok(v) if !v.is_empty() => out.push_str(&v),
-            _ => {
-                return Err(format!(
-                    "{s:?} uses the environment variable {name}, which is not set: set it (in a DaemonSet, e.g. from the downward API: valueFrom.fieldRef.fieldPath = spec.nodeName)"
-                ));
-            }
-        }
+        names.push(name);
         rest = &after[end + 1..];
     }
-    out.push_str(rest);
-    Ok(out)
+    Ok(names)
 }
 
+/// A string that may hold `${NAME}` references, checked when the file is read and
+/// replaced (by [`expand_env`]) when the agent starts.
 fn de_env_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
-    value
-        .map(|v| expand_env(&v).map_err(de::Error::custom))
-        .transpose()
+    if let Some(v) = &value {
+        env_references(v).map_err(de::Error::custom)?;
+    }
+    Ok(value)
 }
 
 /// One `[[discovery.process]]` block, like Alloy's `discovery.process`.
@@ -929,6 +949,28 @@ pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error
         warnings.push(format!(
             "{file_name}: no [[targets]] and no discovery ([[discovery.process]], [[discovery.docker]], [[discovery.kubernetes]], [[discovery.cri]]) while ebpf.targets_only = true: nothing will be profiled; add one or set targets_only = false"
         ));
+    }
+    // `${NAME}` references are replaced when the agent starts; say now if one is unset.
+    let templates = config
+        .discovery
+        .kubernetes
+        .iter()
+        .flat_map(|k| &k.selectors)
+        .flat_map(|s| [&s.field, &s.label])
+        .chain(config.discovery.cri.iter().map(|c| &c.node_name))
+        .flatten();
+    for template in templates {
+        for name in env_references(template).unwrap_or_default() {
+            if std::env::var(name).is_ok_and(|v| !v.is_empty()) {
+                continue;
+            }
+            let at = text.find(&format!("${{{name}}}")).unwrap_or(0);
+            let (line, column) = line_column(text, at);
+            warnings.push(format!(
+                "{file_name}:{line}:{column}: {}: the environment variable {name} is not set here; the agent needs it when it runs (in a DaemonSet, set it from the downward API: valueFrom.fieldRef.fieldPath = spec.nodeName)",
+                key_at(text, at)
+            ));
+        }
     }
     // A static target must name what it matches (after relabelling, which may add or drop
     // it); seed 001: one of the special labels must be present.

@@ -19,7 +19,9 @@ use ferroscope_targets::cri::CriDiscovery;
 use ferroscope_targets::docker::{DockerDiscovery, Filter, TargetOptions};
 use ferroscope_targets::kubernetes::{Connection, KubernetesDiscovery, Update};
 
-use crate::config::{Config, CriDiscoveryConfig, DockerDiscoveryConfig, KubernetesDiscoveryConfig};
+use crate::config::{
+    Config, CriDiscoveryConfig, DockerDiscoveryConfig, KubernetesDiscoveryConfig, expand_env,
+};
 use crate::metrics::AgentMetrics;
 
 /// The service account's namespace file (for `namespaces.own_namespace`).
@@ -99,12 +101,16 @@ impl Source {
                     return;
                 }
                 if log_failure {
+                    let kept = if state.listed {
+                        format!("the {} targets it found last are kept", state.targets.len())
+                    } else {
+                        "it has found no targets yet".to_owned()
+                    };
                     tracing::warn!(
                         discovery = %self.name,
-                        "{} ({}) is failing: {why}; it keeps retrying, the {} targets it found last are kept and everything else is still profiled",
+                        "{} ({}) is failing: {why}; it keeps retrying, {kept}, and everything else is still profiled",
                         self.name,
                         self.place,
-                        state.targets.len()
                     );
                 }
                 state.failure = Some(why);
@@ -142,13 +148,19 @@ impl Discoveries {
             sources.push(s);
         }
         for (i, d) in config.discovery.kubernetes.iter().enumerate() {
-            let discovery = kubernetes_discovery(d);
-            let s = source(
-                format!("discovery.kubernetes #{}", i + 1),
-                discovery.connection.to_string(),
-            );
-            start_kubernetes(discovery, d.namespaces.own_namespace, s.clone(), runtime);
-            sources.push(s);
+            let name = format!("discovery.kubernetes #{}", i + 1);
+            match kubernetes_discovery(d) {
+                Ok(discovery) => {
+                    let s = source(name, discovery.connection.to_string());
+                    start_kubernetes(discovery, d.namespaces.own_namespace, s.clone(), runtime);
+                    sources.push(s);
+                }
+                Err(why) => {
+                    let s = source(name, "selectors".to_owned());
+                    s.fail(why);
+                    sources.push(s);
+                }
+            }
         }
         for (i, d) in config.discovery.cri.iter().enumerate() {
             let dirs: Vec<String> = d
@@ -278,7 +290,11 @@ fn start_kubernetes(
         discovery
             .run(|update| match update {
                 Update::Targets(targets) => source.publish(targets),
-                Update::Failed(e) => source.fail(e.to_string()),
+                // The source's name already says which discovery and server.
+                Update::Failed(ferroscope_targets::Error::Kubernetes { problem, .. }) => {
+                    source.fail(problem)
+                }
+                Update::Failed(e) => source.fail(crate::error::Chain(&e).to_string()),
             })
             .await;
     });
@@ -287,10 +303,17 @@ fn start_kubernetes(
 /// Reads the runtime state directories every `refresh_interval` (on a blocking thread).
 fn start_cri(d: &CriDiscoveryConfig, source: Arc<Source>, runtime: &tokio::runtime::Runtime) {
     let every = d.refresh_interval;
+    let node_name = match d.node_name.as_deref().map(expand_env).transpose() {
+        Ok(n) => n,
+        Err(why) => {
+            source.fail(format!("node_name: {why}"));
+            return;
+        }
+    };
     let mut discovery = Some(CriDiscovery::new(
         d.containerd_state_dirs.clone(),
         d.crio_storage_dirs.clone(),
-        d.node_name.clone(),
+        node_name,
     ));
     runtime.spawn(async move {
         let mut reported = BTreeSet::new();
@@ -332,7 +355,7 @@ fn start_cri(d: &CriDiscoveryConfig, source: Arc<Source>, runtime: &tokio::runti
     });
 }
 
-fn kubernetes_discovery(d: &KubernetesDiscoveryConfig) -> KubernetesDiscovery {
+fn kubernetes_discovery(d: &KubernetesDiscoveryConfig) -> Result<KubernetesDiscovery, String> {
     let connection = match (&d.api_server, &d.kubeconfig_file) {
         (Some(url), _) => Connection::ApiServer {
             url: url.clone(),
@@ -344,10 +367,11 @@ fn kubernetes_discovery(d: &KubernetesDiscoveryConfig) -> KubernetesDiscovery {
         (None, None) => Connection::InCluster,
     };
     let selector = d.selectors.first();
-    KubernetesDiscovery {
+    let expand = |s: &Option<String>| s.as_deref().map(expand_env).transpose();
+    Ok(KubernetesDiscovery {
         connection,
         namespaces: d.namespaces.names.clone(),
-        label_selector: selector.and_then(|s| s.label.clone()),
-        field_selector: selector.and_then(|s| s.field.clone()),
-    }
+        label_selector: expand(&selector.and_then(|s| s.label.clone()))?,
+        field_selector: expand(&selector.and_then(|s| s.field.clone()))?,
+    })
 }

@@ -344,6 +344,15 @@ impl KubernetesDiscovery {
                         stores[i].remove(&key(&pod));
                         changed = true;
                     }
+                    // A watch whose resource version the server no longer has ends with
+                    // 410 Gone: routine (etcd compaction), the client lists again.
+                    Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                        tracing::debug!(
+                            server,
+                            "the Pod watch expired ({}); listing again",
+                            status.message
+                        );
+                    }
                     Err(e) => report(Update::Failed(Error::Kubernetes {
                         server: server.clone(),
                         problem: describe_watcher(&e),

@@ -90,6 +90,7 @@ pub fn try_oci_image(
     let mut files: Vec<PathBuf> = std::fs::read_dir(rootfs)
         .map_err(|e| Unavailable(format!("cannot list {}: {e}", rootfs.display())))?
         .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     let mut parts: Vec<Vec<u8>> = vec![
@@ -424,8 +425,9 @@ impl Podman {
         cmd
     }
 
-    /// `podman run -d --network none` of `args` in `rootfs`, named `name`, with Docker labels
-    /// and OCI annotations.
+    /// `podman run -d --network none` of `args` in a copy of `rootfs` (podman adds mount
+    /// points to the directory it runs from; the cached one stays as built), named `name`,
+    /// with Docker labels and OCI annotations.
     pub fn try_run(
         &self,
         name: &str,
@@ -447,7 +449,19 @@ impl Podman {
         for (k, v) in annotations {
             cmd.arg("--annotation").arg(format!("{k}={v}"));
         }
-        cmd.arg("--rootfs").arg(rootfs).args(args);
+        static COPIES: AtomicU32 = AtomicU32::new(0);
+        let copy = self.scratch.0.join(format!(
+            "rootfs-{name}-{}",
+            COPIES.fetch_add(1, Ordering::Relaxed)
+        ));
+        exec(
+            Command::new(find_tool("cp")?)
+                .arg("-a")
+                .arg(rootfs)
+                .arg(&copy),
+            minutes(1),
+        )?;
+        cmd.arg("--rootfs").arg(&copy).args(args);
         let id = exec(&mut cmd, minutes(2))?.trim().to_owned();
         if id.len() != 64 {
             return Err(Unavailable(format!("podman run printed {id:?}, not an ID")));
