@@ -62,13 +62,18 @@ fn kubernetes_manifests_validate() {
         // Namespace, ServiceAccount, ConfigMap, DaemonSet: no RBAC.
         ("deploy/kubernetes/daemonset-cri.yaml", 4),
     ] {
-        let out = run(Command::new(&validate).args(["--strict"]).arg(repo().join(file)));
+        let out = run(Command::new(&validate)
+            .args(["--strict"])
+            .arg(repo().join(file)));
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "kubernetes-validate failed on {file}:\n{text}");
+        assert!(
+            out.status.success(),
+            "kubernetes-validate failed on {file}:\n{text}"
+        );
         assert_eq!(
             text.matches("passed").count(),
             documents,
@@ -79,7 +84,10 @@ fn kubernetes_manifests_validate() {
 
 /// The `config.toml: |` block of a manifest's ConfigMap, de-indented.
 fn configmap_config(manifest: &str) -> String {
-    let mut lines = manifest.lines().skip_while(|l| l.trim() != "config.toml: |").skip(1);
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "config.toml: |")
+        .skip(1);
     let mut out = String::new();
     for line in lines.by_ref() {
         if line.is_empty() {
@@ -98,8 +106,14 @@ fn configmap_config(manifest: &str) -> String {
 fn the_daemonsets_carry_the_examples_and_they_check() {
     let dir = tempfile::tempdir().unwrap();
     for (manifest, example) in [
-        ("deploy/kubernetes/daemonset.yaml", "examples/kubernetes.toml"),
-        ("deploy/kubernetes/daemonset-cri.yaml", "examples/kubernetes-cri.toml"),
+        (
+            "deploy/kubernetes/daemonset.yaml",
+            "examples/kubernetes.toml",
+        ),
+        (
+            "deploy/kubernetes/daemonset-cri.yaml",
+            "examples/kubernetes-cri.toml",
+        ),
     ] {
         let text = std::fs::read_to_string(repo().join(manifest)).unwrap();
         let config = configmap_config(&text);
@@ -112,8 +126,7 @@ fn the_daemonsets_carry_the_examples_and_they_check() {
             .arg(&path)
             .env("NODE_NAME", "node-a"));
         assert!(
-            out.status.success()
-                && !String::from_utf8_lossy(&out.stderr).contains("warning"),
+            out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"),
             "{manifest}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -123,12 +136,21 @@ fn the_daemonsets_carry_the_examples_and_they_check() {
         assert!(text.lines().any(|l| l.trim() == "privileged: false"));
         assert!(!text.contains("docker.sock"));
         if manifest.ends_with("daemonset.yaml") {
-            assert!(text.contains("kind: ClusterRole") && text.contains("verbs: [\"get\", \"list\", \"watch\"]"));
+            assert!(
+                text.contains("kind: ClusterRole")
+                    && text.contains("verbs: [\"get\", \"list\", \"watch\"]")
+            );
             assert_eq!(text.matches("resources: [").count(), 1, "only pods");
         } else {
-            assert!(!text.contains("ClusterRole") && text.contains("automountServiceAccountToken: false"));
+            assert!(
+                !text.contains("ClusterRole")
+                    && text.contains("automountServiceAccountToken: false")
+            );
             assert!(text.contains("/run/containerd/io.containerd.runtime.v2.task"));
-            assert!(!text.contains("path: /run/containerd\n"), "not the socket's directory");
+            assert!(
+                !text.contains("path: /run/containerd\n"),
+                "not the socket's directory"
+            );
             assert_eq!(text.matches("mountPropagation: HostToContainer").count(), 2);
         }
     }
