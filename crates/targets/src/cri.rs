@@ -353,7 +353,7 @@ pub fn pod_uid_from_cgroup(path: &str) -> Option<String> {
                     .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
             ok.then(|| uid.replace('_', "-"))
         })
-        .last()
+        .next_back()
 }
 
 /// Whether `s` is a 64-digit lower-case hex container ID (what kubelet's runtimes use and
@@ -420,6 +420,16 @@ impl Stamp {
 
 type Parsed = Result<Result<PodContainer, NotAPodContainer>, String>;
 
+/// A container found in a state directory, before its `config.json` is read.
+struct Found {
+    runtime: Runtime,
+    /// The containerd namespace (`k8s.io`); CRI-O has none.
+    containerd_ns: Option<String>,
+    id: String,
+    config: PathBuf,
+    pid_file: Option<PathBuf>,
+}
+
 /// Finds the node's Pod containers in containerd's and CRI-O's state directories.
 #[derive(Debug)]
 pub struct CriDiscovery {
@@ -455,8 +465,7 @@ impl CriDiscovery {
     /// Fails only when none of the configured directories exists or one cannot be read;
     /// a malformed container is a [`Problem`] of the scan.
     pub fn scan(&mut self) -> Result<Scan, Error> {
-        let mut found: Vec<(Runtime, Option<String>, String, PathBuf, Option<PathBuf>)> =
-            Vec::new();
+        let mut found: Vec<Found> = Vec::new();
         let mut any_dir = false;
         for state in &self.containerd_state_dirs {
             let tasks = state.join(CONTAINERD_TASKS);
@@ -471,13 +480,13 @@ impl CriDiscovery {
                 };
                 for id in ids.into_iter().take(MAX_CONTAINERS) {
                     let dir = ns_dir.join(&id);
-                    found.push((
-                        Runtime::Containerd,
-                        Some(ns.clone()),
+                    found.push(Found {
+                        runtime: Runtime::Containerd,
+                        containerd_ns: Some(ns.clone()),
                         id,
-                        dir.join("config.json"),
-                        Some(dir.join("init.pid")),
-                    ));
+                        config: dir.join("config.json"),
+                        pid_file: Some(dir.join("init.pid")),
+                    });
                 }
             }
         }
@@ -492,13 +501,13 @@ impl CriDiscovery {
                 };
                 for id in ids.into_iter().take(MAX_CONTAINERS) {
                     let userdata = root.join(&driver).join(&id).join("userdata");
-                    found.push((
-                        Runtime::CriO,
-                        None,
+                    found.push(Found {
+                        runtime: Runtime::CriO,
+                        containerd_ns: None,
                         id,
-                        userdata.join("config.json"),
-                        Some(userdata.join("pidfile")),
-                    ));
+                        config: userdata.join("config.json"),
+                        pid_file: Some(userdata.join("pidfile")),
+                    });
                 }
             }
         }
@@ -514,7 +523,14 @@ impl CriDiscovery {
         }
         let mut scan = Scan::default();
         let mut seen = HashMap::new();
-        for (runtime, containerd_ns, id, config, pid_file) in found {
+        for Found {
+            runtime,
+            containerd_ns,
+            id,
+            config,
+            pid_file,
+        } in found
+        {
             let Ok(meta) = fs::metadata(&config) else {
                 continue; // Being created or removed.
             };

@@ -29,6 +29,9 @@ use crate::labels::{Labels, sanitize_label_name};
 
 const PREFIX: &str = "__meta_kubernetes_";
 
+/// The targets of each Pod, by (namespace, name).
+type PodTargets = BTreeMap<(String, String), Vec<Labels>>;
+
 /// The targets of one Pod (none while it has no IP).
 pub fn pod_targets(pod: &Pod) -> Vec<Labels> {
     let Some(status) = &pod.status else {
@@ -316,10 +319,8 @@ impl KubernetesDiscovery {
         let server = self.connection.to_string();
         // Per watched namespace: the Pods' targets by (namespace, name), and the buffer of a
         // relist in progress.
-        let mut stores: Vec<BTreeMap<(String, String), Vec<Labels>>> =
-            vec![BTreeMap::new(); namespaces.len()];
-        let mut relists: Vec<Option<BTreeMap<(String, String), Vec<Labels>>>> =
-            vec![None; namespaces.len()];
+        let mut stores: Vec<PodTargets> = vec![BTreeMap::new(); namespaces.len()];
+        let mut relists: Vec<Option<PodTargets>> = vec![None; namespaces.len()];
         let mut listed = vec![false; namespaces.len()];
         while let Some(batch) = events.next().await {
             let mut changed = false;
