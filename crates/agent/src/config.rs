@@ -60,6 +60,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The local profile sink.
     pub output: OutputConfig,
+    /// How much the agent holds at once (kernel map sizes, table extraction's CPU).
+    pub limits: LimitsConfig,
 }
 
 /// The `[ebpf]` table: the arguments of Alloy's `pyroscope.ebpf`, same names, types and
@@ -867,6 +869,82 @@ impl Default for OutputConfig {
     }
 }
 
+/// The `[limits]` table: how much the agent holds at once. The kernel maps are sized from it
+/// when sampling starts, so their memory is taken then, whether used or not.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Processes profiled at once: the PID filter (with `targets_only`), the processes whose
+    /// unwind tables are loaded, and each runtime's per-process maps (16384).
+    #[serde(deserialize_with = "de_map_size")]
+    pub processes: u32,
+    /// Address prefixes of all loaded processes' mappings; a mapping takes a handful, at most
+    /// about 70 (262144).
+    #[serde(deserialize_with = "de_map_size")]
+    pub mapping_prefixes: u32,
+    /// 64 KiB pages of all loaded unwind tables (131072).
+    #[serde(deserialize_with = "de_map_size")]
+    pub table_pages: u32,
+    /// Stack-delta entries of all loaded unwind tables, 8 bytes each in kernel memory;
+    /// tables no loaded process uses are evicted above it (2097152, 16 MiB).
+    #[serde(deserialize_with = "de_map_size")]
+    pub table_entries: u32,
+    /// Share of one CPU that building unwind tables may use over time, after a burst (0.25).
+    #[serde(deserialize_with = "de_cpu_share")]
+    pub extract_cpu_share: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let kernel = ferroscope_ebpf_programs::UnwinderConfig::default();
+        LimitsConfig {
+            processes: kernel.max_pids,
+            mapping_prefixes: kernel.max_mapping_prefixes,
+            table_pages: kernel.max_delta_pages,
+            table_entries: kernel.max_delta_entries,
+            extract_cpu_share: 0.25,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The kernel map sizes these limits ask for.
+    pub fn unwinder(&self) -> ferroscope_ebpf_programs::UnwinderConfig {
+        ferroscope_ebpf_programs::UnwinderConfig {
+            max_pids: self.processes,
+            max_mapping_prefixes: self.mapping_prefixes,
+            max_delta_pages: self.table_pages,
+            max_delta_entries: self.table_entries,
+        }
+    }
+}
+
+/// Largest map size `[limits]` accepts (the loader's own bound).
+const MAX_MAP_SIZE: u32 = 1 << 28;
+
+fn de_map_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| (1..=MAX_MAP_SIZE).contains(&n))
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "{n} is not a usable size: give a count from 1 to {MAX_MAP_SIZE}"
+            ))
+        })
+}
+
+fn de_cpu_share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let share = f64::deserialize(d)?;
+    if share > 0.0 && share <= 8.0 {
+        Ok(share)
+    } else {
+        Err(de::Error::custom(format!(
+            "{share} is not a CPU share: give a fraction of one CPU above 0 (0.25 is a quarter of a CPU)"
+        )))
+    }
+}
+
 /// Reads and parses a configuration file; see [`parse`].
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
@@ -929,7 +1007,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error
         return Err(config_error(
             at,
             format!(
-                "unknown runtime `{name}`: the runtimes built into this ferroscope are {}, and                  pyroscope.ebpf knows {}",
+                "unknown runtime `{name}`: the runtimes built into this ferroscope are {}, and pyroscope.ebpf knows {}",
                 if linked.is_empty() {
                     "none".to_owned()
                 } else {

@@ -956,3 +956,62 @@ fn environment_variables_expand() {
     assert!(config::expand_env("${A-B}").is_err());
     assert!(config::expand_env("${FERROSCOPE_SURELY_UNSET_42}").is_err());
 }
+
+#[test]
+fn limits_size_the_kernel_maps_and_reject_unusable_values() {
+    let (c, _) = parse("");
+    let kernel = ferroscope_ebpf_programs::UnwinderConfig::default();
+    assert_eq!(c.limits.unwinder(), kernel);
+    assert_eq!(c.limits.extract_cpu_share, 0.25);
+    // A node running 60,000 processes.
+    let (c, _) = parse(
+        "[limits]\nprocesses = 60000\nmapping_prefixes = 1000000\ntable_pages = 200000\ntable_entries = 8388608\nextract_cpu_share = 0.1\n",
+    );
+    let u = c.limits.unwinder();
+    assert_eq!(
+        (
+            u.max_pids,
+            u.max_mapping_prefixes,
+            u.max_delta_pages,
+            u.max_delta_entries
+        ),
+        (60_000, 1_000_000, 200_000, 8_388_608)
+    );
+    assert_eq!(c.limits.extract_cpu_share, 0.1);
+    for (text, line, key, says) in [
+        (
+            "[limits]\nprocesses = 0\n",
+            2,
+            "limits.processes",
+            "from 1 to",
+        ),
+        (
+            "\n[limits]\ntable_entries = -5\n",
+            3,
+            "limits.table_entries",
+            "from 1 to",
+        ),
+        (
+            "[limits]\nmapping_prefixes = 4294967296\n",
+            2,
+            "limits.mapping_prefixes",
+            "from 1 to",
+        ),
+        (
+            "[limits]\nextract_cpu_share = 0.0\n",
+            2,
+            "limits.extract_cpu_share",
+            "fraction of one CPU",
+        ),
+        (
+            "[limits]\nthreads = 4\n",
+            2,
+            "limits.threads",
+            "unknown field",
+        ),
+    ] {
+        let (l, k, message) = parse_err(text);
+        assert_eq!((l, k.as_str()), (line, key), "{text}: {message}");
+        assert!(message.contains(says), "{text}: {message}");
+    }
+}

@@ -128,19 +128,42 @@ impl Targeting {
             self.finder.forget(pid);
             return;
         };
-        let labels = discovery
-            .process(pid)
-            .or_else(|| self.static_pids.get(&pid).cloned());
+        let found = discovery.process(pid);
+        // What a container discovery's change rebuilds the targets from, too.
+        self.drop_found(pid);
+        self.processes_found.extend(found.clone());
+        let labels = found.or_else(|| self.static_pids.get(&pid).cloned());
         let target = labels
             .and_then(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l))
             .and_then(Target::new);
         self.finder.set_pid_target(pid, target);
     }
 
+    /// Drops what the last process discovery found for `pid`.
+    fn drop_found(&mut self, pid: u32) {
+        let pid = pid.to_string();
+        self.processes_found
+            .retain(|l| l.get(ferroscope_targets::target::LABEL_PID) != Some(pid.as_str()));
+    }
+
     /// The process exited.
     pub(super) fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
         self.finder.forget(pid);
+        // A discovered target was the exited process's: a process that gets the PID next
+        // must not inherit it before the next discovery. A static target names the PID and
+        // stays.
+        if self.discovery.is_some() {
+            // Nor when a container discovery's change rebuilds the targets before then.
+            self.drop_found(pid);
+            let target = self
+                .static_pids
+                .get(&pid)
+                .cloned()
+                .and_then(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l))
+                .and_then(Target::new);
+            self.finder.set_pid_target(pid, target);
+        }
     }
 
     /// Drops what is cached about processes not in `alive`.
