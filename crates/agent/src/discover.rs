@@ -176,6 +176,26 @@ impl Discoveries {
         Discoveries { sources }
     }
 
+    /// One discovery that the caller feeds by hand (tests of what uses the lists): the
+    /// discoveries and a function that publishes a new list.
+    #[cfg(test)]
+    pub(crate) fn by_hand(metrics: &AgentMetrics) -> (Discoveries, impl Fn(Vec<Labels>) + use<>) {
+        let source = Arc::new(Source {
+            name: "discovery.test #1".to_owned(),
+            place: "by hand".to_owned(),
+            state: Mutex::new(State::default()),
+            generation: AtomicU64::new(0),
+            metrics: metrics.clone(),
+        });
+        let s = source.clone();
+        (
+            Discoveries {
+                sources: vec![source],
+            },
+            move |targets| s.publish(targets),
+        )
+    }
+
     /// Changes whenever a discovery's target list changes.
     pub(crate) fn generation(&self) -> u64 {
         self.sources

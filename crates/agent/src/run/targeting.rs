@@ -219,3 +219,54 @@ impl Targeting {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AgentMetrics;
+
+    /// A process discovery's target for a process that exited stays gone when a container
+    /// discovery's change rebuilds the targets before the next process discovery (a process
+    /// reusing the PID would inherit it otherwise).
+    #[test]
+    fn an_exited_process_target_is_not_rebuilt_by_a_container_change() {
+        let (config, _) = crate::config::parse(
+            "[[discovery.process]]\nrefresh_interval = \"1h\"\n",
+            "test.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (discoveries, publish) = Discoveries::by_hand(&AgentMetrics::default());
+        let mut targeting = Targeting::new(&config, discoveries);
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap_or_else(|e| panic!("sleep: {e}"));
+        let pid = child.id();
+        assert!(targeting.refresh_targets());
+        let target = targeting
+            .target_of(pid)
+            .unwrap_or_else(|| panic!("no target"));
+        assert_eq!(target.id(), &ferroscope_targets::TargetId::Pid(pid));
+
+        let _ = child.kill();
+        let _ = child.wait();
+        targeting.forget(pid);
+        assert!(targeting.target_of(pid).is_none());
+        let before = targeting.finder.len();
+        // A container appears: the targets are rebuilt, without the exited process's.
+        let mut container = Labels::new();
+        container.set(
+            ferroscope_targets::target::LABEL_CONTAINER_ID,
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        );
+        publish(vec![container]);
+        assert!(targeting.refresh_targets());
+        assert!(
+            targeting.target_of(pid).is_none(),
+            "the exited process's target came back"
+        );
+        // The same PID targets as before (the process discovery was not due), and the
+        // container's.
+        assert_eq!(targeting.finder.len(), before + 1);
+    }
+}
