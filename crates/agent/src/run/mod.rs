@@ -3,8 +3,9 @@
 //! Every `collect_interval` it takes what the session delivered, builds one pprof per
 //! process with the series labels of the process's target, and hands the round to every
 //! `[[write.endpoint]]` (or, without endpoints, to the local sink). Targets come from the
-//! static `targets` and the built-in process discovery, relabelled; processes are matched
-//! to targets by PID, then by container ID. With `targets_only` (the default) only matched
+//! static `targets`, the built-in process discovery and the container discoveries
+//! (`discovery.docker`, `discovery.kubernetes`, `discovery.cri`), relabelled; processes are
+//! matched to targets by PID, then by container ID. With `targets_only` (the default) only matched
 //! processes are put in the eBPF PID filter, so the rest cost nothing in the kernel.
 //!
 //! The session drains the kernel on threads of its own (see [`crate::session`]), so this
@@ -31,6 +32,7 @@ use prometheus_client::registry::Registry;
 use crate::Error;
 use crate::aggregate::TraceAggregator;
 use crate::config::{Config, Demangle};
+use crate::discover::Discoveries;
 use crate::metrics::{AgentMetrics, Mirror};
 use crate::process::ProcessManagerConfig;
 use crate::server::{Health, ServerState};
@@ -281,7 +283,7 @@ fn collect_loop(
     let mut c = Collector {
         config,
         metrics,
-        targeting: Targeting::new(config),
+        targeting: Targeting::new(config, Discoveries::start(config, runtime, metrics)),
         symbolizer: symbolizer_of(config),
         per_pid: HashMap::new(),
         early: Vec::new(),
@@ -300,6 +302,7 @@ fn collect_loop(
         let stopping = stop.load(Ordering::Relaxed);
         let refreshed = c.targeting.refresh_targets();
         metrics.active_targets.set(c.targeting.finder.len() as i64);
+        state.set_discovery_failures(c.targeting.discoveries.failures());
 
         // Start sampling, unless lazy mode waits for the first target.
         if session.is_none() && !(ebpf.lazy_mode && c.targeting.finder.is_empty()) && !stopping {
