@@ -414,3 +414,71 @@ fn interrupt_stops_early_and_still_writes() {
     let p = read_profile(&out_path);
     assert!(!p.sample.is_empty());
 }
+
+/// Puts a CPU back online when dropped (the test takes it offline).
+struct CpuBackOnline(PathBuf);
+
+impl Drop for CpuBackOnline {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "1");
+    }
+}
+
+/// A CPU that comes online after sampling started is sampled too: with CPU 1 offline at
+/// the start, a process pinned to it once it is back gets its samples.
+#[test]
+fn a_cpu_that_comes_online_later_is_sampled() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let online = PathBuf::from("/sys/devices/system/cpu/cpu1/online");
+    if !online.exists() {
+        harness::require::skip("CPU 1 cannot be taken offline on this machine (no cpu1/online)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "two_chains.c", "pinned_late");
+    let out_path = dir.path().join("cpu.pb.gz");
+    std::fs::write(&online, "0").expect("take CPU 1 offline");
+    let back = CpuBackOnline(online.clone());
+    let mut record = Guard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope")).args([
+            "record",
+            "-d",
+            "8s",
+            "-o",
+            out_path.to_str().unwrap(),
+        ]),
+        FERROSCOPE_LIMIT,
+    );
+    // Sampling has started once the first progress line is out.
+    let started = std::time::Instant::now();
+    while !record.stderr_tail().contains(" samples ") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120) && record.running(),
+            "sampling did not start: {}",
+            record.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(back);
+    assert_eq!(std::fs::read_to_string(&online).unwrap().trim(), "1");
+    // The session looks at the online CPUs every 2 s.
+    std::thread::sleep(Duration::from_secs(1));
+    let pinned = Workload::start(
+        Path::new("/usr/bin/taskset"),
+        &["-c", "1", exe.to_str().unwrap()],
+    );
+    let status = record.wait(FERROSCOPE_LIMIT);
+    assert!(status.success(), "{}", record.stderr_tail());
+    let p = read_profile(&out_path);
+    let pid = pinned.pid().to_string();
+    let n: i64 = samples(&p)
+        .iter()
+        .filter(|s| s.2.iter().any(|(k, v)| k == "pid" && *v == pid))
+        .map(|s| s.1)
+        .sum::<i64>()
+        / p.period;
+    assert!(n > 50, "the process pinned to CPU 1 has {n} samples");
+}
