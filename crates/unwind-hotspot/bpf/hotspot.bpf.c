@@ -295,15 +295,101 @@ struct hs_caller {
 	__u64 bp;
 };
 
-/* A fixed frame of `size` bytes: the return address on top, the caller's RBP below it. */
-static __always_inline int unwind_fixed(__u64 sp, __u64 size, struct hs_caller *c)
+/* A fixed frame of `size` bytes: the return address on top, the caller's RBP below it (a
+ * frame of one word is the return address alone). */
+static __always_inline int unwind_fixed(__u64 sp, __u64 bp, __u64 size, struct hs_caller *c)
 {
 	__u64 pair[2] = {};
 	c->sp = sp + size;
-	int failed = size < 16 || bpf_probe_read_user(pair, sizeof(pair), (void *)(c->sp - 16));
-	c->bp = pair[0];
+	int failed = size < 8 || bpf_probe_read_user(pair, sizeof(pair), (void *)(c->sp - 16));
+	c->bp = size >= 16 ? pair[0] : bp;
 	c->pc = pair[1];
 	return !failed;
+}
+
+/* Whether `ra` is a return address into the code cache: inside it, and right after a call
+ * instruction (`call rel32`, or `call` through a register or memory operand: opcode 0xff
+ * with ModRM reg 2, in its 2-, 3-, 4- and 6-byte forms; a REX prefix comes before them). A
+ * word on the stack that merely points into the code cache (a stub's constant table, a
+ * spilled code pointer) is rarely that. */
+static __always_inline int is_return_address(const struct hs_proc *p, __u64 ra)
+{
+	__u8 b[8] = {};
+	int in = in_code_cache(p, ra) && !bpf_probe_read_user(b, sizeof(b), (void *)(ra - 8));
+	__u8 m2 = b[7], m3 = b[6], m6 = b[3];
+	int call = b[3] == 0xe8 ||
+		   /* ff /2 mod=11 (call reg) or mod=00 (call [reg]), no SIB or disp32 */
+		   (b[6] == 0xff && ((m2 & 0xf8) == 0xd0 ||
+				     ((m2 & 0xf8) == 0x10 && (m2 & 7) != 4 && (m2 & 7) != 5))) ||
+		   /* mod=01: call [reg + disp8]; call [sib] */
+		   (b[5] == 0xff && (((m3 & 0xf8) == 0x50 && (m3 & 7) != 4) || m3 == 0x14)) ||
+		   /* call [sib + disp8] */
+		   (b[4] == 0xff && b[5] == 0x54) ||
+		   /* mod=10: call [reg + disp32]; call [rip + disp32] */
+		   (b[2] == 0xff && (((m6 & 0xf8) == 0x90 && (m6 & 7) != 4) || m6 == 0x15));
+	return in && call;
+}
+
+/* Stack words looked at for a leaf stub's return address when neither SP nor RBP has it. */
+#define HS_RA_SEARCH 8
+
+/* A stub without a frame size: an RBP frame once it has made one (`push rbp; mov rbp, rsp`),
+ * only the return address at SP before (or in a leaf routine that makes none). For a leaf,
+ * the instruction at the PC and the stack tell: on the `push rbp` the return address is at
+ * SP, on the `mov rbp, rsp` above the saved RBP; further in, an RBP frame just above SP whose
+ * return address is one; else a return address at SP or among the next few words (registers
+ * pushed, no frame). The call stub, returning into the JVM, is never a leaf for long: it is
+ * unwound by RBP. */
+static __always_inline int unwind_rbp_stub(struct hs_walk *w, __u64 pc, __u64 sp, __u64 bp,
+					   int leaf, struct hs_caller *c)
+{
+	const struct hs_proc *p = &w->proc;
+	__u64 pair[2] = {};
+	__u64 words[HS_RA_SEARCH] = {};
+	__u8 code[4] = {};
+	int frame_read = bp >= sp && !bpf_probe_read_user(pair, sizeof(pair), (void *)bp);
+	int stack_read = leaf && !bpf_probe_read_user(words, sizeof(words), (void *)sp);
+	if (leaf)
+		bpf_probe_read_user(code, sizeof(code), (void *)pc);
+	int on_push = code[0] == 0x55;
+	int on_mov = code[0] == 0x48 && code[1] == 0x89 && code[2] == 0xe5;
+	int ok = 0;
+	if (!leaf) {
+		c->bp = pair[0];
+		c->pc = pair[1];
+		c->sp = bp + 16;
+		ok = frame_read;
+	} else if (stack_read && on_push && is_return_address(p, words[0])) {
+		c->pc = words[0];
+		c->sp = sp + 8;
+		c->bp = bp;
+		ok = 1;
+	} else if (stack_read && on_mov && is_return_address(p, words[1])) {
+		c->pc = words[1];
+		c->sp = sp + 16;
+		c->bp = words[0];
+		ok = 1;
+	} else if (frame_read && bp - sp < 4096 && is_return_address(p, pair[1])) {
+		c->bp = pair[0];
+		c->pc = pair[1];
+		c->sp = bp + 16;
+		ok = 1;
+	} else {
+		int found = 0;
+#pragma unroll
+		for (int i = 0; i < HS_RA_SEARCH; i++) {
+			if (!found && stack_read && is_return_address(p, words[i])) {
+				found = 1;
+				c->pc = words[i];
+				c->sp = sp + 8 * (i + 1);
+				c->bp = bp;
+			}
+		}
+		ok = found;
+	}
+	if (ok && leaf)
+		fs_rt_count(HS_CNT_PROLOGUE_EPILOGUE);
+	return ok;
 }
 
 /* A leaf frame of an nmethod or stub with a fixed frame, which the sample may have caught
@@ -328,8 +414,8 @@ static __always_inline int unwind_leaf(struct hs_walk *w, __u64 pc, __u64 sp, __
 	 * vzeroupper or a conditional jump before the `ret`. */
 	int poll = ret_ahead && (code[0] == 0x49 || code[0] == 0x4d || code[0] == 0x41 ||
 				 code[0] == 0xc5 || code[0] == 0x0f);
-	int ra_at_top = ok && in_code_cache(p, top[0]);
-	int ra_above_bp = ok && in_code_cache(p, top[1]);
+	int ra_at_top = ok && is_return_address(p, top[0]);
+	int ra_above_bp = ok && is_return_address(p, top[1]);
 	int full = 0;
 	if (prologue) {
 		if (ra_at_top) {
@@ -356,10 +442,10 @@ static __always_inline int unwind_leaf(struct hs_walk *w, __u64 pc, __u64 sp, __
 		full = 1;
 	}
 	if (full) {
-		ok = unwind_fixed(sp, size, c);
+		ok = unwind_fixed(sp, bp, size, c);
 		if (prologue)
 			c->bp = bp;
-		if (ok && !in_code_cache(p, c->pc) && ra_at_top) {
+		if (ok && !is_return_address(p, c->pc) && ra_at_top) {
 			/* Not where a complete frame keeps its return address: an epilogue. */
 			c->pc = top[0];
 			c->sp = sp + 8;
@@ -435,7 +521,7 @@ static __always_inline void walk_frame(struct fs_unwind_state *st, struct fs_tra
 
 	if (pc >= p->interp_low && pc < p->interp_high) {
 		ok = unwind_interpreted(w, pc, sp, bp, leaf, &addr, &payload, &c);
-		if (!ok && leaf && bp > sp && bp - sp < HS_INTERP_MAX_FRAME) {
+		if (!ok && leaf && bp >= sp && bp - sp < HS_INTERP_MAX_FRAME) {
 			/* A leaf in the interpreter whose frame is not built yet (a method entry):
 			 * name it the interpreter and follow RBP. */
 			__u64 pair[2] = {};
@@ -514,11 +600,7 @@ static __always_inline void walk_frame(struct fs_unwind_state *st, struct fs_tra
 			}
 
 			if (kind == HS_BLOB_RBP) {
-				__u64 pair[2] = {};
-				ok = bp > sp && !bpf_probe_read_user(pair, sizeof(pair), (void *)bp);
-				c.bp = pair[0];
-				c.pc = pair[1];
-				c.sp = bp + 16;
+				ok = unwind_rbp_stub(w, pc, sp, bp, leaf, &c);
 			} else if (kind == HS_BLOB_PC_ONLY) {
 				__u64 ra = 0;
 				ok = !bpf_probe_read_user(&ra, sizeof(ra), (void *)sp);
@@ -528,7 +610,7 @@ static __always_inline void walk_frame(struct fs_unwind_state *st, struct fs_tra
 			} else if (leaf) {
 				ok = unwind_leaf(w, pc, sp, bp, code_begin, frame_complete, size, &c);
 			} else {
-				ok = unwind_fixed(sp, size, &c);
+				ok = unwind_fixed(sp, bp, size, &c);
 			}
 			if (!ok)
 				fs_rt_count(HS_CNT_ERR_READ);
