@@ -54,7 +54,7 @@ pub fn read_code_cache(mem: &dyn ProcessMemory, l: &Layout) -> Result<CodeCache,
     if array == 0 {
         return Err(Error::NotReady("the code cache"));
     }
-    let len = u32_at(array + l.growable_len, "code heap array")? as i32;
+    let len = u32_at(array.wrapping_add(l.growable_len), "code heap array")? as i32;
     if len <= 0 {
         return Err(Error::NotReady("the code heaps"));
     }
@@ -65,7 +65,7 @@ pub fn read_code_cache(mem: &dyn ProcessMemory, l: &Layout) -> Result<CodeCache,
             format!("{len} heaps (at most {HS_MAX_HEAPS} are followed)"),
         ));
     }
-    let data = u64_at(array + l.growable_data, "code heap array")?;
+    let data = u64_at(array.wrapping_add(l.growable_data), "code heap array")?;
     let mut heaps = Vec::new();
     for i in 0..len as u64 {
         let heap = u64_at(data + 8 * i, "code heap pointer")?;
@@ -117,8 +117,14 @@ pub fn read_code_cache(mem: &dyn ProcessMemory, l: &Layout) -> Result<CodeCache,
     if queue == 0 {
         return Err(Error::NotReady("the interpreter"));
     }
-    let start = u64_at(queue + l.stub_queue_buffer, "StubQueue::_stub_buffer")?;
-    let size = u32_at(queue + l.stub_queue_limit, "StubQueue::_buffer_limit")? as i32;
+    let start = u64_at(
+        queue.wrapping_add(l.stub_queue_buffer),
+        "StubQueue::_stub_buffer",
+    )?;
+    let size = u32_at(
+        queue.wrapping_add(l.stub_queue_limit),
+        "StubQueue::_buffer_limit",
+    )? as i32;
     let cache = CodeCache {
         heaps,
         interpreter: (start, start.wrapping_add(size.max(0) as u64)),

@@ -399,7 +399,7 @@ impl HotspotProcess {
             let i = self.routines.partition_point(|r| r.0 <= pc);
             if let Some((start, routine)) = i.checked_sub(1).map(|i| &self.routines[i])
                 && *start >= blob
-                && *start < blob + size.max(1)
+                && *start < blob.wrapping_add(size.max(1))
             {
                 return Ok(Arc::clone(routine));
             }

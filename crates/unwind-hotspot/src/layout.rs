@@ -268,7 +268,7 @@ impl Layout {
         };
         let nm: &[&str] = &["nmethod", "CompiledMethod"];
         let new_blob = vm.offset("CodeBlob", "_code_offset").is_some();
-        let blob_kinds = match vm.offset("CodeBlob", "_kind") {
+        let blob_kinds = match l.offset_of(&["CodeBlob"], &["_kind"]) {
             Some(offset) => {
                 let kind = |l: &mut Lookup, name: &str| {
                     u8::try_from(l.int(&[&format!("CodeBlobKind::{name}")])).unwrap_or(0xff)
@@ -375,10 +375,10 @@ impl Layout {
             ]) as u32,
             cp_size: l.size("ConstantPool"),
             cp_pool_holder: l.offset(&["ConstantPool"], &["_pool_holder"]),
-            cp_source_file: vm.offset("ConstantPool", "_source_file_name_index"),
-            ik_source_file: vm.offset("InstanceKlass", "_source_file_name_index"),
+            cp_source_file: l.offset_of(&["ConstantPool"], &["_source_file_name_index"]),
+            ik_source_file: l.offset_of(&["InstanceKlass"], &["_source_file_name_index"]),
             klass_name: l.offset(&["Klass"], &["_name"]),
-            symbol_length: match vm.offset("Symbol", "_length") {
+            symbol_length: match l.offset_of(&["Symbol"], &["_length"]) {
                 Some(o) => o,
                 // A combined 32-bit field whose upper half is the length.
                 None => l.offset(&["Symbol"], &["_length_and_refcount"]) + 2,

@@ -248,11 +248,11 @@ impl NmethodInfo {
             if i == 0 || i > self.metadata.1 {
                 return Err(Error::invalid(
                     "scope",
-                    self.scopes.0 + u64::from(scope),
+                    self.scopes.0.wrapping_add(u64::from(scope)),
                     format!("metadata index {i} of {}", self.metadata.1),
                 ));
             }
-            let at = self.metadata.0 + 8 * (i - 1);
+            let at = self.metadata.0.wrapping_add(8 * (i - 1));
             let method = mem
                 .read_u64(at)
                 .map_err(Error::read("nmethod metadata", at))?;

@@ -132,7 +132,7 @@ pub fn scope_at(data: &[u8], offset: u32, x: u8) -> Option<Scope> {
     let sender = s.uint()?;
     let method_index = s.uint()?;
     // Stored +1: InvocationEntryBci (-1) is 0.
-    let bci = s.uint()? as i32 - 1;
+    let bci = (s.uint()? as i32).wrapping_sub(1);
     Some(Scope {
         sender,
         method_index,

@@ -171,6 +171,81 @@ impl VmStructs {
         }
     }
 
+    /// The tables as text, one entry per line, sorted (`F class field type offset` for an
+    /// instance field, `S class field type address` for a static one, `T type size`,
+    /// `I name value`, `L name value`; spaces in types written `~`): what tests keep of a
+    /// real JVM's tables.
+    pub fn to_text(&self) -> String {
+        let mut lines: Vec<String> = Vec::new();
+        for ((class, field), (f, ty)) in &self.fields {
+            let ty = if ty.is_empty() { "-" } else { ty.as_str() };
+            let ty = ty.replace(' ', "~");
+            lines.push(match f {
+                Field::Offset(o) => format!("F {class} {field} {ty} {o}"),
+                Field::Address(a) => format!("S {class} {field} {ty} {a:#x}"),
+            });
+        }
+        lines.extend(
+            self.sizes
+                .iter()
+                .map(|(t, s)| format!("T {} {s}", t.replace(' ', "~"))),
+        );
+        lines.extend(self.ints.iter().map(|(n, v)| format!("I {n} {v}")));
+        lines.extend(self.longs.iter().map(|(n, v)| format!("L {n} {v}")));
+        lines.sort();
+        lines.join("\n") + "\n"
+    }
+
+    /// Parses [`VmStructs::to_text`]'s format; lines it does not understand are skipped.
+    pub fn from_text(text: &str) -> VmStructs {
+        let mut out = VmStructs::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let num = |s: &str| match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => s.parse().ok(),
+            };
+            let ty = |s: &str| {
+                if s == "-" {
+                    String::new()
+                } else {
+                    s.replace('~', " ")
+                }
+            };
+            match f.as_slice() {
+                ["F", c, n, t, v] => {
+                    if let Some(v) = num(v) {
+                        out.fields
+                            .insert((c.to_string(), n.to_string()), (Field::Offset(v), ty(t)));
+                    }
+                }
+                ["S", c, n, t, v] => {
+                    if let Some(v) = num(v) {
+                        out.fields
+                            .insert((c.to_string(), n.to_string()), (Field::Address(v), ty(t)));
+                    }
+                }
+                ["T", t, v] => {
+                    if let Some(v) = num(v) {
+                        out.sizes.insert(t.replace('~', " "), v);
+                    }
+                }
+                ["I", n, v] => {
+                    if let Ok(v) = v.parse() {
+                        out.ints.insert(n.to_string(), v);
+                    }
+                }
+                ["L", n, v] => {
+                    if let Ok(v) = v.parse() {
+                        out.longs.insert(n.to_string(), v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The offset of an instance field.
     pub fn offset(&self, class: &str, field: &str) -> Option<u64> {
         match self.fields.get(&(class.to_owned(), field.to_owned()))?.0 {
@@ -299,7 +374,10 @@ fn read_table(
         address_off,
         type_off,
     ];
-    if base == 0 || !(8..=MAX_STRIDE).contains(&stride) || offsets.iter().any(|&o| o + 8 > stride) {
+    if base == 0
+        || !(8..=MAX_STRIDE).contains(&stride)
+        || offsets.iter().any(|&o| o.saturating_add(8) > stride)
+    {
         return Err(Error::invalid(
             "VMStructs table",
             base,

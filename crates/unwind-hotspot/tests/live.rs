@@ -213,6 +213,18 @@ fn real_jvms_are_read_and_their_compiled_chains_named() {
             "{what}: {} fields",
             vm.field_count()
         );
+        let text = vm.to_text();
+        assert_eq!(
+            VmStructs::from_text(&text).to_text(),
+            text,
+            "{what}: the text round trips"
+        );
+        // FERROSCOPE_HOTSPOT_RECORD=DIR keeps the tables (tests/data/ holds those of the
+        // JDKs tested: the layout tests and the fuzz target read them).
+        if let Some(dir) = std::env::var_os("FERROSCOPE_HOTSPOT_RECORD") {
+            let name = java.name.replace(' ', "-");
+            std::fs::write(Path::new(&dir).join(format!("vmstructs-{name}.txt")), &text).unwrap();
+        }
         let l = attach_layout(&mem, &file.symbols, bias).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(l.major, major, "{what}");
         assert_eq!(l.unsigned5_x, u8::from(major >= 20), "{what}");
