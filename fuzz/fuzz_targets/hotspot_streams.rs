@@ -21,8 +21,13 @@ fuzz_target!(|data: &[u8]| {
     let start = u32::from(first >> 1) * 3;
     let chain = scope_chain(bytes, start, x);
     assert!(chain.len() <= MAX_SCOPES);
-    for w in chain.windows(2) {
-        assert!(w[1].sender < w[0].sender || w[0].sender == 0 || w.len() == 2);
+    // Each record followed was its predecessor's sender, which lies strictly before it: the
+    // offsets walked descend (only the last record's own sender may be anything).
+    if chain.len() > 1 {
+        assert!(chain[0].sender < start && chain[0].sender != 0);
+    }
+    for i in 1..chain.len().saturating_sub(1) {
+        assert!(chain[i].sender < chain[i - 1].sender && chain[i].sender != 0);
     }
     let mut r = Unsigned5::new(bytes, 0, x);
     let mut n = 0;
