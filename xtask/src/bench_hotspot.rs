@@ -1,11 +1,11 @@
-//! `cargo xtask bench-hotspot [JAVA]`: the eBPF cost per sample of a 50-deep Java stack
+//! `cargo xtask bench-hotspot [JAVA] [--binary PATH]`: the eBPF cost per sample of a 50-deep Java stack
 //! (interpreted, and C2-compiled with one frame per call), the naming cache's hit rate over
 //! 60 s of an application-like program, and the peak RSS of `ferroscope record` with one JVM
 //! running 20,000 distinct methods (figures in docs/benchmarks.md).
 
 use anyhow::{Context, Result, bail};
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -119,10 +119,17 @@ pub fn bench_hotspot(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the HotSpot benchmark loads eBPF programs and must run as root");
     }
-    let java = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "/usr/lib/jvm/java-17-openjdk-amd64/bin/java".to_owned());
+    // [JAVA] [--binary PATH]: another ferroscope binary instead of building the release one
+    // (the eBPF programs are the same in every cargo profile; the RSS is not).
+    let mut java = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java".to_owned();
+    let mut binary = None;
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--binary" => binary = Some(rest.next().context("--binary needs a path")?.clone()),
+            other => java = other.to_owned(),
+        }
+    }
     let javac = Path::new(&java).with_file_name("javac");
     let javac = if javac.exists() {
         javac
@@ -130,9 +137,19 @@ pub fn bench_hotspot(args: &[String]) -> Result<()> {
         "javac".into()
     };
     let root = root();
-    let target = build_release(&root)?;
-    let exe = target.join("release/ferroscope");
-    let classes = target.join("bench-hotspot");
+    let (exe, classes): (PathBuf, PathBuf) = match binary {
+        Some(b) => (
+            b.into(),
+            std::env::temp_dir().join("ferroscope-bench-hotspot"),
+        ),
+        None => {
+            let target = build_release(&root)?;
+            (
+                target.join("release/ferroscope"),
+                target.join("bench-hotspot"),
+            )
+        }
+    };
     std::fs::create_dir_all(&classes)?;
     std::fs::write(classes.join("Many.java"), many_methods_source())?;
     run(Command::new(&javac)

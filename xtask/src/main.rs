@@ -80,7 +80,7 @@ fn main() -> Result<()> {
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
-                 bench-hotspot [JAVA]  the same for a 50-deep Java stack (interpreted and C2) and an\n            \
+                 bench-hotspot [JAVA] [--binary PATH]  the same for a 50-deep Java stack (interpreted and C2) and an\n            \
                  application-like program, and record's RSS with 20k methods (default Debian's 17)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
