@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_churn;
+mod bench_hotspot;
 mod bench_ruby;
 mod kernels;
 
@@ -64,6 +65,7 @@ fn main() -> Result<()> {
         Some("bench-python") => bench_python(&args[1..]),
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
+        Some("bench-hotspot") => bench_hotspot::bench_hotspot(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -80,6 +82,8 @@ fn main() -> Result<()> {
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
+                 bench-hotspot [JAVA] [--binary PATH]  the same for a 50-deep Java stack (interpreted and C2) and an\n            \
+                 application-like program, and record's RSS with 20k methods (default Debian's 17)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \

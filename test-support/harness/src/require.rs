@@ -168,6 +168,11 @@ const KNOWN_TOOLS: &[(&str, &[&str], &str)] = &[
         "apt-get install debootstrap",
     ),
     ("mcs", &[], "apt-get install mono-mcs"),
+    (
+        "javac",
+        &["/usr/lib/jvm/java-17-openjdk-amd64/bin/javac"],
+        "apt-get install openjdk-17-jdk-headless",
+    ),
     ("npm", &[], "apt-get install npm"),
     ("podman", &[], "apt-get install podman runc"),
     ("runc", &["/usr/sbin/runc"], "apt-get install runc"),
