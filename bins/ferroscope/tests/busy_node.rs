@@ -365,8 +365,9 @@ fn two_thousand_matched_processes_are_all_profiled() {
     );
     eprintln!("all {N} children profiled after {:?}", started.elapsed());
 
-    // Once they are gone, every per-process structure shrinks back (the periodic sweep
-    // runs every 10 s).
+    // Once they are gone, every per-process structure shrinks back to at most the live
+    // processes (the target cache holds every live process's match, most of them "none");
+    // the periodic sweep runs every 10 s.
     let tracked = || -> Vec<(String, f64)> {
         let text = http_get(server, "/metrics");
         text.lines()
@@ -383,6 +384,25 @@ fn two_thousand_matched_processes_are_all_profiled() {
         "the structures held the {N} processes: {during:?}"
     );
     drop(parent);
+    // The children die with the group; wait until /proc no longer lists them.
+    let children_left = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "many_procs")
+            })
+            .count()
+    };
+    let killed = Instant::now();
+    while children_left() > 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "the children did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let mut last = Vec::new();
     wait_for(
         &mut agent,
@@ -390,7 +410,12 @@ fn two_thousand_matched_processes_are_all_profiled() {
         "the tracked structures to shrink",
         || {
             last = tracked();
-            !last.is_empty() && last.iter().all(|(_, v)| *v <= 10.0)
+            let live = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count() as f64;
+            !last.is_empty() && last.iter().all(|(_, v)| *v <= live + 10.0)
         },
     );
     eprintln!("tracked with {N} processes: {during:?}\nafter they exited: {last:?}");

@@ -72,8 +72,27 @@ fn decode_raw(raw: &[u8]) -> Result<proto::Profile, Error> {
 /// Writes `p` gzipped to `path`, atomically: the data goes to a temporary file
 /// in the same directory, which is flushed to disk and then renamed over
 /// `path`, so readers see either the old file or the complete new one.
+///
+/// A path that names something other than a regular file (`/dev/null`, a FIFO, a terminal)
+/// is written to in place: renaming over it would replace the device with a file.
 pub fn write_file(p: &proto::Profile, path: &Path) -> Result<(), Error> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    if let Ok(meta) = fs::metadata(path)
+        && !meta.is_file()
+        && !meta.is_dir()
+    {
+        let data = encode_gzip(p);
+        return fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &data))
+            .map_err(|source| Error::File {
+                action: "write a profile to",
+                path: path.to_owned(),
+                source,
+            });
+    }
 
     let file_name = path.file_name().ok_or_else(|| Error::File {
         action: "write a profile to",
@@ -177,5 +196,35 @@ mod tests {
         let mut joined = gzip(first);
         joined.extend(gzip(second));
         assert_eq!(decode(&joined).unwrap(), p);
+    }
+
+    /// `record -o /dev/null` (as root) once replaced the machine's /dev/null with a file.
+    #[test]
+    fn a_device_or_fifo_is_written_in_place_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let p = proto::Profile::default();
+        write_file(&p, Path::new("/dev/null")).unwrap();
+        assert!(
+            fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::read(fifo).unwrap())
+        };
+        write_file(&p, &fifo).unwrap();
+        let read = reader.join().unwrap();
+        assert_eq!(decode(&read).unwrap(), p);
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
     }
 }
