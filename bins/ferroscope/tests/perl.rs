@@ -98,10 +98,16 @@ impl Sample {
 }
 
 fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
-    record_env(pid, seconds, extra, &[])
+    record_env(pid, seconds, extra, &[]).0
 }
 
-fn record_env(pid: u32, seconds: u32, extra: &[&str], env: &[(&str, &str)]) -> Vec<Sample> {
+/// Records `pid` with `env` set for ferroscope; the samples and what it printed on stderr.
+fn record_env(
+    pid: u32,
+    seconds: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<Sample>, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("perl.pb.gz");
     let (pid, duration, out_s) = (
@@ -126,7 +132,10 @@ fn record_env(pid: u32, seconds: u32, extra: &[&str], env: &[(&str, &str)]) -> V
         out
     };
     assert!(result.status.success(), "ferroscope record failed");
-    decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"))
+    (
+        decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof")),
+        String::from_utf8_lossy(&result.stderr).into_owned(),
+    )
 }
 
 /// Records `fixtures/perl/<script>` run by Perl 5.`minor` for `seconds`; `None` when the
@@ -494,12 +503,23 @@ fn an_xs_call_shows_its_c_frames_in_place_5_40() {
 }
 
 /// Each Perl thread (an interpreter of its own, found through the thread's own
-/// `PL_current_context`) has its own stack.
+/// `PL_current_context`, a thread-local variable of `/usr/bin/perl`) has its own stack.
 #[test]
 fn each_thread_has_its_own_perl_stack() {
-    let Some((samples, _)) = record_script(36, "threads.pl", 3, &["-r", "499"]) else {
+    if !can_run_bpf() {
         return;
-    };
+    }
+    let Some(perl) = perl(36) else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = perl.command();
+    cmd.arg(fixture("perl/threads.pl"));
+    let workload = Ready::start(cmd);
+    let (samples, log) = record_env(workload.pid(), 3, &["-r", "499", "-v"], &[]);
+    drop(workload);
+    assert!(
+        log.contains("Perl process attached") && log.contains("ThreadLocal { offset: -8 }"),
+        "the interpreter is found through PL_current_context, 8 bytes below the thread pointer"
+    );
     let mut tids: HashMap<&str, HashSet<&str>> = HashMap::new();
     let mut right = 0;
     let mut with_spin = 0;
@@ -549,7 +569,7 @@ fn a_deep_stack_is_whole_in_both_builds() {
     cmd.arg(fixture("perl/deep.pl")).arg("50");
     let workload = Ready::start(cmd);
     for build in ["loop", "legacy"] {
-        let samples = record_env(
+        let (samples, _) = record_env(
             workload.pid(),
             3,
             &["-r", "499"],

@@ -106,6 +106,12 @@ impl<'a> Elf<'a> {
     }
 }
 
+/// Defined here: code, data, and thread-local variables (which `object` does not count as
+/// definitions), as the agent's own `ElfFile` does.
+fn defined(s: &object::Symbol<'_, '_>) -> bool {
+    s.is_definition() || (s.kind() == object::SymbolKind::Tls && !s.is_undefined())
+}
+
 impl ElfFile for Elf<'_> {
     fn path(&self) -> &str {
         &self.path
@@ -114,7 +120,7 @@ impl ElfFile for Elf<'_> {
         self.file
             .dynamic_symbols()
             .chain(self.file.symbols())
-            .find(|s| s.name() == Ok(name) && s.is_definition())
+            .find(|s| s.name() == Ok(name) && defined(s))
             .map(|s| SymbolRange {
                 address: s.address(),
                 size: s.size(),
@@ -123,7 +129,7 @@ impl ElfFile for Elf<'_> {
     fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
         self.file
             .dynamic_symbols()
-            .find(|s| s.name() == Ok(name) && s.is_definition())
+            .find(|s| s.name() == Ok(name) && defined(s))
             .map(|s| SymbolRange {
                 address: s.address(),
                 size: s.size(),
