@@ -40,7 +40,7 @@ impl Named {
 }
 
 fn walk_state(perl: &TestPerl, mode: &str) -> Named {
-    let mut guard = perl.start("states.pl", &[mode]);
+    let guard = perl.start("states.pl", &[mode]);
     // `ready` is printed just before the sleep: let it get there.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = guard.pid();
@@ -170,6 +170,10 @@ fn a_sort_block_is_a_nested_runlevel_reached_through_si_prev() {
             perl.runtime.name
         );
         assert_eq!(n.walk.runlevels, 1);
+        assert_ne!(
+            n.si_prev, 0,
+            "a nested runlevel links to the one it interrupted"
+        );
         assert_eq!(n.prev_type, 1, "si_prev is the main runlevel (PERLSI_MAIN)");
         assert!(
             n.si_next == 0 || n.next_prev == n.first_si,
