@@ -16,10 +16,14 @@
  * at the bottom of its stackinfo), and the main program (perl_run). The frames from one such
  * entry up to the next one are one segment, spliced in place of that runops frame. When the
  * innermost level is between two calls of its block (C code of sort or of an XS MULTICALL
- * runs, PL_op is NULL), that level has no runops frame: its frames are not queued.
+ * runs, PL_op is NULL), that level has no runops frame: its frames are not queued. PL_op is
+ * NULL too while a string eval or require compiles its code; then the innermost context is
+ * that eval, with a return op, and its frames are queued as usual.
  *
  * A queued frame is {COP address, kind << 48 | pointer}: the CV of a sub or format, the name SV
- * of a require, the source SV of a string eval, nothing for the main program.
+ * of a require, the source SV of a string eval, nothing for the main program. Bit 55 marks a
+ * string eval or require whose code is being compiled: its statement is PL_compiling, whose
+ * line moves as the parser reads on, so the payload holds that line instead of a pointer.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -45,7 +49,7 @@ enum perl_interp_kind {
 	PERL_INTERP_GLOBALS = 3,
 };
 
-/* What a queued frame is (bits 48 to 55 of its payload). */
+/* What a queued frame is (bits 48 to 54 of its payload). */
 enum perl_frame_kind {
 	PERL_FRAME_SUB = 1,     /* pointer: the CV */
 	PERL_FRAME_FORMAT = 2,  /* pointer: the format's CV */
@@ -79,8 +83,9 @@ struct perl_proc {
 	__u16 cx_text;
 	__u16 op_require; /* OP_REQUIRE and OP_DOFILE: what pushed an eval context that is not */
 	__u16 op_dofile;  /* a string eval (blk_u16 >> 7) */
+	__u16 cop_line;   /* COP: cop_line (read when sampled for a statement being compiled) */
 	__u8 interp_kind; /* enum perl_interp_kind */
-	__u8 reserved[7];
+	__u8 reserved[5];
 };
 
 _Static_assert(sizeof(struct perl_proc) == 72, "perl_proc layout changed: update src/ebpf.rs");
@@ -138,6 +143,7 @@ struct {
 #define PERL_NO_FIELD 0xffff
 #define PERL_PTR_MASK ((1ULL << 48) - 1)
 #define PERL_KIND_SHIFT 48
+#define PERL_COMPILING_BIT (1ULL << 55) /* the top bit of the kind's byte */
 /* glibc keeps the values of keys 0 to 31 in struct pthread itself. */
 #define PERL_TSD_KEYS 32
 #define PERL_TSD_STRIDE 16
@@ -178,6 +184,8 @@ struct perl_walk {
 	                * frame, or at the bottom of its runlevel */
 	__u32 steps; /* steps taken */
 	__u32 rounds;
+	__u32 compiling; /* the innermost frame is an eval or require being compiled */
+	__u32 line;      /* then: the line PL_compiling is at */
 };
 
 _Static_assert(sizeof(struct perl_walk) <= FS_RT_SCRATCH_BYTES, "perl_walk does not fit the scratch area");
@@ -238,7 +246,13 @@ static __always_inline int emit(struct fs_unwind_state *st, struct perl_walk *w,
 		return 1;
 	/* Address 0 marks an empty segment: a frame without a statement gets 1 (named as such). */
 	__u64 cop = w->cop ? w->cop : 1;
-	if (!fs_queue_frame(st, cop, (kind << PERL_KIND_SHIFT) | (ptr & PERL_PTR_MASK), 0)) {
+	__u64 payload = (kind << PERL_KIND_SHIFT) | (ptr & PERL_PTR_MASK);
+	/* PL_compiling is the statement of every compilation: its line is kept now, in place
+	 * of the pointer. */
+	if (w->compiling)
+		payload = (kind << PERL_KIND_SHIFT) | PERL_COMPILING_BIT | w->line;
+	w->compiling = 0;
+	if (!fs_queue_frame(st, cop, payload, 0)) {
 		fs_rt_count(PERL_CNT_ERR_QUEUE_FULL);
 		return 0;
 	}
@@ -413,6 +427,24 @@ static __always_inline __u64 interpreter(struct fs_unwind_state *st, struct perl
 	return fs_read_u64(at);
 }
 
+/* Whether the innermost context of the runlevel being entered is a string eval or require
+ * that Perl code started (a return op): with PL_op NULL, its code is being compiled
+ * (doeval_compile clears PL_op) inside the runops call that ran the entereval or require. */
+static __always_inline int compiling(struct perl_walk *w, struct perl_buf *buf)
+{
+	struct perl_proc *p = &w->proc;
+	__u32 len = p->cx_read_len;
+	if (w->cxix < 0 || len == 0 || len >= PERL_READ)
+		return 0;
+	__u64 at = w->cxstack + (__u64)(__u32)w->cxix * p->cx_size;
+	if (bpf_probe_read_user(buf->b, len & (PERL_READ - 1), (void *)at))
+		return 0;
+	__u8 type = buf->b[0] & PERL_CXTYPEMASK;
+	__u8 flags = buf->b[0] & ~PERL_CXTYPEMASK;
+	return type == PERL_CXt_EVAL && !(flags & (PERL_CXp_EVALBLOCK | PERL_CXp_TRY)) &&
+	       buf_u64(buf, p->cx_retop) != 0;
+}
+
 /* Starts the walk at the thread's current statement and runlevel. 0 when there is nothing to
  * walk. */
 static __always_inline int start_walk(struct fs_unwind_state *st, struct perl_walk *w)
@@ -440,13 +472,24 @@ static __always_inline int start_walk(struct fs_unwind_state *st, struct perl_wa
 	w->cop = cop;
 	w->steps = 0;
 	w->rounds = 0;
-	/* Between two calls of a sort or MULTICALL block no runops call runs the innermost
-	 * level: its frames belong to no native frame. */
-	w->skip = op == 0;
+	w->skip = 0;
 	w->pending = 0;
-	if (w->skip)
-		fs_rt_count(PERL_CNT_IDLE_LEVELS);
-	return enter_stackinfo(w, buf, si);
+	w->compiling = 0;
+	if (!enter_stackinfo(w, buf, si))
+		return 0;
+	if (op == 0) {
+		/* PL_op is NULL while a string eval or require is compiled, and between two
+		 * calls of a sort or MULTICALL block, when no runops call runs the innermost
+		 * level: its frames belong to no native frame. */
+		w->compiling = compiling(w, buf);
+		w->skip = !w->compiling;
+		w->line = 0;
+		if (w->compiling)
+			bpf_probe_read_user(&w->line, sizeof(w->line), (void *)(cop + p->cop_line));
+		if (w->skip)
+			fs_rt_count(PERL_CNT_IDLE_LEVELS);
+	}
+	return 1;
 }
 
 FS_RUNTIME_PROGRAM(fs_rt_perl)

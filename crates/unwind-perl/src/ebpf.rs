@@ -93,6 +93,8 @@ pub struct PerlProc {
     pub op_require: u16,
     /// `OP_DOFILE`.
     pub op_dofile: u16,
+    /// `cop_line`.
+    pub cop_line: u16,
     /// `INTERP_*`.
     pub interp_kind: u8,
 }
@@ -119,8 +121,9 @@ pub const PERL_PROC_FIELDS: &[(&str, usize)] = &[
     ("cx_text", 2),
     ("op_require", 2),
     ("op_dofile", 2),
+    ("cop_line", 2),
     ("interp_kind", 1),
-    ("reserved", 7),
+    ("reserved", 5),
 ];
 
 impl PerlProc {
@@ -150,6 +153,7 @@ impl PerlProc {
             cx_text: l.cx_text,
             op_require: l.op_require,
             op_dofile: l.op_dofile,
+            cop_line: l.cop_line,
             interp_kind: INTERP_TLS,
         }
     }
@@ -177,11 +181,12 @@ impl PerlProc {
             self.cx_text,
             self.op_require,
             self.op_dofile,
+            self.cop_line,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.push(self.interp_kind);
-        b.extend_from_slice(&[0; 7]);
+        b.extend_from_slice(&[0; 5]);
         debug_assert_eq!(b.len(), Self::SIZE);
         b
     }
@@ -234,6 +239,17 @@ impl FrameKind {
 /// Bits of a payload holding the pointer.
 pub const PTR_BITS: u32 = 48;
 
+/// The payload bit of a string eval or `require` whose code is being compiled (the top bit of
+/// the kind's byte): its statement is `PL_compiling`, whose line moves as the parser reads on,
+/// so the payload's low 32 bits hold the line it was at when sampled, not a pointer (and its
+/// name is not cached).
+pub const COMPILING_BIT: u64 = 1 << 55;
+
+/// Whether a recorded payload is that of a frame being compiled ([`COMPILING_BIT`]).
+pub fn is_compiling(aux: u64) -> bool {
+    aux & COMPILING_BIT != 0
+}
+
 /// The payload the walker records for a frame of `kind` whose pointer is `ptr`.
 pub fn payload(kind: FrameKind, ptr: u64) -> u64 {
     (u64::from(kind.code()) << PTR_BITS) | (ptr & ((1 << PTR_BITS) - 1))
@@ -241,7 +257,7 @@ pub fn payload(kind: FrameKind, ptr: u64) -> u64 {
 
 /// The kind and pointer of a recorded payload (`None` for a kind the walker never writes).
 pub fn split_payload(aux: u64) -> Option<(FrameKind, u64)> {
-    let kind = FrameKind::from_code(((aux >> PTR_BITS) & 0xff) as u8)?;
+    let kind = FrameKind::from_code(((aux >> PTR_BITS) & 0x7f) as u8)?;
     Some((kind, aux & ((1 << PTR_BITS) - 1)))
 }
 
@@ -292,7 +308,8 @@ mod tests {
                 cx_text: 0x1212,
                 op_require: 0x1313,
                 op_dofile: 0x1414,
-                interp_kind: 0x15,
+                cop_line: 0x1515,
+                interp_kind: 0x16,
             };
             let bytes = p.to_bytes();
             for (i, (m, (_, size))) in layout.members.iter().zip(PERL_PROC_FIELDS).enumerate() {
@@ -375,5 +392,9 @@ mod tests {
         }
         assert_eq!(split_payload(0), None);
         assert_eq!(split_payload(7 << PTR_BITS), None);
+        let compiling = payload(FrameKind::Eval, 0x1234) | COMPILING_BIT;
+        assert!(compiling < 1 << 56 && is_compiling(compiling));
+        assert_eq!(split_payload(compiling), Some((FrameKind::Eval, 0x1234)));
+        assert!(!is_compiling(payload(FrameKind::Main, 0)));
     }
 }

@@ -19,7 +19,7 @@ use ferroscope_unwind_api::{
 
 use crate::ebpf::{
     FrameKind, INTERP_GLOBALS, INTERP_POINTER, INTERP_TLS, INTERP_TSD, PROCS_MAP, PerlProc,
-    split_payload,
+    is_compiling, split_payload,
 };
 use crate::names::Reader;
 use crate::{Error, Layout, PerlVersion, layout_for};
@@ -40,6 +40,7 @@ struct Counters {
     attached: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    without_line: AtomicU64,
 }
 
 /// Perl 5 as an [`Interpreter`].
@@ -281,6 +282,53 @@ pub fn name_frame(
     })
 }
 
+/// A string eval whose statement could not be read: its statements are freed with its code
+/// when it returns, often before the frame is named. It is still an eval: `(eval)`, without a
+/// file or line. `None` for the other kinds (a sub's statements live as long as its code:
+/// an unreadable one means the frame cannot be trusted).
+fn name_without_statement(kind: FrameKind) -> Option<InterpretedFrame> {
+    (kind == FrameKind::Eval).then(|| InterpretedFrame {
+        function: Arc::from("(eval)"),
+        file: Arc::from(""),
+        line: 0,
+        start_line: 0,
+    })
+}
+
+/// Names a frame being compiled (a string eval or `require`, payload with
+/// [`COMPILING_BIT`](crate::ebpf::COMPILING_BIT)): its statement is `PL_compiling`, `line` the
+/// line it was at when sampled. The file is `PL_compiling`'s now (`(eval N)`, the required
+/// file), which a later compilation may have replaced: an eval compiled in a loop is then
+/// named after a later eval's number (its line is right).
+pub fn name_compiling(
+    reader: &Reader<'_>,
+    kind: FrameKind,
+    cop: u64,
+    line: u32,
+) -> Result<InterpretedFrame, Error> {
+    let file = reader.statement(cop).map(|s| s.file).ok();
+    let shown = file.as_deref().unwrap_or("(a file being compiled)");
+    let function = match kind {
+        FrameKind::Eval if shown.starts_with("(eval ") && shown.ends_with(')') => shown.to_owned(),
+        FrameKind::Eval => "(eval)".to_owned(),
+        FrameKind::Require => format!("require {shown}"),
+        FrameKind::DoFile => format!("do {shown}"),
+        _ => {
+            return Err(Error::invalid(
+                "recorded frame",
+                cop,
+                format!("a {kind:?} frame cannot be being compiled"),
+            ));
+        }
+    };
+    Ok(InterpretedFrame {
+        function: Arc::from(function),
+        file: Arc::from(file.unwrap_or_default()),
+        line,
+        start_line: 0,
+    })
+}
+
 impl Interpreter for Perl {
     fn name(&self) -> &'static str {
         NAME
@@ -344,6 +392,10 @@ impl Interpreter for Perl {
             Metric::counter(
                 "PerlNameCacheMisses_total",
                 c.cache_misses.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PerlFramesWithoutLine_total",
+                c.without_line.load(Ordering::Relaxed),
             ),
         ]
     }
@@ -409,7 +461,24 @@ impl InterpreterProcess for PerlProcess {
             ))
         })?;
         let reader = Reader::new(&*self.memory, self.layout, self.threaded);
-        let named = name_frame(&reader, kind, frame.address, ptr).map_err(runtime_error)?;
+        if is_compiling(frame.aux) {
+            // PL_compiling: the same statement for every compilation. Not cached.
+            let line = (ptr & u64::from(u32::MAX)) as u32;
+            let named =
+                name_compiling(&reader, kind, frame.address, line).map_err(runtime_error)?;
+            out.push(named);
+            return Ok(());
+        }
+        let named = match name_frame(&reader, kind, frame.address, ptr) {
+            Ok(named) => named,
+            Err(e) => {
+                // Not cached: the address will hold other statements.
+                let named = name_without_statement(kind).ok_or_else(|| runtime_error(e))?;
+                self.counters.without_line.fetch_add(1, Ordering::Relaxed);
+                out.push(named);
+                return Ok(());
+            }
+        };
         if self.names.len() >= NAME_CACHE_LIMIT {
             self.names.clear();
         }

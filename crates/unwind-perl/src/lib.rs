@@ -55,7 +55,8 @@ mod version;
 mod walk;
 
 pub use interpreter::{
-    InterpreterAt, NAME, Perl, PerlFile, detect_file, ebpf_proc, name_frame, runops_ranges,
+    InterpreterAt, NAME, Perl, PerlFile, detect_file, ebpf_proc, name_compiling, name_frame,
+    runops_ranges,
 };
 pub use layout::{HvAux, Layout, SUPPORTED_VERSIONS, layout, layout_for};
 pub use version::PerlVersion;

@@ -30,7 +30,7 @@ pub struct Start {
     /// `PL_curstackinfo`: the innermost runlevel.
     pub stackinfo: u64,
     /// `PL_op`: the op executing in the innermost runops call; NULL between two calls of a
-    /// sort or MULTICALL block.
+    /// sort or MULTICALL block, and while a string eval or `require` compiles its code.
     pub op: u64,
 }
 
@@ -74,8 +74,24 @@ pub struct PerlFrame {
     /// The statement it executes (1 when the context had none).
     pub cop: u64,
     /// The CV of a sub or format, the name SV of a `require` or `do FILE`, the source SV of a
-    /// string eval, 0 for the main program.
+    /// string eval, 0 for the main program; for a frame being compiled, the line of
+    /// `PL_compiling` when the walk read it.
     pub ptr: u64,
+    /// A string eval or `require` whose code is being compiled (its statement is
+    /// `PL_compiling`): the payload's [`COMPILING_BIT`](crate::ebpf::COMPILING_BIT).
+    pub compiling: bool,
+}
+
+impl PerlFrame {
+    /// The payload the eBPF walker records for this frame.
+    pub fn payload(&self) -> u64 {
+        let p = crate::ebpf::payload(self.kind, self.ptr);
+        if self.compiling {
+            p | crate::ebpf::COMPILING_BIT
+        } else {
+            p
+        }
+    }
 }
 
 /// A thread's Perl frames, in segments (innermost first), as the eBPF walker queues them.
@@ -114,6 +130,9 @@ struct Walker<'a> {
     cop: u64,
     skip: bool,
     pending: bool,
+    compiling: bool,
+    /// The line `PL_compiling` was at (when `compiling`).
+    line: u32,
 }
 
 fn le_u64(b: &[u8], off: u16) -> u64 {
@@ -147,9 +166,15 @@ impl Walker<'_> {
             self.current.push(PerlFrame {
                 kind,
                 cop,
-                ptr: ptr & ((1 << crate::ebpf::PTR_BITS) - 1),
+                ptr: if self.compiling {
+                    u64::from(self.line)
+                } else {
+                    ptr & ((1 << crate::ebpf::PTR_BITS) - 1)
+                },
+                compiling: self.compiling,
             });
         }
+        self.compiling = false;
     }
 
     fn stackinfo(&self, si: u64) -> Result<State, Error> {
@@ -182,6 +207,19 @@ impl Walker<'_> {
             .read_exact_at(at, &mut b)
             .map_err(Error::read("context", at))?;
         Ok(b)
+    }
+
+    /// Whether the runlevel's innermost context is a string eval or `require` that Perl code
+    /// started (it has a return op): with `PL_op` NULL, its code is being compiled.
+    fn compiling(&self, s: &State) -> bool {
+        if s.cxix < 0 {
+            return false;
+        }
+        let Ok(b) = self.context(s, s.cxix) else {
+            return false;
+        };
+        let (ty, flags) = (b[0] & cx::TYPE_MASK, b[0] & !cx::TYPE_MASK);
+        ty == cx::EVAL && flags & (cx::EVALBLOCK | cx::TRY) == 0 && le_u64(&b, self.l.cx_retop) != 0
     }
 
     /// One context; `Ok(false)` stops the walk (an inconsistent stack).
@@ -284,16 +322,30 @@ pub fn walk(mem: &dyn ProcessMemory, layout: &Layout, start: Start) -> Result<Wa
     let mut w = Walker {
         mem,
         l: layout,
-        out: Walk {
-            idle: start.op == 0,
-            ..Walk::default()
-        },
+        out: Walk::default(),
         current: Vec::new(),
         cop: start.cop,
-        skip: start.op == 0,
+        skip: false,
         pending: false,
+        compiling: false,
+        line: 0,
     };
     let mut s = w.stackinfo(start.stackinfo)?;
+    if start.op == 0 {
+        // Compiling a string eval or require (inside the runops call that started it), or
+        // between two calls of a sort or MULTICALL block (no runops call runs this level).
+        w.compiling = w.compiling(&s);
+        w.skip = !w.compiling;
+        w.out.idle = w.skip;
+        if w.compiling {
+            let mut b = [0u8; 4];
+            let at = start.cop.wrapping_add(u64::from(layout.cop_line));
+            // A failed read leaves 0, as in eBPF.
+            if mem.read_exact_at(at, &mut b).is_ok() {
+                w.line = u32::from_le_bytes(b);
+            }
+        }
+    }
     let mut finished = false;
     for _ in 0..MAX_STEPS {
         let step = if s.ix >= 0 {
@@ -378,7 +430,12 @@ mod tests {
     }
 
     fn f(kind: FrameKind, cop: u64, ptr: u64) -> PerlFrame {
-        PerlFrame { kind, cop, ptr }
+        PerlFrame {
+            kind,
+            cop,
+            ptr,
+            compiling: false,
+        }
     }
 
     #[test]
@@ -419,6 +476,65 @@ mod tests {
         assert!(w.idle);
         assert_eq!(w.segments[0], vec![f(FrameKind::Sub, 0xc4, 0xba4)]);
         assert_eq!(w.segments.len(), 2);
+    }
+
+    /// `doeval_compile` clears `PL_op` while the parser runs: the eval being compiled is the
+    /// innermost context, with a return op (its entereval ran in a runops call), and the
+    /// walk keeps every frame, the eval's marked as compiling.
+    #[test]
+    fn a_string_eval_being_compiled_keeps_its_frames() {
+        let l = crate::layout(36).unwrap();
+        let (mut m, _) = process();
+        // Main runlevel: [0] foo (retop set), [1] a string eval foo runs (retop set).
+        let mut cxs = vec![0u8; 2 * l.cx_size as usize];
+        for (i, (ty, oldcop, subix, ptr)) in [
+            (cx::SUB, 0xd1u64, -1i32, 0xf00u64),
+            (cx::EVAL | cx::REAL, 0xd2, 0, 0x5e7),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let b = &mut cxs[i * l.cx_size as usize..][..l.cx_size as usize];
+            b[0] = ty;
+            b[l.cx_oldcop as usize..][..8].copy_from_slice(&oldcop.to_le_bytes());
+            b[l.cx_retop as usize..][..8].copy_from_slice(&0x77u64.to_le_bytes());
+            b[l.cx_subix.unwrap() as usize..][..4].copy_from_slice(&subix.to_le_bytes());
+            b[l.cx_text as usize..][..8].copy_from_slice(&ptr.to_le_bytes());
+            b[l.cx_cv as usize..][..8].copy_from_slice(&ptr.to_le_bytes());
+        }
+        m.add_region(0x60000, cxs);
+        let mut si = vec![0u8; SI_READ];
+        si[l.si_cxstack as usize..][..8].copy_from_slice(&0x60000u64.to_le_bytes());
+        si[l.si_cxix as usize..][..4].copy_from_slice(&1i32.to_le_bytes());
+        si[l.si_cxsubix.unwrap() as usize..][..4].copy_from_slice(&1i32.to_le_bytes());
+        si[l.si_type as usize..][..4].copy_from_slice(&cx::SI_MAIN.to_le_bytes());
+        m.add_region(0x70000, si);
+        // PL_compiling, at line 7 of the eval's source.
+        let mut compiling = vec![0u8; 0x40];
+        compiling[l.cop_line as usize..][..4].copy_from_slice(&7u32.to_le_bytes());
+        m.add_region(0x80000, compiling);
+        let start = Start {
+            cop: 0x80000,
+            stackinfo: 0x70000,
+            op: 0,
+        };
+        let w = walk(&m, l, start).unwrap();
+        assert!(!w.idle && !w.truncated, "{w:?}");
+        // The line instead of the source SV.
+        let eval = PerlFrame {
+            compiling: true,
+            ..f(FrameKind::Eval, 0x80000, 7)
+        };
+        assert_eq!(
+            w.segments,
+            vec![vec![
+                eval,
+                f(FrameKind::Sub, 0xd2, 0xf00),
+                f(FrameKind::Main, 0xd1, 0)
+            ]]
+        );
+        assert!(crate::ebpf::is_compiling(eval.payload()));
+        assert!(!crate::ebpf::is_compiling(w.segments[0][1].payload()));
     }
 
     #[test]
