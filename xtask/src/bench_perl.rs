@@ -1,4 +1,6 @@
-//! `cargo xtask bench-perl [host|trixie|sid]...`: the Perl figures of docs/benchmarks.md.
+//! `cargo xtask bench-perl [--binary PATH] [host|trixie|sid]...`: the Perl figures of
+//! docs/benchmarks.md (with `--binary`, that ferroscope instead of a fresh release build: the
+//! eBPF programs are the same objects either way).
 //!
 //! For each Perl (Debian's 5.36 on the host, 5.40 in the trixie chroot, 5.42 in the sid
 //! chroot; default: all three): the eBPF cost per sample of a 50-deep Perl stack
@@ -69,14 +71,26 @@ pub(crate) fn bench_perl(args: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the Perl benchmark loads eBPF programs and must run as root");
     }
-    let names: Vec<&str> = if args.is_empty() {
-        vec!["host", "trixie", "sid"]
-    } else {
-        args.iter().map(String::as_str).collect()
-    };
+    let mut binary = None;
+    let mut names: Vec<&str> = Vec::new();
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        if a == "--binary" {
+            binary = Some(std::path::PathBuf::from(
+                args.next().context("--binary needs a path")?,
+            ));
+        } else {
+            names.push(a);
+        }
+    }
+    if names.is_empty() {
+        names = vec!["host", "trixie", "sid"];
+    }
     let root = crate::root();
-    let target = crate::build_release(&root)?;
-    let exe = target.join("release/ferroscope");
+    let exe = match binary {
+        Some(path) => path,
+        None => crate::build_release(&root)?.join("release/ferroscope"),
+    };
     let (seconds, rate) = (10, 97);
 
     for name in names {

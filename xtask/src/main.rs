@@ -84,8 +84,8 @@ fn main() -> Result<()> {
                  script (default /usr/bin/ruby3.1)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
-                 bench-perl [host|trixie|sid]...  the same for a 50-deep Perl stack and the\n            \
-                 naming cache over 60 s of an application-like script (default: all three)\n  \
+                 bench-perl [--binary PATH] [host|trixie|sid]...  the same for a 50-deep Perl stack\n            \
+                 and the naming cache over 60 s of an application-like script (default: all three)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"

@@ -662,7 +662,7 @@ fn embedded_perl_is_unwound_under_the_c_program() {
 /// the runops frame that ran the entereval, and the eval's own code is named `(eval N)`.
 #[test]
 fn string_evals_keep_their_frames_while_they_compile_and_run() {
-    let Some((samples, _)) = record_script(36, "evals.pl", 4, &["-r", "499"]) else {
+    let Some((samples, _)) = record_script(36, "evals.pl", 5, &["-r", "499"]) else {
         return;
     };
     let total: i64 = samples.iter().map(|s| s.count).sum();
@@ -695,10 +695,12 @@ fn string_evals_keep_their_frames_while_they_compile_and_run() {
         "Perl 5.36: {n_whole} of {total} samples with the whole chain; {n_parsing_whole} of \
          {n_parsing} in the parser"
     );
+    // The workload gets what CPU the machine leaves it: 100 samples keep the share's noise
+    // near 2 %.
     assert!(
-        total >= 200 && share(n_whole, total) >= 0.95,
-        "(eval N) <- evaluate <- rounds <- main at their lines: {n_whole} of {total}\n{}",
-        show(&samples.iter().collect::<Vec<_>>())
+        total >= 100 && share(n_whole, total) >= 0.95,
+        "(eval N) <- evaluate <- rounds <- main at their lines: {n_whole} of {total}; the others:\n{}",
+        show(&samples.iter().filter(|s| !whole(s)).collect::<Vec<_>>())
     );
     assert!(
         n_parsing >= 10 && share(n_parsing_whole, n_parsing) >= 0.95,
@@ -713,7 +715,7 @@ fn perl_unwinder_off_gives_native_stacks() {
     let Some((samples, _)) = record_script(
         36,
         "chains.pl",
-        2,
+        3,
         &["-r", "499", "--no-interpreter", "perl"],
     ) else {
         return;
@@ -731,7 +733,8 @@ fn perl_unwinder_off_gives_native_stacks() {
         .sum();
     assert_eq!(perl_frames, 0, "no Perl frames when the unwinder is off");
     assert!(
-        total > 50 && share(runops, total) >= 0.9,
+        // The workload gets what CPU a loaded machine leaves it: 20 samples still show it.
+        total >= 20 && share(runops, total) >= 0.9,
         "the runops loop shows instead: {runops} of {total}"
     );
 }

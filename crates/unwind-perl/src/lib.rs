@@ -4,9 +4,10 @@
 //! and the `Perl_pp_*` functions of the ops it runs; the Perl subs are on the interpreter's
 //! context stack. This crate holds that runtime knowledge, independent of how memory is read:
 //!
-//! - [`layout`]: per stable release, the byte offsets of the fields a walker follows, from the
-//!   interpreter to its runlevels (stackinfos), their contexts, statements (COPs), subs (CVs),
-//!   globs (GVs), stashes and names (HEKs). Tested against the headers of real builds.
+//! - [`layout`](mod@layout): per stable release, the byte offsets of the fields a walker
+//!   follows, from the interpreter to its runlevels (stackinfos), their contexts, statements
+//!   (COPs), subs (CVs), globs (GVs), stashes and names (HEKs). Tested against the headers of
+//!   real builds.
 //! - [`walk`]: a host-side reference walker doing exactly what the eBPF walker does, giving
 //!   a thread's frames in segments, one per call of the runops loop (where native frames go
 //!   between them).
