@@ -671,14 +671,36 @@ fn string_evals_keep_their_frames_while_they_compile_and_run() {
         line_of("evals.pl", "evaluate($n++) while 1;"),
         line_of("evals.pl", "rounds();"),
     ];
-    let whole = |s: &Sample| {
+    // The eval being compiled or run, with its callers at their call lines: at a line of its
+    // source, or (entering and leaving it, PL_curcop is still or again the caller's) at the
+    // line of the eval statement.
+    let in_eval = |s: &Sample| {
         let p = s.perl();
         let names = s.perl_names();
         names.len() == 4
             && names[0].starts_with("(eval")
             && names[1..] == ["main::evaluate", "main::rounds", "main"]
-            && p[0].line <= 5
+            && (p[0].line <= 5 || p[0].line == caller_lines[0])
             && p[1..].iter().map(|f| f.line).eq(caller_lines)
+    };
+    // Any sample: the Perl frames of whatever runs (the eval, evaluate before or after it,
+    // rounds between two calls) in order down to the main program, callers at their lines.
+    let whole = |s: &Sample| {
+        let p = s.perl();
+        let names = s.perl_names();
+        let n = names.len();
+        in_eval(s)
+            || (n == 3
+                && names == ["main::evaluate", "main::rounds", "main"]
+                && (15..=17).contains(&p[0].line)
+                && p[1..]
+                    .iter()
+                    .map(|f| f.line)
+                    .eq(caller_lines[1..].iter().copied()))
+            || (n == 2
+                && names == ["main::rounds", "main"]
+                && p[0].line == caller_lines[1]
+                && p[1].line == caller_lines[2])
     };
     let n_whole: i64 = samples.iter().filter(|s| whole(s)).map(|s| s.count).sum();
     let parsing: Vec<&Sample> = samples
@@ -690,22 +712,29 @@ fn string_evals_keep_their_frames_while_they_compile_and_run() {
         })
         .collect();
     let n_parsing: i64 = parsing.iter().map(|s| s.count).sum();
-    let n_parsing_whole: i64 = parsing.iter().filter(|s| whole(s)).map(|s| s.count).sum();
+    let n_parsing_whole: i64 = parsing.iter().filter(|s| in_eval(s)).map(|s| s.count).sum();
     eprintln!(
         "Perl 5.36: {n_whole} of {total} samples with the whole chain; {n_parsing_whole} of \
-         {n_parsing} in the parser"
+         {n_parsing} in the parser; the others:\n{}",
+        show(&samples.iter().filter(|s| !whole(s)).collect::<Vec<_>>())
     );
     // The workload gets what CPU the machine leaves it: 100 samples keep the share's noise
     // near 2 %.
     assert!(
         total >= 100 && share(n_whole, total) >= 0.95,
-        "(eval N) <- evaluate <- rounds <- main at their lines: {n_whole} of {total}; the others:\n{}",
+        "(eval N) <- evaluate <- rounds <- main (or its outer part) at their lines: {n_whole} of {total}; the others:\n{}",
         show(&samples.iter().filter(|s| !whole(s)).collect::<Vec<_>>())
     );
     assert!(
         n_parsing >= 10 && share(n_parsing_whole, n_parsing) >= 0.95,
         "samples in the parser keep the eval and its callers: {n_parsing_whole} of {n_parsing}\n{}",
-        show(&parsing)
+        show(
+            &parsing
+                .iter()
+                .copied()
+                .filter(|s| !in_eval(s))
+                .collect::<Vec<_>>()
+        )
     );
 }
 

@@ -283,13 +283,14 @@ pub fn name_frame(
 }
 
 /// A string eval whose statement could not be read: its statements are freed with its code
-/// when it returns, often before the frame is named. It is still an eval: `(eval)`, without a
-/// file or line. `None` for the other kinds (a sub's statements live as long as its code:
-/// an unreadable one means the frame cannot be trusted).
+/// when it returns, often before the frame is named. It is still an eval: `(eval)`, in file
+/// `(eval)` (Perl names an eval's file `(eval N)`), without a line. `None` for the other kinds
+/// (a sub's statements live as long as its code: an unreadable one means the frame cannot be
+/// trusted).
 fn name_without_statement(kind: FrameKind) -> Option<InterpretedFrame> {
     (kind == FrameKind::Eval).then(|| InterpretedFrame {
         function: Arc::from("(eval)"),
-        file: Arc::from(""),
+        file: Arc::from("(eval)"),
         line: 0,
         start_line: 0,
     })
@@ -306,13 +307,24 @@ pub fn name_compiling(
     cop: u64,
     line: u32,
 ) -> Result<InterpretedFrame, Error> {
+    // Between two compilations PL_compiling has no file: the compilation sampled is over.
     let file = reader.statement(cop).map(|s| s.file).ok();
-    let shown = file.as_deref().unwrap_or("(a file being compiled)");
-    let function = match kind {
-        FrameKind::Eval if shown.starts_with("(eval ") && shown.ends_with(')') => shown.to_owned(),
-        FrameKind::Eval => "(eval)".to_owned(),
-        FrameKind::Require => format!("require {shown}"),
-        FrameKind::DoFile => format!("do {shown}"),
+    let (function, file) = match (kind, file) {
+        (FrameKind::Eval, Some(f)) if f.starts_with("(eval ") && f.ends_with(')') => (f.clone(), f),
+        (FrameKind::Eval, _) => ("(eval)".to_owned(), "(eval)".to_owned()),
+        (FrameKind::Require, Some(f)) => (format!("require {f}"), f),
+        (FrameKind::DoFile, Some(f)) => (format!("do {f}"), f),
+        (FrameKind::Require | FrameKind::DoFile, None) => {
+            let word = if kind == FrameKind::Require {
+                "require"
+            } else {
+                "do"
+            };
+            (
+                format!("{word} (a file being compiled)"),
+                "(unknown)".to_owned(),
+            )
+        }
         _ => {
             return Err(Error::invalid(
                 "recorded frame",
@@ -323,7 +335,7 @@ pub fn name_compiling(
     };
     Ok(InterpretedFrame {
         function: Arc::from(function),
-        file: Arc::from(file.unwrap_or_default()),
+        file: Arc::from(file),
         line,
         start_line: 0,
     })
