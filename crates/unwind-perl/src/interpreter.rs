@@ -236,7 +236,12 @@ pub fn name_frame(
     cop: u64,
     ptr: u64,
 ) -> Result<InterpretedFrame, Error> {
-    let stmt = reader.statement(cop)?;
+    let mut stmt = reader.statement(cop)?;
+    if stmt.file.is_empty() && kind == FrameKind::Eval {
+        // PL_compiling between two compilations (constant folding ran ops of an eval being
+        // compiled when it was sampled): the eval's own file name is gone.
+        stmt.file = "(eval)".to_owned();
+    }
     let mut start_line = 0;
     let function = match kind {
         FrameKind::Sub | FrameKind::Format => {
