@@ -6,6 +6,7 @@
 
 mod bench_churn;
 mod bench_hotspot;
+mod bench_perl;
 mod bench_ruby;
 mod kernels;
 
@@ -41,6 +42,8 @@ const TEST_PACKAGES: &[&str] = &[
     // Ruby 3.1 and its internal structures as compiled (rb_mjit_min_header), for the Ruby tests.
     "ruby3.1",
     "ruby3.1-dev",
+    // Perl 5.36 with libperl5.36 (its headers in CORE/, libperl.so for the embedding test).
+    "perl",
     "podman",
     "crun",
     "runc",
@@ -66,6 +69,7 @@ fn main() -> Result<()> {
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("bench-hotspot") => bench_hotspot::bench_hotspot(&args[1..]),
+        Some("bench-perl") => bench_perl::bench_perl(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -86,6 +90,8 @@ fn main() -> Result<()> {
                  application-like program, and record's RSS with 20k methods (default Debian's 17)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
+                 bench-perl [--binary PATH] [host|trixie|sid]...  the same for a 50-deep Perl stack\n            \
+                 and the naming cache over 60 s of an application-like script (default: all three)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"

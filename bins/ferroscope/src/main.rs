@@ -3,6 +3,8 @@
 
 #[cfg(feature = "hotspot")]
 use ferroscope_unwind_hotspot as _;
+#[cfg(feature = "perl")]
+use ferroscope_unwind_perl as _;
 #[cfg(feature = "python")]
 use ferroscope_unwind_python as _;
 #[cfg(feature = "ruby")]

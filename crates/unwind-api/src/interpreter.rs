@@ -42,7 +42,8 @@ pub struct SymbolRange {
 pub trait ElfFile {
     /// The file's path as the process maps it (the path in `/proc/PID/maps`).
     fn path(&self) -> &str;
-    /// A symbol of `.dynsym` or `.symtab` by exact name.
+    /// A symbol of `.dynsym` or `.symtab` by exact name. A thread-local variable's
+    /// (`STT_TLS`) address is its offset in the file's TLS block (see [`TlsTemplate`]).
     fn symbol(&self, name: &str) -> Option<SymbolRange>;
     /// A symbol of `.dynsym` only: cheap to ask of every file (a plug-in asks this first,
     /// and [`ElfFile::symbol`] only of files it already recognised, since a large `.symtab`

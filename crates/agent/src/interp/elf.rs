@@ -34,12 +34,20 @@ impl<'a> MappedElf<'a> {
     }
 }
 
+/// Whether a symbol is defined here: code and data, and thread-local variables (whose value
+/// is their offset in the file's TLS block, for [`TlsTemplate`]), which `object` does not count
+/// as definitions.
+fn is_defined<'d: 'f, 'f, R: ReadRef<'d> + 'f>(s: &object::Symbol<'d, 'f, R>) -> bool {
+    use object::ObjectSymbol;
+    s.is_definition() || (s.kind() == object::SymbolKind::Tls && !s.is_undefined())
+}
+
 fn index<'d: 'f, 'f, R: ReadRef<'d> + 'f>(
     symbols: impl Iterator<Item = object::Symbol<'d, 'f, R>>,
 ) -> HashMap<&'d str, SymbolRange> {
     use object::ObjectSymbol;
     symbols
-        .filter(|s| s.is_definition())
+        .filter(is_defined)
         .filter_map(|s| {
             Some((
                 s.name().ok()?,
@@ -127,5 +135,31 @@ impl ElfFile for MappedElf<'_> {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime locating a thread-local variable needs its symbol: glibc exports `errno` as
+    /// one (offset 0x10 in libc's TLS block on glibc 2.36).
+    #[test]
+    fn thread_local_symbols_are_found_with_their_offset_in_the_tls_block() {
+        let path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let Ok(file) = File::open(path) else {
+            ferroscope_test_harness::skip(format!("{path} is missing"));
+            return;
+        };
+        let data = ReadCache::new(file);
+        let elf = MappedElf::new(path, &data).expect("an ELF file");
+        let errno = elf.exported_symbol("errno").expect("errno is exported");
+        let tls = elf.tls_template().expect("libc has a TLS segment");
+        assert!(
+            errno.address < tls.memsz,
+            "{errno:?} is an offset in {tls:?}"
+        );
+        assert_eq!(errno.size, 4);
+        assert!(elf.exported_symbol("no_such_symbol").is_none());
     }
 }
