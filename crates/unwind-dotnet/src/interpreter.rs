@@ -29,6 +29,7 @@ pub(crate) struct Counters {
     pub attached: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    pub r2r_named: AtomicU64,
 }
 
 /// CoreCLR as an [`Interpreter`].
@@ -151,6 +152,10 @@ impl Interpreter for Dotnet {
             Metric::counter(
                 "DotnetMethodCacheMisses_total",
                 c.cache_misses.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "DotnetReadyToRunFramesNamed_total",
+                c.r2r_named.load(Ordering::Relaxed),
             ),
             Metric::gauge("DotnetAssembliesParsed", self.modules.parsed() as u64),
         ]

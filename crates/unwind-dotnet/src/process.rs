@@ -571,6 +571,7 @@ impl InterpreterProcess for DotnetProcess {
             }
             DotnetFrame::ReadyToRun { image, rva, .. } => {
                 let (_, m) = self.r2r_method(image, rva).map_err(runtime_error)?;
+                self.counters.r2r_named.fetch_add(1, Ordering::Relaxed);
                 self.push(&m, None, out);
             }
             DotnetFrame::Stub { kind, .. } => {
