@@ -186,6 +186,8 @@ pub fn record(
         sample_rate_hz: config.sample_rate_hz,
         pids: pids.as_ref().map(|_| Vec::new()),
         disabled_runtimes: config.disabled_interpreters.clone(),
+        // As the symbolizer names C++ (its default demangling).
+        name_detail: ferroscope_unwind_api::NameDetail::Simplified,
         unwinder: UnwinderConfig::default(),
     })?;
     if let Some(targets) = pids.as_deref() {

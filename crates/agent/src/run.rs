@@ -22,6 +22,7 @@ use ferroscope_targets::target::PROCESS_CPU;
 use ferroscope_targets::{
     FinderOptions, Labels, ProcessDiscovery, Target, TargetFinder, build_targets,
 };
+use ferroscope_unwind_api::NameDetail;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
@@ -334,6 +335,11 @@ fn collect_loop(
                 sample_rate_hz: ebpf.sample_rate,
                 pids: ebpf.targets_only.then(Vec::new),
                 disabled_runtimes: ebpf.disabled_runtimes(),
+                name_detail: match ebpf.demangle {
+                    Demangle::None | Demangle::Simplified => NameDetail::Simplified,
+                    Demangle::Templates => NameDetail::Templates,
+                    Demangle::Full => NameDetail::Full,
+                },
                 unwinder: UnwinderConfig::default(),
             });
             match started {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferroscope_unwind_api::{
     AttachContext, EbpfProgram, ElfFile, FileData, Interpreter, InterpreterError,
-    InterpreterPlugin, InterpreterProcess, Metric,
+    InterpreterPlugin, InterpreterProcess, Metric, NameDetail,
 };
 
 use crate::Error;
@@ -136,6 +136,14 @@ impl Interpreter for Dotnet {
             self.style,
             Arc::clone(&self.counters),
         )))
+    }
+
+    fn set_name_detail(&mut self, detail: NameDetail) {
+        self.style = match detail {
+            NameDetail::Simplified => NameStyle::Plain,
+            NameDetail::Templates => NameStyle::Parameters,
+            NameDetail::Full => NameStyle::Full,
+        };
     }
 
     fn metrics(&self) -> Vec<Metric> {

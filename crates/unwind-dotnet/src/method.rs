@@ -125,15 +125,20 @@ pub struct MethodTable {
     pub flags: u32,
 }
 
-/// `MethodTable` flags: the type is a generic instantiation, or an array.
+/// `MethodTable` flags: the generics kind (an instantiation, or the canonical one whose code
+/// reference types share), an array.
 const MT_FLAG_GENERICS_MASK: u32 = 0x0000_0030;
 const MT_FLAG_GENERICS_INST: u32 = 0x0000_0010;
+const MT_FLAG_GENERICS_SHARED: u32 = 0x0000_0020;
 const MT_FLAG_ARRAY: u32 = 0x0008_0000;
 
 impl MethodTable {
     /// Whether it is an instantiated generic type (its arguments in `per_inst_info`).
     pub fn is_generic_instantiation(&self) -> bool {
-        self.flags & MT_FLAG_GENERICS_MASK == MT_FLAG_GENERICS_INST
+        matches!(
+            self.flags & MT_FLAG_GENERICS_MASK,
+            MT_FLAG_GENERICS_INST | MT_FLAG_GENERICS_SHARED
+        )
     }
 
     /// Whether it is an array type.

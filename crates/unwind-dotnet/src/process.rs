@@ -423,13 +423,13 @@ impl NameStyle {
 }
 
 /// How many generic dictionaries a MethodTable's `m_pPerInstInfo` holds (the
-/// `GenericsDictInfo` before it: `m_wNumDicts`).
+/// `GenericsDictInfo` right before it: `m_wNumDicts`, `m_wNumTyArgs`).
 fn dictionaries(mem: &dyn ferroscope_unwind_api::ProcessMemory, mt: &method::MethodTable) -> usize {
     if mt.per_inst_info == 0 {
         return 0;
     }
     let mut b = [0u8; 2];
-    match mem.read_exact_at(mt.per_inst_info - 16, &mut b) {
+    match mem.read_exact_at(mt.per_inst_info - 4, &mut b) {
         Ok(()) => usize::from(u16::from_le_bytes(b)).clamp(1, 64),
         Err(_) => 1,
     }

@@ -335,3 +335,59 @@ mod tests {
         );
     }
 }
+
+/// Where the JIT method holding `pc` starts, from its heap's nibble map (what the eBPF walker
+/// does, on the host: the runtime's `EEJitManager::FindMethodCode`). The map has a 32-bit word
+/// per 256 bytes of code above `map_base`, a nibble per 32 bytes (the first in the word's top
+/// bits), holding 1 + the start's offset / 4 within its 32 bytes when a method starts there.
+/// Searches at most `max_words` words back; `None` when no method starts before `pc`.
+pub fn method_start(
+    mem: &dyn ProcessMemory,
+    map_base: u64,
+    hdr_map: u64,
+    pc: u64,
+    max_words: u64,
+) -> Result<Option<u64>, Error> {
+    let Some(delta) = pc.checked_sub(map_base) else {
+        return Ok(None);
+    };
+    let read = |word: u64| -> Result<u32, Error> {
+        let at = hdr_map + 4 * word;
+        let mut b = [0u8; 4];
+        mem.read_exact_at(at, &mut b)
+            .map_err(Error::read("a nibble map word", at))?;
+        Ok(u32::from_le_bytes(b))
+    };
+    let bucket = delta >> 5;
+    let offset = ((delta & 31) >> 2) as u32 + 1;
+    let mut word = bucket >> 3;
+    let start = |word: u64, pos: u32, nibble: u32| {
+        map_base + ((word * 8 + u64::from(pos)) << 5) + (u64::from(nibble - 1) << 2)
+    };
+    // The PC's own word: positions up to its bucket, and in its bucket a start at or before
+    // it.
+    let own = read(word)?;
+    let pos = (bucket & 7) as u32;
+    for p in (0..=pos).rev() {
+        let nibble = (own >> (28 - 4 * p)) & 0xf;
+        if nibble != 0 && (p < pos || nibble <= offset) {
+            return Ok(Some(start(word, p, nibble)));
+        }
+    }
+    // Lower words: the last start in the first one that has any.
+    for _ in 0..max_words {
+        if word == 0 {
+            return Ok(None);
+        }
+        word -= 1;
+        let w = read(word)?;
+        if w != 0 {
+            let p = (0..8u32)
+                .rev()
+                .find(|&p| (w >> (28 - 4 * p)) & 0xf != 0)
+                .unwrap_or(0);
+            return Ok(Some(start(word, p, (w >> (28 - 4 * p)) & 0xf)));
+        }
+    }
+    Ok(None)
+}
