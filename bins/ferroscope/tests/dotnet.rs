@@ -128,8 +128,9 @@ fn decode(p: &Profile) -> Vec<Sample> {
                 for line in &loc.line {
                     let (function, file) = functions[&line.function_id].clone();
                     frames.push(Frame {
+                        // Stubs and dynamic methods have no file; kernel frames no `[`.
                         managed: loc.mapping_id == 0
-                            && (!file.is_empty() || function.starts_with("[stub")),
+                            && (!file.is_empty() || function.starts_with('[')),
                         function,
                         file,
                         line: line.line,
@@ -393,4 +394,192 @@ fn dotnet_unwinder_off_gives_native_stacks() {
         show(&samples)
     );
     assert!(!stderr.contains("Dotnet frames:"), "{stderr}");
+}
+
+/// A DynamicMethod (`System.Reflection.Emit`) has no metadata row: it is named from its
+/// method desc, between its managed caller and callee.
+#[test]
+fn dynamic_methods_are_named_between_their_caller_and_callee() {
+    let Some(bench) = workbench() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let app = start(bench, &["dynamic"], &[], Duration::from_secs(1));
+    let (samples, stderr) = record(app.pid(), 3, &[]);
+    drop(app);
+    let all = total(&samples);
+    let chained: i64 = samples
+        .iter()
+        .filter(|s| {
+            let m = s.managed();
+            let burn = m.iter().position(|f| *f == "Shop.Spin.Burn");
+            let dynamic = m
+                .iter()
+                .position(|f| *f == "[dynamic method Shop.Dyn.Burn]");
+            let run = m.iter().position(|f| *f == "Shop.Dyn.Run");
+            matches!((burn, dynamic, run), (Some(a), Some(b), Some(c)) if a < b && b < c)
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(all > 200, "only {all} samples\n{stderr}");
+    assert!(
+        share(chained, all) >= 0.9,
+        "Burn <- [dynamic method Shop.Dyn.Burn] <- Shop.Dyn.Run: {chained} of {all}\n{}",
+        show(&samples)
+    );
+}
+
+/// The value of the first `/metrics` line that starts with `name`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+/// Runs `ferroscope run` on the workload in `mode` with `settings` in its `[ebpf]` table
+/// until it wrote two profiles; their samples and the agent's `/metrics` at the end.
+fn agent_samples(bench: &Workbench, mode: &str, settings: &str) -> (Vec<Sample>, String) {
+    let workload = start(bench, &[mode], &[], Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("profiles");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        r#"
+[ebpf]
+collect_interval = "2s"
+sample_rate = 97
+{settings}
+
+[[targets]]
+__process_pid__ = "{pid}"
+service_name = "shop"
+
+[output]
+dir = "{out}"
+
+[server]
+listen_address = "{port}"
+"#,
+        pid = workload.pid(),
+        out = out.display(),
+    );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut agent = Guard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["run", "--config"])
+            .arg(&path),
+        WORKLOAD_LIMIT,
+    );
+    let service = out.join("shop");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the agent wrote no profiles in 40 s\n{}",
+            agent.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(port).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut m = String::new();
+        s.read_to_string(&mut m).unwrap();
+        m
+    };
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.stderr_tail());
+    drop(workload);
+    let mut samples = Vec::new();
+    for entry in std::fs::read_dir(&service).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        samples.extend(decode(
+            &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
+        ));
+    }
+    (samples, metrics)
+}
+
+/// The agent names .NET frames in the profiles it writes, counting with seed 001's metric
+/// names, and `dotnet_enabled = false` in its configuration turns that off.
+#[test]
+fn agent_dotnet_enabled_true_and_false() {
+    let Some(bench) = workbench() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (on, metrics) = agent_samples(bench, "chains", "dotnet_enabled = true");
+    for name in [
+        "UnwindDotnetAttempts_total",
+        "UnwindDotnetFrames_total",
+        "DotnetSymbolizationSuccesses_total",
+    ] {
+        assert!(metric(&metrics, name) > 0.0, "{name} counts what happened");
+    }
+    assert_eq!(metric(&metrics, "DotnetSymbolizationFailures_total"), 0.0);
+    let all = total(&on);
+    let whole: i64 = on
+        .iter()
+        .filter(|s| whole_chain(s, &CHECKOUT) || whole_chain(s, &RESTOCK))
+        .map(|s| s.count)
+        .sum();
+    assert!(all > 50, "only {all} samples");
+    assert!(
+        share(whole, all) >= 0.9,
+        "dotnet_enabled = true: {whole} of {all} whole chains\n{}",
+        show(&on)
+    );
+
+    let (off, metrics) = agent_samples(bench, "chains", "dotnet_enabled = false");
+    assert_eq!(metric(&metrics, "UnwindDotnetFrames_total"), 0.0);
+    assert!(total(&off) > 50, "only {} samples", total(&off));
+    assert!(
+        off.iter().all(|s| s.managed().is_empty()),
+        "no managed frames with dotnet_enabled = false\n{}",
+        show(&off)
+    );
+}
+
+/// `demangle = "full"` names generic code with the type arguments it runs with:
+/// `Shop.Box<System.Int32>.Apply<System.Int64>`; the default leaves them out.
+#[test]
+fn agent_full_names_carry_generic_arguments() {
+    let Some(bench) = workbench() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let with = |samples: &[Sample], name: &str| -> i64 {
+        samples
+            .iter()
+            .filter(|s| {
+                let m = s.managed();
+                let burn = m.iter().position(|f| *f == "Shop.Spin.Burn");
+                let apply = m.iter().position(|f| *f == name);
+                matches!((burn, apply), (Some(a), Some(b)) if b == a + 1)
+            })
+            .map(|s| s.count)
+            .sum()
+    };
+    let (full, _) = agent_samples(bench, "generic", r#"demangle = "full""#);
+    let n = with(&full, "Shop.Box<System.Int32>.Apply<System.Int64>");
+    assert!(
+        share(n, total(&full)) >= 0.9,
+        "full names: {n} of {}\n{}",
+        total(&full),
+        show(&full)
+    );
+    let (plain, _) = agent_samples(bench, "generic", "");
+    let n = with(&plain, "Shop.Box.Apply");
+    assert!(
+        share(n, total(&plain)) >= 0.9,
+        "default names: {n} of {}\n{}",
+        total(&plain),
+        show(&plain)
+    );
 }
