@@ -4,6 +4,7 @@
 //! `cargo xtask kernels` runs the kernel matrix (see kernels.rs).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench_dotnet;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("bench-dotnet") => bench_dotnet::bench_dotnet(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -69,6 +71,8 @@ fn main() -> Result<()> {
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 bench-dotnet  eBPF cost per sample of a 50-deep .NET stack, and the method\n            \
+                 naming cache hit rate over 60 s of mixed work (.NET 8.0.4)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"

@@ -13,8 +13,9 @@
  * reads garbage above the second. Their unwind codes say exactly how much each frame holds.
  *
  * Per frame, at the PC (a return address is looked up at PC - 1):
- * - the rule cache (dn_rules: {pid, generation, PC} -> what to record and how to unwind)
- *   answers repeated return addresses at the cost of one lookup;
+ * - the rule cache (dn_rule_cache: per CPU, direct-mapped by PC, {pid, generation, PC} ->
+ *   what to record and how to unwind) answers repeated return addresses at the cost of one
+ *   array lookup;
  * - otherwise the range of the PC comes from the process's range table (dn_procs, sorted,
  *   binary-searched), then
  *   - JIT code: the method's start from the heap's nibble map (a 32-bit word per 256 code
@@ -84,6 +85,8 @@ enum dn_rule_mode {
 	DN_RULE_SP = 0,
 	/* CFA = RBP + cfa_off (a frame register). */
 	DN_RULE_FP = 1,
+	/* Not managed code: where the walk hands back (the managed code's native caller). */
+	DN_RULE_NATIVE = 2,
 };
 
 /* One range of a process. */
@@ -102,7 +105,7 @@ _Static_assert(sizeof(struct dn_range) == 48, "dn_range layout changed: update s
 /* A process's ranges, sorted by start, not overlapping (the value of dn_procs). */
 struct dn_proc {
 	__u32 count;
-	/* Changes whenever a range goes away: cached rules of older generations are not used. */
+	/* Changes whenever the ranges change: cached rules of older generations are not used. */
 	__u32 generation;
 	__u64 reserved;
 	struct dn_range ranges[DN_MAX_RANGES];
@@ -121,10 +124,12 @@ struct dn_rule {
 	__u32 reserved;
 };
 
-struct dn_rule_key {
+/* A slot of the rule cache: the frame it is for, and its rule. */
+struct dn_rule_slot {
 	__u32 pid;
 	__u32 generation;
 	__u64 pc; /* the PC, with bit 63 set for the frame the sample interrupted */
+	struct dn_rule rule;
 };
 
 /* The plug-in's counters (fs_rt_counters); names in src/ebpf.rs, in this order. */
@@ -155,11 +160,11 @@ FS_RUNTIME_COUNTERS(DN_CNT_MAX)
 /* Never read: they make clang emit BTF for the types the layout test checks. */
 struct dn_proc *const volatile dn_abi_proc = 0;
 struct dn_rule *const volatile dn_abi_rule = 0;
-struct dn_rule_key *const volatile dn_abi_rule_key = 0;
+struct dn_rule_slot *const volatile dn_abi_rule_slot = 0;
 const volatile enum dn_counter dn_abi_counter = DN_CNT_MAX;
 const volatile enum dn_range_kind dn_abi_range_kind = DN_RANGE_STUB;
 const volatile enum dn_frame_kind dn_abi_frame_kind = DN_FRAME_JIT_STUB;
-const volatile enum dn_rule_mode dn_abi_rule_mode = DN_RULE_FP;
+const volatile enum dn_rule_mode dn_abi_rule_mode = DN_RULE_NATIVE;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -169,12 +174,17 @@ struct {
 	__type(value, struct dn_proc);
 } dn_procs SEC(".maps");
 
+/* Rules of recent frames: per CPU, direct-mapped by PC (a return address repeats; a slot
+ * holds the last frame whose PC hashed to it). Rules of an older generation of the
+ * process's ranges, or of another process, do not match. */
+#define DN_RULE_SLOTS 4096
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 32768);
-	__type(key, struct dn_rule_key);
-	__type(value, struct dn_rule);
-} dn_rules SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DN_RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dn_rule_slot);
+} dn_rule_cache SEC(".maps");
 
 /* Bytes read from the process for the frame being worked out. */
 struct dn_buf {
@@ -242,7 +252,7 @@ struct dn_walk {
 	__u32 ep_at;
 	__u32 ep_pops;
 	__s32 ep_rbp;
-	__u32 reserved;
+	__u32 hits; /* rule cache hits of this run */
 };
 
 _Static_assert(sizeof(struct dn_walk) <= FS_RT_SCRATCH_BYTES, "dn_walk does not fit the scratch area");
@@ -286,12 +296,13 @@ static __always_inline void give_up(struct fs_unwind_state *st, struct dn_walk *
 	w->phase = DN_PHASE_STOP;
 }
 
-static __always_inline void rule_key(struct fs_unwind_state *st, struct dn_walk *w,
-				     struct dn_rule_key *key)
+/* The frame at st->pc's cache slot and its key PC. */
+static __always_inline struct dn_rule_slot *rule_slot(struct fs_unwind_state *st, __u64 *key_pc)
 {
-	key->pid = st->pid;
-	key->generation = w->generation;
-	key->pc = st->pc | ((__u64)(st->exact != 0) << 63);
+	__u64 pc = st->pc | ((__u64)(st->exact != 0) << 63);
+	__u32 index = (__u32)(pc ^ (pc >> 12) ^ (pc >> 24) ^ st->pid) & (DN_RULE_SLOTS - 1);
+	*key_pc = pc;
+	return bpf_map_lookup_elem(&dn_rule_cache, &index);
 }
 
 /* Records the frame and moves the registers to its caller with w->rule. */
@@ -299,14 +310,23 @@ static __always_inline void apply_rule(struct fs_unwind_state *st, struct fs_tra
 				       struct dn_walk *w)
 {
 	__u64 cfa = (w->rule.mode == DN_RULE_FP ? st->bp : st->sp) + (__s64)w->rule.cfa_off;
+	__u64 pair[2] = {};
 	__u64 ra = 0, bp = st->bp;
+	__s32 rbp_off = w->rule.rbp_off;
 	long failed = cfa <= st->sp || cfa - st->sp > DN_MAX_FRAME;
 	if (failed) {
 		give_up(st, w, DN_CNT_ERR_BAD_FRAME);
 	} else {
-		failed = bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8));
-		if (!failed && w->rule.rbp_off != 0)
-			failed = bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (__s64)w->rule.rbp_off));
+		if (rbp_off == -16) {
+			/* The usual frame: the saved RBP right below the return address. */
+			failed = bpf_probe_read_user(pair, sizeof(pair), (void *)(cfa - 16));
+			bp = pair[0];
+			ra = pair[1];
+		} else {
+			failed = bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8));
+			if (!failed && rbp_off != 0)
+				failed = bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (__s64)rbp_off));
+		}
 		if (failed) {
 			give_up(st, w, DN_CNT_ERR_READ);
 		} else if (!fs_emit(st, e, w->rule.addr, w->rule.payload)) {
@@ -326,10 +346,15 @@ static __always_inline void apply_rule(struct fs_unwind_state *st, struct fs_tra
 static __always_inline void learn_rule(struct fs_unwind_state *st, struct fs_trace_buf *e,
 				       struct dn_walk *w)
 {
-	struct dn_rule_key key = {};
-	rule_key(st, w, &key);
+	__u64 pc = 0;
+	struct dn_rule_slot *slot = rule_slot(st, &pc);
 	fs_rt_count(DN_CNT_RULE_CACHE_MISSES);
-	bpf_map_update_elem(&dn_rules, &key, &w->rule, BPF_ANY);
+	if (slot) {
+		slot->pid = st->pid;
+		slot->generation = w->generation;
+		slot->pc = pc;
+		slot->rule = w->rule;
+	}
 	apply_rule(st, e, w);
 }
 
@@ -337,14 +362,18 @@ static __always_inline void learn_rule(struct fs_unwind_state *st, struct fs_tra
 static __always_inline void phase_frame(struct fs_unwind_state *st, struct fs_trace_buf *e,
 					struct dn_walk *w)
 {
-	struct dn_rule_key key = {};
-	rule_key(st, w, &key);
+	__u64 pc = 0;
+	struct dn_rule_slot *slot = rule_slot(st, &pc);
 	w->at = st->exact ? st->pc : st->pc - 1;
-	struct dn_rule *cached = bpf_map_lookup_elem(&dn_rules, &key);
-	if (cached) {
-		fs_rt_count(DN_CNT_RULE_CACHE_HITS);
-		w->rule = *cached;
-		apply_rule(st, e, w);
+	/* A PC remembered as native code but handed over as ours is looked up again. */
+	if (slot && slot->pc == pc && slot->pid == st->pid && slot->generation == w->generation &&
+	    (slot->rule.mode != DN_RULE_NATIVE || w->frames > 0)) {
+		w->hits++; /* counted once per run */
+		w->rule = slot->rule;
+		if (w->rule.mode == DN_RULE_NATIVE)
+			w->phase = DN_PHASE_STOP;
+		else
+			apply_rule(st, e, w);
 	} else {
 		__u32 pid = st->pid;
 		struct dn_proc *proc = bpf_map_lookup_elem(&dn_procs, &pid);
@@ -379,10 +408,20 @@ static __always_inline void phase_range(struct fs_unwind_state *st, struct fs_tr
 		if (hi == 0 || r->start > w->at || w->at >= r->end) {
 			/* Native code: hand back. The first PC was handed over as ours: not in
 			 * the table (yet), so it is the native unwinder's. */
-			if (w->frames == 0)
+			if (w->frames == 0) {
 				give_up(st, w, DN_CNT_ERR_NO_RANGE);
-			else
+			} else {
+				/* Remembered: the next sample through here hands back at once. */
+				__u64 pc = 0;
+				struct dn_rule_slot *slot = rule_slot(st, &pc);
+				if (slot) {
+					slot->pid = st->pid;
+					slot->generation = w->generation;
+					slot->pc = pc;
+					slot->rule.mode = DN_RULE_NATIVE;
+				}
 				w->phase = DN_PHASE_STOP;
+			}
 		} else {
 			w->range = *r;
 			__u32 kind = w->range.kind;
@@ -750,7 +789,9 @@ FS_RUNTIME_PROGRAM(fs_rt_dotnet)
 		w->rounds = 0;
 		w->generation = proc ? proc->generation : 0;
 	}
+	w->hits = 0;
 	FS_LOOP(DN_STEPS, dn_step, NULL);
+	fs_rt_count_n(DN_CNT_RULE_CACHE_HITS, w->hits);
 	if (w->phase != DN_PHASE_STOP && !st->done && w->rounds + 1 < DN_ROUNDS) {
 		w->rounds++;
 		fs_continue(ctx, st); /* returns only when out of tail calls */

@@ -43,6 +43,8 @@ pub const FRAME_JIT_STUB: u8 = 4;
 pub const RULE_SP: u32 = 0;
 /// `enum dn_rule_mode`: CFA = RBP + offset.
 pub const RULE_FP: u32 = 1;
+/// `enum dn_rule_mode`: not managed code (where the walk hands back).
+pub const RULE_NATIVE: u32 = 2;
 
 /// The program, both builds.
 pub fn program() -> EbpfProgram {
@@ -298,8 +300,10 @@ mod tests {
             let b = btf(object);
             let rule = b.struct_layout("dn_rule").expect("struct dn_rule");
             assert_eq!(rule.size, 32);
-            let key = b.struct_layout("dn_rule_key").expect("struct dn_rule_key");
-            assert_eq!(key.size, 16);
+            let slot = b
+                .struct_layout("dn_rule_slot")
+                .expect("struct dn_rule_slot");
+            assert_eq!(slot.size, 48);
         }
     }
 
@@ -343,6 +347,7 @@ mod tests {
                 &[
                     ("DN_RULE_SP", i64::from(RULE_SP)),
                     ("DN_RULE_FP", i64::from(RULE_FP)),
+                    ("DN_RULE_NATIVE", i64::from(RULE_NATIVE)),
                 ],
             )
             .unwrap();

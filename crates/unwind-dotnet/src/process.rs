@@ -232,9 +232,11 @@ impl DotnetProcess {
         if ranges == self.ranges && !force {
             return Ok(ProcessUpdate::default());
         }
+        // A new generation: the walker's cached rules (and "not managed" answers) of the
+        // old ranges are not used any more.
+        self.generation = self.generation.wrapping_add(1);
         let removed = self.ranges.iter().any(|r| !ranges.contains(r));
         if removed {
-            self.generation = self.generation.wrapping_add(1);
             let still: Vec<u64> = ranges.iter().map(|r| r.start).collect();
             self.r2r_tables.retain(|base, _| still.contains(base));
             self.modules.retain_images(|base| still.contains(&base));
@@ -575,7 +577,6 @@ impl InterpreterProcess for DotnetProcess {
                 self.push(&m, None, out);
             }
             DotnetFrame::Stub { kind, .. } => {
-                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                 out.push(InterpretedFrame {
                     function: Arc::from(stub_name(kind)),
                     file: Arc::from(""),
