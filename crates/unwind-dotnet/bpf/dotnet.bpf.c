@@ -59,7 +59,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* What a range of dn_proc is (dn_range.kind). */
 enum dn_range_kind {
 	/* A JIT code heap: base = the heap's mapBase, table = its nibble map, unwind_base =
-	 * what its RUNTIME_FUNCTION offsets are relative to. */
+	 * what its RUNTIME_FUNCTION offsets are relative to, count = the nibble map's version
+	 * (1, or 2 for .NET 10's pointers). */
 	DN_RANGE_JIT = 1,
 	/* A ReadyToRun image's code: base = the image (RVA 0), table = its RUNTIME_FUNCTIONs,
 	 * count = how many. */
@@ -97,7 +98,7 @@ struct dn_range {
 	__u64 table;
 	__u64 unwind_base;
 	__u32 kind;  /* enum dn_range_kind */
-	__u32 count; /* R2R: RUNTIME_FUNCTIONs; stubs: their kind */
+	__u32 count; /* JIT: nibble map version; R2R: RUNTIME_FUNCTIONs; stubs: their kind */
 };
 
 _Static_assert(sizeof(struct dn_range) == 48, "dn_range layout changed: update src/ebpf.rs");
@@ -466,37 +467,68 @@ static __always_inline __u32 nibble_in(__u32 word, __u32 max)
 	return found;
 }
 
-/* DN_PHASE_NIBBLE: one block of the nibble map (DN_NIBBLE_SCAN words up to w->word). */
+/* A word of a version 2 nibble map (.NET 10) that a method covers whole: the method's
+ * start relative to the map's base (its low nibble, 9-12, holds bits 2-3). */
+static __always_inline int nibble_pointer(__u32 word)
+{
+	return (word & 0xf) > 8;
+}
+
+static __always_inline __u64 nibble_decode(__u32 word)
+{
+	return (word & ~0xfu) + (((word & 0xf) - 9) << 2);
+}
+
+/* DN_PHASE_NIBBLE: one block of the nibble map (DN_NIBBLE_SCAN words up to w->word). A word
+ * covers 256 bytes of code, a nibble 32 bytes (the first in the word's top bits): 1 + the
+ * method start's offset / 4 in those 32 bytes, 0 when none starts there. Version 2 maps
+ * also point at the start from every word a method covers whole: the PC's word or the one
+ * before it tells. */
 static __always_inline void phase_nibble(struct fs_unwind_state *st, struct dn_walk *w,
 					 struct dn_buf *buf)
 {
 	__u64 word = w->word;
 	__u64 first_word = word >= DN_NIBBLE_SCAN - 1 ? word - (DN_NIBBLE_SCAN - 1) : 0;
 	__u32 top = (__u32)(word - first_word) & (DN_NIBBLE_SCAN - 1);
+	__u32 v2 = w->range.count == 2;
 	long failed = bpf_probe_read_user(buf->nibbles, DN_NIBBLE_SCAN * 4,
 					  (void *)(w->range.table + first_word * 4));
-	__u32 found = 0, found_word = top;
+	/* The word to search and the highest position in it (8: nothing to search). */
+	__u32 search = buf->nibbles[top], max = 8;
+	__u64 relative = 0; /* a start decoded from a version 2 pointer, + 1 (0: none) */
 	if (!failed && w->first) {
 		/* The PC's own word: only starts at or below its position and offset. */
 		__u64 delta = w->at - w->range.base;
 		__u32 pos = (__u32)(delta >> 5) & 7;
 		__u32 offset = (((__u32)delta & 31) >> 2) + 1;
-		__u32 own = buf->nibbles[top];
-		__u32 nib = (own >> (28 - (pos << 2))) & 0xf;
+		__u32 nib = (search >> (28 - (pos << 2))) & 0xf;
+		if (v2 && nibble_pointer(search))
+			relative = nibble_decode(search) + 1;
 		/* A start later in the PC's own bucket is another method's. */
-		if (nib > offset)
-			found = pos > 0 ? nibble_in(own, pos - 1) : 0;
+		else if (nib > offset)
+			max = pos > 0 ? pos - 1 : 8;
 		else
-			found = nibble_in(own, pos);
+			max = pos;
 	}
-	w->lo = found;
-	if (!failed && found == 0) {
-		/* The closest lower word with a start. */
+	w->lo = max < 8 ? nibble_in(search, max) : 0;
+	w->code_start = relative;
+	asm volatile("" ::: "memory");
+	__u32 found = w->lo;
+	relative = w->code_start;
+	if (!failed && found == 0 && relative == 0) {
+		/* The closest lower word with a start (version 2: only the one before). */
 		int last = -1;
 		__u32 limit = w->first ? top : top + 1;
+		__u32 lowest = v2 && limit > 0 ? limit - 1 : 0;
+		/* The words to look at as a mask: comparisons with `limit` in the loop would
+		 * split the verifier's states on every word. */
+		__u32 valid = ((1u << (limit & 31)) - 1) & ~((1u << (lowest & 31)) - 1);
+		w->hi = valid;
+		asm volatile("" ::: "memory");
+		valid = w->hi;
 #pragma unroll
 		for (int i = 0; i < DN_NIBBLE_SCAN; i++) {
-			if ((__u32)i < limit && buf->nibbles[i] != 0)
+			if (((valid >> i) & 1) && buf->nibbles[i] != 0)
 				last = i;
 		}
 		w->hi = (__u32)last;
@@ -505,18 +537,25 @@ static __always_inline void phase_nibble(struct fs_unwind_state *st, struct dn_w
 	}
 	/* Let the scan's paths meet: what follows reads its result back from the map. */
 	asm volatile("" ::: "memory");
-	found = w->lo;
-	found_word = w->hi;
-	if (!failed && found == 0 && (int)found_word >= 0)
-		found = nibble_in(buf->nibbles[found_word & (DN_NIBBLE_SCAN - 1)], 7);
+	__u32 found_word = w->hi;
+	__u32 prev = buf->nibbles[found_word & (DN_NIBBLE_SCAN - 1)];
+	if (!failed && found == 0 && relative == 0 && (int)found_word >= 0) {
+		if (v2 && nibble_pointer(prev))
+			relative = nibble_decode(prev) + 1;
+		else
+			found = nibble_in(prev, 7);
+	}
 	w->first = 0;
 	if (failed) {
 		give_up(st, w, DN_CNT_ERR_READ);
+	} else if (relative != 0) {
+		w->code_start = w->range.base + relative - 1;
+		w->phase = DN_PHASE_HEADER;
 	} else if (found != 0) {
 		__u64 bucket = (first_word + (found_word & (DN_NIBBLE_SCAN - 1))) * 8 + (found >> 8);
 		w->code_start = w->range.base + bucket * 32 + (((found & 0xf) - 1) << 2);
 		w->phase = DN_PHASE_HEADER;
-	} else if (first_word == 0) {
+	} else if (first_word == 0 || v2) {
 		give_up(st, w, DN_CNT_ERR_NO_CODE);
 	} else if (w->blocks + 1 >= DN_NIBBLE_BLOCKS) {
 		give_up(st, w, DN_CNT_ERR_CODE_TOO_LARGE);

@@ -59,6 +59,8 @@ pub struct DotnetFile {
     pub layout: Layout,
     /// The virtual address of `g_dacTable`.
     pub dac_table: u64,
+    /// The virtual address of `DotNetRuntimeContractDescriptor` (.NET 9+).
+    pub contract: Option<u64>,
 }
 
 /// Detects CoreCLR: a `libcoreclr.so` in a version directory, exporting `g_dacTable`.
@@ -84,10 +86,14 @@ pub fn detect_file(file: &dyn ElfFile) -> Result<Option<DotnetFile>, Error> {
                 "no g_dacTable symbol, so its code ranges cannot be found",
             )
         })?;
+    let contract = file
+        .exported_symbol("DotNetRuntimeContractDescriptor")
+        .map(|s| s.address);
     Ok(Some(DotnetFile {
         version,
         layout,
         dac_table: dac.address,
+        contract,
     }))
 }
 

@@ -106,6 +106,9 @@ pub struct Layout {
     pub patchpoint_locals: u32,
     /// The debug info starts with a flags byte (OSR patchpoints, rich info: 7+).
     pub debug_flags_byte: bool,
+    /// The nibble maps also hold pointers to the method start in the words a method covers
+    /// (ExecutionManager contract version 2: .NET 10).
+    pub nibble_map_v2: bool,
 }
 
 /// The StubCodeBlockKind values this reports for stub managers' ranges (our own: the runtime
@@ -160,6 +163,7 @@ pub fn layout(major: u32) -> Option<Layout> {
         patchpoint_size: 32,
         patchpoint_locals: 8,
         debug_flags_byte: true,
+        nibble_map_v2: false,
     };
     match major {
         6 => Some(Layout {
@@ -193,7 +197,12 @@ pub fn layout(major: u32) -> Option<Layout> {
         }),
         8 => Some(net8),
         // 9 and 10 start from the 8 values; the contract descriptor corrects them.
-        9 | 10 => Some(Layout { major, ..net8 }),
+        9 => Some(Layout { major, ..net8 }),
+        10 => Some(Layout {
+            major,
+            nibble_map_v2: true,
+            ..net8
+        }),
         _ => None,
     }
 }

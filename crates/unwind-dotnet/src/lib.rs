@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod contract;
 pub mod debuginfo;
 pub mod ebpf;
 mod interpreter;

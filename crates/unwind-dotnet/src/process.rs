@@ -46,6 +46,8 @@ pub struct DotnetProcess {
     coreclr_start: u64,
     style: NameStyle,
     ranges: Vec<CodeRange>,
+    /// The RangeSectionMap's address as the contract descriptor gives it (.NET 9+).
+    code_range_map: Option<u64>,
     /// R2R image base → (its RUNTIME_FUNCTION table, count).
     r2r_tables: HashMap<u64, (u64, u32)>,
     generation: u32,
@@ -70,10 +72,22 @@ impl DotnetProcess {
         style: NameStyle,
         counters: Arc<Counters>,
     ) -> DotnetProcess {
+        let mut layout = file.layout.clone();
+        let mut code_range_map = None;
+        if let Some(at) = file.contract {
+            // The runtime describes itself: its descriptor's offsets replace the defaults.
+            match crate::contract::read(&*memory, at.wrapping_add(bias)) {
+                Ok(d) => code_range_map = crate::contract::apply(&d, &mut layout),
+                Err(e) => {
+                    tracing::debug!(pid, "the runtime's contract descriptor is not used: {e}")
+                }
+            }
+        }
         DotnetProcess {
             pid,
             memory,
-            layout: file.layout.clone(),
+            layout,
+            code_range_map,
             dac_table: file.dac_table.wrapping_add(bias),
             bias,
             coreclr_start: bias,
@@ -110,7 +124,10 @@ impl DotnetProcess {
 
     /// The code ranges now (empty until the runtime has set up its tables).
     fn read_ranges(&self) -> Result<Vec<CodeRange>, Error> {
-        let global = self.dac_slot(self.layout.slot_code_ranges)?;
+        let global = match self.code_range_map {
+            Some(at) => at,
+            None => self.dac_slot(self.layout.slot_code_ranges)?,
+        };
         if global == 0 {
             return Ok(Vec::new());
         }
@@ -133,6 +150,7 @@ impl DotnetProcess {
             let d = match r.kind {
                 CodeKind::Jit {
                     map_base,
+                    v2,
                     hdr_map,
                     unwind_base,
                 } => DnRange {
@@ -142,7 +160,7 @@ impl DotnetProcess {
                     table: hdr_map,
                     unwind_base,
                     kind: RANGE_JIT,
-                    count: 0,
+                    count: if v2 { 2 } else { 1 },
                 },
                 CodeKind::ReadyToRun { .. } => {
                     let t = match self.r2r_tables.get(&r.start) {

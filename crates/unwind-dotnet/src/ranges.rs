@@ -23,6 +23,8 @@ pub enum CodeKind {
     Jit {
         /// `HeapList::mapBase`: what the nibble map is relative to.
         map_base: u64,
+        /// Its nibble map holds pointers in covered words (version 2, .NET 10).
+        v2: bool,
         /// `HeapList::pHdrMap`: the nibble map.
         hdr_map: u64,
         /// What the heap's `RUNTIME_FUNCTION` offsets are relative to.
@@ -167,6 +169,7 @@ fn range_section(mem: &dyn ProcessMemory, l: &Layout, rs: u64) -> Result<Option<
         let personality = hf(l.hl_personality);
         CodeKind::Jit {
             map_base,
+            v2: l.nibble_map_v2,
             hdr_map: hf(l.hl_hdr_map),
             unwind_base: if personality != 0 {
                 personality
@@ -310,12 +313,46 @@ mod tests {
                     end: heap_start + 0x8_0000,
                     kind: CodeKind::Jit {
                         map_base: heap_start,
+                        v2: false,
                         hdr_map: 0x9_0000,
                         unwind_base: heap_start
                     }
                 },
             ]
         );
+    }
+
+    #[test]
+    fn version_2_nibble_maps_point_at_the_start_from_covered_words() {
+        // Method A starts at +0x48 and covers words 1-3 whole (pointers), method B starts at
+        // +0x404; words 6-7 are empty.
+        let base = 0x10_0000u64;
+        let pointer = |rel: u32| (rel & !0xf) + ((rel & 0xf) >> 2) + 9;
+        let words: [u32; 8] = [
+            3 << 20, // bucket 2: 1 + 8 / 4
+            pointer(0x48),
+            pointer(0x48),
+            pointer(0x48),
+            2 << 28, // bucket 0: 1 + 4 / 4
+            0,
+            0,
+            0,
+        ];
+        let mut mem = SnapshotMemory::new(1);
+        mem.add_region(
+            0x9_0000,
+            words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        );
+        let find = |pc: u64, v2: bool| method_start_in(&mem, base, 0x9_0000, pc, 64, v2).unwrap();
+        assert_eq!(find(base + 0x50, true), Some(base + 0x48));
+        assert_eq!(find(base + 0x250, true), Some(base + 0x48));
+        // B's word, before B's start: the word below points at A.
+        assert_eq!(find(base + 0x402, true), Some(base + 0x48));
+        assert_eq!(find(base + 0x500, true), Some(base + 0x404));
+        // Two empty words: in a version 2 map nothing can cover them.
+        assert_eq!(find(base + 0x720, true), None);
+        // A version 1 reader searches back instead.
+        assert_eq!(find(base + 0x720, false), Some(base + 0x404));
     }
 
     #[test]
@@ -348,6 +385,21 @@ pub fn method_start(
     pc: u64,
     max_words: u64,
 ) -> Result<Option<u64>, Error> {
+    method_start_in(mem, map_base, hdr_map, pc, max_words, false)
+}
+
+/// [`method_start`] for either format: `v2` maps (.NET 10) also hold, in every word a method
+/// covers whole, its start relative to `map_base` (the low nibble 9-12 giving bits 2-3).
+pub fn method_start_in(
+    mem: &dyn ProcessMemory,
+    map_base: u64,
+    hdr_map: u64,
+    pc: u64,
+    max_words: u64,
+    v2: bool,
+) -> Result<Option<u64>, Error> {
+    let pointer = |w: u32| (w & 0xf) > 8;
+    let decode = |w: u32| map_base + u64::from(w & !0xf) + (u64::from((w & 0xf) - 9) << 2);
     let Some(delta) = pc.checked_sub(map_base) else {
         return Ok(None);
     };
@@ -367,6 +419,9 @@ pub fn method_start(
     // The PC's own word: positions up to its bucket, and in its bucket a start at or before
     // it.
     let own = read(word)?;
+    if v2 && pointer(own) {
+        return Ok(Some(decode(own)));
+    }
     let pos = (bucket & 7) as u32;
     for p in (0..=pos).rev() {
         let nibble = (own >> (28 - 4 * p)) & 0xf;
@@ -381,6 +436,12 @@ pub fn method_start(
         }
         word -= 1;
         let w = read(word)?;
+        if v2 && pointer(w) {
+            return Ok(Some(decode(w)));
+        }
+        if v2 && w == 0 {
+            return Ok(None);
+        }
         if w != 0 {
             let p = (0..8u32)
                 .rev()
