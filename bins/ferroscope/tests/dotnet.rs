@@ -260,6 +260,27 @@ fn two_chains(env: &[(&str, &str)], warm_up: Duration) {
         stderr.contains("Dotnet frames:"),
         "the summary reports .NET frames:\n{stderr}"
     );
+    assert_files(&samples, "Shop.", "Shop.dll");
+}
+
+/// Every managed frame whose function starts with `prefix` has the assembly `file` as its
+/// file (and there is at least one).
+fn assert_files(samples: &[Sample], prefix: &str, file: &str) {
+    let files: Vec<&str> = samples
+        .iter()
+        .flat_map(|s| &s.frames)
+        .filter(|f| f.managed && f.function.starts_with(prefix))
+        .map(|f| f.file.as_str())
+        .collect();
+    assert!(
+        !files.is_empty() && files.iter().all(|f| *f == file),
+        "{prefix}* frames in {file}: {:?}",
+        files
+            .iter()
+            .filter(|f| **f != file)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Every method JIT-compiled once, fully optimized (no tiers, no on-stack replacement).
@@ -340,6 +361,9 @@ fn ready_to_run_framework_methods_are_named() {
          {sum}, of {all}\n{}\n{stderr}",
         show(&samples)
     );
+    // Named from their own images' metadata.
+    assert_files(&samples, "System.Linq.", "System.Linq.dll");
+    assert_files(&samples, "System.String.", "System.Private.CoreLib.dll");
     let r2r = summary_value(&stderr, "DotnetReadyToRunFramesNamed_total").unwrap_or(0);
     assert!(
         r2r > 0,

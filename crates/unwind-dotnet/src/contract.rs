@@ -250,7 +250,7 @@ impl Descriptor {
         let mut d = Descriptor::default();
         let number = |v: &Json| -> Option<u64> {
             match v {
-                Json::Number(n) => u64::try_from(*n).ok().or_else(|| Some(*n as i64 as u64)),
+                Json::Number(n) => u64::try_from(*n).ok().or(Some(*n as i64 as u64)),
                 Json::String(s) => integer(s).map(|n| n as u64),
                 _ => None,
             }

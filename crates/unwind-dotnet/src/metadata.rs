@@ -327,7 +327,7 @@ impl Tables {
             guid4: heap & 2 != 0,
             blob4: heap & 4 != 0,
         };
-        for t in 0..64 {
+        for (t, &count) in rows.iter().enumerate() {
             let mut off = 0;
             let mut cols = Vec::new();
             for &c in schema(t) {
@@ -337,14 +337,14 @@ impl Tables {
             }
             tables.row_size[t] = off;
             tables.columns[t] = cols;
-            if rows[t] > 0 && off == 0 {
+            if count > 0 && off == 0 {
                 return Err(bad("rows in a table this reader does not know"));
             }
         }
-        for t in 0..64 {
+        for (t, &count) in rows.iter().enumerate() {
             tables.start[t] = at;
             at = at
-                .checked_add(tables.row_size[t] * rows[t] as usize)
+                .checked_add(tables.row_size[t] * count as usize)
                 .ok_or_else(|| bad("tables too large"))?;
         }
         if at > stream.len() {

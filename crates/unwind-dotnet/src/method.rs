@@ -166,7 +166,7 @@ pub fn method_table(mem: &dyn ProcessMemory, l: &Layout, at: u64) -> Result<Meth
 
 /// The address of a module's simple name (inside its flat-mapped image).
 pub fn module_name_address(mem: &dyn ProcessMemory, l: &Layout, module: u64) -> Result<u64, Error> {
-    let at = module + u64::from(l.module_simple_name);
+    let at = module.wrapping_add(u64::from(l.module_simple_name));
     let p = mem
         .read_u64(at)
         .map_err(Error::read("a module's simple name", at))?;
@@ -180,11 +180,11 @@ pub fn module_name_address(mem: &dyn ProcessMemory, l: &Layout, module: u64) -> 
 /// `MethodTable`s (a type handle with bit 1 set is not a MethodTable and is returned as 0).
 pub fn method_type_args(mem: &dyn ProcessMemory, l: &Layout, md: u64) -> Result<Vec<u64>, Error> {
     let mut b = [0u8; 8];
-    mem.read_exact_at(md + u64::from(l.imd_num_args), &mut b[..2])
+    mem.read_exact_at(md.wrapping_add(u64::from(l.imd_num_args)), &mut b[..2])
         .map_err(Error::read("an instantiated method desc", md))?;
     let n = le_u16(&b, 0).unwrap_or(0).min(16);
     let dict = mem
-        .read_u64(md + u64::from(l.imd_per_inst_info))
+        .read_u64(md.wrapping_add(u64::from(l.imd_per_inst_info)))
         .map_err(Error::read("an instantiated method desc", md))?;
     type_handles(mem, dict, n.into())
 }
@@ -216,7 +216,9 @@ pub fn type_args(
     if mt.per_inst_info == 0 || dictionaries == 0 {
         return Ok(Vec::new());
     }
-    let slot = mt.per_inst_info + 8 * (dictionaries as u64 - 1);
+    let slot = mt
+        .per_inst_info
+        .wrapping_add(8u64.wrapping_mul(dictionaries as u64 - 1));
     let dict = mem
         .read_u64(slot)
         .map_err(Error::read("a generic dictionary", slot))?;

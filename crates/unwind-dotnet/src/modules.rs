@@ -82,7 +82,7 @@ pub fn runtime_function_table(mem: &dyn ProcessMemory, base: u64) -> Result<(u64
     let (rva, size) = header
         .section(r2r::SECTION_RUNTIME_FUNCTIONS)
         .ok_or_else(|| Error::format("ReadyToRun header", "no RuntimeFunctions section"))?;
-    Ok((base + u64::from(rva), size / 12))
+    Ok((base.wrapping_add(u64::from(rva)), size / 12))
 }
 
 fn r2r_header(mem: &dyn ProcessMemory, image: &Image) -> Result<Header, Error> {

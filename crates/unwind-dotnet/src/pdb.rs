@@ -153,8 +153,7 @@ impl Pdb {
         let start = points.iter().find(|p| !p.hidden)?;
         let at = points
             .iter()
-            .filter(|p| p.il <= il && !p.hidden)
-            .last()
+            .rfind(|p| p.il <= il && !p.hidden)
             .unwrap_or(start);
         Some(Line {
             file: self.document(at.document)?,

@@ -202,8 +202,10 @@ impl Image {
     /// The process address of `rva`.
     pub fn address(&self, rva: u32) -> Option<u64> {
         match self.layout {
-            Layout::Mapped => Some(self.base + u64::from(rva)),
-            Layout::Flat => Some(self.base + u64::from(self.headers.file_offset(rva)?)),
+            Layout::Mapped => self.base.checked_add(u64::from(rva)),
+            Layout::Flat => self
+                .base
+                .checked_add(u64::from(self.headers.file_offset(rva)?)),
         }
     }
 

@@ -449,7 +449,7 @@ fn dictionaries(mem: &dyn ferroscope_unwind_api::ProcessMemory, mt: &method::Met
         return 0;
     }
     let mut b = [0u8; 2];
-    match mem.read_exact_at(mt.per_inst_info - 4, &mut b) {
+    match mem.read_exact_at(mt.per_inst_info.wrapping_sub(4), &mut b) {
         Ok(()) => usize::from(u16::from_le_bytes(b)).clamp(1, 64),
         Err(_) => 1,
     }
@@ -480,7 +480,7 @@ fn read_bounds(
 /// `IL_STUB_*`).
 fn dynamic_name(mem: &dyn ferroscope_unwind_api::ProcessMemory, l: &Layout, md: u64) -> String {
     let name = mem
-        .read_u64(md + u64::from(l.dmd_name))
+        .read_u64(md.wrapping_add(u64::from(l.dmd_name)))
         .ok()
         .filter(|&p| p != 0)
         .and_then(|p| mem.read_c_string(p, 256).ok())

@@ -81,7 +81,7 @@ pub fn code_ranges(
         let next = layout.rs_next.unwrap_or(0x18);
         while at != 0 && sections.len() < MAX_SECTIONS && sections.insert(at) {
             at = mem
-                .read_u64(at + u64::from(next))
+                .read_u64(at.wrapping_add(u64::from(next)))
                 .map_err(Error::read("a range section", at))?;
         }
     }
@@ -154,7 +154,7 @@ fn range_section(mem: &dyn ProcessMemory, l: &Layout, rs: u64) -> Result<Option<
         };
         let list = field(off);
         let mut k = [0u8; 4];
-        mem.read_exact_at(list + u64::from(l.range_list_kind), &mut k)
+        mem.read_exact_at(list.wrapping_add(u64::from(l.range_list_kind)), &mut k)
             .map_err(Error::read("a code range list", list))?;
         CodeKind::Stub {
             kind: u32::from_le_bytes(k).min(0xff) as u8,
@@ -191,7 +191,7 @@ fn range_section(mem: &dyn ProcessMemory, l: &Layout, rs: u64) -> Result<Option<
 /// next manager): blocks of 10 {start, end, id} ranges and a next-block pointer, after the
 /// list's own vtable.
 fn stub_list(mem: &dyn ProcessMemory, manager: u64, kind: u8, out: &mut Vec<CodeRange>) {
-    let mut block = manager + 0x10 + 8;
+    let mut block = manager.wrapping_add(0x10 + 8);
     let mut found = 0;
     let mut blocks = 0;
     while block != 0 && blocks < 64 && found < MAX_LIST_RANGES {
@@ -234,6 +234,87 @@ pub fn normalize(mut ranges: Vec<CodeRange>) -> Vec<CodeRange> {
         }
     }
     out
+}
+
+/// Where the JIT method holding `pc` starts, from its heap's nibble map (what the eBPF walker
+/// does, on the host: the runtime's `EEJitManager::FindMethodCode`). The map has a 32-bit word
+/// per 256 bytes of code above `map_base`, a nibble per 32 bytes (the first in the word's top
+/// bits), holding 1 + the start's offset / 4 within its 32 bytes when a method starts there.
+/// Searches at most `max_words` words back; `None` when no method starts before `pc`.
+pub fn method_start(
+    mem: &dyn ProcessMemory,
+    map_base: u64,
+    hdr_map: u64,
+    pc: u64,
+    max_words: u64,
+) -> Result<Option<u64>, Error> {
+    method_start_in(mem, map_base, hdr_map, pc, max_words, false)
+}
+
+/// [`method_start`] for either format: `v2` maps (.NET 10) also hold, in every word a method
+/// covers whole, its start relative to `map_base` (the low nibble 9-12 giving bits 2-3).
+pub fn method_start_in(
+    mem: &dyn ProcessMemory,
+    map_base: u64,
+    hdr_map: u64,
+    pc: u64,
+    max_words: u64,
+    v2: bool,
+) -> Result<Option<u64>, Error> {
+    let pointer = |w: u32| (w & 0xf) > 8;
+    let decode =
+        |w: u32| map_base.wrapping_add(u64::from(w & !0xf) + (u64::from((w & 0xf) - 9) << 2));
+    let Some(delta) = pc.checked_sub(map_base) else {
+        return Ok(None);
+    };
+    let read = |word: u64| -> Result<u32, Error> {
+        let at = hdr_map.wrapping_add(4 * word);
+        let mut b = [0u8; 4];
+        mem.read_exact_at(at, &mut b)
+            .map_err(Error::read("a nibble map word", at))?;
+        Ok(u32::from_le_bytes(b))
+    };
+    let bucket = delta >> 5;
+    let offset = ((delta & 31) >> 2) as u32 + 1;
+    let mut word = bucket >> 3;
+    let start = |word: u64, pos: u32, nibble: u32| {
+        map_base.wrapping_add(((word * 8 + u64::from(pos)) << 5) + (u64::from(nibble - 1) << 2))
+    };
+    // The PC's own word: positions up to its bucket, and in its bucket a start at or before
+    // it.
+    let own = read(word)?;
+    if v2 && pointer(own) {
+        return Ok(Some(decode(own)));
+    }
+    let pos = (bucket & 7) as u32;
+    for p in (0..=pos).rev() {
+        let nibble = (own >> (28 - 4 * p)) & 0xf;
+        if nibble != 0 && (p < pos || nibble <= offset) {
+            return Ok(Some(start(word, p, nibble)));
+        }
+    }
+    // Lower words: the last start in the first one that has any.
+    for _ in 0..max_words {
+        if word == 0 {
+            return Ok(None);
+        }
+        word -= 1;
+        let w = read(word)?;
+        if v2 && pointer(w) {
+            return Ok(Some(decode(w)));
+        }
+        if v2 && w == 0 {
+            return Ok(None);
+        }
+        if w != 0 {
+            let p = (0..8u32)
+                .rev()
+                .find(|&p| (w >> (28 - 4 * p)) & 0xf != 0)
+                .unwrap_or(0);
+            return Ok(Some(start(word, p, (w >> (28 - 4 * p)) & 0xf)));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -371,84 +452,4 @@ mod tests {
             [r(0x1000, 0x2000, 2), r(0x3000, 0x4000, 1)]
         );
     }
-}
-
-/// Where the JIT method holding `pc` starts, from its heap's nibble map (what the eBPF walker
-/// does, on the host: the runtime's `EEJitManager::FindMethodCode`). The map has a 32-bit word
-/// per 256 bytes of code above `map_base`, a nibble per 32 bytes (the first in the word's top
-/// bits), holding 1 + the start's offset / 4 within its 32 bytes when a method starts there.
-/// Searches at most `max_words` words back; `None` when no method starts before `pc`.
-pub fn method_start(
-    mem: &dyn ProcessMemory,
-    map_base: u64,
-    hdr_map: u64,
-    pc: u64,
-    max_words: u64,
-) -> Result<Option<u64>, Error> {
-    method_start_in(mem, map_base, hdr_map, pc, max_words, false)
-}
-
-/// [`method_start`] for either format: `v2` maps (.NET 10) also hold, in every word a method
-/// covers whole, its start relative to `map_base` (the low nibble 9-12 giving bits 2-3).
-pub fn method_start_in(
-    mem: &dyn ProcessMemory,
-    map_base: u64,
-    hdr_map: u64,
-    pc: u64,
-    max_words: u64,
-    v2: bool,
-) -> Result<Option<u64>, Error> {
-    let pointer = |w: u32| (w & 0xf) > 8;
-    let decode = |w: u32| map_base + u64::from(w & !0xf) + (u64::from((w & 0xf) - 9) << 2);
-    let Some(delta) = pc.checked_sub(map_base) else {
-        return Ok(None);
-    };
-    let read = |word: u64| -> Result<u32, Error> {
-        let at = hdr_map + 4 * word;
-        let mut b = [0u8; 4];
-        mem.read_exact_at(at, &mut b)
-            .map_err(Error::read("a nibble map word", at))?;
-        Ok(u32::from_le_bytes(b))
-    };
-    let bucket = delta >> 5;
-    let offset = ((delta & 31) >> 2) as u32 + 1;
-    let mut word = bucket >> 3;
-    let start = |word: u64, pos: u32, nibble: u32| {
-        map_base + ((word * 8 + u64::from(pos)) << 5) + (u64::from(nibble - 1) << 2)
-    };
-    // The PC's own word: positions up to its bucket, and in its bucket a start at or before
-    // it.
-    let own = read(word)?;
-    if v2 && pointer(own) {
-        return Ok(Some(decode(own)));
-    }
-    let pos = (bucket & 7) as u32;
-    for p in (0..=pos).rev() {
-        let nibble = (own >> (28 - 4 * p)) & 0xf;
-        if nibble != 0 && (p < pos || nibble <= offset) {
-            return Ok(Some(start(word, p, nibble)));
-        }
-    }
-    // Lower words: the last start in the first one that has any.
-    for _ in 0..max_words {
-        if word == 0 {
-            return Ok(None);
-        }
-        word -= 1;
-        let w = read(word)?;
-        if v2 && pointer(w) {
-            return Ok(Some(decode(w)));
-        }
-        if v2 && w == 0 {
-            return Ok(None);
-        }
-        if w != 0 {
-            let p = (0..8u32)
-                .rev()
-                .find(|&p| (w >> (28 - 4 * p)) & 0xf != 0)
-                .unwrap_or(0);
-            return Ok(Some(start(word, p, (w >> (28 - 4 * p)) & 0xf)));
-        }
-    }
-    Ok(None)
 }

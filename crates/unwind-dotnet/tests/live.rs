@@ -372,3 +372,36 @@ fn full_names_carry_the_type_arguments_the_code_runs_with() {
     );
     drop(app);
 }
+
+/// .NET Core 3.1 (the only pre-6 CoreCLR installable here) is recognised and refused by
+/// version, with a reason, rather than read with a layout that is not its own.
+#[test]
+fn core_3_1_is_refused_as_an_unsupported_version() {
+    let Some(runtime) = runtimes::dotnetcore31() else {
+        return;
+    };
+    let lib = runtime
+        .exe
+        .parent()
+        .unwrap()
+        .join("shared/Microsoft.NETCore.App/3.1.23/libcoreclr.so");
+    let elf = Elf {
+        path: lib.display().to_string(),
+        data: std::fs::read(&lib).unwrap(),
+    };
+    assert!(
+        elf.symbol("g_dacTable").is_some(),
+        "3.1 has g_dacTable (in .symtab)"
+    );
+    let err = match Dotnet::default().detect(&elf) {
+        Err(e) => e,
+        Ok(d) => panic!("3.1.23 detected as supported: {}", d.is_some()),
+    };
+    let text = format!(
+        "{err} {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(text.contains("3.1.23 is not supported"), "{text}");
+}
