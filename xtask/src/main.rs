@@ -4,8 +4,8 @@
 //! `cargo xtask kernels` runs the kernel matrix (see kernels.rs).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod bench_dotnet;
 mod bench_churn;
+mod bench_dotnet;
 mod bench_ruby;
 mod kernels;
 
