@@ -128,9 +128,12 @@ fn decode(p: &Profile) -> Vec<Sample> {
                 for line in &loc.line {
                     let (function, file) = functions[&line.function_id].clone();
                     frames.push(Frame {
-                        // Stubs and dynamic methods have no file; kernel frames no `[`.
+                        // Stubs and dynamic methods have no file; kernel frames no `[`;
+                        // unwind errors are nobody's frames.
                         managed: loc.mapping_id == 0
-                            && (!file.is_empty() || function.starts_with('[')),
+                            && (!file.is_empty()
+                                || (function.starts_with('[')
+                                    && !function.starts_with("[unwind error"))),
                         function,
                         file,
                         line: line.line,
