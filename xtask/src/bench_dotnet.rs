@@ -47,7 +47,14 @@ fn number_after(text: &str, name: &str) -> Option<f64> {
     digits.parse().ok()
 }
 
-pub fn bench_dotnet(_args: &[String]) -> Result<()> {
+/// `cargo xtask bench-dotnet [--binary PATH]`: PATH instead of a release build (the eBPF
+/// figures do not depend on how the binary was built; the naming counters neither).
+pub fn bench_dotnet(args: &[String]) -> Result<()> {
+    let binary = match args {
+        [] => None,
+        [flag, path] if flag == "--binary" => Some(std::path::PathBuf::from(path)),
+        _ => bail!("usage: cargo xtask bench-dotnet [--binary PATH]"),
+    };
     if !is_root() {
         bail!("the .NET benchmark loads eBPF programs and must run as root");
     }
@@ -56,8 +63,14 @@ pub fn bench_dotnet(_args: &[String]) -> Result<()> {
         .exe;
     let mcs = runtimes::try_mcs().map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let root = root();
-    let target = build_release(&root)?;
-    let exe = target.join("release/ferroscope");
+    let (target, exe) = match binary {
+        Some(path) => (crate::target_dir(&root), std::path::absolute(path)?),
+        None => {
+            let target = build_release(&root)?;
+            let exe = target.join("release/ferroscope");
+            (target, exe)
+        }
+    };
     let dir = target.join("bench-dotnet");
     std::fs::create_dir_all(&dir)?;
     let dll = dir.join("Shop.dll");

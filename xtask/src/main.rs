@@ -78,7 +78,7 @@ fn main() -> Result<()> {
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
-                 bench-dotnet  eBPF cost per sample of a 50-deep .NET stack, and the method\n            \
+                 bench-dotnet [--binary PATH]  eBPF cost per sample of a 50-deep .NET stack, and the method\n            \
                  naming cache hit rate over 60 s of mixed work (.NET 8.0.4)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
