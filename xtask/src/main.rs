@@ -7,6 +7,7 @@
 mod bench_churn;
 mod bench_hotspot;
 mod bench_perl;
+mod bench_dotnet;
 mod bench_ruby;
 mod kernels;
 
@@ -66,6 +67,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("bench-dotnet") => bench_dotnet::bench_dotnet(&args[1..]),
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("bench-hotspot") => bench_hotspot::bench_hotspot(&args[1..]),
@@ -84,6 +86,8 @@ fn main() -> Result<()> {
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 bench-dotnet [--binary PATH]  eBPF cost per sample of a 50-deep .NET stack, and the method\n            \
+                 naming cache hit rate over 60 s of mixed work (.NET 8.0.4)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
                  bench-hotspot [JAVA] [--binary PATH]  the same for a 50-deep Java stack (interpreted and C2) and an\n            \

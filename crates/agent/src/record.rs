@@ -190,6 +190,8 @@ pub fn record(
         sample_rate_hz: config.sample_rate_hz,
         pids: pids.as_ref().map(|_| Vec::new()),
         disabled_runtimes: config.disabled_interpreters.clone(),
+        // As the symbolizer names C++ (its default demangling).
+        name_detail: ferroscope_unwind_api::NameDetail::Simplified,
         unwinder: UnwinderConfig::default(),
         manager: ProcessManagerConfig {
             table_cache: Some(PathBuf::from(RECORD_TABLE_CACHE)),

@@ -284,6 +284,20 @@ impl Metric {
     }
 }
 
+/// How much detail the names of runtime frames carry: the session's `demangle` setting
+/// (`none` and `simplified`, `templates`, `full`), which runtimes with generic or overloaded
+/// names follow as C++ names do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum NameDetail {
+    /// No generic arguments, no parameters.
+    #[default]
+    Simplified,
+    /// Generic parameters by name, no parameters.
+    Templates,
+    /// Everything the runtime says: the type arguments the code runs with.
+    Full,
+}
+
 /// A runtime's unwinder, registered with [`inventory::submit!`] as an [`InterpreterPlugin`].
 pub trait Interpreter: Send + Sync {
     /// The runtime's name (`python`): the key of `<name>_enabled` in the configuration, of
@@ -304,6 +318,9 @@ pub trait Interpreter: Send + Sync {
         data: &FileData,
         context: &AttachContext<'_>,
     ) -> Result<Box<dyn InterpreterProcess>, InterpreterError>;
+    /// How detailed names should be; called once, before any process is attached. The
+    /// default ignores it (a runtime whose names have no generic or overloaded parts).
+    fn set_name_detail(&mut self, _detail: NameDetail) {}
     /// The plug-in's own metrics (summed over every process). The agent adds the runtime's
     /// eBPF counters and its naming counters.
     fn metrics(&self) -> Vec<Metric> {

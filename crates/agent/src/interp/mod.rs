@@ -26,8 +26,8 @@ use std::time::Instant;
 use ferroscope_ebpf_programs::{RuntimeCounters, RuntimeObject};
 use ferroscope_unwind_api::{
     AttachContext, FileData, Frame, InterpretedFrame, Interpreter, InterpreterProcess,
-    MappingsChanged, Metric, ProcessUpdate, RawFrame, RecordedFrame, RemoteMemory, SharedMemory,
-    Trace,
+    MappingsChanged, Metric, NameDetail, ProcessUpdate, RawFrame, RecordedFrame, RemoteMemory,
+    SharedMemory, Trace,
 };
 
 pub use names::{FrameNames, NameLookup, NameSubset, NamedLine, SharedNames};
@@ -137,6 +137,13 @@ impl Interpreters {
             names: SharedNames::default(),
             scratch: Vec::new(),
             lines: Vec::new(),
+        }
+    }
+
+    /// Tells every plug-in how detailed names should be (before any process is attached).
+    pub fn set_name_detail(&mut self, detail: NameDetail) {
+        for r in &mut self.runtimes {
+            r.plugin.set_name_detail(detail);
         }
     }
 

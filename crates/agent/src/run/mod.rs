@@ -27,6 +27,7 @@ use ferroscope_ebpf_abi::Counter;
 use ferroscope_pprof::push::{WriteMetrics, Writer};
 use ferroscope_pprof::sink::LocalSink;
 use ferroscope_symbolize::{DemangleMode, Symbolizer};
+use ferroscope_unwind_api::NameDetail;
 use prometheus_client::registry::Registry;
 
 use crate::Error;
@@ -310,6 +311,11 @@ fn collect_loop(
                 sample_rate_hz: ebpf.sample_rate,
                 pids: ebpf.targets_only.then(Vec::new),
                 disabled_runtimes: ebpf.disabled_runtimes(),
+                name_detail: match ebpf.demangle {
+                    Demangle::None | Demangle::Simplified => NameDetail::Simplified,
+                    Demangle::Templates => NameDetail::Templates,
+                    Demangle::Full => NameDetail::Full,
+                },
                 unwinder: config.limits.unwinder(),
                 manager: ProcessManagerConfig {
                     table_cache: (!ebpf.symb_cache_path.as_os_str().is_empty())

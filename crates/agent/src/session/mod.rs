@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_programs::{Counters, ProgramReport, Sampler, SamplerConfig, UnwinderConfig};
-use ferroscope_unwind_api::{Metric, Trace};
+use ferroscope_unwind_api::{Metric, NameDetail, Trace};
 
 use crate::Error;
 use crate::interp::{Interpreters, SharedNames};
@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub pids: Option<Vec<u32>>,
     /// Runtime plug-ins turned off, by name.
     pub disabled_runtimes: Vec<String>,
+    /// How detailed runtime frames' names are (the `demangle` setting).
+    pub name_detail: NameDetail,
     /// Sizes of the unwinder's maps.
     pub unwinder: UnwinderConfig,
     /// The process manager's limits and timings.
@@ -122,6 +124,7 @@ impl Session {
     /// unwinder, user stacks come from frame pointers only (with a warning).
     pub fn start(config: &SessionConfig) -> Result<Session, Error> {
         let mut interpreters = Interpreters::linked(&config.disabled_runtimes);
+        interpreters.set_name_detail(config.name_detail);
         let with_unwinder = SamplerConfig {
             sample_rate_hz: config.sample_rate_hz,
             pids: config.pids.clone(),
