@@ -1,6 +1,8 @@
 //! The `ferroscope` binary: the command line of the library, with the runtime plug-ins its
 //! cargo features select linked in (each registers itself when its crate is linked).
 
+#[cfg(feature = "php")]
+use ferroscope_unwind_php as _;
 #[cfg(feature = "python")]
 use ferroscope_unwind_python as _;
 
