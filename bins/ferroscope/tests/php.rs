@@ -176,15 +176,18 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
 /// Records `fixtures/php/<script>` run by `build` for `seconds`, again (up to 3 more times)
 /// while fewer than `min_samples` were taken: on a loaded machine the workload gets less
 /// than its CPU, and the shares the tests measure need enough samples. `None` when the test
-/// is skipped (not root, or that PHP is missing and not required).
+/// is skipped (not root, or that PHP is missing and not required); else the samples and the
+/// first `output_lines` lines the workload printed after `ready`.
+#[allow(clippy::too_many_arguments)]
 fn record_script(
     build: Build,
     jit: bool,
     script: &str,
     seconds: u32,
     min_samples: i64,
+    output_lines: usize,
     extra: &[&str],
-) -> Option<Vec<Sample>> {
+) -> Option<(Vec<Sample>, Vec<String>)> {
     if !can_run_bpf() {
         return None;
     }
@@ -200,8 +203,13 @@ fn record_script(
             break;
         }
     }
+    let mut workload = workload;
+    let mut lines = Vec::new();
+    for _ in 0..output_lines {
+        lines.extend(workload.0.next_line(READY_TIMEOUT));
+    }
     drop(workload);
-    Some(samples)
+    Some((samples, lines))
 }
 
 /// Line numbers of the lines of `script` that contain `tag`.
@@ -264,10 +272,22 @@ const CHAIN_B: [&str; 3] = ["App\\leaf_b", "App\\chain_b", "<main>"];
 fn two_chains(build: Build, jit: bool) {
     // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
     // stays well inside the 25 % the test allows.
-    let Some(samples) = record_script(build, jit, "chains.php", 5, 1000, &["-r", "499"]) else {
+    let Some((samples, output)) =
+        record_script(build, jit, "chains.php", 5, 1000, 1, &["-r", "499"])
+    else {
         return;
     };
     let what = format!("{build:?}{}", if jit { " with the JIT" } else { "" });
+    // The script says how much code the JIT compiled: some with it on, none without.
+    let jit_bytes: u64 = output
+        .iter()
+        .find_map(|l| l.strip_prefix("jit ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("PHP {what}: no `jit N` line in {output:?}"));
+    assert_eq!(
+        jit,
+        jit_bytes > 0,
+        "PHP {what}: {jit_bytes} bytes of JIT code"
+    );
     let script = fixture("php/chains.php");
     let file = std::fs::canonicalize(&script).unwrap();
     let hot_a = tagged_lines(&script, "// HOT_A");
@@ -435,12 +455,13 @@ fn two_chains_debian_php_8_2_jit() {
 fn names_and_internal_functions_in_place() {
     // PCRE's JIT code has no unwind information (see the README): the regular expression
     // runs in PCRE's interpreter here, whose frames unwind.
-    let Some(samples) = record_script(
+    let Some((samples, _)) = record_script(
         Build::Npm("8.3"),
         false,
         "names.php",
         4,
         600,
+        0,
         &["-r", "499"],
     ) else {
         return;
@@ -499,11 +520,12 @@ fn names_and_internal_functions_in_place() {
 /// `execute_ex`.
 #[test]
 fn php_unwinder_off_gives_native_stacks() {
-    let Some(samples) = record_script(
+    let Some((samples, _)) = record_script(
         Build::Npm("8.3"),
         false,
         "chains.php",
         2,
+        0,
         0,
         &["--no-interpreter", "php"],
     ) else {

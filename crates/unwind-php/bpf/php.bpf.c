@@ -44,9 +44,12 @@ struct php_proc {
 	__u16 func_fingerprint; /* zend_op_array.opcodes */
 	__u16 func_read_len;    /* bytes read per zend_function (type and fingerprint) */
 	__u16 op_lineno;        /* zend_op.lineno */
+	__u16 func_last;        /* zend_op_array.last (a u32: how many instructions) */
+	__u16 op_size;          /* sizeof(zend_op) */
+	__u16 reserved[2];
 };
 
-_Static_assert(sizeof(struct php_proc) == 32, "php_proc layout changed: update src/ebpf.rs");
+_Static_assert(sizeof(struct php_proc) == 40, "php_proc layout changed: update src/ebpf.rs");
 
 /* The plug-in's counters (fs_rt_counters); names in src/ebpf.rs, in this order. */
 enum php_counter {
@@ -117,6 +120,12 @@ struct {
 struct php_walk {
 	struct php_proc proc;
 	__u64 ex;     /* the next zend_execute_data to queue (0: done) */
+	/* The VM's registers when the sample interrupted user mode in its code: execute_data
+	 * (r14) and opline (r15), the global register variables of the hybrid VM and of its
+	 * JIT code. The opline in memory (EX(opline)) is only saved before calls that may need
+	 * it; r15 is the instruction executing now. 0: not known. */
+	__u64 leaf_ex;
+	__u64 leaf_opline;
 	__u32 rounds; /* runs of the program spent queuing */
 	__u32 reserved;
 };
@@ -194,10 +203,21 @@ FS_CALLBACK queue_step(__u64 index, void *arg)
 			fs_rt_count(PHP_CNT_ERR_READ_FAILED);
 		if (func && !failed) {
 			int user = b->func[0] != PHP_FUNCTION_INTERNAL;
+			__u64 opcodes = func_u64(b, p->func_fingerprint);
+			__u64 size = func_u64(b, p->func_last) & 0xffffffff;
+			/* The innermost user frame runs the instruction in r15 when r14 is its frame
+			 * and r15 is one of its instructions. */
+			__u64 at = w->leaf_opline - opcodes;
+			__u64 op_size = p->op_size;
+			if (user && ex == w->leaf_ex && w->leaf_opline >= opcodes && op_size &&
+			    at < size * op_size && at % op_size == 0)
+				opline = w->leaf_opline;
+			if (user)
+				w->leaf_ex = 0;
 			__u32 line = 0;
 			if (user && opline)
 				bpf_probe_read_user(&line, sizeof(line), (void *)(opline + p->op_lineno));
-			__u64 fp = user ? (func_u64(b, p->func_fingerprint) >> 3) & PHP_FINGERPRINT_MASK : 0;
+			__u64 fp = user ? (opcodes >> 3) & PHP_FINGERPRINT_MASK : 0;
 			__u64 flags = ((info & PHP_CALL_TOP) ? PHP_FLAG_TOP : 0) |
 				      ((info & PHP_CALL_CODE) ? PHP_FLAG_CODE : 0);
 			__u64 payload = ((__u64)line & ((1U << PHP_LINE_BITS) - 1)) |
@@ -242,6 +262,12 @@ FS_RUNTIME_PROGRAM(fs_rt_php)
 		w->proc = *proc;
 		w->rounds = 0;
 		w->ex = fs_read_u64(proc->current_execute_data);
+		w->leaf_ex = 0;
+		w->leaf_opline = 0;
+		if (!(e->h.flags & FS_TRACE_IN_KERNEL)) {
+			w->leaf_ex = ctx->regs.r14;
+			w->leaf_opline = ctx->regs.r15;
+		}
 		if (!w->ex)
 			fs_rt_count(PHP_CNT_ERR_NO_FRAME);
 	}

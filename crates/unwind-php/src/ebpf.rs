@@ -55,6 +55,10 @@ pub struct PhpProc {
     pub func_read_len: u16,
     /// `zend_op.lineno`.
     pub op_lineno: u16,
+    /// `zend_op_array.last`.
+    pub func_last: u16,
+    /// `sizeof(zend_op)`.
+    pub op_size: u16,
 }
 
 /// The fields in C declaration order, with their sizes (the layout test walks this list).
@@ -69,11 +73,14 @@ pub const PHP_PROC_FIELDS: &[(&str, usize)] = &[
     ("func_fingerprint", 2),
     ("func_read_len", 2),
     ("op_lineno", 2),
+    ("func_last", 2),
+    ("op_size", 2),
+    ("reserved", 4),
 ];
 
 impl PhpProc {
     /// `sizeof(struct php_proc)`.
-    pub const SIZE: usize = 32;
+    pub const SIZE: usize = 40;
 
     /// The walker's data for a process: `current_execute_data` is the address of
     /// `EG(current_execute_data)`, `jit_resume` 0 or an address in `execute_ex`'s body.
@@ -90,6 +97,8 @@ impl PhpProc {
             func_fingerprint: o(layout.op_opcodes),
             func_read_len: o(layout.func_read_len()),
             op_lineno: o(layout.zend_op_lineno),
+            func_last: o(layout.op_last),
+            op_size: o(layout.zend_op_size),
         }
     }
 
@@ -107,9 +116,12 @@ impl PhpProc {
             self.func_fingerprint,
             self.func_read_len,
             self.op_lineno,
+            self.func_last,
+            self.op_size,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
+        b.extend_from_slice(&[0; 4]);
         debug_assert_eq!(b.len(), Self::SIZE);
         b
     }
@@ -193,12 +205,15 @@ mod tests {
                 func_fingerprint: 0x0808,
                 func_read_len: 0x0909,
                 op_lineno: 0x0a0a,
+                func_last: 0x0b0b,
+                op_size: 0x0c0c,
             };
             let bytes = p.to_bytes();
             for (i, (m, (_, size))) in layout.members.iter().zip(PHP_PROC_FIELDS).enumerate() {
                 let at = m.bit_offset as usize / 8;
+                let want = if m.name == "reserved" { 0 } else { i as u8 + 1 };
                 assert!(
-                    bytes[at..at + size].iter().all(|&x| x == i as u8 + 1),
+                    bytes[at..at + size].iter().all(|&x| x == want),
                     "{} at {at}",
                     m.name
                 );

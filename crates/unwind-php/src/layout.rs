@@ -31,6 +31,8 @@ pub struct Layout {
     pub func_name: u32,
     /// `zend_function.common.scope` (a `zend_class_entry *`).
     pub func_scope: u32,
+    /// `zend_op_array.last`: how many instructions it has.
+    pub op_last: u32,
     /// `zend_op_array.opcodes`: the fingerprint of a user function (its instructions'
     /// address never changes while the function lives, and differs between functions).
     pub op_opcodes: u32,
@@ -40,6 +42,8 @@ pub struct Layout {
     pub op_line_start: u32,
     /// `zend_op.lineno`.
     pub zend_op_lineno: u32,
+    /// `sizeof(zend_op)`.
+    pub zend_op_size: u32,
     /// `zend_class_entry.name`.
     pub class_name: u32,
     /// `zend_string.len`.
@@ -68,6 +72,7 @@ pub const VM_KIND_HYBRID: u32 = 4;
 const fn entry(
     version: (u8, u8),
     eg_current_execute_data: u32,
+    op_last: u32,
     op_opcodes: u32,
     op_filename: u32,
 ) -> Layout {
@@ -81,10 +86,12 @@ const fn entry(
         func_type: 0,
         func_name: 8,
         func_scope: 16,
+        op_last,
         op_opcodes,
         op_filename,
         op_line_start: op_filename + 8,
         zend_op_lineno: 24,
+        zend_op_size: 32,
         class_name: 8,
         string_len: 16,
         string_val: 24,
@@ -99,14 +106,14 @@ const fn entry(
 /// `filename` back and forth); 8.5 moved `current_execute_data` in `zend_executor_globals`
 /// from 488 to 512.
 pub const LAYOUTS: &[Layout] = &[
-    entry((7, 3), 488, 64, 128),
-    entry((7, 4), 488, 64, 136),
-    entry((8, 0), 488, 72, 144),
-    entry((8, 1), 488, 72, 144),
-    entry((8, 2), 488, 88, 152),
-    entry((8, 3), 488, 80, 144),
-    entry((8, 4), 488, 104, 168),
-    entry((8, 5), 512, 104, 168),
+    entry((7, 3), 488, 60, 64, 128),
+    entry((7, 4), 488, 60, 64, 136),
+    entry((8, 0), 488, 68, 72, 144),
+    entry((8, 1), 488, 68, 72, 144),
+    entry((8, 2), 488, 80, 88, 152),
+    entry((8, 3), 488, 76, 80, 144),
+    entry((8, 4), 488, 96, 104, 168),
+    entry((8, 5), 512, 96, 104, 168),
 ];
 
 /// The versions with a layout, as `major.minor`.
@@ -147,6 +154,7 @@ mod tests {
         }
         for l in LAYOUTS {
             assert!(l.op_opcodes > l.func_scope, "{:?}", l.version);
+            assert!(l.op_last + 4 <= l.op_opcodes, "{:?}", l.version);
             assert!(l.op_filename > l.op_opcodes, "{:?}", l.version);
             assert!(l.func_name_read_len() <= 256, "{:?}", l.version);
             assert!(l.func_read_len() <= 128, "{:?}", l.version);

@@ -87,7 +87,7 @@ fn a_known_stack_is_walked_and_named_on_every_php() {
         let main = frames.last().unwrap();
         assert_eq!(main.payload.flags, FLAG_TOP | FLAG_CODE, "{}", rt.name);
         // The closure's first line, and the instruction pointer inside the function's
-        // instructions (which checks the fingerprint's field is `opcodes`).
+        // instructions (which checks the fields `opcodes` and `last`).
         let park = read_function(&mem, l, frames[1].function).unwrap();
         assert_eq!(park.line_start, m["park_start"], "{}", rt.name);
         for f in frames.iter().filter(|f| f.payload.fingerprint != 0) {
@@ -100,12 +100,23 @@ fn a_known_stack_is_walked_and_named_on_every_php() {
                 .unwrap();
             let opcodes = u64::from_le_bytes(b);
             assert_eq!(fingerprint(opcodes), f.payload.fingerprint);
+            let mut w = [0u8; 4];
+            mem.read_exact_at(f.function + u64::from(l.op_last), &mut w)
+                .unwrap();
+            let last = u64::from(u32::from_le_bytes(w));
             let at = opline.wrapping_sub(opcodes);
+            let size = u64::from(l.zend_op_size);
             assert!(
-                at % 32 == 0 && at < 32 * 1000,
-                "{}: the frame's opline {opline:#x} is not in its function's opcodes {opcodes:#x}",
+                at % size == 0 && at < last * size && last < 1000,
+                "{}: the frame's opline {opline:#x} is not among its function's {last} \
+                 instructions at {opcodes:#x}",
                 rt.name
             );
+            // The last instruction of a function is a ZEND_RETURN (62): `last` is its length.
+            let mut op = [0u8; 32];
+            mem.read_exact_at(opcodes + (last - 1) * size, &mut op)
+                .unwrap();
+            assert_eq!(op[28], 62, "{}: ZEND_RETURN ends the function", rt.name);
         }
         guard.terminate(std::time::Duration::from_secs(5));
     }
