@@ -228,3 +228,17 @@ pub fn extract(
 ) -> Result<StackDeltaTable, Error> {
     build::extract(elf, debug_elf, opts)
 }
+
+/// [`extract`] from open files, read with `pread`: only the headers and the sections the
+/// table is built from are read (and held while it is built), nothing is mapped, and a
+/// file that another process truncates meanwhile gives an error rather than a `SIGBUS`.
+/// This is how to read files that other processes own (a container's libraries).
+pub fn extract_file(
+    elf: &std::fs::File,
+    debug_elf: Option<&std::fs::File>,
+    opts: &ExtractOptions,
+) -> Result<StackDeltaTable, Error> {
+    let elf = object::ReadCache::new(elf);
+    let debug = debug_elf.map(object::ReadCache::new);
+    build::extract(&elf, debug.as_ref(), opts)
+}

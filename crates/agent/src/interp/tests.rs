@@ -232,7 +232,13 @@ fn two_runtimes_in_one_process_own_their_ranges_and_name_their_frames() {
     };
     let named = interps.resolve(trace);
     let lines = |f: &Frame| match f {
-        Frame::Named(id) => interps.frame_names().get(*id).unwrap().to_vec(),
+        Frame::Named(id) => interps
+            .frame_names()
+            .lock()
+            .unwrap()
+            .get(*id)
+            .unwrap()
+            .to_vec(),
         other => panic!("not named: {other:?}"),
     };
     let jit_frames = lines(&named.frames[0]);
