@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_churn;
+mod bench_php;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ fn main() -> Result<()> {
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
+        Some("bench-php") => bench_php::bench_php(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -73,6 +75,9 @@ fn main() -> Result<()> {
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
+                 bench-php [VERSION...]  eBPF cost per sample of a 50-deep PHP stack (interpreter\n            \
+                 and JIT), and the naming cache hit rate over 60 s of an application-like\n            \
+                 script (default: 7.4 8.2 8.3 8.4 8.5 debian)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"

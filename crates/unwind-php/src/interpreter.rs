@@ -414,6 +414,61 @@ impl InterpreterProcess for PhpProcess {
 mod tests {
     use super::*;
 
+    /// A file with these exported symbols and no readable bytes.
+    struct Symbols(&'static str, &'static [&'static str]);
+
+    impl ElfFile for Symbols {
+        fn path(&self) -> &str {
+            self.0
+        }
+        fn symbol(&self, name: &str) -> Option<SymbolRange> {
+            self.exported_symbol(name)
+        }
+        fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
+            self.1.contains(&name).then_some(SymbolRange {
+                address: 0x1000,
+                size: 0x1000,
+            })
+        }
+        fn read_vaddr(&self, _: u64, _: &mut [u8]) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn thread_safe_builds_and_unknown_versions_are_refused_with_the_reason() {
+        let zts = Symbols("/usr/sbin/php-fpm8.3", &["execute_ex", "executor_globals_offset"]);
+        let e = detect_file(&zts).unwrap_err();
+        assert!(matches!(e, Error::ThreadSafeBuild { .. }), "{e}");
+        assert!(e.to_string().contains("thread-safe (ZTS)"), "{e}");
+
+        // No version in the code, the data or the name.
+        let php = Symbols("/opt/bin/php", &["execute_ex", "executor_globals"]);
+        assert!(matches!(
+            detect_file(&php).unwrap_err(),
+            Error::UnknownVersion { .. }
+        ));
+        // The name says 8.1: detected (from the headers' layout), without JIT support
+        // (no zend_vm_kind to read).
+        let named = Symbols("/usr/bin/php8.1", &["execute_ex", "executor_globals"]);
+        let f = detect_file(&named).unwrap().unwrap();
+        assert_eq!((f.version.major, f.version.minor), (8, 1));
+        assert_eq!(f.jit_resume, None);
+        // Too old or too new.
+        let old = Symbols("/usr/bin/php7.2", &["execute_ex", "executor_globals"]);
+        assert!(matches!(
+            detect_file(&old).unwrap_err(),
+            Error::UnsupportedVersion { .. }
+        ));
+        // Not PHP: no VM loop, or a loop without executor globals.
+        assert!(detect_file(&Symbols("/bin/sh", &["main"])).unwrap().is_none());
+        assert!(
+            detect_file(&Symbols("/usr/lib/x.so", &["execute_ex"]))
+                .unwrap()
+                .is_none()
+        );
+    }
+
     fn mapping(start: u64, end: u64, path: &str, executable: bool) -> MappedRange {
         MappedRange {
             start,
