@@ -5,6 +5,8 @@
 use ferroscope_unwind_php as _;
 #[cfg(feature = "python")]
 use ferroscope_unwind_python as _;
+#[cfg(feature = "ruby")]
+use ferroscope_unwind_ruby as _;
 
 fn main() -> std::process::ExitCode {
     ferroscope::main()

@@ -1,6 +1,6 @@
 //! `ferroscope record`: sample for a while, then build one profile.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -86,6 +86,10 @@ pub struct RecordOutcome {
     /// Every eBPF program's load report (native, then each runtime's).
     pub programs: Vec<ProgramReport>,
 }
+
+/// Where `record` keeps the unwind tables it extracted, by file identity, so that the next
+/// `record` of the same programs starts sampling them at once.
+pub const RECORD_TABLE_CACHE: &str = "/var/cache/ferroscope/unwind-tables";
 
 /// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
 pub fn kernel_max_sample_rate() -> Option<u32> {
@@ -187,7 +191,10 @@ pub fn record(
         pids: pids.as_ref().map(|_| Vec::new()),
         disabled_runtimes: config.disabled_interpreters.clone(),
         unwinder: UnwinderConfig::default(),
-        manager: ProcessManagerConfig::default(),
+        manager: ProcessManagerConfig {
+            table_cache: Some(PathBuf::from(RECORD_TABLE_CACHE)),
+            ..ProcessManagerConfig::default()
+        },
     })?;
     if let Some(targets) = pids.as_deref() {
         session.load_now(targets, Duration::from_secs(30));

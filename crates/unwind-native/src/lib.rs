@@ -41,12 +41,14 @@
 mod build;
 mod cfi;
 mod elf;
+mod encoding;
 pub mod error;
 mod golang;
 mod unwind;
 
 use std::collections::BTreeSet;
 
+pub use encoding::TABLE_REVISION;
 pub use error::Error;
 pub use unwind::{LoadedModule, Registers, UnwindEnd, unwind};
 

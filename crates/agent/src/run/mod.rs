@@ -309,7 +309,11 @@ fn collect_loop(
                 pids: ebpf.targets_only.then(Vec::new),
                 disabled_runtimes: ebpf.disabled_runtimes(),
                 unwinder: UnwinderConfig::default(),
-                manager: ProcessManagerConfig::default(),
+                manager: ProcessManagerConfig {
+                    table_cache: (!ebpf.symb_cache_path.as_os_str().is_empty())
+                        .then(|| ebpf.symb_cache_path.join("unwind-tables")),
+                    ..ProcessManagerConfig::default()
+                },
             });
             match started {
                 Ok(s) => {

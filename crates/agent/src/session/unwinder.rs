@@ -154,6 +154,8 @@ impl Unwinder {
                     let deadline = Instant::now() + budget;
                     while self.manager.busy() && Instant::now() < deadline {
                         self.work();
+                        // Tables are extracted on the manager's worker: wait for it.
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                     self.work();
                 }
