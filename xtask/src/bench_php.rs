@@ -53,7 +53,8 @@ fn start(version: &str, rt: &Runtime, jit: bool, script: &Path, args: &[&str]) -
             }
             _ => {
                 let so = rt.exe.with_file_name("modules/opcache.so");
-                cmd.arg("-d").arg(format!("zend_extension={}", so.display()));
+                cmd.arg("-d")
+                    .arg(format!("zend_extension={}", so.display()));
             }
         }
         cmd.args(JIT);
@@ -109,7 +110,13 @@ pub fn bench_php(args: &[String]) -> Result<()> {
         };
         for &jit in jits {
             let mode = if jit { "JIT" } else { "interpreter" };
-            let mut deep = start(version, &rt, jit, &root.join("fixtures/php/deep.php"), &["50"])?;
+            let mut deep = start(
+                version,
+                &rt,
+                jit,
+                &root.join("fixtures/php/deep.php"),
+                &["50"],
+            )?;
             let out = record_stderr(&exe, deep.id(), seconds, rate);
             let _ = deep.kill();
             let _ = deep.wait();
@@ -156,5 +163,8 @@ pub fn bench_php(args: &[String]) -> Result<()> {
 /// The number after `name` in `line` (`... PHPFunctionCacheHits_total 123, ...`).
 fn metric_in(line: &str, name: &str) -> Option<f64> {
     let rest = line.split(name).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -1,7 +1,7 @@
 //! End-to-end tests of PHP stacks: the PHP builds the harness installs (npm's @libphp 7.4,
-//! 8.2, 8.3, 8.4 and 8.5, and Debian's 8.2) run real scripts, with and without the opcache
-//! JIT, while the real `ferroscope` binary records them, and the test reads the pprof it
-//! wrote.
+//! 8.2, 8.3, 8.4 and 8.5, Debian's 8.2 on the host and Debian trixie's 8.4 in a debootstrap
+//! chroot) run real scripts, with and without the opcache JIT, while the real `ferroscope`
+//! binary records them, and the test reads the pprof it wrote.
 //!
 //! They need root. With `FERROSCOPE_REQUIRE=1` (CI) running without root, or without the PHP
 //! builds, fails them.
@@ -14,7 +14,7 @@ use ferroscope_test_harness::Guard;
 use ferroscope_test_harness::runtimes::{self, Runtime};
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -44,6 +44,8 @@ enum Build {
     Npm(&'static str),
     /// Debian's php8.2-cli.
     Debian,
+    /// Debian trixie's php8.4-cli, in the harness's debootstrap chroot.
+    Trixie,
 }
 
 impl Build {
@@ -51,6 +53,7 @@ impl Build {
         match self {
             Build::Npm(v) => runtimes::php(v),
             Build::Debian => runtimes::php_debian(),
+            Build::Trixie => runtimes::php_trixie(),
         }
     }
 
@@ -66,7 +69,7 @@ impl Build {
                     cmd.arg("-d")
                         .arg(format!("zend_extension={}", so.display()));
                 }
-                Build::Debian => {
+                Build::Debian | Build::Trixie => {
                     cmd.args(["-d", "zend_extension=opcache"]);
                 }
             }
@@ -176,8 +179,8 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
 /// Records `fixtures/php/<script>` run by `build` for `seconds`, again (up to 3 more times)
 /// while fewer than `min_samples` were taken: on a loaded machine the workload gets less
 /// than its CPU, and the shares the tests measure need enough samples. `None` when the test
-/// is skipped (not root, or that PHP is missing and not required); else the samples and the
-/// first `output_lines` lines the workload printed after `ready`.
+/// is skipped (not root, or that PHP is missing and not required). A PHP in a chroot runs a
+/// copy of the script in the chroot's `/tmp`.
 #[allow(clippy::too_many_arguments)]
 fn record_script(
     build: Build,
@@ -187,14 +190,19 @@ fn record_script(
     min_samples: i64,
     output_lines: usize,
     extra: &[&str],
-) -> Option<(Vec<Sample>, Vec<String>)> {
+) -> Option<Recorded> {
     if !can_run_bpf() {
         return None;
     }
     let rt = build.runtime()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = build.command(&rt, jit);
-    cmd.arg(fixture(&format!("php/{script}")));
+    let host_script = fixture(&format!("php/{script}"));
+    let file = match &rt.chroot {
+        Some((chroot, _)) => chroot.copy_in(&host_script),
+        None => std::fs::canonicalize(&host_script).unwrap(),
+    };
+    cmd.arg(&file);
     let workload = Ready::start(cmd);
     let mut samples = Vec::new();
     for _ in 0..4 {
@@ -209,7 +217,20 @@ fn record_script(
         lines.extend(workload.0.next_line(READY_TIMEOUT));
     }
     drop(workload);
-    Some((samples, lines))
+    Some(Recorded {
+        samples,
+        output: lines,
+        file,
+    })
+}
+
+/// What [`record_script`] recorded.
+struct Recorded {
+    samples: Vec<Sample>,
+    /// The first lines the workload printed after `ready`.
+    output: Vec<String>,
+    /// The script's path as PHP sees it (inside its chroot, if it runs in one).
+    file: PathBuf,
 }
 
 /// Line numbers of the lines of `script` that contain `tag`.
@@ -272,8 +293,11 @@ const CHAIN_B: [&str; 3] = ["App\\leaf_b", "App\\chain_b", "<main>"];
 fn two_chains(build: Build, jit: bool) {
     // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
     // stays well inside the 25 % the test allows.
-    let Some((samples, output)) =
-        record_script(build, jit, "chains.php", 5, 1000, 1, &["-r", "499"])
+    let Some(Recorded {
+        samples,
+        output,
+        file,
+    }) = record_script(build, jit, "chains.php", 5, 1000, 1, &["-r", "499"])
     else {
         return;
     };
@@ -289,7 +313,6 @@ fn two_chains(build: Build, jit: bool) {
         "PHP {what}: {jit_bytes} bytes of JIT code"
     );
     let script = fixture("php/chains.php");
-    let file = std::fs::canonicalize(&script).unwrap();
     let hot_a = tagged_lines(&script, "// HOT_A");
     let hot_b = tagged_lines(&script, "// HOT_B");
     let callers_a = [
@@ -434,6 +457,11 @@ fn two_chains_debian_php_8_2() {
 }
 
 #[test]
+fn two_chains_trixie_php_8_4() {
+    two_chains(Build::Trixie, false);
+}
+
+#[test]
 fn two_chains_php_8_2_jit() {
     two_chains(Build::Npm("8.2"), true);
 }
@@ -448,6 +476,11 @@ fn two_chains_debian_php_8_2_jit() {
     two_chains(Build::Debian, true);
 }
 
+#[test]
+fn two_chains_trixie_php_8_4_jit() {
+    two_chains(Build::Trixie, true);
+}
+
 /// A method of a namespaced class and a closure are named as PHP users read them, with their
 /// file and line; hash() and preg_match_all() show in place: their native work first, then
 /// the internal function's own frame, then the PHP functions that called it.
@@ -455,7 +488,7 @@ fn two_chains_debian_php_8_2_jit() {
 fn names_and_internal_functions_in_place() {
     // PCRE's JIT code has no unwind information (see the README): the regular expression
     // runs in PCRE's interpreter here, whose frames unwind.
-    let Some((samples, _)) = record_script(
+    let Some(Recorded { samples, file, .. }) = record_script(
         Build::Npm("8.3"),
         false,
         "names.php",
@@ -467,7 +500,6 @@ fn names_and_internal_functions_in_place() {
         return;
     };
     let script = fixture("php/names.php");
-    let file = std::fs::canonicalize(&script).unwrap();
     let callers = [
         "App\\Shop\\Cart::{closure}",
         "App\\Shop\\Cart::checkout",
@@ -520,7 +552,7 @@ fn names_and_internal_functions_in_place() {
 /// `execute_ex`.
 #[test]
 fn php_unwinder_off_gives_native_stacks() {
-    let Some((samples, _)) = record_script(
+    let Some(Recorded { samples, .. }) = record_script(
         Build::Npm("8.3"),
         false,
         "chains.php",

@@ -154,8 +154,8 @@ pub fn fingerprint(opcodes: u64) -> u32 {
 
 /// The recorded flags for a call's `ZEND_CALL_*` info.
 pub fn call_flags(call_info: u32) -> u8 {
-    u8::from(call_info & CALL_TOP != 0) * FLAG_TOP
-        | u8::from(call_info & CALL_CODE != 0) * FLAG_CODE
+    (u8::from(call_info & CALL_TOP != 0) * FLAG_TOP)
+        | (u8::from(call_info & CALL_CODE != 0) * FLAG_CODE)
 }
 
 impl Payload {

@@ -437,7 +437,10 @@ mod tests {
 
     #[test]
     fn thread_safe_builds_and_unknown_versions_are_refused_with_the_reason() {
-        let zts = Symbols("/usr/sbin/php-fpm8.3", &["execute_ex", "executor_globals_offset"]);
+        let zts = Symbols(
+            "/usr/sbin/php-fpm8.3",
+            &["execute_ex", "executor_globals_offset"],
+        );
         let e = detect_file(&zts).unwrap_err();
         assert!(matches!(e, Error::ThreadSafeBuild { .. }), "{e}");
         assert!(e.to_string().contains("thread-safe (ZTS)"), "{e}");
@@ -461,7 +464,11 @@ mod tests {
             Error::UnsupportedVersion { .. }
         ));
         // Not PHP: no VM loop, or a loop without executor globals.
-        assert!(detect_file(&Symbols("/bin/sh", &["main"])).unwrap().is_none());
+        assert!(
+            detect_file(&Symbols("/bin/sh", &["main"]))
+                .unwrap()
+                .is_none()
+        );
         assert!(
             detect_file(&Symbols("/usr/lib/x.so", &["execute_ex"]))
                 .unwrap()

@@ -1,4 +1,5 @@
-//! Detection on the real files of every PHP build on this machine: the executable, FPM and
+//! Detection on the real files of every PHP build on this machine (and Debian trixie's
+//! php8.4 in the harness's chroot): the executable, FPM and
 //! CGI binaries are PHP with the version they print, the JIT's resume address lies in the VM
 //! loop's body, and other files (opcache.so, /bin/ls) are not PHP.
 
@@ -17,7 +18,9 @@ fn detect(path: &Path) -> Option<ferroscope_unwind_php::PhpFile> {
 
 #[test]
 fn every_php_binary_is_detected_with_its_version() {
-    for rt in common::phps() {
+    // And Debian trixie's 8.4, from its chroot.
+    let trixie = ferroscope_test_harness::runtimes::php_trixie();
+    for rt in common::phps().into_iter().chain(trixie) {
         let version = common::php_version(&rt);
         let mut files = vec![rt.exe.clone()];
         // The @libphp packages ship FPM and CGI next to the CLI.
