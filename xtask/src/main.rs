@@ -8,6 +8,7 @@ mod bench_churn;
 mod bench_hotspot;
 mod bench_perl;
 mod bench_dotnet;
+mod bench_php;
 mod bench_ruby;
 mod kernels;
 
@@ -72,6 +73,7 @@ fn main() -> Result<()> {
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("bench-hotspot") => bench_hotspot::bench_hotspot(&args[1..]),
         Some("bench-perl") => bench_perl::bench_perl(&args[1..]),
+        Some("bench-php") => bench_php::bench_php(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -96,6 +98,9 @@ fn main() -> Result<()> {
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  bench-perl [--binary PATH] [host|trixie|sid]...  the same for a 50-deep Perl stack\n            \
                  and the naming cache over 60 s of an application-like script (default: all three)\n  \
+                 bench-php [VERSION...]  eBPF cost per sample of a 50-deep PHP stack (interpreter\n            \
+                 and JIT), and the naming cache hit rate over 60 s of an application-like\n            \
+                 script (default: 7.4 8.2 8.3 8.4 8.5 debian)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"

@@ -7,6 +7,8 @@ use ferroscope_unwind_hotspot as _;
 use ferroscope_unwind_perl as _;
 #[cfg(feature = "dotnet")]
 use ferroscope_unwind_dotnet as _;
+#[cfg(feature = "php")]
+use ferroscope_unwind_php as _;
 #[cfg(feature = "python")]
 use ferroscope_unwind_python as _;
 #[cfg(feature = "ruby")]
