@@ -3,6 +3,8 @@
 
 #[cfg(feature = "python")]
 use ferroscope_unwind_python as _;
+#[cfg(feature = "ruby")]
+use ferroscope_unwind_ruby as _;
 #[cfg(feature = "v8")]
 use ferroscope_unwind_v8 as _;
 

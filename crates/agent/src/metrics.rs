@@ -52,6 +52,10 @@ pub struct AgentMetrics {
     pub programs: Family<ServiceLabels, Gauge>,
     /// `ferroscope_bpf_program_verified_instructions{owner, program, build}`.
     pub verified_instructions: Family<ServiceLabels, Gauge>,
+    /// `ferroscope_tracked_processes{structure}`: entries of each structure the agent keeps
+    /// per process (the process manager's, the symbolizer's, the targets' caches, ...). Each
+    /// goes back to about the number of live profiled processes once others exit.
+    pub tracked: Family<ServiceLabels, Gauge>,
 }
 
 /// One internal metric.
@@ -67,6 +71,15 @@ pub enum Internal {
 }
 
 impl AgentMetrics {
+    /// Sets `ferroscope_tracked_processes{structure}` for each structure.
+    pub fn set_tracked(&self, tracked: &[(&'static str, u64)]) {
+        for (name, n) in tracked {
+            self.tracked
+                .get_or_create(&vec![("structure".to_owned(), (*name).to_owned())])
+                .set(*n as i64);
+        }
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> AgentMetrics {
         let m = AgentMetrics::default();
@@ -124,6 +137,11 @@ impl AgentMetrics {
             "ferroscope_processes_profiled",
             "Processes currently sampled by the eBPF program",
             m.processes_profiled.clone(),
+        );
+        registry.register(
+            "ferroscope_tracked_processes",
+            "Entries of each per-process structure the agent keeps",
+            m.tracked.clone(),
         );
         let mut m = m;
         let names = crate::process::UnwindMetrics::default()

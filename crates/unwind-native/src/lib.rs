@@ -41,12 +41,14 @@
 mod build;
 mod cfi;
 mod elf;
+mod encoding;
 pub mod error;
 mod golang;
 mod unwind;
 
 use std::collections::BTreeSet;
 
+pub use encoding::TABLE_REVISION;
 pub use error::Error;
 pub use unwind::{LoadedModule, Registers, UnwindEnd, unwind};
 
@@ -227,4 +229,18 @@ pub fn extract(
     opts: &ExtractOptions,
 ) -> Result<StackDeltaTable, Error> {
     build::extract(elf, debug_elf, opts)
+}
+
+/// [`extract`] from open files, read with `pread`: only the headers and the sections the
+/// table is built from are read (and held while it is built), nothing is mapped, and a
+/// file that another process truncates meanwhile gives an error rather than a `SIGBUS`.
+/// This is how to read files that other processes own (a container's libraries).
+pub fn extract_file(
+    elf: &std::fs::File,
+    debug_elf: Option<&std::fs::File>,
+    opts: &ExtractOptions,
+) -> Result<StackDeltaTable, Error> {
+    let elf = object::ReadCache::new(elf);
+    let debug = debug_elf.map(object::ReadCache::new);
+    build::extract(&elf, debug.as_ref(), opts)
 }

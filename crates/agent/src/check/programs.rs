@@ -103,7 +103,7 @@ fn verdict_of(reports: &[ProgramReport]) -> CheckResult {
             NAME_BPF_LOAD,
             summary,
             format!(
-                "the {} runtime unwinder{} off on this kernel (their frames show as the                  runtime's native frames); native unwinding and the other runtimes work",
+                "the {} runtime unwinder{} off on this kernel (their frames show as the runtime's native frames); native unwinding and the other runtimes work",
                 rejected_runtimes.join(", "),
                 if rejected_runtimes.len() == 1 {
                     " is"

@@ -1,21 +1,28 @@
 //! ELF files as plug-ins see them during detection.
+//!
+//! A file is read with `pread` through [`object::ReadCache`], never mapped: only the headers
+//! and the sections a plug-in asks about are read, and a file that its owner truncates
+//! meanwhile gives "not found" answers rather than a `SIGBUS`.
 
 use std::collections::HashMap;
+use std::fs::File;
+
+use object::{ReadCache, ReadRef};
 
 use ferroscope_unwind_api::{ElfFile, SymbolRange, TlsTemplate};
 
-/// An ELF file mapped in memory, as plug-ins see it: symbols looked up by name (an index of
-/// `.dynsym` built on first use, then `.symtab` only when a name is not in `.dynsym`).
+/// An ELF file as plug-ins see it: symbols looked up by name (an index of `.dynsym` built
+/// on first use, then `.symtab` only when a name is not in `.dynsym`).
 pub(crate) struct MappedElf<'a> {
     path: &'a str,
-    data: &'a [u8],
-    file: object::File<'a>,
+    data: &'a ReadCache<File>,
+    file: object::File<'a, &'a ReadCache<File>>,
     dynsym: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
     symtab: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
 }
 
 impl<'a> MappedElf<'a> {
-    pub(crate) fn new(path: &'a str, data: &'a [u8]) -> Option<Self> {
+    pub(crate) fn new(path: &'a str, data: &'a ReadCache<File>) -> Option<Self> {
         let file = object::File::parse(data).ok()?;
         Some(MappedElf {
             path,
@@ -27,8 +34,8 @@ impl<'a> MappedElf<'a> {
     }
 }
 
-fn index<'d: 'f, 'f>(
-    symbols: impl Iterator<Item = object::Symbol<'d, 'f>>,
+fn index<'d: 'f, 'f, R: ReadRef<'d> + 'f>(
+    symbols: impl Iterator<Item = object::Symbol<'d, 'f, R>>,
 ) -> HashMap<&'d str, SymbolRange> {
     use object::ObjectSymbol;
     symbols
@@ -86,13 +93,36 @@ impl ElfFile for MappedElf<'_> {
     }
 
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
-        use object::{Object, ObjectSegment};
-        for seg in self.file.segments() {
-            let start = seg.address();
-            let Ok(data) = seg.data() else { continue };
-            if vaddr >= start && vaddr - start + buf.len() as u64 <= data.len() as u64 {
-                let off = (vaddr - start) as usize;
-                buf.copy_from_slice(&data[off..off + buf.len()]);
+        use object::read::elf::{FileHeader, ProgramHeader};
+        use object::{Endianness, elf};
+        let data = self.data;
+        let Ok(header) = elf::FileHeader64::<Endianness>::parse(data) else {
+            return false;
+        };
+        let Ok(endian) = header.endian() else {
+            return false;
+        };
+        let Ok(segments) = header.program_headers(endian, data) else {
+            return false;
+        };
+        let len = buf.len() as u64;
+        for seg in segments.iter().filter(|p| p.p_type(endian) == elf::PT_LOAD) {
+            let start = seg.p_vaddr(endian);
+            let Some(off) = vaddr.checked_sub(start) else {
+                continue;
+            };
+            if off
+                .checked_add(len)
+                .is_none_or(|end| end > seg.p_filesz(endian))
+            {
+                continue;
+            }
+            let Some(at) = seg.p_offset(endian).checked_add(off) else {
+                continue;
+            };
+            // Read the few bytes asked for, not the segment (ReadCache keeps what it read).
+            if let Ok(bytes) = data.read_bytes_at(at, len) {
+                buf.copy_from_slice(bytes);
                 return true;
             }
         }

@@ -30,7 +30,7 @@ use ferroscope_unwind_api::{
     Trace,
 };
 
-pub use names::{FrameNames, NamedLine};
+pub use names::{FrameNames, NameLookup, NameSubset, NamedLine, SharedNames};
 
 use crate::process::{FileId, MappedFile, ProcessEvent, ProcessManager, UnwindBackend};
 use elf::MappedElf;
@@ -83,7 +83,7 @@ pub struct Interpreters {
     detected: HashMap<FileId, Vec<(usize, FileData)>>,
     /// By (PID, index in `runtimes`).
     attached: HashMap<(u32, usize), Attached>,
-    names: FrameNames,
+    names: SharedNames,
     scratch: Vec<InterpretedFrame>,
     lines: Vec<NamedLine>,
 }
@@ -134,7 +134,7 @@ impl Interpreters {
                 .collect(),
             detected: HashMap::new(),
             attached: HashMap::new(),
-            names: FrameNames::default(),
+            names: SharedNames::default(),
             scratch: Vec::new(),
             lines: Vec::new(),
         }
@@ -308,14 +308,10 @@ impl Interpreters {
             return;
         }
         let found = std::fs::File::open(&f.open_path)
+            .and_then(ferroscope_symbolize::root::regular)
             .ok()
-            .and_then(|file| {
-                // SAFETY: a private read-only map, read only during detection; a file
-                // truncated meanwhile could fault (the same trade-off as the process
-                // manager's table extraction).
-                unsafe { memmap2::Mmap::map(&file) }.ok()
-            })
-            .map(|data| {
+            .map(|file| {
+                let data = object::ReadCache::new(file);
                 let Some(elf) = MappedElf::new(&f.path, &data) else {
                     return Vec::new();
                 };
@@ -508,17 +504,20 @@ impl Interpreters {
                 });
             }
         }
-        self.names.intern(&self.lines)
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .intern(&self.lines)
     }
 
-    /// The interned names of resolved frames.
-    pub fn frame_names(&self) -> &FrameNames {
-        &self.names
+    /// The interned names of resolved frames, shared with whoever builds profiles.
+    pub fn frame_names(&self) -> SharedNames {
+        Arc::clone(&self.names)
     }
 
     /// Forgets interned names when there are too many (see [`FrameNames::trim`]).
     pub fn trim_names(&mut self) {
-        self.names.trim();
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).trim();
     }
 
     /// Every runtime's metrics: its eBPF counters (`counters` reads them by slot), its
