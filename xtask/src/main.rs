@@ -6,6 +6,7 @@
 
 mod bench_churn;
 mod bench_ruby;
+mod bench_v8;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,7 @@ fn main() -> Result<()> {
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
+        Some("bench-v8") => bench_v8::bench_v8(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
@@ -78,6 +80,8 @@ fn main() -> Result<()> {
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
+                 bench-v8 [NODE]  the same for a 50-deep optimized JavaScript stack and an\n            \
+                 application-like script, with the agent's peak RSS (default /usr/bin/node)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \

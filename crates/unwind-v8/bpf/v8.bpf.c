@@ -15,14 +15,19 @@
  *    slot holds a Smi, the bytecode-array slot a BytecodeArray). addr = the SharedFunctionInfo
  *    (tagged), payload = offset (28 bits at bit 4) | cookie (24 bits at bit 32).
  *  - V8_FRAME_JIT: a JavaScript frame whose PC is in JIT code (Sparkplug, Maglev, TurboFan).
- *    addr = the PC, payload = exact bit | SFI >> 3 (44 bits at bit 4) | cookie (8 bits at
- *    bit 48). Userspace finds the code object around the PC.
+ *    addr = the PC, payload = exact bit | SFI >> 3 (44 bits at bit 4) | cookie (7 bits at
+ *    bit 48) | V8_PAYLOAD_STACK_RA (bit 55). Userspace finds the code object around the PC.
  *  - V8_FRAME_BUILTIN: a JavaScript frame whose PC is in the builtins but that is not
  *    interpreted: a builtin with JavaScript linkage (Array.prototype.map), or a builtin that
  *    runs without a frame of its own on top of a compiled function's frame. Same payload.
  *  - V8_FRAME_STUB: a typed frame (its context slot holds a frame-type marker) of a type
  *    userspace asked for (v8_proc.emit_types): builtin stubs, regexp code, WebAssembly.
  *    addr = the PC, payload = exact bit | type (8 bits at bit 4).
+ *    When the sample's leaf is a builtin without a frame of its own (Sparkplug's arithmetic
+ *    builtins, `_Baseline`) on top of a compiled function's frame, and the word at the stack
+ *    pointer is a return address into this runtime's JIT code, the walker records the builtin
+ *    as a V8_FRAME_STUB frame (type 0) and the function's frame as a V8_FRAME_JIT frame at
+ *    that return address, with V8_PAYLOAD_STACK_RA: so the function's position is known.
  * The cookie is a hash of the SFI's name-or-scope-info and script pointers when it was
  * sampled: userspace names a frame only when the SFI at that address still hashes the same.
  */
@@ -44,6 +49,10 @@ enum v8_frame_kind {
 
 /* Payload bit: addr is the exact PC (the leaf), not a return address. */
 #define V8_PAYLOAD_EXACT 0x8
+/* Payload bit of a JIT frame: addr is the word at the stack pointer, read as the return
+ * address of a frameless builtin running on top of the frame (unchecked: userspace keeps the
+ * position only if the code there is the frame's function's). */
+#define V8_PAYLOAD_STACK_RA (1ULL << 55)
 
 /* What the walker needs to know about one process (facts from the binary's v8dbg_*
  * constants, and what userspace learned from the process's heap): the value of v8_procs. */
@@ -315,9 +324,25 @@ static __always_inline int record_js_frame(struct fs_unwind_state *st, struct fs
 		fs_rt_count(V8_CNT_BYTECODE_FRAMES);
 	} else {
 		__u64 kind = builtin ? V8_FRAME_BUILTIN : V8_FRAME_JIT;
+		__u64 pc = st->pc;
+		__u64 ra = 0;
+		/* The leaf in a frameless builtin called from JIT code: its return address. */
+		if (builtin && st->exact && st->sp &&
+		    !bpf_probe_read_user(&ra, sizeof(ra), (void *)st->sp) && ra > 0x1000 &&
+		    !in_builtins(vp, ra - 1) && owned(st, ra)) {
+			if (!fs_emit(st, e, st->pc, V8_FRAME_STUB | V8_PAYLOAD_EXACT)) {
+				w->done = 1;
+				return 1;
+			}
+			w->frames++;
+			fs_rt_count(V8_CNT_BUILTIN_FRAMES);
+			kind = V8_FRAME_JIT | V8_PAYLOAD_STACK_RA;
+			pc = ra;
+			exact = 0;
+		}
 		__u64 payload = kind | exact | ((((shared - 1) >> 3) & 0xfffffffffffULL) << 4) |
-				((__u64)(cookie & 0xff) << 48);
-		ok = fs_emit(st, e, st->pc, payload);
+				((__u64)(cookie & 0x7f) << 48);
+		ok = fs_emit(st, e, pc, payload);
 		fs_rt_count(builtin ? V8_CNT_BUILTIN_FRAMES : V8_CNT_JIT_FRAMES);
 	}
 	/* Only the first JavaScript frame can be the one the registers describe. */

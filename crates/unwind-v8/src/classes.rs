@@ -176,12 +176,12 @@ impl ClassScanner {
             self.prev = Prev::ExpressionStart;
             return;
         }
-        if let Some(p) = &mut self.pending {
-            if p.expect_name {
-                p.expect_name = false;
-                if word != "extends" && p.depth == self.stack.len() {
-                    p.name = Some(word.clone());
-                }
+        if let Some(p) = &mut self.pending
+            && p.expect_name
+        {
+            p.expect_name = false;
+            if word != "extends" && p.depth == self.stack.len() {
+                p.name = Some(word.clone());
             }
         }
         self.prev = if !after_dot && KEYWORDS_BEFORE_EXPRESSION.contains(&word.as_str()) {
@@ -220,10 +220,10 @@ impl ClassScanner {
             // Unbalanced: keep going (the source is malformed or was misread).
             _ => {}
         }
-        if let Some(p) = &self.pending {
-            if self.stack.len() < p.depth {
-                self.pending = None;
-            }
+        if let Some(p) = &self.pending
+            && self.stack.len() < p.depth
+        {
+            self.pending = None;
         }
         self.prev = Prev::Value;
     }
@@ -306,10 +306,10 @@ impl ClassScanner {
     }
 
     fn unit(&mut self, c: u16) {
-        if let Some(h) = self.held.take() {
-            if self.held_then(h, c) {
-                return;
-            }
+        if let Some(h) = self.held.take()
+            && self.held_then(h, c)
+        {
+            return;
         }
         match self.mode {
             Mode::Code => self.code(c),
@@ -379,25 +379,17 @@ impl ClassScanner {
                     false
                 }
             },
-            (Mode::BlockComment, 0x2a) => {
-                if c == 0x2f {
-                    self.mode = Mode::Code;
-                    true
-                } else {
-                    false
-                }
+            (Mode::BlockComment, 0x2a) if c == 0x2f => {
+                self.mode = Mode::Code;
+                true
             }
             // An escape: the next unit is taken as it is.
             (_, 0x5c) => true,
-            (Mode::Template, 0x24) => {
-                if c == 0x7b {
-                    self.open(Open::TemplateExpr);
-                    self.mode = Mode::Code;
-                    self.prev = Prev::ExpressionStart;
-                    true
-                } else {
-                    false
-                }
+            (Mode::Template, 0x24) if c == 0x7b => {
+                self.open(Open::TemplateExpr);
+                self.mode = Mode::Code;
+                self.prev = Prev::ExpressionStart;
+                true
             }
             _ => false,
         }

@@ -19,6 +19,8 @@ use crate::{Error, Layout};
 pub const MAX_CODE_SCAN: u64 = 8 << 20;
 /// Bytes read per step of the scan.
 const SCAN_CHUNK: u64 = 16 << 10;
+/// The smallest unit of mapped memory.
+const PAGE: u64 = 4096;
 /// Instructions start aligned to this (V8's kCodeAlignment on x64 is 32 or 64).
 const CODE_ALIGNMENT: u64 = 32;
 
@@ -91,12 +93,18 @@ pub fn find_code(heap: &mut Heap<'_>, pc: u64, known_map: &mut u64) -> Result<Co
     while start >= lowest + header {
         let obj = start - header;
         if chunk.is_empty() || obj < chunk_at || obj + 8 > chunk_at + chunk.len() as u64 {
-            let from = obj.saturating_sub(SCAN_CHUNK - 8).max(lowest) & !7;
-            let mut buf = vec![0u8; (obj + 8 - from) as usize];
-            if heap.read("code", from, &mut buf).is_err() {
-                // Unmapped memory below: no header before the PC.
+            // A chunk of up to SCAN_CHUNK bytes ending at the candidate; when that fails
+            // (the page below is a guard page: a code page's first objects), only the
+            // candidate's own page.
+            let wide = obj.saturating_sub(SCAN_CHUNK - 8).max(lowest) & !7;
+            let page = (obj & !(PAGE - 1)).max(lowest) & !7;
+            let Some((from, buf)) = [wide, page].into_iter().find_map(|from| {
+                let mut buf = vec![0u8; (obj + 8 - from) as usize];
+                heap.read("code", from, &mut buf).ok().map(|()| (from, buf))
+            }) else {
+                // Unmapped memory: no header before the PC.
                 break;
-            }
+            };
             chunk = buf;
             chunk_at = from;
         }

@@ -175,6 +175,10 @@ pub const FRAME_BUILTIN: u8 = 2;
 pub const FRAME_STUB: u8 = 3;
 /// `V8_PAYLOAD_EXACT`.
 pub const PAYLOAD_EXACT: u64 = 0x8;
+/// `V8_PAYLOAD_STACK_RA`: a JIT frame's PC was the word at the stack pointer while a
+/// builtin without a frame of its own ran on top of the frame (a guess the walker cannot
+/// check: userspace keeps its position only when the code there is the frame's function's).
+pub const PAYLOAD_STACK_RA: u64 = 1 << 55;
 
 /// A frame the walker recorded, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,6 +205,9 @@ pub enum V8Frame {
         cookie: u8,
         /// The PC is in the builtins.
         builtin: bool,
+        /// The PC is the word the stack pointer pointed at, under a frameless builtin
+        /// ([`PAYLOAD_STACK_RA`]).
+        from_stack: bool,
     },
     /// A typed frame.
     Stub {
@@ -228,8 +235,9 @@ impl V8Frame {
                 pc: raw.address,
                 exact,
                 sfi: (((aux >> 4) & 0xfff_ffff_ffff) << 3) | 1,
-                cookie: ((aux >> 48) & 0xff) as u8,
+                cookie: ((aux >> 48) & 0x7f) as u8,
                 builtin: k == FRAME_BUILTIN,
+                from_stack: aux & PAYLOAD_STACK_RA != 0,
             }),
             FRAME_STUB => Some(V8Frame::Stub {
                 pc: raw.address,
@@ -259,12 +267,14 @@ impl V8Frame {
                 sfi,
                 cookie,
                 builtin,
+                from_stack,
             } => (
                 pc,
                 u64::from(if builtin { FRAME_BUILTIN } else { FRAME_JIT })
                     | if exact { PAYLOAD_EXACT } else { 0 }
+                    | if from_stack { PAYLOAD_STACK_RA } else { 0 }
                     | ((((sfi - 1) >> 3) & 0xfff_ffff_ffff) << 4)
-                    | (u64::from(cookie) << 48),
+                    | (u64::from(cookie & 0x7f) << 48),
             ),
             V8Frame::Stub {
                 pc,
@@ -383,8 +393,17 @@ mod tests {
                 pc: 0x7f36_7000_5b80,
                 exact: true,
                 sfi: 0x2d7b_e2b1_b829,
-                cookie: 0x5a,
+                cookie: 0x5a & 0x7f,
                 builtin: false,
+                from_stack: false,
+            },
+            V8Frame::Compiled {
+                pc: 0x7f36_7000_5b80,
+                exact: false,
+                sfi: 0x2d7b_e2b1_b829,
+                cookie: 0x5a & 0x7f,
+                builtin: false,
+                from_stack: true,
             },
             V8Frame::Compiled {
                 pc: 0x1a5_dec0,
@@ -392,6 +411,7 @@ mod tests {
                 sfi: 0x2d7b_e2b1_b829,
                 cookie: 0,
                 builtin: true,
+                from_stack: false,
             },
             V8Frame::Stub {
                 pc: 0x1a5_dec0,

@@ -178,7 +178,7 @@ impl<'m> Heap<'m> {
         usize::try_from(n).map_err(|_| Error::invalid(what, obj, format!("length {n}")))
     }
 
-    /// The first `limit` elements of a fixed array (all, up to [`MAX_ARRAY_ELEMENTS`]).
+    /// The first `limit` elements of a fixed array (all, up to `MAX_ARRAY_ELEMENTS`).
     pub fn fixed_array(
         &self,
         what: &'static str,
@@ -201,7 +201,7 @@ impl<'m> Heap<'m> {
             .collect())
     }
 
-    /// The bytes of a byte array (up to [`MAX_BYTE_ARRAY`]).
+    /// The bytes of a byte array (up to `MAX_BYTE_ARRAY`).
     pub fn byte_array(&self, what: &'static str, obj: u64) -> Result<Vec<u8>, Error> {
         let n = self.array_length(what, obj)?;
         if n > MAX_BYTE_ARRAY {
@@ -224,7 +224,7 @@ impl<'m> Heap<'m> {
                 .is_ok_and(|t| t < self.layout.first_nonstring_type)
     }
 
-    /// A short string (a name), at most [`MAX_NAME_CHARS`] characters.
+    /// A short string (a name), at most `MAX_NAME_CHARS` characters.
     pub fn name(&mut self, obj: u64) -> Result<String, Error> {
         Ok(self.string(obj, MAX_NAME_CHARS)?.to_string_lossy())
     }

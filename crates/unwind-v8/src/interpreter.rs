@@ -70,10 +70,10 @@ pub fn is_node_path(path: &str) -> bool {
     let base = base.strip_suffix(" (deleted)").unwrap_or(base);
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     for exe in ["node", "nodejs", "nsolid"] {
-        if let Some(rest) = base.strip_prefix(exe) {
-            if digits(rest) {
-                return true;
-            }
+        if let Some(rest) = base.strip_prefix(exe)
+            && digits(rest)
+        {
+            return true;
         }
     }
     base.strip_prefix("libnode.so").is_some_and(|rest| {

@@ -3,7 +3,7 @@
 //! constants ([`Constants`]); what the metadata lost over the years is filled in from
 //! version knowledge, each fallback named on its field (and listed in ARCHITECTURE.md).
 //! Every fallback was checked against the heaps of Node 18 (V8 10.2), 20 (11.3), 22 (12.4),
-//! 24 (13.6) and 26 (14.6) (`tests/layout_node.rs`).
+//! 24 (13.6) and 26 (14.6) (`tests/live.rs` and the end-to-end tests).
 
 use crate::constants::Constants;
 use crate::{Error, V8Version};
@@ -272,6 +272,11 @@ fn u16_of(v: i64) -> Option<u16> {
 }
 
 impl Layout {
+    /// How this version encodes its source position tables.
+    pub fn position_format(&self) -> crate::positions::TableFormat {
+        crate::positions::TableFormat::of(self.version.major)
+    }
+
     /// The layout of a binary whose V8 is `version`, from its constants.
     pub fn from_constants(version: V8Version, c: &mut Constants<'_>) -> Result<Layout, Error> {
         // The tagging scheme every read here assumes: 64-bit pointers, no pointer

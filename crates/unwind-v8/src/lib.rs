@@ -23,13 +23,13 @@
 //! bounded, and never panics on garbage (fuzzed).
 //!
 //! ```
-//! use ferroscope_unwind_v8::positions::{SourcePosition, position_at};
+//! use ferroscope_unwind_v8::positions::{SourcePosition, TableFormat, position_at};
 //! use ferroscope_unwind_v8::source::{line_column, line_ends};
 //!
 //! // A bytecode position table with one entry, at the function's entry: script offset 13
 //! // (packed as (13 + 1) << 1, zig-zag encoded).
 //! let table = [0x00, 0x38];
-//! let at = position_at(&table, 5).and_then(SourcePosition::script_offset);
+//! let at = position_at(TableFormat::Signed, &table, 5).and_then(SourcePosition::script_offset);
 //! assert_eq!(at, Some(13));
 //! let source: Vec<u16> = "function f\n() {}\n".encode_utf16().collect();
 //! assert_eq!(line_column(&line_ends(&source), 13), Some((2, 2)));

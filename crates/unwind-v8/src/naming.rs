@@ -184,12 +184,12 @@ impl Namer {
         out: &mut Vec<InterpretedFrame>,
     ) -> Result<(), Error> {
         let key = (raw.address, raw.aux);
-        if let Some(f) = self.frames.get(&key) {
-            if self.still_valid(f.depends) {
-                self.stats.hits += 1;
-                out.extend(f.frames.iter().cloned());
-                return Ok(());
-            }
+        if let Some(f) = self.frames.get(&key)
+            && self.still_valid(f.depends)
+        {
+            self.stats.hits += 1;
+            out.extend(f.frames.iter().cloned());
+            return Ok(());
         }
         self.stats.misses += 1;
         let frame = V8Frame::decode(raw).ok_or_else(|| {
@@ -238,8 +238,12 @@ impl Namer {
                 let (f, full) = self.function(mem, sfi, Some((cookie, 0xff_ffff)))?;
                 let data = i64::from(self.binary.layout.bytecode_data) - 1;
                 let offset = i64::from(raw_offset) - data;
-                let position = position_at(&f.bytecode_positions, offset)
-                    .and_then(SourcePosition::script_offset);
+                let position = position_at(
+                    self.binary.layout.position_format(),
+                    &f.bytecode_positions,
+                    offset,
+                )
+                .and_then(SourcePosition::script_offset);
                 tracing::trace!(function = %f.name, raw_offset, offset, ?position, "bytecode frame");
                 out.push(frame_named(&f, position));
                 Ok(Dependency::Function { sfi, cookie: full })
@@ -250,9 +254,10 @@ impl Namer {
                 sfi,
                 cookie,
                 builtin,
+                from_stack,
             } => {
                 if builtin {
-                    let (f, full) = self.function(mem, sfi, Some((u32::from(cookie), 0xff)))?;
+                    let (f, full) = self.function(mem, sfi, Some((u32::from(cookie), 0x7f)))?;
                     out.push(named(self.builtin_name(pc, exact)));
                     if !f.builtin {
                         // A builtin without a frame of its own, on top of this function's.
@@ -260,7 +265,14 @@ impl Namer {
                     }
                     return Ok(Dependency::Function { sfi, cookie: full });
                 }
-                self.name_jit(mem, pc, exact, sfi, cookie, out)
+                let jit = JitFrame {
+                    pc,
+                    exact,
+                    sfi,
+                    cookie,
+                    from_stack,
+                };
+                self.name_jit(mem, jit, out)
             }
             V8Frame::Stub {
                 pc,
@@ -327,25 +339,25 @@ impl Namer {
         sfi: u64,
         recorded: Option<(u32, u32)>,
     ) -> Result<(Arc<FunctionInfo>, u32), Error> {
-        if let Some(f) = self.functions.get(&sfi) {
-            if recorded.is_none_or(|(c, m)| f.cookie & m == c) {
-                return Ok((Arc::clone(&f.info), f.cookie));
-            }
+        if let Some(f) = self.functions.get(&sfi)
+            && recorded.is_none_or(|(c, m)| f.cookie & m == c)
+        {
+            return Ok((Arc::clone(&f.info), f.cookie));
         }
         let layout = Arc::clone(&self.binary.layout);
         let mut heap = Heap::new(mem, &layout, &mut self.types);
         let nos = heap.field("name or scope info", sfi, layout.sfi_name_or_scope_info)?;
         let script = heap.field("script", sfi, layout.sfi_script)?;
         let cookie = sfi_cookie(nos, script);
-        if let Some((c, m)) = recorded {
-            if cookie & m != c {
-                return Err(Error::invalid(
-                    "SharedFunctionInfo",
-                    sfi,
-                    "it changed since the sample (the address was reused or the object moved)"
-                        .to_string(),
-                ));
-            }
+        if let Some((c, m)) = recorded
+            && cookie & m != c
+        {
+            return Err(Error::invalid(
+                "SharedFunctionInfo",
+                sfi,
+                "it changed since the sample (the address was reused or the object moved)"
+                    .to_string(),
+            ));
         }
         let info = Arc::new(read_function(
             &mut heap,
@@ -371,20 +383,20 @@ impl Namer {
     /// The code object holding `pc`, from the cache (checked every [`CODE_RECHECK`]) or found.
     fn code(&mut self, mem: &dyn ProcessMemory, pc: u64) -> Result<u64, Error> {
         let layout = Arc::clone(&self.binary.layout);
-        if let Some((&start, c)) = self.codes.range(..=pc).next_back() {
-            if pc <= c.object.end {
-                if c.checked.elapsed() < CODE_RECHECK {
-                    return Ok(start);
-                }
-                let heap = Heap::new(mem, &layout, &mut self.types);
-                if crate::code::still_there(&heap, &c.object) {
-                    if let Some(c) = self.codes.get_mut(&start) {
-                        c.checked = Instant::now();
-                    }
-                    return Ok(start);
-                }
-                self.codes.remove(&start);
+        if let Some((&start, c)) = self.codes.range(..=pc).next_back()
+            && pc <= c.object.end
+        {
+            if c.checked.elapsed() < CODE_RECHECK {
+                return Ok(start);
             }
+            let heap = Heap::new(mem, &layout, &mut self.types);
+            if crate::code::still_there(&heap, &c.object) {
+                if let Some(c) = self.codes.get_mut(&start) {
+                    c.checked = Instant::now();
+                }
+                return Ok(start);
+            }
+            self.codes.remove(&start);
         }
         let mut heap = Heap::new(mem, &layout, &mut self.types);
         let object = find_code(&mut heap, pc, &mut self.code_map)?;
@@ -419,17 +431,32 @@ impl Namer {
     fn name_jit(
         &mut self,
         mem: &dyn ProcessMemory,
-        pc: u64,
-        exact: bool,
-        sfi: u64,
-        cookie: u8,
+        jit: JitFrame,
         out: &mut Vec<InterpretedFrame>,
     ) -> Result<Dependency, Error> {
-        let (f, _) = self.function(mem, sfi, Some((u32::from(cookie), 0xff)))?;
+        let JitFrame {
+            pc,
+            exact,
+            sfi,
+            cookie,
+            from_stack,
+        } = jit;
+        let (f, _) = self.function(mem, sfi, Some((u32::from(cookie), 0x7f)))?;
+        // A frame under a frameless builtin, at the word the stack pointer pointed at: a
+        // return address only if it is in the frame's function's code.
+        let unchecked = |f: &FunctionInfo, out: &mut Vec<InterpretedFrame>| {
+            if !f.builtin {
+                out.push(frame(f, None));
+            }
+            Ok(Dependency::None)
+        };
         let start = match self.code(mem, pc) {
             Ok(s) => s,
             Err(e) => {
                 tracing::trace!("no code object for a JIT PC: {e}");
+                if from_stack {
+                    return unchecked(&f, out);
+                }
                 out.push(frame(&f, None));
                 return Ok(Dependency::None);
             }
@@ -455,6 +482,9 @@ impl Namer {
                     }
                 };
                 let own = data.sfi == sfi;
+                if from_stack && !own {
+                    return unchecked(&f, out);
+                }
                 // V8 looks return addresses up one byte back, inside their call.
                 let at = if exact {
                     offset
@@ -492,6 +522,9 @@ impl Namer {
                     self.bytecode_array_map =
                         heap.word("bytecode map", bytecode_array - 1).unwrap_or(0);
                 }
+                if from_stack && !own {
+                    return unchecked(&f, out);
+                }
                 let position = if own {
                     self.baseline_position(mem, &f, table, bytecode_array, offset)
                 } else {
@@ -501,6 +534,9 @@ impl Namer {
                 Ok(depends)
             }
             CodeKind::Other(_) => {
+                if from_stack {
+                    return unchecked(&f, out);
+                }
                 out.push(frame(&f, None));
                 Ok(depends)
             }
@@ -528,7 +564,8 @@ impl Namer {
         )
         .ok()?;
         let offset = baseline_bytecode_offset(table, &bytecode, &sizes, pc_offset)?;
-        position_at(&f.bytecode_positions, offset).and_then(SourcePosition::script_offset)
+        position_at(layout.position_format(), &f.bytecode_positions, offset)
+            .and_then(SourcePosition::script_offset)
     }
 
     /// The frames of optimized code at a code offset: each inlined function, innermost
@@ -540,7 +577,9 @@ impl Namer {
         offset: i64,
         out: &mut Vec<InterpretedFrame>,
     ) -> Result<(), Error> {
-        let mut position = position_at(&data.positions, offset).unwrap_or(SourcePosition(0));
+        let format = self.binary.layout.position_format();
+        let mut position =
+            position_at(format, &data.positions, offset).unwrap_or(SourcePosition(0));
         for _ in 0..MAX_INLINING_DEPTH {
             let Some(id) = position.inlining_id() else {
                 break;
@@ -566,6 +605,16 @@ impl Namer {
         out.push(frame_named(&f, position.script_offset()));
         Ok(())
     }
+}
+
+/// A recorded JavaScript frame of JIT code ([`V8Frame::Compiled`] outside the builtins).
+#[derive(Debug, Clone, Copy)]
+struct JitFrame {
+    pc: u64,
+    exact: bool,
+    sfi: u64,
+    cookie: u8,
+    from_stack: bool,
 }
 
 fn frame_named(f: &FunctionInfo, position: Option<u32>) -> InterpretedFrame {

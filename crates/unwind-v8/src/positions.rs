@@ -62,11 +62,48 @@ pub struct PositionEntry {
     pub is_statement: bool,
 }
 
+/// How a version encodes the code offset of each source position table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TableFormat {
+    /// V8 up to 13.x: the code offset delta, negative for expression positions
+    /// (`-(delta + 1)`).
+    #[default]
+    Signed,
+    /// V8 14.x: the code offset delta shifted left by one with a flag in bit 0 (set for
+    /// breakable positions; V8 prints the others as `s>`), negative for *statement*
+    /// positions (`-(value + 1)`). Found in Node 26's tables (V8 14.6) by comparing them
+    /// with `--print-bytecode`.
+    Flagged,
+}
+
+impl TableFormat {
+    /// The format of a V8 version's tables.
+    pub fn of(major: u32) -> TableFormat {
+        if major >= 14 {
+            TableFormat::Flagged
+        } else {
+            TableFormat::Signed
+        }
+    }
+
+    /// (is statement, code offset delta) from a decoded code field, `None` when malformed.
+    fn code_delta(self, field: i64) -> Option<(bool, i64)> {
+        match self {
+            TableFormat::Signed if field >= 0 => Some((true, field)),
+            TableFormat::Signed => Some((false, field.checked_add(1)?.checked_neg()?)),
+            TableFormat::Flagged if field >= 0 => Some((false, field >> 1)),
+            TableFormat::Flagged => Some((true, field.checked_add(1)?.checked_neg()? >> 1)),
+        }
+    }
+}
+
 /// Iterates a source position table (V8's `SourcePositionTableIterator`): each entry is a
-/// code offset delta (negative for expression positions: `-(delta + 1)`) and a position
-/// delta, both zig-zag VLQs, from code offset -1 and position 0. Stops at the first
-/// malformed entry.
-pub fn position_entries(table: &[u8]) -> impl Iterator<Item = PositionEntry> + '_ {
+/// code offset field ([`TableFormat`]) and a position delta, both zig-zag VLQs, from code
+/// offset -1 and position 0. Stops at the first malformed entry.
+pub fn position_entries(
+    format: TableFormat,
+    table: &[u8],
+) -> impl Iterator<Item = PositionEntry> + '_ {
     let mut at = 0usize;
     let mut code = -1i64;
     let mut position = 0i64;
@@ -74,12 +111,7 @@ pub fn position_entries(table: &[u8]) -> impl Iterator<Item = PositionEntry> + '
         if at >= table.len() {
             return None;
         }
-        let delta = vlq(table, &mut at)?;
-        let (is_statement, delta) = if delta >= 0 {
-            (true, delta)
-        } else {
-            (false, -(delta + 1))
-        };
+        let (is_statement, delta) = format.code_delta(vlq(table, &mut at)?)?;
         let pos_delta = vlq(table, &mut at)?;
         code = code.checked_add(delta)?;
         position = position.checked_add(pos_delta)?;
@@ -93,9 +125,9 @@ pub fn position_entries(table: &[u8]) -> impl Iterator<Item = PositionEntry> + '
 
 /// The source position in effect at `offset`: the last entry whose code offset is at most
 /// `offset`.
-pub fn position_at(table: &[u8], offset: i64) -> Option<SourcePosition> {
+pub fn position_at(format: TableFormat, table: &[u8], offset: i64) -> Option<SourcePosition> {
     let mut found = None;
-    for e in position_entries(table) {
+    for e in position_entries(format, table) {
         if e.code_offset > offset {
             break;
         }
@@ -122,7 +154,7 @@ impl BytecodeSizes {
     /// The table from its bytes (3 rows of one byte per bytecode); `None` when it does not
     /// look like one.
     pub fn new(sizes: Vec<u8>) -> Option<Self> {
-        if sizes.is_empty() || sizes.len() % 3 != 0 || sizes.len() > 3 * 256 {
+        if sizes.is_empty() || !sizes.len().is_multiple_of(3) || sizes.len() > 3 * 256 {
             return None;
         }
         if sizes.iter().any(|&s| s == 0 || s > 64) {
@@ -195,7 +227,7 @@ mod tests {
             0x01, 0x38, 0x02, 0x38, 0x04, 0x40, 0x04, 0x14, 0x05, 0x00, 0x0a, 0x28, 0x05, 0x1c,
             0x14, 0x2b, 0x0b, 0x5f, 0x08, 0xa0, 0x01, 0x04, 0x24,
         ];
-        let entries: Vec<PositionEntry> = position_entries(&table).collect();
+        let entries: Vec<PositionEntry> = position_entries(TableFormat::Signed, &table).collect();
         assert_eq!(entries[0].code_offset, -1);
         // The function's entry is at its `(`: "function leaf" is 13 units long.
         assert_eq!(entries[0].position.script_offset(), Some(13));
@@ -206,8 +238,57 @@ mod tests {
         );
         assert_eq!(entries.len(), 11);
         assert!(entries.iter().all(|e| e.position.inlining_id().is_none()));
-        assert_eq!(position_at(&table, -1), Some(entries[0].position));
-        assert_eq!(position_at(&table, 1000), Some(entries[10].position));
+        assert_eq!(
+            position_at(TableFormat::Signed, &table, -1),
+            Some(entries[0].position)
+        );
+        assert_eq!(
+            position_at(TableFormat::Signed, &table, 1000),
+            Some(entries[10].position)
+        );
+    }
+
+    /// A real table of Node 26 (V8 14.6), read from a live process: `function round()` of
+    /// fixtures/node/chains.js-like code, with what `--print-bytecode` printed for it.
+    #[test]
+    fn bytecode_positions_of_node_26() {
+        let table = [
+            0x02, 0xcc, 0x02, 0x07, 0x48, 0x0b, 0x48, 0x0b, 0x14, 0x0a, 0x00, 0x1b, 0x40, 0x16,
+            0x34, 0x0e, 0x13, 0x2f, 0x47, 0x16, 0x5f, 0x13, 0xa8, 0x02, 0x16, 0x34, 0x0e, 0x13,
+            0x2f, 0xa0, 0x01,
+        ];
+        let printed = [
+            (0, 100, true),
+            (2, 118, true),
+            (4, 123, true),
+            (6, 123, false),
+            (12, 139, true),
+            (17, 152, false),
+            (20, 147, false),
+            (31, 129, true),
+            (36, 105, false),
+            (40, 179, true),
+            (45, 192, false),
+            (48, 187, false),
+            (59, 227, true),
+        ];
+        let entries: Vec<(i64, u32, bool)> = position_entries(TableFormat::Flagged, &table)
+            .map(|e| {
+                (
+                    e.code_offset,
+                    e.position.script_offset().unwrap(),
+                    e.is_statement,
+                )
+            })
+            .collect();
+        assert_eq!(entries[0], (-1, 82, false), "the function's entry");
+        assert_eq!(entries[1..], printed);
+        let at = |o| {
+            position_at(TableFormat::Flagged, &table, o).and_then(SourcePosition::script_offset)
+        };
+        assert_eq!(at(20), Some(147));
+        assert_eq!(at(23), Some(147));
+        assert_eq!(at(48), Some(187));
     }
 
     #[test]

@@ -238,10 +238,10 @@ pub fn read_scope_info(heap: &mut Heap<'_>, obj: u64) -> Result<ScopeFacts, Erro
             facts.outer = Some(outer);
         }
     }
-    if let Some((s, e)) = facts.positions {
-        if s < 0 || e < s {
-            facts.positions = None;
-        }
+    if let Some((s, e)) = facts.positions
+        && (s < 0 || e < s)
+    {
+        facts.positions = None;
     }
     Ok(facts)
 }

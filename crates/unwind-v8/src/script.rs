@@ -132,15 +132,13 @@ pub fn read_script(heap: &mut Heap<'_>, key: ScriptKey) -> Result<ScriptInfo, Er
             && heap
                 .instance_type(v)
                 .is_ok_and(|t| heap.layout().types.is_fixed_array(t));
-        if fixed_array {
-            if let Ok(words) = heap.fixed_array("script line ends", v, usize::MAX) {
-                let e: Vec<u32> = words
-                    .iter()
-                    .map(|&w| crate::heap::smi_value(w).max(0) as u32)
-                    .collect();
-                if !e.is_empty() {
-                    ends = Some(Arc::from(e));
-                }
+        if fixed_array && let Ok(words) = heap.fixed_array("script line ends", v, usize::MAX) {
+            let e: Vec<u32> = words
+                .iter()
+                .map(|&w| crate::heap::smi_value(w).max(0) as u32)
+                .collect();
+            if !e.is_empty() {
+                ends = Some(Arc::from(e));
             }
         }
     }

@@ -139,10 +139,10 @@ pub fn read_function(
             class = enclosing_class(heap, script, outer);
         }
         // Strict code keeps no class scope in its methods' ScopeInfo: the source says.
-        if let (None, Some(script), Some(at)) = (&class, &script, start_position) {
-            if function_kind::is_member(kind) {
-                class = script.member_of(heap, at);
-            }
+        if let (None, Some(script), Some(at)) = (&class, &script, start_position)
+            && function_kind::is_member(kind)
+        {
+            class = script.member_of(heap, at);
         }
     } else if is_heap_object(nos) && heap.is_string(nos) {
         own_name = heap.name(nos)?;
