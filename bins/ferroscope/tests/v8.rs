@@ -563,7 +563,9 @@ fn node_26_names_class_methods_and_arrow_functions_interpreted() {
 }
 
 /// Runs `ferroscope run` on the two-chains script with `v8_enabled` as given until it wrote
-/// two profiles; returns their samples and the agent's `/metrics` at the end.
+/// five profiles; returns the samples of the last three and the agent's `/metrics` at the end.
+/// (The first profiles can hold samples taken before node's unwind table, built off the
+/// unwinder thread at a quarter of a CPU, was ready: a 100-200 MB binary takes seconds.)
 fn agent_samples(node: &Path, v8_enabled: bool) -> (Vec<Sample>, String) {
     let mut cmd = Command::new(node);
     cmd.arg(fixture("node/chains.js")).arg("opt");
@@ -604,12 +606,12 @@ listen_address = "{port}"
     );
     let service = out.join("js");
     let start = std::time::Instant::now();
-    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 2 {
+    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 5 {
         // The first profile waits for node's unwind table (a 100-200 MB binary, built at
         // most a quarter of a CPU) and its symbols: slow on a loaded machine.
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "the agent wrote no profiles in 120 s\n{}",
+            "the agent wrote fewer than 5 profiles in 120 s\n{}",
             agent.stderr_tail()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -625,9 +627,16 @@ listen_address = "{port}"
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "{}", agent.stderr_tail());
     drop(workload);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&service)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    // Named `<unix time>-<pid>.pb.gz`: in the order written.
+    files.sort();
     let mut samples = Vec::new();
-    for entry in std::fs::read_dir(&service).unwrap().flatten() {
-        let bytes = std::fs::read(entry.path()).unwrap();
+    for path in &files[files.len() - 3..] {
+        let bytes = std::fs::read(path).unwrap();
         samples.extend(decode(
             &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
         ));
@@ -644,8 +653,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// The agent counts V8's unwinding and naming with the reference profiler's metric names,
-/// and `v8_enabled = false` gives native-only stacks: JIT code as anonymous addresses, the
-/// interpreter as `node`'s own functions.
+/// and `v8_enabled = false` gives native-only stacks (JIT code as unknown addresses).
 #[test]
 fn agent_v8_enabled_true_and_false() {
     if !can_run_bpf() {
@@ -671,7 +679,8 @@ fn agent_v8_enabled_true_and_false() {
         })
         .map(|s| s.count)
         .sum();
-    assert!(total > 50, "only {total} samples");
+    // 6 s at 97 Hz: about 580 when the workload has a CPU; the machine may be shared.
+    assert!(total >= 20, "only {total} samples");
     assert!(
         share(named, total) >= 0.9,
         "v8_enabled = true: only {named} of {total} samples are in the leaves\n{}",
@@ -681,21 +690,23 @@ fn agent_v8_enabled_true_and_false() {
     let (off, metrics) = agent_samples(&node, false);
     assert_eq!(metric(&metrics, "UnwindV8Frames_total"), 0.0);
     let total: i64 = off.iter().map(|s| s.count).sum();
-    assert!(total > 50, "only {total} samples");
+    assert!(total >= 20, "only {total} samples");
     assert!(
         off.iter().all(|s| s.js().is_empty()),
         "no JavaScript frames with v8_enabled = false\n{}",
         show(&off.iter().collect::<Vec<_>>())
     );
-    // The stacks are still whole native ones: they reach node's main.
-    let to_main: i64 = off
+    // Native only: JIT code has no unwind table, so a stack ends at its first JIT frame,
+    // shown as an unknown address.
+    let unknown_leaf: i64 = off
         .iter()
-        .filter(|s| s.frames.iter().any(|f| f.function == "main"))
+        .filter(|s| s.frames.first().is_some_and(|f| f.function == "[unknown]"))
         .map(|s| s.count)
         .sum();
     assert!(
-        share(to_main, total) >= 0.5,
-        "v8_enabled = false: only {to_main} of {total} native stacks reach main\n{}",
+        share(unknown_leaf, total) >= 0.5,
+        "v8_enabled = false: the JIT code should show as unknown addresses, {unknown_leaf} of \
+         {total}\n{}",
         show(&off.iter().collect::<Vec<_>>())
     );
 }
