@@ -184,12 +184,13 @@ impl Namer {
         out: &mut Vec<InterpretedFrame>,
     ) -> Result<(), Error> {
         let key = (raw.address, raw.aux);
-        if let Some(f) = self.frames.get(&key)
-            && self.still_valid(f.depends)
-        {
-            self.stats.hits += 1;
-            out.extend(f.frames.iter().cloned());
-            return Ok(());
+        if let Some(f) = self.frames.get(&key) {
+            let (frames, depends) = (Arc::clone(&f.frames), f.depends);
+            if self.still_valid(depends) || self.recheck(mem, depends) {
+                self.stats.hits += 1;
+                out.extend(frames.iter().cloned());
+                return Ok(());
+            }
         }
         self.stats.misses += 1;
         let frame = V8Frame::decode(raw).ok_or_else(|| {
@@ -220,6 +221,23 @@ impl Namer {
                 .codes
                 .get(&start)
                 .is_some_and(|c| c.generation == generation && c.checked.elapsed() < CODE_RECHECK),
+        }
+    }
+
+    /// A frame that depends on a code object whose check is due: the object's header read
+    /// again (one 16-byte read); still the same object, the frame stays valid.
+    fn recheck(&mut self, mem: &dyn ProcessMemory, d: Dependency) -> bool {
+        let Dependency::Code { start, generation } = d else {
+            return false;
+        };
+        let layout = Arc::clone(&self.binary.layout);
+        let heap = Heap::new(mem, &layout, &mut self.types);
+        match self.codes.get_mut(&start) {
+            Some(c) if c.generation == generation && crate::code::still_there(&heap, &c.object) => {
+                c.checked = Instant::now();
+                true
+            }
+            _ => false,
         }
     }
 
