@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use common::{WORKLOAD_LIMIT, can_run_bpf, cpu_time_of, ferroscope, fixture};
 use ferroscope_test_harness::{self as harness, Guard};
 
 use std::collections::{HashMap, HashSet};
@@ -102,6 +102,16 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
 /// Records `fixtures/python/<script>` run by CPython 3.`minor` for `seconds`; `None` when
 /// the test is skipped (not root, or that CPython is missing and not required).
 fn record_script(minor: u8, script: &str, seconds: u32, extra: &[&str]) -> Option<Vec<Sample>> {
+    record_script_timed(minor, script, seconds, extra).map(|(samples, _)| samples)
+}
+
+/// [`record_script`], also returning the CPU time the script used while it was recorded.
+fn record_script_timed(
+    minor: u8,
+    script: &str,
+    seconds: u32,
+    extra: &[&str],
+) -> Option<(Vec<Sample>, Duration)> {
     if !can_run_bpf() {
         return None;
     }
@@ -110,9 +120,11 @@ fn record_script(minor: u8, script: &str, seconds: u32, extra: &[&str]) -> Optio
     let mut cmd = Command::new(&python);
     cmd.arg(fixture(&format!("python/{script}")));
     let workload = Ready::start(cmd);
+    let before = cpu_time_of(workload.pid());
     let samples = record(workload.pid(), seconds, extra);
+    let used = cpu_time_of(workload.pid()) - before;
     drop(workload);
-    Some(samples)
+    Some((samples, used))
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
@@ -229,7 +241,7 @@ fn share(part: i64, whole: i64) -> f64 {
 fn two_chains(minor: u8) {
     // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
     // stays well inside the 25 % the test allows.
-    let Some(samples) = record_script(minor, "chains.py", 5, &["-r", "499"]) else {
+    let Some((samples, used)) = record_script_timed(minor, "chains.py", 5, &["-r", "499"]) else {
         return;
     };
     let script = fixture("python/chains.py");
@@ -255,7 +267,18 @@ fn two_chains(minor: u8) {
     ];
 
     let total: i64 = samples.iter().map(|s| s.count).sum();
-    assert!(total >= 1000, "only {total} samples in 5 s at 499 Hz");
+    // Samples for the CPU time the script got (always busy; the time also covers the
+    // agent's start-up, before sampling), and enough of them for the ratio below; a machine
+    // too busy to give it that fails the test.
+    let expected = used.as_secs_f64() * 499.0;
+    assert!(
+        total as f64 >= 0.5 * expected,
+        "only {total} samples for {used:?} of CPU at 499 Hz ({expected:.0} expected)"
+    );
+    assert!(
+        total >= 500,
+        "only {total} samples in 5 s at 499 Hz: the script ran only {used:?} (too busy a machine)"
+    );
     let mut report = String::new();
     let mut counts = Vec::new();
     for (chain, hot, callers) in [

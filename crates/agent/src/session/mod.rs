@@ -2,9 +2,9 @@
 //! runtime plug-ins, on threads of their own, so that emptying the kernel's ring buffer
 //! never waits for anything else:
 //!
-//! - the drain thread (`ferroscope-drain`, [`drain`]) empties the trace and process-report
+//! - the drain thread (`ferroscope-drain`, `drain.rs`) empties the trace and process-report
 //!   ring buffers every 25 ms and hands the records on, decoded but not named;
-//! - the unwinder thread (`ferroscope-unwind`, [`unwinder`]) owns the process manager, the
+//! - the unwinder thread (`ferroscope-unwind`, `unwinder.rs`) owns the process manager, the
 //!   runtime plug-ins and the maps they write: it names each trace's runtime frames while
 //!   the process still lives, loads the processes the kernel reported and delivers samples
 //!   and process changes, in order;
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_programs::{Counters, ProgramReport, Sampler, SamplerConfig, UnwinderConfig};
 use ferroscope_unwind_api::{Metric, Trace};
@@ -108,7 +108,13 @@ pub struct Session {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     unwinder: bool,
+    /// When CPU hotplug was last looked at.
+    cpus_checked: Instant,
+    cpu_error_said: bool,
 }
+
+/// How often the online CPUs are compared with the sampled ones.
+const CPU_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl Session {
     /// Loads the programs (the native ones, and the program of every enabled runtime
@@ -172,6 +178,8 @@ impl Session {
             stop,
             threads: vec![drain, unwind],
             unwinder,
+            cpus_checked: Instant::now(),
+            cpu_error_said: false,
         })
     }
 
@@ -235,6 +243,10 @@ impl Session {
     /// Hands over everything delivered so far, in order; returns how many deliveries there
     /// were. Never waits.
     pub fn drain(&mut self, mut f: impl FnMut(Delivery)) -> usize {
+        if self.cpus_checked.elapsed() >= CPU_CHECK_EVERY {
+            self.cpus_checked = Instant::now();
+            self.follow_cpus();
+        }
         let mut n = 0;
         loop {
             match self.deliveries.try_recv() {
@@ -243,6 +255,29 @@ impl Session {
                     n += 1;
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+            }
+        }
+    }
+
+    /// Samples CPUs that came online since sampling started (CPU hotplug).
+    fn follow_cpus(&mut self) {
+        let Some(sampler) = self.sampler.as_mut() else {
+            return;
+        };
+        match sampler.follow_cpus() {
+            Ok((added, removed)) => {
+                if !added.is_empty() || !removed.is_empty() {
+                    tracing::info!(?added, ?removed, "online CPUs changed; sampling follows");
+                }
+            }
+            Err(e) => {
+                if !self.cpu_error_said {
+                    self.cpu_error_said = true;
+                    tracing::warn!(
+                        "cannot sample a CPU that came online: {} (said once)",
+                        crate::error::Chain(&e)
+                    );
+                }
             }
         }
     }
