@@ -10,6 +10,7 @@ mod bench_perl;
 mod bench_dotnet;
 mod bench_php;
 mod bench_ruby;
+mod bench_v8;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -70,6 +71,7 @@ fn main() -> Result<()> {
         Some("bench-python") => bench_python(&args[1..]),
         Some("bench-dotnet") => bench_dotnet::bench_dotnet(&args[1..]),
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
+        Some("bench-v8") => bench_v8::bench_v8(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("bench-hotspot") => bench_hotspot::bench_hotspot(&args[1..]),
         Some("bench-perl") => bench_perl::bench_perl(&args[1..]),
@@ -94,6 +96,8 @@ fn main() -> Result<()> {
                  script (default /usr/bin/ruby3.1)\n  \
                  bench-hotspot [JAVA] [--binary PATH]  the same for a 50-deep Java stack (interpreted and C2) and an\n            \
                  application-like program, and record's RSS with 20k methods (default Debian's 17)\n  \
+                 bench-v8 [NODE]  the same for a 50-deep optimized JavaScript stack and an\n            \
+                 application-like script, with the agent's peak RSS (default /usr/bin/node)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  bench-perl [--binary PATH] [host|trixie|sid]...  the same for a 50-deep Perl stack\n            \

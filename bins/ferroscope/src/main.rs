@@ -13,6 +13,8 @@ use ferroscope_unwind_php as _;
 use ferroscope_unwind_python as _;
 #[cfg(feature = "ruby")]
 use ferroscope_unwind_ruby as _;
+#[cfg(feature = "v8")]
+use ferroscope_unwind_v8 as _;
 
 fn main() -> std::process::ExitCode {
     ferroscope::main()
