@@ -5,9 +5,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_churn;
+mod bench_dotnet;
 mod bench_hotspot;
 mod bench_perl;
-mod bench_dotnet;
 mod bench_php;
 mod bench_ruby;
 mod bench_v8;

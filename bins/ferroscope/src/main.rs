@@ -1,12 +1,12 @@
 //! The `ferroscope` binary: the command line of the library, with the runtime plug-ins its
 //! cargo features select linked in (each registers itself when its crate is linked).
 
+#[cfg(feature = "dotnet")]
+use ferroscope_unwind_dotnet as _;
 #[cfg(feature = "hotspot")]
 use ferroscope_unwind_hotspot as _;
 #[cfg(feature = "perl")]
 use ferroscope_unwind_perl as _;
-#[cfg(feature = "dotnet")]
-use ferroscope_unwind_dotnet as _;
 #[cfg(feature = "php")]
 use ferroscope_unwind_php as _;
 #[cfg(feature = "python")]
