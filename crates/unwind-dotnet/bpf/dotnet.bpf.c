@@ -167,10 +167,14 @@ const volatile enum dn_range_kind dn_abi_range_kind = DN_RANGE_STUB;
 const volatile enum dn_frame_kind dn_abi_frame_kind = DN_FRAME_JIT_STUB;
 const volatile enum dn_rule_mode dn_abi_rule_mode = DN_RULE_NATIVE;
 
+/* Preallocated: perf_event programs may use no other hash map before Linux 6.1 (5.10 refuses
+ * the program otherwise). A value is about 24 KiB, so the map is not sized by the loader's
+ * process limit: DN_MAX_PROCS processes' ranges (about 3 MiB) at once. */
+#define DN_MAX_PROCS 128
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096); /* sized by the loader */
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, DN_MAX_PROCS);
 	__type(key, __u32);
 	__type(value, struct dn_proc);
 } dn_procs SEC(".maps");

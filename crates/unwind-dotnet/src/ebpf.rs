@@ -52,7 +52,8 @@ pub fn program() -> EbpfProgram {
         program: "fs_rt_dotnet",
         object: ferroscope_ebpf_abi::include_object!("dotnet.bpf.o"),
         legacy_object: ferroscope_ebpf_abi::include_object!("dotnet.bpf.legacy.o"),
-        pid_maps: &[PROCS_MAP],
+        // dn_procs keeps its own size (DN_MAX_PROCS): its values are large and preallocated.
+        pid_maps: &[],
         counters: COUNTERS,
     }
 }
