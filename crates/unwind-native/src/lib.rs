@@ -42,12 +42,14 @@ mod build;
 mod cfi;
 mod elf;
 pub mod error;
+mod functions;
 mod golang;
 mod unwind;
 
 use std::collections::BTreeSet;
 
 pub use error::Error;
+pub use functions::function_ranges;
 pub use unwind::{LoadedModule, Registers, UnwindEnd, unwind};
 
 /// How to find the caller's frame at an address range. x86-64: the return address is always

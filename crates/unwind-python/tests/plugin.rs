@@ -4,62 +4,16 @@
 
 mod common;
 
-use ferroscope_unwind_api::{ElfFile, RangeMode, SymbolRange};
+use common::Elf;
+use ferroscope_unwind_api::RangeMode;
 use ferroscope_unwind_python::ebpf::{NO_FIELD, PY_ENTRY_FLAG, PY_ENTRY_ONE, PY_ENTRY_SHIM};
 use ferroscope_unwind_python::{FrameLayout, detect_file, ebpf_proc, eval_ranges};
-use object::{Object, ObjectSegment, ObjectSymbol};
-
-/// An `ElfFile` over a file read from disk (the agent has its own, over the mapped bytes).
-struct Elf<'a> {
-    path: String,
-    file: object::File<'a>,
-}
-
-impl ElfFile for Elf<'_> {
-    fn path(&self) -> &str {
-        &self.path
-    }
-    fn symbol(&self, name: &str) -> Option<SymbolRange> {
-        self.file
-            .dynamic_symbols()
-            .chain(self.file.symbols())
-            .find(|s| s.name() == Ok(name) && s.is_definition())
-            .map(|s| SymbolRange {
-                address: s.address(),
-                size: s.size(),
-            })
-    }
-    fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
-        self.file
-            .dynamic_symbols()
-            .find(|s| s.name() == Ok(name) && s.is_definition())
-            .map(|s| SymbolRange {
-                address: s.address(),
-                size: s.size(),
-            })
-    }
-    fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
-        self.file.segments().any(|seg| {
-            let Ok(data) = seg.data() else { return false };
-            let start = seg.address();
-            if vaddr < start || vaddr - start + buf.len() as u64 > data.len() as u64 {
-                return false;
-            }
-            let off = (vaddr - start) as usize;
-            buf.copy_from_slice(&data[off..off + buf.len()]);
-            true
-        })
-    }
-}
 
 #[test]
 fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
     for py in common::pythons_or_skip("plugin detection") {
         let bytes = std::fs::read(&py.lib).unwrap();
-        let elf = Elf {
-            path: py.lib.to_string_lossy().into_owned(),
-            file: object::File::parse(&*bytes).unwrap(),
-        };
+        let elf = Elf::new(&py.lib.to_string_lossy(), &bytes);
         let found = detect_file(&elf)
             .unwrap()
             .unwrap_or_else(|| panic!("{} not detected", py.lib.display()));
@@ -78,12 +32,12 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
                 py.lib.display()
             );
         }
-        let eval = found.eval[0].expect("_PyEval_EvalFrameDefault");
+        let eval = found.eval.parts[0];
         assert!(eval.size > 1000, "the eval loop is a big function");
 
         let bias = 0x7f00_0000_0000;
         let p = ebpf_proc(&found, bias);
-        let l = found.layout;
+        let l = &found.layout;
         let ranges = eval_ranges(&found, bias);
         assert_eq!(ranges[0].start, eval.address + bias);
         assert_eq!(ranges[0].end, eval.address + eval.size + bias);
@@ -117,10 +71,7 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
 
         // The launcher of a shared build links libpython and has no eval loop of its own.
         let bytes = std::fs::read(&py.exe).unwrap();
-        let elf = Elf {
-            path: py.exe.to_string_lossy().into_owned(),
-            file: object::File::parse(&*bytes).unwrap(),
-        };
+        let elf = Elf::new(&py.exe.to_string_lossy(), &bytes);
         assert!(
             detect_file(&elf).unwrap().is_none(),
             "{} is a launcher, not the runtime",
@@ -132,9 +83,6 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
 #[test]
 fn other_files_are_not_python() {
     let bytes = std::fs::read("/bin/ls").unwrap();
-    let elf = Elf {
-        path: "/bin/ls".into(),
-        file: object::File::parse(&*bytes).unwrap(),
-    };
+    let elf = Elf::new("/bin/ls", &bytes);
     assert!(detect_file(&elf).unwrap().is_none());
 }

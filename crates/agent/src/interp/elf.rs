@@ -1,21 +1,61 @@
 //! ELF files as plug-ins see them during detection.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
 
+use ferroscope_symbolize::debuglink::{DebugRefs, FoundDebugFile, find_debug_file};
+use ferroscope_symbolize::root::FsRoot;
 use ferroscope_unwind_api::{ElfFile, SymbolRange, TlsTemplate};
 
+/// Where to look for a file's separate debug file: in the root of a process that maps it
+/// (then on the host), next to the file's path there; the file's own identity is never its
+/// own debug file.
+pub(crate) struct DebugSearch {
+    pub(crate) pid: u32,
+    pub(crate) path: PathBuf,
+    pub(crate) identity: Option<(u64, u64)>,
+}
+
 /// An ELF file mapped in memory, as plug-ins see it: symbols looked up by name (an index of
-/// `.dynsym` built on first use, then `.symtab` only when a name is not in `.dynsym`).
+/// `.dynsym` built on first use, then `.symtab` only when a name is not in `.dynsym`, then
+/// the separate debug file's `.symtab`, looked for the first time a name is in neither), and
+/// its CFI's function ranges, listed on first use.
 pub(crate) struct MappedElf<'a> {
     path: &'a str,
     data: &'a [u8],
     file: object::File<'a>,
     dynsym: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
     symtab: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
+    debug_search: Option<DebugSearch>,
+    debug: std::cell::OnceCell<Option<DebugSymbols>>,
+    functions: std::cell::OnceCell<Vec<Range<u64>>>,
+}
+
+/// The `.symtab` of a separate debug file.
+struct DebugSymbols {
+    symbols: HashMap<String, SymbolRange>,
+}
+
+impl DebugSymbols {
+    fn load(found: &FoundDebugFile) -> Option<DebugSymbols> {
+        use object::Object;
+        let file = object::File::parse(&*found.map).ok()?;
+        let symbols = index(file.symbols())
+            .into_iter()
+            .map(|(name, range)| (name.to_owned(), range))
+            .collect();
+        tracing::debug!(debug = %found.path.display(), "symbols of the debug file read for detection");
+        Some(DebugSymbols { symbols })
+    }
 }
 
 impl<'a> MappedElf<'a> {
-    pub(crate) fn new(path: &'a str, data: &'a [u8]) -> Option<Self> {
+    pub(crate) fn new(
+        path: &'a str,
+        data: &'a [u8],
+        debug_search: Option<DebugSearch>,
+    ) -> Option<Self> {
         let file = object::File::parse(data).ok()?;
         Some(MappedElf {
             path,
@@ -23,7 +63,26 @@ impl<'a> MappedElf<'a> {
             file,
             dynsym: std::cell::OnceCell::new(),
             symtab: std::cell::OnceCell::new(),
+            debug_search,
+            debug: std::cell::OnceCell::new(),
+            functions: std::cell::OnceCell::new(),
         })
+    }
+
+    fn debug_symbols(&self) -> Option<&DebugSymbols> {
+        self.debug
+            .get_or_init(|| {
+                let search = self.debug_search.as_ref()?;
+                let refs = DebugRefs::parse(self.data)?;
+                let found = find_debug_file(
+                    &FsRoot::of_process(search.pid),
+                    &search.path,
+                    &refs,
+                    search.identity,
+                )?;
+                DebugSymbols::load(&found)
+            })
+            .as_ref()
     }
 }
 
@@ -56,7 +115,29 @@ impl ElfFile for MappedElf<'_> {
             return Some(s);
         }
         let symtab = self.symtab.get_or_init(|| index(self.file.symbols()));
-        symtab.get(name).copied()
+        if let Some(s) = symtab.get(name) {
+            return Some(*s);
+        }
+        self.debug_symbols()?.symbols.get(name).copied()
+    }
+
+    fn cfi_function(&self, vaddr: u64) -> Option<SymbolRange> {
+        let functions = self.functions.get_or_init(|| {
+            ferroscope_unwind_native::function_ranges(self.data).unwrap_or_else(|e| {
+                tracing::debug!(path = self.path, "no CFI function ranges: {e}");
+                Vec::new()
+            })
+        });
+        // The last range starting at or before vaddr; ranges of one file do not overlap
+        // (two sources describing one function give equal ranges, deduplicated).
+        let i = functions
+            .partition_point(|r| r.start <= vaddr)
+            .checked_sub(1)?;
+        let r = &functions[i];
+        (vaddr < r.end).then(|| SymbolRange {
+            address: r.start,
+            size: r.end - r.start,
+        })
     }
 
     fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {

@@ -217,7 +217,7 @@ impl Interpreters {
         kernel: &mut dyn KernelMaps,
     ) {
         for f in files {
-            self.detect_file(f);
+            self.detect_file(pid, f);
         }
         // Instances already attached: tell them; detach the ones whose runtime is gone.
         if rescan {
@@ -302,21 +302,31 @@ impl Interpreters {
         }
     }
 
-    /// Asks every plug-in about a file, once per identity.
-    fn detect_file(&mut self, f: &MappedFile) {
+    /// Asks every plug-in about a file (mapped by `pid`), once per identity.
+    fn detect_file(&mut self, pid: u32, f: &MappedFile) {
         if self.detected.contains_key(&f.file_id) {
             return;
         }
         let found = std::fs::File::open(&f.open_path)
             .ok()
             .and_then(|file| {
+                let identity = file.metadata().ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                });
                 // SAFETY: a private read-only map, read only during detection; a file
                 // truncated meanwhile could fault (the same trade-off as the process
                 // manager's table extraction).
-                unsafe { memmap2::Mmap::map(&file) }.ok()
+                let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+                Some((data, identity))
             })
-            .map(|data| {
-                let Some(elf) = MappedElf::new(&f.path, &data) else {
+            .map(|(data, identity)| {
+                let search = elf::DebugSearch {
+                    pid,
+                    path: std::path::PathBuf::from(&f.path),
+                    identity,
+                };
+                let Some(elf) = MappedElf::new(&f.path, &data, Some(search)) else {
                     return Vec::new();
                 };
                 self.runtimes
