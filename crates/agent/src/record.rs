@@ -83,6 +83,8 @@ pub struct RecordOutcome {
     pub unwind: Option<UnwindMetrics>,
     /// The runtime plug-ins' metrics (`UnwindPythonFrames_total`, ...).
     pub interpreters: Vec<Metric>,
+    /// Files a plug-in recognised as its runtime but cannot unwind, and why.
+    pub detection_failures: Vec<crate::interp::DetectionFailure>,
     /// Every eBPF program's load report (native, then each runtime's).
     pub programs: Vec<ProgramReport>,
 }
@@ -247,6 +249,7 @@ pub fn record(
     let counters = session.counters()?;
     let unwind = session.unwind_metrics();
     let interpreters = session.runtime_metrics();
+    let detection_failures = session.interpreters().detection_failures().to_vec();
     let programs = session.programs().to_vec();
     let agent_cpu = process_cpu_time().saturating_sub(cpu_before);
     let bpf_run_time = match (bpf_before, session.run_time()) {
@@ -285,6 +288,7 @@ pub fn record(
         bpf_run_time,
         unwind,
         interpreters,
+        detection_failures,
         programs,
     })
 }

@@ -432,6 +432,7 @@ fn collect_loop(
                     .update(&metrics.samples_lost, c.get(Counter::LostRingbufFull));
             }
             metrics.set_internal(s.unwind_metrics().as_ref(), &s.runtime_metrics());
+            metrics.set_detection_failures(s.interpreters().detection_failures());
         }
 
         if stopping || Instant::now() >= next_collect {

@@ -180,3 +180,41 @@ impl ElfFile for MappedElf<'_> {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::{Object, ObjectSymbol};
+
+    #[test]
+    fn cfi_functions_cover_the_functions_of_this_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let path = exe.to_string_lossy().into_owned();
+        let elf = MappedElf::new(&path, &data, None).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let mut checked = 0;
+        for s in file
+            .symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 64)
+        {
+            let f = elf
+                .cfi_function(s.address() + s.size() / 2)
+                .unwrap_or_else(|| panic!("no CFI function covers {:?}", s.name()));
+            assert_eq!(
+                (f.address, f.size),
+                (s.address(), s.size()),
+                "{:?}",
+                s.name()
+            );
+            checked += 1;
+            if checked == 200 {
+                break;
+            }
+        }
+        assert_eq!(checked, 200);
+        assert!(elf.cfi_function(0).is_none());
+        // No debug search: a name in no table is not found (and nothing is opened).
+        assert!(elf.symbol("no such symbol anywhere").is_none());
+    }
+}
