@@ -68,7 +68,8 @@ fn main() -> Result<()> {
                  4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
                  bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
                  code-object cache hit rate over 60 s of an application-like script\n            \
-                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 (default /root/.pyenv/versions/3.12.1/bin/python3.12; debian:3.N for\n            \
+                 Debian's CPython 3.N in the test chroot: 3.13, 3.14, 3.15)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"
@@ -556,11 +557,36 @@ fn number_before(text: &str, suffix: &str) -> Option<f64> {
     text[start..end].parse().ok()
 }
 
-/// Starts a fixture script that prints `ready`, and waits for it.
-fn start_ready(python: &str, script: &Path, args: &[&str]) -> Result<Child> {
+/// Starts a fixture script that prints `ready`, and waits for it: with `python` (a path on
+/// the host), or with Debian's CPython 3.N in the test harness's chroot when `python` is
+/// `debian:3.N` (the script is copied into the chroot's /tmp; keep the runtime returned while
+/// the child runs: it keeps the chroot's /proc mounted).
+fn start_ready(
+    python: &str,
+    script: &Path,
+    args: &[&str],
+) -> Result<(Child, Option<ferroscope_test_harness::runtimes::Runtime>)> {
     use std::io::BufRead;
-    let mut child = Command::new(python)
-        .arg(script)
+    let mut runtime = None;
+    let mut cmd = match python.strip_prefix("debian:3.") {
+        Some(minor) => {
+            let minor: u8 = minor.parse().context("debian:3.N names a minor version")?;
+            let rt = ferroscope_test_harness::runtimes::try_python_chroot(minor)
+                .map_err(|e| anyhow::anyhow!("Debian's CPython 3.{minor}: {e}"))?;
+            let (chroot, _) = rt.chroot.as_ref().context("a chroot runtime")?;
+            let inside = chroot.copy_in(script);
+            let mut cmd = rt.command();
+            cmd.arg(inside);
+            runtime = Some(rt);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(python);
+            cmd.arg(script);
+            cmd
+        }
+    };
+    let mut child = cmd
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -571,7 +597,7 @@ fn start_ready(python: &str, script: &Path, args: &[&str]) -> Result<Child> {
         bail!("{} did not start", script.display());
     }
     std::thread::sleep(Duration::from_millis(300));
-    Ok(child)
+    Ok((child, runtime))
 }
 
 fn bench_python(args: &[String]) -> Result<()> {
@@ -597,7 +623,8 @@ fn bench_python(args: &[String]) -> Result<()> {
         number_before(&base, " runs").context("eBPF runs (bpf_stats) in the baseline")?;
     let base_us = number_before(&base, " µs each").context("eBPF time in the baseline")?;
 
-    let mut deep = start_ready(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
+    let (mut deep, _runtime) =
+        start_ready(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
     let out = record_stderr(&exe, deep.id(), seconds, rate);
     let _ = deep.kill();
     let _ = deep.wait();
@@ -615,7 +642,7 @@ fn bench_python(args: &[String]) -> Result<()> {
         total_us
     );
 
-    let mut app = start_ready(&python, &root.join("fixtures/python/app.py"), &[])?;
+    let (mut app, _runtime) = start_ready(&python, &root.join("fixtures/python/app.py"), &[])?;
     let out = record_stderr(&exe, app.id(), 60, rate);
     let _ = app.kill();
     let _ = app.wait();
