@@ -4,6 +4,7 @@
 //! `cargo xtask kernels` runs the kernel matrix (see kernels.rs).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench_churn;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
             eprintln!(
@@ -70,6 +72,8 @@ fn main() -> Result<()> {
                  code-object cache hit rate over 60 s of an application-like script\n            \
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12; debian:3.N for\n            \
                  Debian's CPython 3.N in the test chroot: 3.13, 3.14, 3.15)\n  \
+                 bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
+                 program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
                  on Debian's 5.10, 6.1 and 6.12 kernels under qemu and on the host\n            \
                  (`cargo xtask kernels --help` for its options)"
@@ -79,14 +83,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
     let status = cmd
         .status()
@@ -104,7 +108,7 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -302,7 +306,7 @@ fn report_skips(log: &Path) -> Result<()> {
 
 /// Installs what the build needs, builds the release binary, and returns the target
 /// directory (`$CARGO_TARGET_DIR`, else `target/`).
-fn build_release(root: &Path) -> Result<PathBuf> {
+pub(crate) fn build_release(root: &Path) -> Result<PathBuf> {
     ensure_packages(BUILD_PACKAGES)?;
     run(Command::new(cargo())
         .current_dir(root)
@@ -391,7 +395,7 @@ fn vmlinux() -> Result<()> {
     Ok(())
 }
 
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+pub(crate) fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     text.lines()
         .find(|l| l.starts_with(key))?
@@ -401,7 +405,7 @@ fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
@@ -521,7 +525,7 @@ fn bench_agent(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn user_hz() -> f64 {
+pub(crate) fn user_hz() -> f64 {
     // /proc/PID/stat counts in USER_HZ, which is 100 on Linux for every architecture we build for.
     100.0
 }

@@ -10,6 +10,7 @@
 //! another build is rejected, as gdb does). Candidates are looked up in the process's root
 //! first, then on the host.
 
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use object::{Object, ObjectSection};
@@ -52,7 +53,7 @@ pub struct DebugRefs {
 impl DebugRefs {
     /// Reads the build ID and `.gnu_debuglink` of an ELF object. Malformed notes or sections
     /// are ignored.
-    pub fn of(file: &object::File<'_>) -> DebugRefs {
+    pub fn of<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> DebugRefs {
         let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
         let debuglink = file.gnu_debuglink().ok().flatten().and_then(|(name, crc)| {
             let name = std::str::from_utf8(name).ok()?;
@@ -147,13 +148,44 @@ pub struct FoundDebugFile {
     pub path: PathBuf,
     /// Whether it was found in the process's root (else on the host).
     pub in_process_root: bool,
-    /// Its contents.
-    pub map: memmap2::Mmap,
+    /// The open file (a regular file, verified by build ID or CRC).
+    pub file: File,
+}
+
+/// The CRC-32 of everything `file` holds, read in chunks (no mapping).
+fn file_crc(file: &File) -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut reader = file;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Whether the debug file at `file` is the one `kind` asks for, read with `pread` (a file
+/// truncated meanwhile is a mismatch, not a `SIGBUS`).
+fn verify(file: &File, kind: &CandidateKind, refs: &DebugRefs) -> bool {
+    match kind {
+        CandidateKind::BuildId => {
+            let cache = object::ReadCache::new(file);
+            object::File::parse(&cache)
+                .ok()
+                .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
+                .is_some_and(|id| Some(id) == refs.build_id)
+        }
+        CandidateKind::DebugLink { crc } => file_crc(file).is_ok_and(|c| c == *crc),
+    }
 }
 
 /// Searches the candidates in the process's root, then on the host; returns the first that
 /// passes verification. `object_identity` is `(dev, inode)` of the object itself, which is
-/// never accepted as its own debug file.
+/// never accepted as its own debug file. Only regular files are opened (no FIFO blocks the
+/// search) and paths resolve inside the root.
 pub fn find_debug_file(
     root: &FsRoot,
     object_path: &Path,
@@ -171,31 +203,17 @@ pub fn find_debug_file(
     }
     for (r, in_process_root) in roots {
         for c in &cands {
-            let Ok(file) = r.open(&c.path) else { continue };
-            if let Some(id) = object_identity
-                && let Ok(m) = file.metadata()
+            let Ok(file) = r.open_regular(&c.path) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
             {
                 use std::os::unix::fs::MetadataExt;
-                if (m.dev(), m.ino()) == id {
+                if object_identity == Some((meta.dev(), meta.ino())) || meta.len() == 0 {
                     continue;
                 }
             }
-            if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-                continue;
-            }
-            // SAFETY: read-only private map, read only while alive; see `ElfSymbols::from_file`
-            // for why files rewritten in place are not a practical concern.
-            let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
-                continue;
-            };
-            let ok = match c.kind {
-                CandidateKind::BuildId => object::File::parse(&*map)
-                    .ok()
-                    .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
-                    .is_some_and(|id| Some(id) == refs.build_id),
-                CandidateKind::DebugLink { crc } => debuglink_crc(&map) == crc,
-            };
-            if !ok {
+            if !verify(&file, &c.kind, refs) {
                 tracing::debug!(path = %c.path.display(), "rejecting debug file: build ID or CRC mismatch");
                 continue;
             }
@@ -203,7 +221,7 @@ pub fn find_debug_file(
             return Some(FoundDebugFile {
                 path: c.path.clone(),
                 in_process_root,
-                map,
+                file,
             });
         }
     }

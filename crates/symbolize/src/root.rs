@@ -69,10 +69,40 @@ impl FsRoot {
 
     /// Opens `path` (absolute, as the process sees it) for reading, resolved inside the root.
     pub fn open(&self, path: &Path) -> io::Result<File> {
+        self.open_flags(path, 0)
+    }
+
+    /// Opens `path` like [`FsRoot::open`], but only a regular file: the open does not wait
+    /// (`O_NONBLOCK`, so a FIFO planted where a library is expected cannot block the
+    /// caller), and a FIFO, device, socket or directory is refused with `InvalidInput`.
+    /// Use it for every file a process names (its mappings, its debug links).
+    pub fn open_regular(&self, path: &Path) -> io::Result<File> {
+        regular(self.open_flags(path, libc::O_NONBLOCK)?)
+    }
+
+    fn open_flags(&self, path: &Path, flags: i32) -> io::Result<File> {
         match self {
-            FsRoot::Host => File::open(path),
-            FsRoot::Dir { fd, .. } => open_in_root(fd, path),
+            FsRoot::Host => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(flags)
+                    .open(path)
+            }
+            FsRoot::Dir { fd, .. } => open_in_root(fd, path, flags),
         }
+    }
+}
+
+/// `file` when it is a regular file.
+pub fn regular(file: File) -> io::Result<File> {
+    if file.metadata()?.file_type().is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device, socket or directory)",
+        ))
     }
 }
 
@@ -107,7 +137,7 @@ fn same_file(fd: &OwnedFd, path: &Path) -> bool {
 }
 
 /// Opens `path` under `root` without leaving it.
-fn open_in_root(root: &OwnedFd, path: &Path) -> io::Result<File> {
+fn open_in_root(root: &OwnedFd, path: &Path, extra_flags: i32) -> io::Result<File> {
     let rel: PathBuf = path
         .components()
         .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
@@ -116,7 +146,7 @@ fn open_in_root(root: &OwnedFd, path: &Path) -> io::Result<File> {
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `open_how` is a plain C struct for which all-zero bytes are a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | extra_flags) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `root` is a valid directory descriptor, `c` a valid NUL-terminated string and
     // `how` a properly initialized `open_how` whose size is passed; the result is checked.
@@ -137,12 +167,12 @@ fn open_in_root(root: &OwnedFd, path: &Path) -> io::Result<File> {
     if err.raw_os_error() != Some(libc::ENOSYS) {
         return Err(err);
     }
-    open_walk_nofollow(root, &rel)
+    open_walk_nofollow(root, &rel, extra_flags)
 }
 
 /// `openat2`-less fallback: walks `rel` one component at a time with `O_NOFOLLOW`, refusing
 /// symlinks and `..`.
-fn open_walk_nofollow(root: &OwnedFd, rel: &Path) -> io::Result<File> {
+fn open_walk_nofollow(root: &OwnedFd, rel: &Path, extra_flags: i32) -> io::Result<File> {
     let comps: Vec<&std::ffi::OsStr> = rel
         .components()
         .map(|c| match c {
@@ -161,7 +191,7 @@ fn open_walk_nofollow(root: &OwnedFd, rel: &Path) -> io::Result<File> {
         let flags = libc::O_NOFOLLOW
             | libc::O_CLOEXEC
             | if last {
-                libc::O_RDONLY
+                libc::O_RDONLY | extra_flags
             } else {
                 libc::O_PATH | libc::O_DIRECTORY
             };
@@ -203,8 +233,31 @@ mod tests {
             FsRoot::Dir { fd, .. } => fd.clone(),
             FsRoot::Host => unreachable!(),
         };
-        assert!(open_walk_nofollow(&fd, Path::new("link")).is_err());
-        assert!(open_walk_nofollow(&fd, Path::new("etc/hostname")).is_ok());
+        assert!(open_walk_nofollow(&fd, Path::new("link"), 0).is_err());
+        assert!(open_walk_nofollow(&fd, Path::new("etc/hostname"), 0).is_ok());
         assert!(FsRoot::at(Path::new("/")).unwrap().is_host());
+    }
+
+    #[test]
+    fn only_regular_files_open_and_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("lib.so"), "elf").unwrap();
+        let fifo = std::ffi::CString::new(root.join("fifo.so").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(root.join("dir.so")).unwrap();
+        for r in [FsRoot::at(root).unwrap(), FsRoot::Host] {
+            let base = if r.is_host() {
+                root.to_owned()
+            } else {
+                PathBuf::from("/")
+            };
+            assert!(r.open_regular(&base.join("lib.so")).is_ok());
+            // Without O_NONBLOCK this open would wait forever for a writer.
+            let err = r.open_regular(&base.join("fifo.so")).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(r.open_regular(&base.join("dir.so")).is_err());
+        }
     }
 }

@@ -183,8 +183,11 @@ impl FileSymbols {
                     },
                     _ => None,
                 };
+                // SAFETY: a read-only private map of a verified regular file, read only
+                // while alive (see `ElfSymbols::from_file` on files rewritten in place).
+                let map = unsafe { memmap2::Mmap::map(&found.file) }.ok()?;
                 let syms = cached.or_else(|| {
-                    let s = ElfSymbols::parse(&found.map).ok()?;
+                    let s = ElfSymbols::parse(&map).ok()?;
                     if let (Some(d), true) = (&self.disk, self.refs.build_id.is_some()) {
                         d.store(&cache_key, &s);
                     }
@@ -193,7 +196,7 @@ impl FileSymbols {
                 Some(DebugPart {
                     path: found.path,
                     syms: syms.filter(|s| !s.is_empty()),
-                    map: Arc::new(found.map),
+                    map: Arc::new(map),
                 })
             })
             .as_ref()

@@ -133,8 +133,8 @@ pub(crate) struct FrameData<'a> {
     pub(crate) address: u64,
 }
 
-pub(crate) fn eh_frame_offsets(
-    elf: &Elf<'_>,
+pub(crate) fn eh_frame_offsets<'a, R: object::ReadRef<'a>>(
+    elf: &Elf<'a, R>,
     eh: &FrameData<'_>,
     bases: &BaseAddresses,
 ) -> Option<Vec<usize>> {
@@ -168,9 +168,9 @@ pub(crate) fn eh_frame_offsets(
     (!offsets.is_empty()).then_some(offsets)
 }
 
-pub(crate) fn extract(
-    elf_bytes: &[u8],
-    debug_bytes: Option<&[u8]>,
+pub(crate) fn extract<'a, R: object::ReadRef<'a>>(
+    elf_bytes: R,
+    debug_bytes: Option<R>,
     opts: &ExtractOptions,
 ) -> Result<StackDeltaTable, Error> {
     let elf = Elf::parse(elf_bytes)?;
@@ -253,7 +253,7 @@ pub(crate) fn extract(
     }
 
     // .debug_frame of the file, then of the debug file when the file has little CFI.
-    fn frame_section<'a>(e: &Elf<'a>) -> Option<FrameData<'a>> {
+    fn frame_section<'a, R: object::ReadRef<'a>>(e: &Elf<'a, R>) -> Option<FrameData<'a>> {
         e.section(".debug_frame").map(|s| FrameData {
             data: s.data,
             address: s.address,
@@ -306,7 +306,9 @@ pub(crate) fn extract(
     // their section size, crafted ones with overlapping FDEs are cut off.
     let section_budget = |len: usize| (len as u64).saturating_mul(4).saturating_add(1 << 20);
     let mut budgets = [
-        (elf_bytes.len() as u64)
+        elf_bytes
+            .len()
+            .unwrap_or(0)
             .saturating_mul(2)
             .saturating_add(1 << 20),
         section_budget(eh.as_ref().map_or(0, |d| d.data.len())),
@@ -534,11 +536,15 @@ mod tests {
     #[test]
     fn malformed_inputs_are_errors_not_panics() {
         assert!(matches!(
-            extract(b"", None, &ExtractOptions::default()),
+            extract(&b""[..], None, &ExtractOptions::default()),
             Err(Error::Elf { .. })
         ));
         assert!(matches!(
-            extract(b"\x7fELF\x02\x01\x01", None, &ExtractOptions::default()),
+            extract(
+                &b"\x7fELF\x02\x01\x01"[..],
+                None,
+                &ExtractOptions::default()
+            ),
             Err(Error::Elf { .. })
         ));
         let mut libc = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
@@ -555,8 +561,8 @@ mod tests {
             libc[at] ^= (state >> 32) as u8 | 1;
         }
         let _ = extract(
-            &libc,
-            Some(&libc),
+            &libc[..],
+            Some(&libc[..]),
             &ExtractOptions {
                 merge_push_pop: true,
                 ..Default::default()
@@ -566,13 +572,13 @@ mod tests {
 
     #[test]
     fn a_32_bit_file_is_rejected_with_its_machine() {
-        let mut header = vec![0u8; 64];
+        let mut header = [0u8; 64];
         header[..4].copy_from_slice(b"\x7fELF");
         header[4] = 1; // ELFCLASS32
         header[5] = 1;
         header[6] = 1;
         header[18] = 3; // EM_386
-        let err = extract(&header, None, &ExtractOptions::default()).unwrap_err();
+        let err = extract(&header[..], None, &ExtractOptions::default()).unwrap_err();
         assert!(
             matches!(err, Error::UnsupportedArchitecture { machine: 3, .. }),
             "{err}"

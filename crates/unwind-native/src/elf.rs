@@ -1,11 +1,16 @@
 //! The little of ELF this crate needs: named sections (decompressed when needed, with a
 //! size cap) and reading code bytes by virtual address.
+//!
+//! The bytes come through [`ReadRef`]: a slice (a mapped file, a test buffer) or an
+//! [`object::ReadCache`] over an open file, which reads only the headers and the sections
+//! asked for, with `pread`, so a file truncated while it is read gives an error instead of
+//! a `SIGBUS`.
 
 use std::borrow::Cow;
 
 use object::elf::{EM_X86_64, PT_LOAD, SHF_ALLOC, SHT_NOBITS};
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
-use object::{LittleEndian, Object, ObjectSection};
+use object::{LittleEndian, Object, ObjectSection, ReadRef};
 
 use crate::Error;
 
@@ -21,18 +26,18 @@ pub(crate) struct SectionData<'a> {
 }
 
 /// A parsed x86-64 ELF file.
-pub(crate) struct Elf<'a> {
-    file: ElfFile64<'a, LittleEndian>,
-    data: &'a [u8],
+pub(crate) struct Elf<'a, R: ReadRef<'a> = &'a [u8]> {
+    file: ElfFile64<'a, LittleEndian, R>,
+    data: R,
 }
 
-impl<'a> Elf<'a> {
-    pub fn parse(data: &'a [u8]) -> Result<Self, Error> {
+impl<'a, R: ReadRef<'a>> Elf<'a, R> {
+    pub fn parse(data: R) -> Result<Self, Error> {
         match object::FileKind::parse(data) {
             Ok(object::FileKind::Elf64) => {}
             Ok(object::FileKind::Elf32) => {
                 let machine = data
-                    .get(18..20)
+                    .read_bytes_at(18, 2)
                     .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
                 return Err(Error::UnsupportedArchitecture {
                     machine,
@@ -50,7 +55,7 @@ impl<'a> Elf<'a> {
                 });
             }
         }
-        let file = ElfFile64::<LittleEndian>::parse(data).map_err(|e| Error::Elf {
+        let file = ElfFile64::<LittleEndian, R>::parse(data).map_err(|e| Error::Elf {
             reason: format!("{e} (big-endian and malformed headers are rejected)"),
         })?;
         let machine = file.elf_header().e_machine(LittleEndian);
@@ -120,8 +125,7 @@ impl<'a> Elf<'a> {
                 continue;
             }
             let file_off = segment.p_offset(endian).checked_add(offset)?;
-            let file_off = usize::try_from(file_off).ok()?;
-            return self.data.get(file_off..file_off.checked_add(len)?);
+            return self.data.read_bytes_at(file_off, len as u64).ok();
         }
         // Files without program headers (relocatable objects, some debug files): sections.
         for section in self.file.elf_section_table().iter() {
@@ -137,8 +141,8 @@ impl<'a> Elf<'a> {
             if offset.checked_add(len as u64)? > section.sh_size(endian) {
                 continue;
             }
-            let file_off = usize::try_from(section.sh_offset(endian).checked_add(offset)?).ok()?;
-            return self.data.get(file_off..file_off.checked_add(len)?);
+            let file_off = section.sh_offset(endian).checked_add(offset)?;
+            return self.data.read_bytes_at(file_off, len as u64).ok();
         }
         None
     }

@@ -13,7 +13,9 @@ use crate::elf::Elf;
 /// The ranges `start..end` (virtual addresses) of every FDE of the file's `.eh_frame`
 /// (through `.eh_frame_hdr` when present) and `.debug_frame`, sorted by start, duplicates
 /// removed. Work is linear in the sections' sizes.
-pub fn function_ranges(elf_bytes: &[u8]) -> Result<Vec<std::ops::Range<u64>>, Error> {
+pub(crate) fn function_ranges<'a, R: object::ReadRef<'a>>(
+    elf_bytes: R,
+) -> Result<Vec<std::ops::Range<u64>>, Error> {
     let elf = Elf::parse(elf_bytes)?;
     let mut fdes: Vec<FdeRef> = Vec::new();
     let text = elf.section_address(".text").unwrap_or(0);
@@ -54,8 +56,11 @@ mod tests {
         use object::{Object, ObjectSymbol};
         let exe = std::env::current_exe().unwrap();
         let bytes = std::fs::read(exe).unwrap();
-        let ranges = function_ranges(&bytes).unwrap();
+        let ranges = function_ranges(&bytes[..]).unwrap();
         assert!(ranges.len() > 100, "{} ranges", ranges.len());
+        // Read with pread, the same.
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(crate::function_ranges_file(&file).unwrap(), ranges);
         assert!(ranges.windows(2).all(|w| w[0].start <= w[1].start));
         assert!(ranges.iter().all(|r| r.start < r.end));
         // Every sizeable function symbol starts a range that covers it.
@@ -81,7 +86,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(function_ranges(b"not an elf file").is_err());
-        assert!(function_ranges(&[]).is_err());
+        assert!(function_ranges(&b"not an elf file"[..]).is_err());
+        assert!(function_ranges(&[][..]).is_err());
     }
 }

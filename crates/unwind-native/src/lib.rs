@@ -49,7 +49,6 @@ mod unwind;
 use std::collections::BTreeSet;
 
 pub use error::Error;
-pub use functions::function_ranges;
 pub use unwind::{LoadedModule, Registers, UnwindEnd, unwind};
 
 /// How to find the caller's frame at an address range. x86-64: the return address is always
@@ -229,4 +228,31 @@ pub fn extract(
     opts: &ExtractOptions,
 ) -> Result<StackDeltaTable, Error> {
     build::extract(elf, debug_elf, opts)
+}
+
+/// The address ranges of the file's functions as its CFI describes them: one `start..end`
+/// per FDE of `.eh_frame` (through `.eh_frame_hdr` when present) and `.debug_frame`, sorted,
+/// deduplicated. A function the compiler split (a `.cold` part elsewhere) has one range per
+/// part, so this finds the parts of functions whose symbols were stripped.
+pub fn function_ranges(elf: &[u8]) -> Result<Vec<std::ops::Range<u64>>, Error> {
+    functions::function_ranges(elf)
+}
+
+/// [`function_ranges`] of an open file, read with `pread` (see [`extract_file`]).
+pub fn function_ranges_file(elf: &std::fs::File) -> Result<Vec<std::ops::Range<u64>>, Error> {
+    functions::function_ranges(&object::ReadCache::new(elf))
+}
+
+/// [`extract`] from open files, read with `pread`: only the headers and the sections the
+/// table is built from are read (and held while it is built), nothing is mapped, and a
+/// file that another process truncates meanwhile gives an error rather than a `SIGBUS`.
+/// This is how to read files that other processes own (a container's libraries).
+pub fn extract_file(
+    elf: &std::fs::File,
+    debug_elf: Option<&std::fs::File>,
+    opts: &ExtractOptions,
+) -> Result<StackDeltaTable, Error> {
+    let elf = object::ReadCache::new(elf);
+    let debug = debug_elf.map(object::ReadCache::new);
+    build::extract(&elf, debug.as_ref(), opts)
 }

@@ -1,10 +1,17 @@
 //! ELF files as plug-ins see them during detection.
+//!
+//! A file is read with `pread` through [`object::ReadCache`], never mapped: only the headers
+//! and the sections a plug-in asks about are read, and a file that its owner truncates
+//! meanwhile gives "not found" answers rather than a `SIGBUS`.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use ferroscope_symbolize::debuglink::{DebugRefs, FoundDebugFile, find_debug_file};
+use object::{ReadCache, ReadRef};
+
+use ferroscope_symbolize::debuglink::{DebugRefs, find_debug_file};
 use ferroscope_symbolize::root::FsRoot;
 use ferroscope_unwind_api::{ElfFile, SymbolRange, TlsTemplate};
 
@@ -17,48 +24,35 @@ pub(crate) struct DebugSearch {
     pub(crate) identity: Option<(u64, u64)>,
 }
 
-/// An ELF file mapped in memory, as plug-ins see it: symbols looked up by name (an index of
-/// `.dynsym` built on first use, then `.symtab` only when a name is not in `.dynsym`, then
-/// the separate debug file's `.symtab`, looked for the first time a name is in neither), and
-/// its CFI's function ranges, listed on first use.
+/// An ELF file as plug-ins see it: symbols looked up by name (an index of `.dynsym` built
+/// on first use, then `.symtab` only when a name is not in `.dynsym`, then the separate
+/// debug file's `.symtab`, looked for the first time a name is in neither), and its CFI's
+/// function ranges, listed on first use.
 pub(crate) struct MappedElf<'a> {
     path: &'a str,
-    data: &'a [u8],
-    file: object::File<'a>,
+    /// The open file, for the reads that go through a cache of their own.
+    source: &'a File,
+    data: &'a ReadCache<File>,
+    file: object::File<'a, &'a ReadCache<File>>,
     dynsym: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
     symtab: std::cell::OnceCell<HashMap<&'a str, SymbolRange>>,
     debug_search: Option<DebugSearch>,
-    debug: std::cell::OnceCell<Option<DebugSymbols>>,
+    debug: std::cell::OnceCell<Option<HashMap<String, SymbolRange>>>,
     functions: std::cell::OnceCell<Vec<Range<u64>>>,
 }
 
-/// The `.symtab` of a separate debug file.
-struct DebugSymbols {
-    symbols: HashMap<String, SymbolRange>,
-}
-
-impl DebugSymbols {
-    fn load(found: &FoundDebugFile) -> Option<DebugSymbols> {
-        use object::Object;
-        let file = object::File::parse(&*found.map).ok()?;
-        let symbols = index(file.symbols())
-            .into_iter()
-            .map(|(name, range)| (name.to_owned(), range))
-            .collect();
-        tracing::debug!(debug = %found.path.display(), "symbols of the debug file read for detection");
-        Some(DebugSymbols { symbols })
-    }
-}
-
 impl<'a> MappedElf<'a> {
+    /// `data` reads `source` (a second handle on the same open file).
     pub(crate) fn new(
         path: &'a str,
-        data: &'a [u8],
+        source: &'a File,
+        data: &'a ReadCache<File>,
         debug_search: Option<DebugSearch>,
     ) -> Option<Self> {
         let file = object::File::parse(data).ok()?;
         Some(MappedElf {
             path,
+            source,
             data,
             file,
             dynsym: std::cell::OnceCell::new(),
@@ -69,25 +63,34 @@ impl<'a> MappedElf<'a> {
         })
     }
 
-    fn debug_symbols(&self) -> Option<&DebugSymbols> {
+    /// The debug file's `.symtab`, found and read (with `pread`) on first use.
+    fn debug_symbols(&self) -> Option<&HashMap<String, SymbolRange>> {
         self.debug
             .get_or_init(|| {
+                use object::Object;
                 let search = self.debug_search.as_ref()?;
-                let refs = DebugRefs::parse(self.data)?;
+                let refs = DebugRefs::of(&self.file);
                 let found = find_debug_file(
                     &FsRoot::of_process(search.pid),
                     &search.path,
                     &refs,
                     search.identity,
                 )?;
-                DebugSymbols::load(&found)
+                let cache = ReadCache::new(found.file);
+                let debug = object::File::parse(&cache).ok()?;
+                let symbols: HashMap<String, SymbolRange> = index(debug.symbols())
+                    .into_iter()
+                    .map(|(name, range)| (name.to_owned(), range))
+                    .collect();
+                tracing::debug!(debug = %found.path.display(), symbols = symbols.len(), "symbols of the debug file read for detection");
+                Some(symbols)
             })
             .as_ref()
     }
 }
 
-fn index<'d: 'f, 'f>(
-    symbols: impl Iterator<Item = object::Symbol<'d, 'f>>,
+fn index<'d: 'f, 'f, R: ReadRef<'d> + 'f>(
+    symbols: impl Iterator<Item = object::Symbol<'d, 'f, R>>,
 ) -> HashMap<&'d str, SymbolRange> {
     use object::ObjectSymbol;
     symbols
@@ -118,18 +121,19 @@ impl ElfFile for MappedElf<'_> {
         if let Some(s) = symtab.get(name) {
             return Some(*s);
         }
-        self.debug_symbols()?.symbols.get(name).copied()
+        self.debug_symbols()?.get(name).copied()
     }
 
     fn cfi_function(&self, vaddr: u64) -> Option<SymbolRange> {
         let functions = self.functions.get_or_init(|| {
-            ferroscope_unwind_native::function_ranges(self.data).unwrap_or_else(|e| {
+            // The file again, through its own cache (the plug-in's reads stay in ours).
+            ferroscope_unwind_native::function_ranges_file(self.source).unwrap_or_else(|e| {
                 tracing::debug!(path = self.path, "no CFI function ranges: {e}");
                 Vec::new()
             })
         });
-        // The last range starting at or before vaddr; ranges of one file do not overlap
-        // (two sources describing one function give equal ranges, deduplicated).
+        // The last range starting at or before vaddr (when .eh_frame and .debug_frame both
+        // describe a function their ranges are equal, and deduplicated).
         let i = functions
             .partition_point(|r| r.start <= vaddr)
             .checked_sub(1)?;
@@ -167,13 +171,36 @@ impl ElfFile for MappedElf<'_> {
     }
 
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
-        use object::{Object, ObjectSegment};
-        for seg in self.file.segments() {
-            let start = seg.address();
-            let Ok(data) = seg.data() else { continue };
-            if vaddr >= start && vaddr - start + buf.len() as u64 <= data.len() as u64 {
-                let off = (vaddr - start) as usize;
-                buf.copy_from_slice(&data[off..off + buf.len()]);
+        use object::read::elf::{FileHeader, ProgramHeader};
+        use object::{Endianness, elf};
+        let data = self.data;
+        let Ok(header) = elf::FileHeader64::<Endianness>::parse(data) else {
+            return false;
+        };
+        let Ok(endian) = header.endian() else {
+            return false;
+        };
+        let Ok(segments) = header.program_headers(endian, data) else {
+            return false;
+        };
+        let len = buf.len() as u64;
+        for seg in segments.iter().filter(|p| p.p_type(endian) == elf::PT_LOAD) {
+            let start = seg.p_vaddr(endian);
+            let Some(off) = vaddr.checked_sub(start) else {
+                continue;
+            };
+            if off
+                .checked_add(len)
+                .is_none_or(|end| end > seg.p_filesz(endian))
+            {
+                continue;
+            }
+            let Some(at) = seg.p_offset(endian).checked_add(off) else {
+                continue;
+            };
+            // Read the few bytes asked for, not the segment (ReadCache keeps what it read).
+            if let Ok(bytes) = data.read_bytes_at(at, len) {
+                buf.copy_from_slice(bytes);
                 return true;
             }
         }
@@ -191,7 +218,9 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let data = std::fs::read(&exe).unwrap();
         let path = exe.to_string_lossy().into_owned();
-        let elf = MappedElf::new(&path, &data, None).unwrap();
+        let source = File::open(&exe).unwrap();
+        let cache = ReadCache::new(File::open(&exe).unwrap());
+        let elf = MappedElf::new(&path, &source, &cache, None).unwrap();
         let file = object::File::parse(&*data).unwrap();
         let mut checked = 0;
         for s in file

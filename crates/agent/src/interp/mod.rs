@@ -330,25 +330,24 @@ impl Interpreters {
             return;
         }
         let found = std::fs::File::open(&f.open_path)
+            .and_then(ferroscope_symbolize::root::regular)
             .ok()
             .and_then(|file| {
                 let identity = file.metadata().ok().map(|m| {
                     use std::os::unix::fs::MetadataExt;
                     (m.dev(), m.ino())
                 });
-                // SAFETY: a private read-only map, read only during detection; a file
-                // truncated meanwhile could fault (the same trade-off as the process
-                // manager's table extraction).
-                let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-                Some((data, identity))
+                // A second handle for reads with caches of their own (the CFI's ranges).
+                let source = file.try_clone().ok()?;
+                Some((source, object::ReadCache::new(file), identity))
             })
-            .map(|(data, identity)| {
+            .map(|(source, data, identity)| {
                 let search = elf::DebugSearch {
                     pid,
                     path: std::path::PathBuf::from(&f.path),
                     identity,
                 };
-                let Some(elf) = MappedElf::new(&f.path, &data, Some(search)) else {
+                let Some(elf) = MappedElf::new(&f.path, &source, &data, Some(search)) else {
                     return Vec::new();
                 };
                 let mut found = Vec::new();

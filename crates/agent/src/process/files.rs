@@ -2,9 +2,12 @@
 //! load bias of a mapping.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use ferroscope_symbolize::debuglink::DebugRefs;
 use ferroscope_symbolize::maps::{MapEntry, MapPath};
+use ferroscope_symbolize::root::{FsRoot, regular};
+use object::ReadRef;
 
 /// A file's identity by content: the same bytes give the same ID in every process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -14,20 +17,29 @@ impl FileId {
     /// The ID of an ELF file's bytes: a hash of its GNU build ID when it has one, else of
     /// its length and its first and last 4 KiB.
     pub fn of_bytes(data: &[u8], build_id: Option<&[u8]>) -> FileId {
-        let mut h = Fnv::new();
         match build_id.filter(|b| !b.is_empty()) {
             Some(id) => {
+                let mut h = Fnv::new();
                 h.write(b"build-id");
                 h.write(id);
+                // Zero means "no file" (an anonymous range) in the eBPF maps.
+                FileId(h.finish().max(1))
             }
-            None => {
-                h.write(b"content");
-                h.write(&(data.len() as u64).to_le_bytes());
-                h.write(&data[..data.len().min(4096)]);
-                h.write(&data[data.len().saturating_sub(4096)..]);
-            }
+            None => FileId::of_content(
+                data.len() as u64,
+                &data[..data.len().min(4096)],
+                &data[data.len().saturating_sub(4096)..],
+            ),
         }
-        // Zero means "no file" (an anonymous range) in the eBPF maps.
+    }
+
+    /// The ID of a file without a build ID: its length and its first and last 4 KiB.
+    pub fn of_content(len: u64, head: &[u8], tail: &[u8]) -> FileId {
+        let mut h = Fnv::new();
+        h.write(b"content");
+        h.write(&len.to_le_bytes());
+        h.write(head);
+        h.write(tail);
         FileId(h.finish().max(1))
     }
 }
@@ -81,27 +93,35 @@ pub(crate) struct Load {
     pub executable: bool,
 }
 
-/// What the manager keeps about a file: its ID and segments.
+/// What the manager keeps about a file: its ID, segments and debug-file references.
 #[derive(Debug, Clone)]
 pub(crate) struct FileFacts {
     pub id: FileId,
     pub loads: Vec<Load>,
+    pub refs: DebugRefs,
 }
 
-/// Opens a mapped file as the process sees it: through `/proc/PID/map_files` (works for
-/// deleted files and other mount namespaces), else through `/proc/PID/root`.
+/// Opens a mapped file as the process sees it: through `/proc/PID/map_files` (the kernel's
+/// link to the very file mapped: works for deleted files and other mount namespaces), else
+/// by its path resolved inside the process's root (`openat2(RESOLVE_IN_ROOT)`, so a symlink
+/// in a container cannot point the agent at a host file). Regular files only, and the open
+/// never waits (a FIFO planted at a library's path is refused).
 pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<(File, PathBuf)> {
     let via_map_files = map_files_path(pid, entry);
-    if let Ok(f) = File::open(&via_map_files) {
+    if let Ok(f) = File::open(&via_map_files).and_then(regular) {
         return Some((f, via_map_files));
     }
     let path = match &entry.path {
         MapPath::File(p) => p,
         _ => return None,
     };
-    let via_root =
-        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
-    File::open(&via_root).ok().map(|f| (f, via_root))
+    match FsRoot::of_process(pid).open_regular(path) {
+        Ok(f) => Some((f, path.clone())),
+        Err(e) => {
+            tracing::debug!(pid, path = %path.display(), "cannot open the mapped file: {e}");
+            None
+        }
+    }
 }
 
 /// `/proc/PID/map_files/START-END` of a mapping.
@@ -112,23 +132,13 @@ pub(crate) fn map_files_path(pid: u32, entry: &MapEntry) -> PathBuf {
     ))
 }
 
-pub(crate) fn map_file(file: &File, path: &Path) -> Option<memmap2::Mmap> {
-    // SAFETY: a private read-only map, read only while the Mmap lives. Another process may
-    // truncate the file meanwhile (SIGBUS); executables and libraries are replaced by
-    // rename, not rewritten in place, which is the same trade-off the symbolizer makes.
-    match unsafe { memmap2::Mmap::map(file) } {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::debug!(path = %path.display(), "cannot map the file for unwinding: {e}");
-            None
-        }
-    }
-}
-
-/// The file's ID and its PT_LOAD segments.
-pub(crate) fn file_facts(data: &[u8]) -> Option<FileFacts> {
+/// The file's ID, its PT_LOAD segments and its debug-file references, read with `pread`
+/// (headers and notes only; a file truncated meanwhile gives `None`, not a `SIGBUS`).
+pub(crate) fn file_facts(file: &File) -> Option<FileFacts> {
     use object::read::elf::{FileHeader, ProgramHeader};
-    use object::{Endianness, Object, elf};
+    use object::{Endianness, elf};
+    let data = object::ReadCache::new(file);
+    let data = &data;
     let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
     let loads = header
@@ -143,12 +153,19 @@ pub(crate) fn file_facts(data: &[u8]) -> Option<FileFacts> {
             executable: (p.p_flags(endian) & elf::PF_X).0 != 0,
         })
         .collect();
-    let file = object::File::parse(data).ok()?;
-    let build_id = file.build_id().ok().flatten();
-    Some(FileFacts {
-        id: FileId::of_bytes(data, build_id),
-        loads,
-    })
+    let parsed = object::File::parse(data).ok()?;
+    let refs = DebugRefs::of(&parsed);
+    let id = match refs.build_id.as_deref() {
+        Some(id) => FileId::of_bytes(&[], Some(id)),
+        None => {
+            let len = data.len().ok()?;
+            let head = data.read_bytes_at(0, len.min(4096)).ok()?;
+            let tail_start = len.saturating_sub(4096);
+            let tail = data.read_bytes_at(tail_start, len - tail_start).ok()?;
+            FileId::of_content(len, head, tail)
+        }
+    };
+    Some(FileFacts { id, loads, refs })
 }
 
 /// `mapping start - vaddr of the mapping's file offset`, choosing the PT_LOAD segment whose

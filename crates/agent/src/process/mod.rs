@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_abi::PidEventKind;
 use ferroscope_ebpf_programs::Counters;
-use ferroscope_symbolize::debuglink::{DebugRefs, find_debug_file};
+use ferroscope_symbolize::debuglink::find_debug_file;
 use ferroscope_symbolize::maps::{MapEntry, read_maps};
 use ferroscope_symbolize::root::FsRoot;
 use ferroscope_unwind_api::{MappedRange, OwnedRange};
@@ -48,9 +48,7 @@ pub use metrics::{ManagerMetrics, UnwindMetrics};
 pub use pieces::covering_prefixes;
 pub use tables::{EncodedTable, RangeAllocator, encode_table, raw_info};
 
-use files::{
-    FileFacts, FileKey, file_facts, load_bias, map_file, map_files_path, open_mapped_file,
-};
+use files::{FileFacts, FileKey, file_facts, load_bias, map_files_path, open_mapped_file};
 use pieces::{FileRange, Prefixes, SlotRange};
 use tables::{NotLoaded, TableStore};
 
@@ -584,27 +582,31 @@ impl ProcessManager {
     /// The identity of a mapping's file and the mapping's load bias (cached per device,
     /// inode, size and modification time). `None` when the file cannot be read.
     fn identify(&mut self, pid: u32, entry: &MapEntry) -> Option<(FileId, u64)> {
+        let facts = self.facts(pid, entry)?;
+        let bias = load_bias(&facts.loads, entry)?;
+        Some((facts.id, bias))
+    }
+
+    /// What the manager knows of a mapping's file (read once per device, inode, size and
+    /// modification time).
+    fn facts(&mut self, pid: u32, entry: &MapEntry) -> Option<FileFacts> {
         let (file, path) = open_mapped_file(pid, entry)?;
         let meta = file.metadata().ok()?;
         let key = FileKey::of(&meta);
-        let facts = match self.files.get(&key) {
-            Some(f) => f.clone(),
-            None => {
-                let facts = if meta.len() == 0 || meta.len() > self.config.max_file_size {
-                    tracing::debug!(path = %path.display(), size = meta.len(), "file not read for unwinding: empty or too large");
-                    None
-                } else {
-                    map_file(&file, &path).as_deref().and_then(file_facts)
-                };
-                if self.files.len() >= FILE_CACHE_LIMIT {
-                    self.files.clear();
-                }
-                self.files.insert(key, facts.clone());
-                facts
-            }
-        }?;
-        let bias = load_bias(&facts.loads, entry)?;
-        Some((facts.id, bias))
+        if let Some(f) = self.files.get(&key) {
+            return f.clone();
+        }
+        let facts = if meta.len() == 0 || meta.len() > self.config.max_file_size {
+            tracing::debug!(path = %path.display(), size = meta.len(), "file not read for unwinding: empty or too large");
+            None
+        } else {
+            file_facts(&file)
+        };
+        if self.files.len() >= FILE_CACHE_LIMIT {
+            self.files.clear();
+        }
+        self.files.insert(key, facts.clone());
+        facts
     }
 
     /// Makes sure `file_id`'s table is loaded (extracting it the first time); false when the
@@ -625,7 +627,7 @@ impl ProcessManager {
         let Some((file, path)) = open_mapped_file(pid, entry) else {
             return false;
         };
-        let Some(data) = map_file(&file, &path) else {
+        let Some(facts) = self.facts(pid, entry) else {
             return false;
         };
         let started = Instant::now();
@@ -641,16 +643,13 @@ impl ProcessManager {
             use std::os::unix::fs::MetadataExt;
             (m.dev(), m.ino())
         });
-        let debug = DebugRefs::parse(&data).and_then(|refs| {
-            find_debug_file(&FsRoot::of_process(pid), &maps_path, &refs, identity)
-        });
+        let debug = find_debug_file(&FsRoot::of_process(pid), &maps_path, &facts.refs, identity);
         if let Some(d) = &debug {
             tracing::debug!(path = %path.display(), debug = %d.path.display(), "using the debug file's CFI");
         }
-        let debug_bytes = debug.as_ref().map(|d| &d.map[..]);
-        let table = match ferroscope_unwind_native::extract(
-            &data,
-            debug_bytes,
+        let table = match ferroscope_unwind_native::extract_file(
+            &file,
+            debug.as_ref().map(|d| &d.file),
             &ExtractOptions::default(),
         ) {
             Ok(t) => t,
@@ -663,7 +662,6 @@ impl ProcessManager {
         };
         self.metrics.num_tables_extracted += 1;
         tracing::debug!(path = %path.display(), deltas = table.len(), took = ?started.elapsed(), "unwind table extracted");
-        drop(data);
         let shown = maps_path.to_string_lossy();
         match self.tables.load(maps, file_id, &shown, &table) {
             Ok(()) => true,
