@@ -5,6 +5,8 @@
 //! which doubles a program's verification cost is caught here, before a kernel refuses it.
 //! A runtime added to the binary is covered without editing this test.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::process::Command;
