@@ -476,7 +476,7 @@ impl Interpreters {
     }
 
     /// Files whose runtime was recognised but cannot be unwound, and why (the first
-    /// [`DETECTION_FAILURES_KEPT`] distinct ones; [`Interpreters::metrics`] counts them all).
+    /// 32 distinct ones; [`Interpreters::metrics`] counts them all).
     pub fn detection_failures(&self) -> &[DetectionFailure] {
         &self.detection_failures
     }
