@@ -5,10 +5,11 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench_churn;
+mod bench_ruby;
 mod kernels;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +36,9 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "debootstrap",
     "mono-mcs",
+    // Ruby 3.1 and its internal structures as compiled (rb_mjit_min_header), for the Ruby tests.
+    "ruby3.1",
+    "ruby3.1-dev",
     "podman",
     "runc",
     "containerd",
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
         Some("vmlinux") => vmlinux(),
         Some("bench-agent") => bench_agent(&args[1..]),
         Some("bench-python") => bench_python(&args[1..]),
+        Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
         Some("kernels") => kernels::kernels(&args[1..]),
         _ => {
@@ -72,6 +77,8 @@ fn main() -> Result<()> {
                  code-object cache hit rate over 60 s of an application-like script\n            \
                  (default /root/.pyenv/versions/3.12.1/bin/python3.12; debian:3.N for\n            \
                  Debian's CPython 3.N in the test chroot: 3.13, 3.14, 3.15)\n  \
+                 bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
+                 script (default /usr/bin/ruby3.1)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
                  kernels   the kernel matrix: ferroscope check and records with whole-chain checks\n            \
@@ -93,6 +100,7 @@ pub(crate) fn root() -> PathBuf {
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
     let status = cmd
+        .stdin(Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", describe(cmd)))?;
     if !status.success() {
@@ -154,7 +162,11 @@ fn cargo() -> String {
 /// Runs `cmd` and says whether it succeeded (a failure to start is an error).
 fn passes(cmd: &mut Command) -> Result<bool> {
     eprintln!("$ {}", describe(cmd));
+    // Children never read whatever stdin xtask was given: rustc's `-` probes (cargo's target
+    // information, build scripts) compile what they read there, and a CI runner's stdin is
+    // not empty.
     let status = cmd
+        .stdin(Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", describe(cmd)))?;
     Ok(status.success())
@@ -189,6 +201,13 @@ fn test(extra: &[String]) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     std::fs::create_dir_all(&target)?;
+    // Cargo caches rustc's answers to its probes here, failures included; one probe that read
+    // a stray stdin would fail every later clippy run. The cache only saves a few rustc calls.
+    match std::fs::remove_file(target.join(".rustc_info.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("cannot remove cargo's rustc probe cache"),
+    }
     let skip_log = target.join("skipped-tests.txt");
     std::fs::write(&skip_log, "")?;
     let cargo_in_root = || {
@@ -561,47 +580,50 @@ fn number_before(text: &str, suffix: &str) -> Option<f64> {
     text[start..end].parse().ok()
 }
 
-/// Starts a fixture script that prints `ready`, and waits for it: with `python` (a path on
-/// the host), or with Debian's CPython 3.N in the test harness's chroot when `python` is
-/// `debian:3.N` (the script is copied into the chroot's /tmp; keep the runtime returned while
-/// the child runs: it keeps the chroot's /proc mounted).
-fn start_ready(
+/// Starts a fixture script that prints `ready`, and waits for it.
+fn start_ready(program: &str, script: &Path, args: &[&str]) -> Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.arg(script);
+    wait_ready(cmd, program, script, args)
+}
+
+/// [`start_ready`] for a Python fixture: with `python` (a path on the host), or with
+/// Debian's CPython 3.N in the test harness's chroot when `python` is `debian:3.N` (the
+/// script is copied into the chroot's /tmp; keep the runtime returned while the child runs:
+/// it keeps the chroot's /proc mounted).
+fn start_python(
     python: &str,
     script: &Path,
     args: &[&str],
 ) -> Result<(Child, Option<ferroscope_test_harness::runtimes::Runtime>)> {
-    use std::io::BufRead;
-    let mut runtime = None;
-    let mut cmd = match python.strip_prefix("debian:3.") {
-        Some(minor) => {
-            let minor: u8 = minor.parse().context("debian:3.N names a minor version")?;
-            let rt = ferroscope_test_harness::runtimes::try_python_chroot(minor)
-                .map_err(|e| anyhow::anyhow!("Debian's CPython 3.{minor}: {e}"))?;
-            let (chroot, _) = rt.chroot.as_ref().context("a chroot runtime")?;
-            let inside = chroot.copy_in(script);
-            let mut cmd = rt.command();
-            cmd.arg(inside);
-            runtime = Some(rt);
-            cmd
-        }
-        None => {
-            let mut cmd = Command::new(python);
-            cmd.arg(script);
-            cmd
-        }
+    let Some(minor) = python.strip_prefix("debian:3.") else {
+        return Ok((start_ready(python, script, args)?, None));
     };
+    let minor: u8 = minor.parse().context("debian:3.N names a minor version")?;
+    let rt = ferroscope_test_harness::runtimes::try_python_chroot(minor)
+        .map_err(|e| anyhow::anyhow!("Debian's CPython 3.{minor}: {e}"))?;
+    let (chroot, _) = rt.chroot.as_ref().context("a chroot runtime")?;
+    let inside = chroot.copy_in(script);
+    let mut cmd = rt.command();
+    cmd.arg(inside);
+    let child = wait_ready(cmd, python, script, args)?;
+    Ok((child, Some(rt)))
+}
+
+fn wait_ready(mut cmd: Command, program: &str, script: &Path, args: &[&str]) -> Result<Child> {
+    use std::io::BufRead;
     let mut child = cmd
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("start {python}"))?;
+        .with_context(|| format!("start {program}"))?;
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     if line.trim() != "ready" {
         bail!("{} did not start", script.display());
     }
     std::thread::sleep(Duration::from_millis(300));
-    Ok((child, runtime))
+    Ok(child)
 }
 
 fn bench_python(args: &[String]) -> Result<()> {
@@ -628,7 +650,7 @@ fn bench_python(args: &[String]) -> Result<()> {
     let base_us = number_before(&base, " µs each").context("eBPF time in the baseline")?;
 
     let (mut deep, _runtime) =
-        start_ready(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
+        start_python(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
     let out = record_stderr(&exe, deep.id(), seconds, rate);
     let _ = deep.kill();
     let _ = deep.wait();
@@ -646,7 +668,7 @@ fn bench_python(args: &[String]) -> Result<()> {
         total_us
     );
 
-    let (mut app, _runtime) = start_ready(&python, &root.join("fixtures/python/app.py"), &[])?;
+    let (mut app, _runtime) = start_python(&python, &root.join("fixtures/python/app.py"), &[])?;
     let out = record_stderr(&exe, app.id(), 60, rate);
     let _ = app.kill();
     let _ = app.wait();

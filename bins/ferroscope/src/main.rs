@@ -3,6 +3,8 @@
 
 #[cfg(feature = "python")]
 use ferroscope_unwind_python as _;
+#[cfg(feature = "ruby")]
+use ferroscope_unwind_ruby as _;
 
 fn main() -> std::process::ExitCode {
     ferroscope::main()

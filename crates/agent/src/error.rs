@@ -66,6 +66,9 @@ pub enum Error {
         /// What is wrong and what is allowed.
         message: String,
     },
+    /// A thread of the session could not start (or its parts were already taken).
+    #[error("{0} (the system may be out of threads or memory)")]
+    Thread(String),
     /// The async runtime could not start.
     #[error("cannot start the agent's I/O threads (the system may be out of threads or memory)")]
     Runtime(#[source] std::io::Error),

@@ -55,6 +55,10 @@ pub struct AgentMetrics {
     /// `ferroscope_runtime_detection_failed{runtime, file, reason}`: 1 for each file a
     /// runtime plug-in recognised but cannot unwind.
     pub detection_failures: Family<ServiceLabels, Gauge>,
+    /// `ferroscope_tracked_processes{structure}`: entries of each structure the agent keeps
+    /// per process (the process manager's, the symbolizer's, the targets' caches, ...). Each
+    /// goes back to about the number of live profiled processes once others exit.
+    pub tracked: Family<ServiceLabels, Gauge>,
 }
 
 /// One internal metric.
@@ -70,6 +74,15 @@ pub enum Internal {
 }
 
 impl AgentMetrics {
+    /// Sets `ferroscope_tracked_processes{structure}` for each structure.
+    pub fn set_tracked(&self, tracked: &[(&'static str, u64)]) {
+        for (name, n) in tracked {
+            self.tracked
+                .get_or_create(&vec![("structure".to_owned(), (*name).to_owned())])
+                .set(*n as i64);
+        }
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> AgentMetrics {
         let m = AgentMetrics::default();
@@ -127,6 +140,11 @@ impl AgentMetrics {
             "ferroscope_processes_profiled",
             "Processes currently sampled by the eBPF program",
             m.processes_profiled.clone(),
+        );
+        registry.register(
+            "ferroscope_tracked_processes",
+            "Entries of each per-process structure the agent keeps",
+            m.tracked.clone(),
         );
         let mut m = m;
         let names = crate::process::UnwindMetrics::default()

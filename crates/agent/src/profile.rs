@@ -7,7 +7,7 @@ use ferroscope_pprof::{Label, LineSpec, LocationId, LocationSpec, MappingSpec, P
 use ferroscope_symbolize::Symbolizer;
 use ferroscope_unwind_api::{Frame, Trace, lookup_address};
 
-use crate::interp::FrameNames;
+use crate::interp::NameLookup;
 
 /// How to build the profile.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ impl SampleLabels {
 pub fn build_cpu_profile<'a>(
     traces: impl IntoIterator<Item = (&'a Trace, u64)>,
     symbolizer: &mut Symbolizer,
-    names: &FrameNames,
+    names: &dyn NameLookup,
     options: &ProfileOptions,
 ) -> Profile {
     let mut b = ProfileBuilder::cpu(options.sample_rate_hz);
@@ -141,8 +141,8 @@ fn named_location(b: &mut ProfileBuilder, name: &str) -> LocationId {
 
 /// A runtime frame named by [`crate::interp::Interpreters::resolve`]: one location with a
 /// line per named frame (innermost first, as pprof orders inlined frames).
-fn interpreted_location(b: &mut ProfileBuilder, names: &FrameNames, id: u64) -> LocationId {
-    let Some(named) = names.get(id) else {
+fn interpreted_location(b: &mut ProfileBuilder, names: &dyn NameLookup, id: u64) -> LocationId {
+    let Some(named) = names.lines(id) else {
         return named_location(b, "[unnamed runtime frame]");
     };
     let lines: Vec<LineSpec<'_>> = named

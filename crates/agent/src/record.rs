@@ -1,6 +1,6 @@
 //! `ferroscope record`: sample for a while, then build one profile.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,9 +12,9 @@ use ferroscope_unwind_api::Metric;
 
 use crate::Error;
 use crate::aggregate::TraceAggregator;
-use crate::process::UnwindMetrics;
+use crate::process::{ProcessManagerConfig, UnwindMetrics};
 use crate::profile::{ProfileOptions, build_cpu_profile};
-use crate::session::{Session, SessionConfig};
+use crate::session::{Delivery, Session, SessionConfig};
 
 /// Highest sample rate `record` accepts, before the kernel's own limit.
 pub const MAX_SAMPLE_RATE_HZ: u32 = 1000;
@@ -88,6 +88,10 @@ pub struct RecordOutcome {
     /// Every eBPF program's load report (native, then each runtime's).
     pub programs: Vec<ProgramReport>,
 }
+
+/// Where `record` keeps the unwind tables it extracted, by file identity, so that the next
+/// `record` of the same programs starts sampling them at once.
+pub const RECORD_TABLE_CACHE: &str = "/var/cache/ferroscope/unwind-tables";
 
 /// The highest sample rate the kernel allows (`kernel.perf_event_max_sample_rate`).
 pub fn kernel_max_sample_rate() -> Option<u32> {
@@ -189,6 +193,10 @@ pub fn record(
         pids: pids.as_ref().map(|_| Vec::new()),
         disabled_runtimes: config.disabled_interpreters.clone(),
         unwinder: UnwinderConfig::default(),
+        manager: ProcessManagerConfig {
+            table_cache: Some(PathBuf::from(RECORD_TABLE_CACHE)),
+            ..ProcessManagerConfig::default()
+        },
     })?;
     if let Some(targets) = pids.as_deref() {
         session.load_now(targets, Duration::from_secs(30));
@@ -212,8 +220,7 @@ pub fn record(
 
     let stop_reason = loop {
         std::thread::sleep(Duration::from_millis(50));
-        drain(&mut session, &mut agg, &mut symbolizer);
-        session.manage();
+        session.drain(|d| take(d, &mut agg, &mut symbolizer));
         let elapsed = start.elapsed();
         if last_progress.elapsed() >= Duration::from_millis(250) {
             lost = session
@@ -244,18 +251,23 @@ pub fn record(
         }
     };
     let elapsed = start.elapsed();
-    drain(&mut session, &mut agg, &mut symbolizer);
-    session.manage();
+    session.drain(|d| take(d, &mut agg, &mut symbolizer));
     let counters = session.counters()?;
-    let unwind = session.unwind_metrics();
-    let interpreters = session.runtime_metrics();
-    let detection_failures = session.interpreters().detection_failures().to_vec();
     let programs = session.programs().to_vec();
     let agent_cpu = process_cpu_time().saturating_sub(cpu_before);
     let bpf_run_time = match (bpf_before, session.run_time()) {
         (Some((t0, n0)), Some((t1, n1))) if n1 > 0 => Some((t1.saturating_sub(t0), n1 - n0)),
         _ => None,
     };
+    let names = session.frame_names();
+    // Sampling stops before symbolization starts; what was sampled is still delivered.
+    let finished = session.finish(|d| take(d, &mut agg, &mut symbolizer));
+    let unwind = finished.manager.map(|manager| UnwindMetrics {
+        native: counters.clone(),
+        manager,
+    });
+    let interpreters = finished.runtimes;
+    let detection_failures = finished.detection_failures;
     let lost = counters.get(Counter::LostRingbufFull);
     if lost > 0 {
         tracing::warn!(
@@ -274,9 +286,10 @@ pub fn record(
         comm_root_frame: pids.is_none(),
         labels: crate::profile::SampleLabels::ALL,
     };
-    // Sampling stops before symbolization starts.
-    let interps = session.stop();
-    let profile = build_cpu_profile(agg.iter(), &mut symbolizer, interps.frame_names(), &options);
+    let profile = {
+        let names = names.lock().unwrap_or_else(|e| e.into_inner());
+        build_cpu_profile(agg.iter(), &mut symbolizer, &*names, &options)
+    };
     Ok(RecordOutcome {
         profile,
         samples: agg.samples(),
@@ -293,21 +306,22 @@ pub fn record(
     })
 }
 
-fn drain(session: &mut Session, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {
-    let mut new_pids = Vec::new();
-    session.drain(|trace| {
-        let pid = trace.pid;
-        if agg.add(trace, 1) {
-            new_pids.push(pid);
+/// Counts a delivered sample; a process seen for the first time has its mappings snapshot
+/// for symbolization at once (a short-lived one may be gone by the end).
+fn take(delivery: Delivery, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {
+    match delivery {
+        Delivery::Sample(sample) => {
+            let pid = sample.trace.pid;
+            if agg.add(sample.trace, 1)
+                && let Err(e) = symbolizer.observe_process(pid)
+            {
+                tracing::debug!(
+                    pid,
+                    "process mappings not captured: {}",
+                    crate::error::Chain(&e)
+                );
+            }
         }
-    });
-    for pid in new_pids {
-        if let Err(e) = symbolizer.observe_process(pid) {
-            tracing::debug!(
-                pid,
-                "process mappings not captured: {}",
-                crate::error::Chain(&e)
-            );
-        }
+        Delivery::Changed { .. } | Delivery::Exit { .. } => {}
     }
 }

@@ -40,8 +40,8 @@ pub use diagnose::explain_rejection;
 pub use error::Error;
 pub use loader::{Build, ProgramReport, RuntimeObject, Verdict, kernel_version, preferred_build};
 pub use sampler::{
-    Counters, RING_BUFFER_SECONDS, RuntimeCounters, Sampler, SamplerConfig, probe,
-    ring_buffer_bytes,
+    Counters, RING_BUFFER_SECONDS, RuntimeCounters, Sampler, SamplerConfig, TraceReader,
+    UnwindWriter, probe, ring_buffer_bytes,
 };
 pub use unwind_maps::{UnwindMaps, UnwinderConfig};
 

@@ -104,23 +104,171 @@ pub struct RuntimeCounters {
 }
 
 /// The loaded and attached CPU sampler. Dropping it detaches everything.
+///
+/// Its parts can live on different threads: [`Sampler::take_reader`] hands over the ring
+/// buffers (for a thread that only drains them), [`Sampler::take_writer`] the maps the
+/// process manager writes; what stays (programs, perf events, PID filter, counters) is read
+/// by the caller. Methods of a part that was taken do nothing (or return `None`).
 pub struct Sampler {
-    traces: RingBuf<MapData>,
-    pid_events: Option<RingBuf<MapData>>,
-    unwind_maps: Option<UnwindMaps>,
+    reader: Option<TraceReader>,
+    writer: Option<UnwindWriter>,
     counters: PerCpuArray<MapData, u64>,
-    runtime_counters: Option<PerCpuArray<MapData, u64>>,
     pid_filter: RawMap,
     cpus: Vec<u32>,
     programs: Vec<ProgramReport>,
     build: Build,
-    runtimes: Vec<LoadedRuntime>,
+    /// Name, slot and object (programs and their info) of every loaded runtime.
+    runtimes: Vec<(&'static str, u32, Ebpf)>,
     // While held, the kernel accounts run time per BPF program (kernel.bpf_stats_enabled).
     stats_fd: Option<std::os::fd::OwnedFd>,
     // Keeps the tail-call table's entries: the kernel empties it when its last fd closes.
     _progs: Option<ProgramArray<MapData>>,
     // Declared last so that the maps above are dropped first; holds programs and perf links.
     ebpf: Ebpf,
+}
+
+/// The sampler's ring buffers: traces and (with an unwinder) process reports. Drain them
+/// often: the kernel drops what does not fit (counted as `LostRingbufFull`).
+pub struct TraceReader {
+    traces: RingBuf<MapData>,
+    pid_events: Option<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for TraceReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceReader").finish_non_exhaustive()
+    }
+}
+
+impl TraceReader {
+    /// Hands every trace waiting in the ring buffer to `f`; returns how many there were.
+    /// Records shorter than their header says are skipped (they cannot occur unless the
+    /// object and this crate disagree, which the ABI tests prevent).
+    pub fn drain(&mut self, mut f: impl FnMut(&TraceRecord<'_>)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.traces.next() {
+            if let Some(record) = TraceRecord::parse(&item) {
+                f(&record);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Hands every process report waiting in the `fs_pid_events` ring buffer to `f`
+    /// (nothing when the unwinder is off); returns how many there were.
+    pub fn drain_pid_events(&mut self, mut f: impl FnMut(PidEvent, PidEventKind)) -> usize {
+        let Some(events) = &mut self.pid_events else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(item) = events.next() {
+            if let Some((event, kind)) = PidEvent::decode(&item) {
+                f(event, kind);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// One loaded runtime's own maps and counters.
+struct RuntimeHandles {
+    name: &'static str,
+    slot: u32,
+    maps: HashMap<String, RawMap>,
+    counters: Option<PerCpuArray<MapData, u64>>,
+    pid_maps: &'static [&'static str],
+}
+
+/// What the process manager and the runtime plug-ins write: the unwinder's maps, each
+/// runtime's own maps, and the runtimes' counters they read back.
+pub struct UnwindWriter {
+    maps: UnwindMaps,
+    runtimes: Vec<RuntimeHandles>,
+    runtime_counters: Option<PerCpuArray<MapData, u64>>,
+}
+
+impl std::fmt::Debug for UnwindWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnwindWriter")
+            .field("maps", &self.maps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnwindWriter {
+    /// The maps the process manager loads unwind tables into.
+    pub fn unwind_maps(&mut self) -> &mut UnwindMaps {
+        &mut self.maps
+    }
+
+    /// The unwinder's maps, to read (their sizes).
+    pub fn unwind_maps_ref(&self) -> &UnwindMaps {
+        &self.maps
+    }
+
+    /// Writes (or with `None` deletes) a key of a runtime's own map.
+    pub fn write_runtime_map(
+        &mut self,
+        slot: u32,
+        map: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), Error> {
+        let rt = self
+            .runtimes
+            .iter()
+            .find(|r| r.slot == slot)
+            .ok_or(Error::NoSuchRuntime { slot })?;
+        let m = rt
+            .maps
+            .get(map)
+            .ok_or_else(|| Error::MissingMap(format!("{}:{map}", rt.name)))?;
+        match value {
+            Some(v) => m.update(key, v),
+            None => m.delete(key),
+        }
+    }
+
+    /// Deletes `pid` from every per-process map of the runtime at `slot`.
+    pub fn forget_runtime_pid(&mut self, slot: u32, pid: u32) -> Result<(), Error> {
+        let Some(rt) = self.runtimes.iter().find(|r| r.slot == slot) else {
+            return Ok(());
+        };
+        for name in rt.pid_maps {
+            if let Some(m) = rt.maps.get(*name) {
+                m.delete(&pid.to_ne_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the counters of the runtime at `slot`; `None` when it is not loaded.
+    pub fn runtime_counters(&self, slot: u32) -> Result<Option<RuntimeCounters>, Error> {
+        let Some(rt) = self.runtimes.iter().find(|r| r.slot == slot) else {
+            return Ok(None);
+        };
+        let mut out = RuntimeCounters::default();
+        if let Some(common) = &self.runtime_counters {
+            let read = |which| {
+                sum_percpu(
+                    common,
+                    runtime_counter_key(slot, which),
+                    "fs_runtime_counters",
+                )
+            };
+            out.attempts = read(RT_CNT_ATTEMPTS)?;
+            out.frames = read(RT_CNT_FRAMES)?;
+            out.no_frames = read(RT_CNT_NO_FRAMES)?;
+        }
+        if let Some(own) = &rt.counters {
+            for i in 0..own.len() {
+                out.own.push(sum_percpu(own, i, "fs_rt_counters")?);
+            }
+        }
+        Ok(Some(out))
+    }
 }
 
 impl std::fmt::Debug for Sampler {
@@ -410,10 +558,27 @@ impl Sampler {
         let runtime_counters: Option<PerCpuArray<MapData, u64>> = ebpf
             .take_map("fs_runtime_counters")
             .and_then(|m| PerCpuArray::try_from(m).ok());
-        let (pid_events, unwind_maps) = match &config.unwinder {
+        let mut objects = Vec::with_capacity(runtimes.len());
+        let mut handles = Vec::with_capacity(runtimes.len());
+        for rt in runtimes {
+            handles.push(RuntimeHandles {
+                name: rt.name,
+                slot: rt.slot,
+                maps: rt.maps,
+                counters: rt.counters,
+                pid_maps: rt.pid_maps,
+            });
+            objects.push((rt.name, rt.slot, rt._ebpf));
+        }
+        let (pid_events, writer) = match &config.unwinder {
             Some(_) => {
                 let events: RingBuf<MapData> = take_map(&mut ebpf, "fs_pid_events")?;
-                (Some(events), Some(UnwindMaps::take(&mut ebpf)?))
+                let writer = UnwindWriter {
+                    maps: UnwindMaps::take(&mut ebpf)?,
+                    runtimes: handles,
+                    runtime_counters,
+                };
+                (Some(events), Some(writer))
             }
             None => (None, None),
         };
@@ -458,20 +623,18 @@ impl Sampler {
             cpus = online.len(),
             rate = config.sample_rate_hz,
             build = build.describe(),
-            runtimes = runtimes.len(),
+            runtimes = objects.len(),
             "sampler attached"
         );
         Ok(Sampler {
-            traces,
-            pid_events,
-            unwind_maps,
+            reader: Some(TraceReader { traces, pid_events }),
+            writer,
             counters,
-            runtime_counters,
             pid_filter,
             cpus: online,
             programs: reports,
             build,
-            runtimes,
+            runtimes: objects,
             stats_fd: None,
             _progs: progs,
             ebpf,
@@ -495,51 +658,44 @@ impl Sampler {
 
     /// The slots of the runtimes whose programs are loaded, by name.
     pub fn loaded_runtimes(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
-        self.runtimes.iter().map(|r| (r.name, r.slot))
+        self.runtimes.iter().map(|(name, slot, _)| (*name, *slot))
     }
 
-    /// Hands every trace waiting in the ring buffer to `f`; returns how many there were.
-    /// Records shorter than their header says are skipped (they cannot occur unless the
-    /// object and this crate disagree, which the ABI tests prevent).
-    pub fn drain(&mut self, mut f: impl FnMut(&TraceRecord<'_>)) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.traces.next() {
-            if let Some(record) = TraceRecord::parse(&item) {
-                f(&record);
-                n += 1;
-            }
-        }
-        n
+    /// Takes the ring buffers, to drain them on another thread; `None` once taken.
+    pub fn take_reader(&mut self) -> Option<TraceReader> {
+        self.reader.take()
     }
 
-    /// Hands every process report waiting in the `fs_pid_events` ring buffer to `f`
-    /// (nothing when the unwinder is off); returns how many there were.
-    pub fn drain_pid_events(&mut self, mut f: impl FnMut(PidEvent, PidEventKind)) -> usize {
-        let Some(events) = &mut self.pid_events else {
-            return 0;
-        };
-        let mut n = 0;
-        while let Some(item) = events.next() {
-            if let Some((event, kind)) = PidEvent::decode(&item) {
-                f(event, kind);
-                n += 1;
-            }
-        }
-        n
+    /// Takes the maps the process manager writes, to write them on another thread; `None`
+    /// once taken, or without an unwinder.
+    pub fn take_writer(&mut self) -> Option<UnwindWriter> {
+        self.writer.take()
+    }
+
+    /// Hands every trace waiting in the ring buffer to `f`; returns how many there were (0
+    /// once the reader was taken). See [`TraceReader::drain`].
+    pub fn drain(&mut self, f: impl FnMut(&TraceRecord<'_>)) -> usize {
+        self.reader.as_mut().map_or(0, |r| r.drain(f))
+    }
+
+    /// Hands every process report waiting to `f`. See [`TraceReader::drain_pid_events`].
+    pub fn drain_pid_events(&mut self, f: impl FnMut(PidEvent, PidEventKind)) -> usize {
+        self.reader.as_mut().map_or(0, |r| r.drain_pid_events(f))
     }
 
     /// The maps the process manager loads unwind tables into; `None` when started without
-    /// an unwinder.
+    /// an unwinder (or once the writer was taken).
     pub fn unwind_maps(&mut self) -> Option<&mut UnwindMaps> {
-        self.unwind_maps.as_mut()
+        self.writer.as_mut().map(UnwindWriter::unwind_maps)
     }
 
     /// The unwinder's maps, to read (their sizes); `None` without an unwinder.
     pub fn unwind_maps_ref(&self) -> Option<&UnwindMaps> {
-        self.unwind_maps.as_ref()
+        self.writer.as_ref().map(UnwindWriter::unwind_maps_ref)
     }
 
-    /// Writes (or with `None` deletes) a key of a runtime's own map.
+    /// Writes (or with `None` deletes) a key of a runtime's own map. See
+    /// [`UnwindWriter::write_runtime_map`].
     pub fn write_runtime_map(
         &mut self,
         slot: u32,
@@ -547,32 +703,18 @@ impl Sampler {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), Error> {
-        let rt = self
-            .runtimes
-            .iter()
-            .find(|r| r.slot == slot)
-            .ok_or(Error::NoSuchRuntime { slot })?;
-        let m = rt
-            .maps
-            .get(map)
-            .ok_or_else(|| Error::MissingMap(format!("{}:{map}", rt.name)))?;
-        match value {
-            Some(v) => m.update(key, v),
-            None => m.delete(key),
+        match &mut self.writer {
+            Some(w) => w.write_runtime_map(slot, map, key, value),
+            None => Err(Error::NoSuchRuntime { slot }),
         }
     }
 
     /// Deletes `pid` from every per-process map of the runtime at `slot`.
     pub fn forget_runtime_pid(&mut self, slot: u32, pid: u32) -> Result<(), Error> {
-        let Some(rt) = self.runtimes.iter().find(|r| r.slot == slot) else {
-            return Ok(());
-        };
-        for name in rt.pid_maps {
-            if let Some(m) = rt.maps.get(*name) {
-                m.delete(&pid.to_ne_bytes())?;
-            }
+        match &mut self.writer {
+            Some(w) => w.forget_runtime_pid(slot, pid),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Adds a process to the PID filter (only effective when started with `pids`).
@@ -613,8 +755,8 @@ impl Sampler {
                 total += i.run_time();
             }
         }
-        for rt in &self.runtimes {
-            for (_, p) in rt._ebpf.programs() {
+        for (_, _, ebpf) in &self.runtimes {
+            for (_, p) in ebpf.programs() {
                 if let Ok(i) = p.info() {
                     total += i.run_time();
                 }
@@ -632,30 +774,13 @@ impl Sampler {
         Ok(Counters { values })
     }
 
-    /// Reads the counters of the runtime at `slot`; `None` when it is not loaded.
+    /// Reads the counters of the runtime at `slot`; `None` when it is not loaded (or the
+    /// writer was taken: ask it instead).
     pub fn runtime_counters(&self, slot: u32) -> Result<Option<RuntimeCounters>, Error> {
-        let Some(rt) = self.runtimes.iter().find(|r| r.slot == slot) else {
-            return Ok(None);
-        };
-        let mut out = RuntimeCounters::default();
-        if let Some(common) = &self.runtime_counters {
-            let read = |which| {
-                sum_percpu(
-                    common,
-                    runtime_counter_key(slot, which),
-                    "fs_runtime_counters",
-                )
-            };
-            out.attempts = read(RT_CNT_ATTEMPTS)?;
-            out.frames = read(RT_CNT_FRAMES)?;
-            out.no_frames = read(RT_CNT_NO_FRAMES)?;
+        match &self.writer {
+            Some(w) => w.runtime_counters(slot),
+            None => Ok(None),
         }
-        if let Some(own) = &rt.counters {
-            for i in 0..own.len() {
-                out.own.push(sum_percpu(own, i, "fs_rt_counters")?);
-            }
-        }
-        Ok(Some(out))
     }
 }
 

@@ -6,11 +6,18 @@
 //! reader never sees a partial profile, and an existing file is never
 //! overwritten: a second profile for the same service, PID and second gets
 //! `<unix-seconds>-<pid>.<n>.pb.gz`.
+//!
+//! Retention goes by the time in each file's name (the profile's time), oldest first. The
+//! directory is listed once, on the first retention pass; after that the sink keeps its own
+//! index of the files it knows, so a pass costs what it removes, not what the directory
+//! holds (a busy node writes thousands of profiles an interval).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::Error;
@@ -23,6 +30,14 @@ pub struct LocalSink {
     dir: PathBuf,
     max_bytes: Option<u64>,
     max_age: Option<Duration>,
+    index: Arc<Mutex<Option<Index>>>,
+}
+
+/// The profiles the sink knows, oldest first: (time in seconds, path) -> size.
+#[derive(Debug, Default)]
+struct Index {
+    files: BTreeMap<(u64, PathBuf), u64>,
+    total: u64,
 }
 
 /// What one retention pass removed.
@@ -37,7 +52,7 @@ pub struct Retention {
 impl LocalSink {
     /// A sink writing under `dir` (created on first write). After each write,
     /// profiles older than `max_age` are deleted, then the oldest until all
-    /// profiles take at most `max_bytes`.
+    /// profiles take at most `max_bytes` (see [`LocalSink::enforce_retention`]).
     pub fn new(
         dir: impl Into<PathBuf>,
         max_bytes: Option<u64>,
@@ -47,6 +62,7 @@ impl LocalSink {
             dir: dir.into(),
             max_bytes,
             max_age,
+            index: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -82,6 +98,17 @@ impl LocalSink {
         // The temporary name is gone either way (linked or failed).
         let _ = fs::remove_file(&tmp);
         let path = result?;
+        if let Some(index) = self
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            let size = pprof_gzip.len() as u64;
+            if index.files.insert((secs, path.clone()), size).is_none() {
+                index.total += size;
+            }
+        }
         if let Err(e) = self.enforce_retention(Some(&path)) {
             tracing::warn!(
                 "profile retention in {} failed: {}",
@@ -94,43 +121,65 @@ impl LocalSink {
 
     /// Deletes profiles older than `max_age`, then the oldest until the rest
     /// take at most `max_bytes`, sparing `keep`. Files that vanish meanwhile
-    /// are skipped.
+    /// are skipped. The first pass lists the directory; later ones use the
+    /// sink's index of what it wrote since.
     pub fn enforce_retention(&self, keep: Option<&Path>) -> Result<Retention, Error> {
         let mut removed = Retention::default();
         if self.max_bytes.is_none() && self.max_age.is_none() {
             return Ok(removed);
         }
-        let mut files = self.list()?;
-        // Oldest first; the path breaks ties, and file names start with the time.
-        files.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-        let now = SystemTime::now();
-        let mut total: u64 = files.iter().map(|f| f.2).sum();
-        for (path, mtime, size) in files {
-            if keep == Some(path.as_path()) {
-                continue;
+        let mut guard = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let mut index = Index::default();
+            for (path, secs, size) in self.list()? {
+                index.total += size;
+                index.files.insert((secs, path), size);
             }
+            *guard = Some(index);
+        }
+        let Some(index) = guard.as_mut() else {
+            return Ok(removed);
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut spared = None;
+        while let Some(((secs, path), size)) = index.files.pop_first() {
             let too_old = self
                 .max_age
-                .is_some_and(|age| now.duration_since(mtime).unwrap_or_default() > age);
-            let too_big = self.max_bytes.is_some_and(|max| total > max);
+                .is_some_and(|age| now.saturating_sub(secs) > age.as_secs());
+            let too_big = self.max_bytes.is_some_and(|max| index.total > max);
             if !too_old && !too_big {
+                index.files.insert((secs, path), size);
+                break;
+            }
+            if keep == Some(path.as_path()) {
+                spared = Some(((secs, path), size));
                 continue;
             }
             match fs::remove_file(&path) {
                 Ok(()) => {
-                    total -= size;
+                    index.total -= size;
                     removed.files += 1;
                     removed.bytes += size;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => total -= size,
-                Err(e) => return Err(file_err("delete", &path)(e)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => index.total -= size,
+                Err(e) => {
+                    index.files.insert((secs, path.clone()), size);
+                    return Err(file_err("delete", &path)(e));
+                }
             }
+        }
+        if let Some((key, size)) = spared {
+            index.files.insert(key, size);
         }
         Ok(removed)
     }
 
-    /// Every profile file: (path, modification time, size).
-    fn list(&self) -> Result<Vec<(PathBuf, SystemTime, u64)>, Error> {
+    /// Every profile file: (path, time in seconds, size). The time is the one in
+    /// the file's name, else its modification time.
+    fn list(&self) -> Result<Vec<(PathBuf, u64, u64)>, Error> {
         let mut out = Vec::new();
         let top = match fs::read_dir(&self.dir) {
             Ok(d) => d,
@@ -151,13 +200,20 @@ impl LocalSink {
                     continue;
                 }
                 let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_file() {
-                    out.push((
-                        entry.path(),
-                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        meta.len(),
-                    ));
+                if !meta.is_file() {
+                    continue;
                 }
+                let secs = name
+                    .split('-')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| {
+                        meta.modified()
+                            .ok()
+                            .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_secs())
+                    });
+                out.push((entry.path(), secs, meta.len()));
             }
         }
         Ok(out)
@@ -296,10 +352,6 @@ mod tests {
                     &[0u8; 100],
                 )
                 .unwrap();
-            // Distinct modification times, oldest first.
-            let f = fs::File::options().write(true).open(&p).unwrap();
-            f.set_modified(SystemTime::now() - Duration::from_secs(100 - i))
-                .unwrap();
             paths.push(p);
         }
         let left: Vec<bool> = paths.iter().map(|p| p.exists()).collect();
@@ -310,15 +362,12 @@ mod tests {
     fn old_files_are_deleted_and_the_new_one_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let sink = LocalSink::new(tmp.path(), Some(10), Some(Duration::from_secs(60)));
-        let old = sink.write("svc", 1, at(1), b"old").unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        let now = SystemTime::now();
+        let old = sink
+            .write("svc", 1, now - Duration::from_secs(3600), b"old")
             .unwrap();
         // The new file alone is over max_bytes, but the file just written stays.
-        let new = sink.write("svc", 1, at(2), &[7u8; 50]).unwrap();
+        let new = sink.write("svc", 1, now, &[7u8; 50]).unwrap();
         assert!(!old.exists());
         assert!(new.exists());
         let removed = sink.enforce_retention(None).unwrap();
@@ -329,6 +378,30 @@ mod tests {
                 bytes: 50
             }
         );
+    }
+
+    #[test]
+    fn files_from_before_a_restart_are_found_once_then_indexed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        // Written by an earlier run.
+        let earlier = LocalSink::new(tmp.path(), None, None);
+        let stale = earlier
+            .write("svc", 7, now - Duration::from_secs(7200), b"x")
+            .unwrap();
+        let recent = earlier.write("svc", 7, now, b"y").unwrap();
+        let sink = LocalSink::new(tmp.path(), None, Some(Duration::from_secs(3600)));
+        let removed = sink.enforce_retention(None).unwrap();
+        assert_eq!(removed.files, 1);
+        assert!(!stale.exists() && recent.exists());
+        // A file written since is known without listing the directory again, and goes
+        // once it is too old.
+        let later = sink
+            .write("svc", 8, now - Duration::from_secs(4000), b"z")
+            .unwrap();
+        assert!(later.exists(), "the file just written is spared");
+        assert_eq!(sink.enforce_retention(None).unwrap().files, 1);
+        assert!(!later.exists() && recent.exists());
     }
 
     #[test]

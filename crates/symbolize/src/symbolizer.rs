@@ -479,6 +479,16 @@ impl Symbolizer {
         self.processes.remove(&pid);
     }
 
+    /// Drops the snapshots of processes for which `keep` says no (those that exited).
+    pub fn retain_processes(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        self.processes.retain(|pid, _| keep(*pid));
+    }
+
+    /// Processes with a snapshot.
+    pub fn observed_processes(&self) -> usize {
+        self.processes.len()
+    }
+
     /// Symbolizes `addr` in process `pid`.
     ///
     /// `addr` is the lookup address (return addresses already decremented by the caller). A

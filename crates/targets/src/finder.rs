@@ -84,6 +84,20 @@ impl TargetFinder {
         }
     }
 
+    /// Replaces the target of one PID (`None`: no PID target any more), e.g. after the
+    /// process exec'd and was discovered again.
+    pub fn set_pid_target(&mut self, pid: u32, target: Option<Target>) {
+        match target {
+            Some(t) => {
+                self.by_pid.insert(pid, Arc::new(t));
+            }
+            None => {
+                self.by_pid.remove(&pid);
+            }
+        }
+        self.cids.pop(&pid);
+    }
+
     /// The number of PID and container targets.
     pub fn len(&self) -> usize {
         self.by_pid.len() + self.by_container.len()

@@ -37,4 +37,11 @@ pub enum Error {
         /// What was looked at.
         detail: String,
     },
+    /// Bytes given to [`StackDeltaTable::from_bytes`](crate::StackDeltaTable::from_bytes)
+    /// are not a table this version wrote.
+    #[error("not a usable stack-delta table file ({reason}); delete it to have it rebuilt")]
+    Encoding {
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -41,6 +41,7 @@
 mod build;
 mod cfi;
 mod elf;
+mod encoding;
 pub mod error;
 mod functions;
 mod golang;
@@ -48,6 +49,7 @@ mod unwind;
 
 use std::collections::BTreeSet;
 
+pub use encoding::TABLE_REVISION;
 pub use error::Error;
 pub use unwind::{LoadedModule, Registers, UnwindEnd, unwind};
 

@@ -30,7 +30,7 @@ use ferroscope_unwind_api::{
     Trace,
 };
 
-pub use names::{FrameNames, NamedLine};
+pub use names::{FrameNames, NameLookup, NameSubset, NamedLine, SharedNames};
 
 use crate::process::{FileId, MappedFile, ProcessEvent, ProcessManager, UnwindBackend};
 use elf::MappedElf;
@@ -102,7 +102,7 @@ pub struct Interpreters {
     detected: HashMap<FileId, Vec<(usize, FileData)>>,
     /// By (PID, index in `runtimes`).
     attached: HashMap<(u32, usize), Attached>,
-    names: FrameNames,
+    names: SharedNames,
     scratch: Vec<InterpretedFrame>,
     lines: Vec<NamedLine>,
     detection_failures: Vec<DetectionFailure>,
@@ -155,7 +155,7 @@ impl Interpreters {
                 .collect(),
             detected: HashMap::new(),
             attached: HashMap::new(),
-            names: FrameNames::default(),
+            names: SharedNames::default(),
             scratch: Vec::new(),
             lines: Vec::new(),
             detection_failures: Vec::new(),
@@ -559,17 +559,20 @@ impl Interpreters {
                 });
             }
         }
-        self.names.intern(&self.lines)
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .intern(&self.lines)
     }
 
-    /// The interned names of resolved frames.
-    pub fn frame_names(&self) -> &FrameNames {
-        &self.names
+    /// The interned names of resolved frames, shared with whoever builds profiles.
+    pub fn frame_names(&self) -> SharedNames {
+        Arc::clone(&self.names)
     }
 
     /// Forgets interned names when there are too many (see [`FrameNames::trim`]).
     pub fn trim_names(&mut self) {
-        self.names.trim();
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).trim();
     }
 
     /// Every runtime's metrics: its eBPF counters (`counters` reads them by slot), its

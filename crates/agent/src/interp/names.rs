@@ -3,7 +3,7 @@
 //! what a [`Frame::Named`](ferroscope_unwind_api::Frame::Named) holds.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One named frame of a runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,14 +21,30 @@ pub struct NamedLine {
 }
 
 /// Interned names: an ID per distinct list of frames (innermost first).
+///
+/// The session's unwinder thread interns while it names traces; the thread that builds
+/// profiles reads. An ID carries the table's generation (above bit 40): when the table
+/// starts over ([`FrameNames::trim`]), IDs of the old generation that are still on their
+/// way give no name (the frame shows as unnamed) rather than another frame's.
 #[derive(Debug, Default)]
 pub struct FrameNames {
     ids: HashMap<Arc<[NamedLine]>, u64>,
     names: Vec<Arc<[NamedLine]>>,
+    generation: u64,
 }
 
-/// More distinct names than this and the table starts over at the next round boundary.
+/// The table shared between the thread that names frames and those that read names.
+pub type SharedNames = Arc<Mutex<FrameNames>>;
+
+/// More distinct names than this and the table starts over.
 const MAX_NAMES: usize = 1 << 20;
+const GENERATION_SHIFT: u32 = 40;
+
+/// Where profile building finds the names of [`Frame::Named`](ferroscope_unwind_api::Frame::Named) frames.
+pub trait NameLookup {
+    /// The frames with this ID, innermost first.
+    fn lines(&self, id: u64) -> Option<&[NamedLine]>;
+}
 
 impl FrameNames {
     /// The ID of a list of frames, adding it if new.
@@ -36,7 +52,7 @@ impl FrameNames {
         if let Some(&id) = self.ids.get(lines) {
             return id;
         }
-        let id = self.names.len() as u64;
+        let id = (self.generation << GENERATION_SHIFT) | self.names.len() as u64;
         let lines: Arc<[NamedLine]> = Arc::from(lines);
         self.names.push(Arc::clone(&lines));
         self.ids.insert(lines, id);
@@ -45,7 +61,26 @@ impl FrameNames {
 
     /// The frames with this ID, innermost first.
     pub fn get(&self, id: u64) -> Option<&[NamedLine]> {
-        self.names.get(usize::try_from(id).ok()?).map(|l| &l[..])
+        if id >> GENERATION_SHIFT != self.generation {
+            return None;
+        }
+        let index = usize::try_from(id & ((1 << GENERATION_SHIFT) - 1)).ok()?;
+        self.names.get(index).map(|l| &l[..])
+    }
+
+    /// The names of these IDs, to build profiles from without holding the table.
+    pub fn subset(&self, ids: impl IntoIterator<Item = u64>) -> NameSubset {
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Some(i) = usize::try_from(id & ((1 << GENERATION_SHIFT) - 1))
+                .ok()
+                .filter(|_| id >> GENERATION_SHIFT == self.generation)
+                && let Some(lines) = self.names.get(i)
+            {
+                out.insert(id, Arc::clone(lines));
+            }
+        }
+        NameSubset(out)
     }
 
     /// Distinct entries.
@@ -58,13 +93,29 @@ impl FrameNames {
         self.names.is_empty()
     }
 
-    /// Forgets every name when there are too many; call only when no trace refers to them
-    /// (after a round's profiles were built).
+    /// Starts over (a new generation) when there are too many names.
     pub fn trim(&mut self) {
         if self.names.len() > MAX_NAMES {
             self.ids.clear();
             self.names.clear();
+            self.generation = (self.generation + 1) & 0xff_ffff;
         }
+    }
+}
+
+impl NameLookup for FrameNames {
+    fn lines(&self, id: u64) -> Option<&[NamedLine]> {
+        self.get(id)
+    }
+}
+
+/// Some names of a [`FrameNames`], copied out of it.
+#[derive(Debug, Default)]
+pub struct NameSubset(HashMap<u64, Arc<[NamedLine]>>);
+
+impl NameLookup for NameSubset {
+    fn lines(&self, id: u64) -> Option<&[NamedLine]> {
+        self.0.get(&id).map(|l| &l[..])
     }
 }
 
@@ -80,6 +131,23 @@ mod tests {
             line,
             start_line: 3,
         }
+    }
+
+    #[test]
+    fn a_new_generation_does_not_name_old_ids() {
+        let mut names = FrameNames::default();
+        let old = names.intern(&[line("a", 4)]);
+        for i in 0..=MAX_NAMES as u32 {
+            names.intern(&[line("b", i)]);
+        }
+        names.trim();
+        assert!(names.is_empty());
+        let new = names.intern(&[line("c", 1)]);
+        assert!(
+            names.get(old).is_none(),
+            "an ID of the old table names nothing"
+        );
+        assert_eq!(names.get(new).map(|l| &*l[0].function), Some("c"));
     }
 
     #[test]
@@ -99,5 +167,8 @@ mod tests {
         names.trim();
         assert_eq!(names.len(), 3, "a small table is kept");
         assert!(names.get(99).is_none());
+        let subset = names.subset([a, 99]);
+        assert_eq!(subset.lines(a).map(<[NamedLine]>::len), Some(1));
+        assert!(subset.lines(inlined).is_none() && subset.lines(99).is_none());
     }
 }

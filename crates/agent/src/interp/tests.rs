@@ -167,7 +167,7 @@ fn session(runtimes: Vec<TestRuntime>) -> (ProcessManager, Interpreters, FakeMap
     );
     interps.set_slots(names.iter().enumerate().map(|(i, n)| (*n, i as u32 + 1)));
     pm.scan(Some(&[pid]));
-    pm.tick(&mut maps);
+    pm.settle(&mut maps);
     let events = pm.take_events();
     interps.handle(events, &mut pm, &mut maps);
     (pm, interps, maps, pid)
@@ -232,7 +232,13 @@ fn two_runtimes_in_one_process_own_their_ranges_and_name_their_frames() {
     };
     let named = interps.resolve(trace);
     let lines = |f: &Frame| match f {
-        Frame::Named(id) => interps.frame_names().get(*id).unwrap().to_vec(),
+        Frame::Named(id) => interps
+            .frame_names()
+            .lock()
+            .unwrap()
+            .get(*id)
+            .unwrap()
+            .to_vec(),
         other => panic!("not named: {other:?}"),
     };
     let jit_frames = lines(&named.frames[0]);
@@ -268,7 +274,7 @@ fn two_runtimes_in_one_process_own_their_ranges_and_name_their_frames() {
     // The process goes: every runtime is detached and its per-process keys deleted.
     pm.report(pid, ferroscope_ebpf_abi::PidEventKind::Exit);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    pm.tick(&mut maps);
+    pm.settle(&mut maps);
     let events = pm.take_events();
     interps.handle(events, &mut pm, &mut maps);
     assert_eq!(interps.attached(), 0);
@@ -293,7 +299,7 @@ fn a_runtime_whose_program_did_not_load_is_off() {
     })]);
     interps.set_slots([]);
     pm.scan(Some(&[pid]));
-    pm.tick(&mut maps);
+    pm.settle(&mut maps);
     let events = pm.take_events();
     interps.handle(events, &mut pm, &mut maps);
     assert!(!interps.is_attached(pid, "rejected"));

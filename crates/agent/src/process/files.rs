@@ -135,10 +135,13 @@ pub(crate) fn map_files_path(pid: u32, entry: &MapEntry) -> PathBuf {
 /// The file's ID, its PT_LOAD segments and its debug-file references, read with `pread`
 /// (headers and notes only; a file truncated meanwhile gives `None`, not a `SIGBUS`).
 pub(crate) fn file_facts(file: &File) -> Option<FileFacts> {
+    facts_of(&object::ReadCache::new(file))
+}
+
+/// [`file_facts`] of bytes in memory (the vDSO) or read on demand.
+pub(crate) fn facts_of<'a, R: ReadRef<'a>>(data: R) -> Option<FileFacts> {
     use object::read::elf::{FileHeader, ProgramHeader};
     use object::{Endianness, elf};
-    let data = object::ReadCache::new(file);
-    let data = &data;
     let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
     let loads = header

@@ -39,6 +39,8 @@ manager_metrics! {
     num_proc_failed: Counter => "NumProcFailed_total",
     /// Tables extracted.
     num_tables_extracted: Counter => "NumTablesExtracted_total",
+    /// Tables read from the on-disk cache instead of extracted.
+    num_tables_from_cache: Counter => "NumTablesFromCache_total",
     /// Files whose extraction failed (cached, not retried).
     num_extraction_failures: Counter => "NumExtractionFailures_total",
     /// Tables evicted to make room.

@@ -23,10 +23,13 @@
 //! address space in `pieces.rs`.
 
 mod backend;
+mod cache;
+mod extract;
 mod files;
 mod metrics;
 mod pieces;
 mod tables;
+mod vdso;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -34,11 +37,9 @@ use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_abi::PidEventKind;
 use ferroscope_ebpf_programs::Counters;
-use ferroscope_symbolize::debuglink::find_debug_file;
-use ferroscope_symbolize::maps::{MapEntry, read_maps};
+use ferroscope_symbolize::maps::{MapEntry, MapPath, read_maps};
 use ferroscope_symbolize::root::FsRoot;
 use ferroscope_unwind_api::{MappedRange, OwnedRange};
-use ferroscope_unwind_native::ExtractOptions;
 
 #[cfg(test)]
 pub(crate) use backend::FakeMaps;
@@ -48,9 +49,12 @@ pub use metrics::{ManagerMetrics, UnwindMetrics};
 pub use pieces::covering_prefixes;
 pub use tables::{EncodedTable, RangeAllocator, encode_table, raw_info};
 
+use cache::TableCache;
+use extract::{DebugSearch, Done, Extractor, Job};
 use files::{FileFacts, FileKey, file_facts, load_bias, map_files_path, open_mapped_file};
 use pieces::{FileRange, Prefixes, SlotRange};
 use tables::{NotLoaded, TableStore};
+use vdso::Vdso;
 
 /// Limits and timings of the process manager.
 #[derive(Debug, Clone)]
@@ -66,6 +70,13 @@ pub struct ProcessManagerConfig {
     pub rescan_interval: Duration,
     /// Work done per [`ProcessManager::tick`] before the rest is left for the next one.
     pub tick_budget: Duration,
+    /// A process whose rescans find nothing new is rescanned less and less often, up to
+    /// this interval.
+    pub max_rescan_interval: Duration,
+    /// Where extracted tables are kept by file identity (`None`: not kept).
+    pub table_cache: Option<PathBuf>,
+    /// The share of one CPU table extraction may use over time (after a burst).
+    pub extract_cpu_share: f64,
 }
 
 impl Default for ProcessManagerConfig {
@@ -75,7 +86,10 @@ impl Default for ProcessManagerConfig {
             max_file_size: 1 << 30,
             exit_grace: Duration::from_secs(1),
             rescan_interval: Duration::from_millis(100),
-            tick_budget: Duration::from_millis(200),
+            tick_budget: Duration::from_millis(50),
+            max_rescan_interval: Duration::from_secs(10),
+            table_cache: None,
+            extract_cpu_share: 0.25,
         }
     }
 }
@@ -139,9 +153,15 @@ struct LoadedMapping {
 #[derive(Debug, Default)]
 struct Process {
     mappings: Vec<LoadedMapping>,
+    /// Executable memory no file backs and no runtime owns (yet): JIT code before its
+    /// runtime registers it. In the trie without a table, so that a sample there ends its
+    /// stack without asking for a rescan.
+    anonymous: Vec<(u64, u64)>,
     owned: Vec<SlotRange>,
     prefixes: Prefixes,
     last_scan: Option<Instant>,
+    /// The wait before the next rescan: doubled each time a rescan finds no new mapping.
+    rescan_backoff: Duration,
 }
 
 /// What the manager still has to do for a process.
@@ -149,8 +169,16 @@ struct Process {
 enum Work {
     Load(u32),
     Rescan(u32),
-    /// exec: unload, then load as new.
+    /// exec (or the PID now names another process): unload, then load as new.
     Reload(u32),
+}
+
+impl Work {
+    fn pid(&self) -> u32 {
+        match *self {
+            Work::Load(p) | Work::Rescan(p) | Work::Reload(p) => p,
+        }
+    }
 }
 
 /// Loads and unloads processes' unwind tables. See the module documentation.
@@ -170,6 +198,22 @@ pub struct ProcessManager {
     owned_ranges: u64,
     events: Vec<ProcessEvent>,
     metrics: ManagerMetrics,
+    extractor: Extractor,
+    /// Tables being extracted, with the processes waiting for them.
+    pending: HashMap<FileId, HashSet<u32>>,
+    /// Tables extracted that did not fit (every table in the array is in use), with the
+    /// processes waiting for them and the entries they need.
+    waiting: HashMap<FileId, Waiting>,
+    /// Entries in use when a table last did not fit: retried once fewer are.
+    in_use_at_full: u64,
+    /// The kernel's vDSO (the same in every process), when it could be read.
+    vdso: Option<Vdso>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    entries: u64,
+    waiters: HashSet<u32>,
 }
 
 const MAX_MAPPINGS_PER_PROCESS: usize = 4096;
@@ -178,6 +222,10 @@ const FILE_CACHE_LIMIT: usize = 65536;
 impl ProcessManager {
     /// An empty manager.
     pub fn new(config: ProcessManagerConfig) -> Self {
+        let extractor = Extractor::start(
+            config.table_cache.as_deref().and_then(TableCache::open),
+            config.extract_cpu_share,
+        );
         ProcessManager {
             tables: TableStore::new(config.max_table_entries),
             config,
@@ -193,6 +241,11 @@ impl ProcessManager {
             owned_ranges: 0,
             events: Vec::new(),
             metrics: ManagerMetrics::default(),
+            extractor,
+            pending: HashMap::new(),
+            waiting: HashMap::new(),
+            in_use_at_full: 0,
+            vdso: Vdso::of_this_process(),
         }
     }
 
@@ -246,7 +299,7 @@ impl ProcessManager {
                 if let Some(p) = self.processes.get(&pid) {
                     let due = p
                         .last_scan
-                        .map_or_else(Instant::now, |t| t + self.config.rescan_interval);
+                        .map_or_else(Instant::now, |t| t + p.rescan_backoff);
                     self.rescans_due.entry(pid).or_insert(due);
                 }
             }
@@ -269,6 +322,10 @@ impl ProcessManager {
     /// traces were handled before it is removed. What it did is in
     /// [`ProcessManager::take_events`].
     pub fn tick(&mut self, maps: &mut dyn UnwindBackend) {
+        for done in self.extractor.finished() {
+            self.extracted(maps, done);
+        }
+        self.retry_waiting(maps);
         let now = Instant::now();
         let mut i = 0;
         while i < self.exiting.len() {
@@ -310,6 +367,9 @@ impl ProcessManager {
                     }
                 }
                 Work::Reload(pid) => {
+                    // An exit report of the old program (or of the process that had the
+                    // PID before) must not unload the new one.
+                    self.exiting.retain(|(p, _)| *p != pid);
                     if self.remove_process(maps, pid) {
                         self.metrics.num_proc_exec += 1;
                     }
@@ -329,9 +389,20 @@ impl ProcessManager {
         std::mem::take(&mut self.events)
     }
 
-    /// Whether work is queued.
+    /// Whether work is queued or tables are being extracted.
     pub fn busy(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queue.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Works until nothing is queued or being extracted (tests: loading is asynchronous).
+    #[cfg(test)]
+    pub(crate) fn settle(&mut self, maps: &mut dyn UnwindBackend) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        self.tick(maps);
+        while self.busy() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            self.tick(maps);
+        }
     }
 
     /// Whether `pid`'s tables are loaded.
@@ -341,6 +412,66 @@ impl ProcessManager {
 
     /// The manager's metrics together with the eBPF unwinder's counters.
     pub fn metrics(&self, counters: &Counters) -> UnwindMetrics {
+        UnwindMetrics {
+            native: counters.clone(),
+            manager: self.manager_metrics(),
+        }
+    }
+
+    /// How many entries each of the manager's per-process structures holds (each goes back
+    /// to the number of loaded processes, or zero, once processes are gone).
+    pub fn tracked(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("manager_processes", self.processes.len() as u64),
+            ("manager_queue", self.queue.len() as u64),
+            ("manager_failed_pids", self.failed_pids.len() as u64),
+            ("manager_exiting", self.exiting.len() as u64),
+            ("manager_rescans_due", self.rescans_due.len() as u64),
+            ("manager_tables_pending", self.pending.len() as u64),
+            (
+                "manager_tables_waiting",
+                self.waiting.values().map(|w| w.waiters.len() as u64).sum(),
+            ),
+        ]
+    }
+
+    /// Removes every process that is not in `alive` (its exit report may have been lost),
+    /// and forgets failures and queued work of those.
+    pub fn sweep(&mut self, maps: &mut dyn UnwindBackend, alive: &HashSet<u32>) {
+        let gone: Vec<u32> = self
+            .processes
+            .keys()
+            .copied()
+            .filter(|pid| !alive.contains(pid))
+            .collect();
+        for pid in gone {
+            if self.remove_process(maps, pid) {
+                self.metrics.num_proc_exit += 1;
+            }
+        }
+        self.failed_pids.retain(|pid, _| alive.contains(pid));
+        self.rescans_due.retain(|pid, _| alive.contains(pid));
+        for waiters in self.pending.values_mut() {
+            waiters.retain(|pid| alive.contains(pid));
+        }
+        self.waiting.retain(|_, w| {
+            w.waiters.retain(|pid| alive.contains(pid));
+            !w.waiters.is_empty()
+        });
+        self.exiting
+            .retain(|(pid, _)| alive.contains(pid) || self.processes.contains_key(pid));
+        let queued = &mut self.queued;
+        self.queue.retain(|w| {
+            let keep = alive.contains(&w.pid());
+            if !keep {
+                queued.remove(w);
+            }
+            keep
+        });
+    }
+
+    /// The manager's own metrics.
+    pub fn manager_metrics(&self) -> ManagerMetrics {
         let mut m = self.metrics;
         m.num_exe_id_loaded_to_ebpf = self.tables.loaded() as u64;
         m.num_tables_evicted = self.tables.evicted;
@@ -351,10 +482,7 @@ impl ProcessManager {
         m.pid_mapping_prefixes = self.prefixes;
         m.unwind_infos = self.tables.infos() as u64;
         m.owned_ranges = self.owned_ranges;
-        UnwindMetrics {
-            native: counters.clone(),
-            manager: m,
-        }
+        m
     }
 
     /// The ranges a runtime (at `slot`) owns in `pid` from now on, replacing those it owned
@@ -392,16 +520,25 @@ impl ProcessManager {
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
+        // Mappings without a table (yet: it is being extracted, or it does not fit; or
+        // never: the file has no CFI) and anonymous executable memory are in the trie too,
+        // as file 0: a sample there ends its stack with "no page" instead of asking for a
+        // rescan that would find nothing new.
         let files: Vec<FileRange> = p
             .mappings
             .iter()
-            .filter(|m| m.has_table)
             .map(|m| FileRange {
                 start: m.start,
                 end: m.end,
-                file_id: m.file_id,
-                bias: m.bias,
+                file_id: if m.has_table { m.file_id } else { FileId(0) },
+                bias: if m.has_table { m.bias } else { 0 },
             })
+            .chain(p.anonymous.iter().map(|&(start, end)| FileRange {
+                start,
+                end,
+                file_id: FileId(0),
+                bias: 0,
+            }))
             .collect();
         let new = pieces::prefixes_of(&pieces::pieces(&files, &p.owned));
         let (removed, changed) = pieces::diff(&p.prefixes, &new);
@@ -450,6 +587,22 @@ impl ProcessManager {
             })
             .unwrap_or_default();
         let mut wanted: Vec<LoadedMapping> = Vec::new();
+        let mut new_mappings = 0usize;
+        if let Some(m) = entries
+            .iter()
+            .find(|e| e.is_executable() && matches!(&e.path, MapPath::Special(s) if s == "[vdso]"))
+            .and_then(|e| self.vdso_mapping(maps, e))
+        {
+            if let Some(before) = old.remove(&(m.start, m.end, m.key)) {
+                // Still the same: its table already counts this user.
+                wanted.push(before);
+            } else {
+                if m.has_table {
+                    self.tables.add_user(m.file_id);
+                }
+                wanted.push(m);
+            }
+        }
         for entry in entries
             .iter()
             .filter(|e| e.is_executable() && e.path.file_path().is_some())
@@ -474,6 +627,7 @@ impl ProcessManager {
             let Some((file_id, bias)) = self.identify(pid, entry) else {
                 continue;
             };
+            new_mappings += 1;
             let has_table = self.ensure_table(maps, pid, entry, file_id);
             if has_table {
                 self.tables.add_user(file_id);
@@ -494,13 +648,38 @@ impl ProcessManager {
             });
         }
         // Mappings that are gone (dlclose, a replaced file) give up their tables.
+        let removed_any = !old.is_empty();
         for m in old.into_values() {
             if m.has_table {
                 self.tables.remove_user(m.file_id);
             }
         }
-        let process = self.processes.entry(pid).or_default();
+        let anonymous: Vec<(u64, u64)> = entries
+            .iter()
+            .filter(|e| {
+                e.is_executable()
+                    && matches!(e.path, MapPath::Anonymous)
+                    && !wanted.iter().any(|m| m.start < e.end && e.start < m.end)
+            })
+            .map(|e| (e.start, e.end))
+            .take(MAX_MAPPINGS_PER_PROCESS)
+            .collect();
+        let base = self.config.rescan_interval;
+        let max = self.config.max_rescan_interval;
+        let process = self.processes.entry(pid).or_insert_with(|| Process {
+            rescan_backoff: base,
+            ..Process::default()
+        });
+        // A rescan that found nothing new (a sample in memory nobody can unwind) makes the
+        // next one wait twice as long; one that found a library starts over.
+        let changed = !rescan || removed_any || new_mappings > 0 || process.anonymous != anonymous;
+        process.rescan_backoff = if changed {
+            base
+        } else {
+            (process.rescan_backoff * 2).min(max)
+        };
         process.mappings = wanted;
+        process.anonymous = anonymous;
         process.last_scan = Some(Instant::now());
         self.apply_pieces(maps, pid);
         self.tables.evict_over_budget(maps);
@@ -579,6 +758,37 @@ impl ProcessManager {
         true
     }
 
+    /// The process's `[vdso]` mapping, with the vDSO's table (loaded on first use).
+    fn vdso_mapping(
+        &mut self,
+        maps: &mut dyn UnwindBackend,
+        entry: &MapEntry,
+    ) -> Option<LoadedMapping> {
+        let vdso = self.vdso.as_ref()?;
+        let id = vdso.facts.id;
+        let bias = load_bias(&vdso.facts.loads, entry)?;
+        let has_table = self.tables.touch(id)
+            || (!self.failed_files.contains(&id)
+                && match self.tables.load(maps, id, "[vdso]", &vdso.table) {
+                    Ok(()) => true,
+                    Err(NotLoaded::Permanent) => {
+                        self.failed_files.insert(id);
+                        false
+                    }
+                    Err(NotLoaded::Full) => false,
+                });
+        Some(LoadedMapping {
+            start: entry.start,
+            end: entry.end,
+            key: (0, 0, 0, u64::MAX),
+            file_id: id,
+            bias,
+            has_table,
+            path: "[vdso]".into(),
+            open_path: PathBuf::new(),
+        })
+    }
+
     /// The identity of a mapping's file and the mapping's load bias (cached per device,
     /// inode, size and modification time). `None` when the file cannot be read.
     fn identify(&mut self, pid: u32, entry: &MapEntry) -> Option<(FileId, u64)> {
@@ -609,8 +819,8 @@ impl ProcessManager {
         facts
     }
 
-    /// Makes sure `file_id`'s table is loaded (extracting it the first time); false when the
-    /// file has none or it does not fit.
+    /// Whether `file_id`'s table is loaded; when it is not, its extraction is started (once:
+    /// later callers wait for the same one) and `pid` is told when it is done.
     fn ensure_table(
         &mut self,
         maps: &mut dyn UnwindBackend,
@@ -624,13 +834,20 @@ impl ProcessManager {
         if self.failed_files.contains(&file_id) {
             return false;
         }
+        if let Some(waiters) = self.pending.get_mut(&file_id) {
+            waiters.insert(pid);
+            return false;
+        }
+        if let Some(w) = self.waiting.get_mut(&file_id) {
+            w.waiters.insert(pid);
+            return false;
+        }
         let Some((file, path)) = open_mapped_file(pid, entry) else {
             return false;
         };
         let Some(facts) = self.facts(pid, entry) else {
             return false;
         };
-        let started = Instant::now();
         // A binary with (almost) no .eh_frame may have its CFI in the separate debug file's
         // .debug_frame; unwind-native reads it only when the binary's own CFI covers fewer
         // than a handful of functions. Looking for it costs a few opens, once per file.
@@ -643,33 +860,160 @@ impl ProcessManager {
             use std::os::unix::fs::MetadataExt;
             (m.dev(), m.ino())
         });
-        let debug = find_debug_file(&FsRoot::of_process(pid), &maps_path, &facts.refs, identity);
-        if let Some(d) = &debug {
-            tracing::debug!(path = %path.display(), debug = %d.path.display(), "using the debug file's CFI");
+        let job = Job {
+            file_id,
+            file,
+            shown: maps_path.to_string_lossy().into_owned(),
+            debug: DebugSearch {
+                root: FsRoot::of_process(pid),
+                maps_path,
+                refs: facts.refs,
+                identity,
+            },
+        };
+        self.pending.insert(file_id, HashSet::from([pid]));
+        if let Some(done) = self.extractor.submit(job) {
+            self.extracted(maps, done);
+            return self.tables.touch(file_id);
         }
-        let table = match ferroscope_unwind_native::extract_file(
-            &file,
-            debug.as_ref().map(|d| &d.file),
-            &ExtractOptions::default(),
-        ) {
+        false
+    }
+
+    /// A table the worker built (or could not): loaded, and the processes waiting for it
+    /// get it.
+    fn extracted(&mut self, maps: &mut dyn UnwindBackend, done: Done) {
+        let Done {
+            file_id,
+            shown,
+            result,
+            cached,
+            ..
+        } = done;
+        let waiters = self.pending.remove(&file_id).unwrap_or_default();
+        let table = match result {
             Ok(t) => t,
             Err(e) => {
-                tracing::debug!(path = %path.display(), "no unwind table, its frames end the stack: {e}");
+                tracing::debug!(path = %shown, "no unwind table, its frames end the stack: {e}");
                 self.metrics.num_extraction_failures += 1;
                 self.failed_files.insert(file_id);
-                return false;
+                return;
             }
         };
-        self.metrics.num_tables_extracted += 1;
-        tracing::debug!(path = %path.display(), deltas = table.len(), took = ?started.elapsed(), "unwind table extracted");
-        let shown = maps_path.to_string_lossy();
+        if cached {
+            self.metrics.num_tables_from_cache += 1;
+        } else {
+            self.metrics.num_tables_extracted += 1;
+        }
         match self.tables.load(maps, file_id, &shown, &table) {
-            Ok(()) => true,
+            Ok(()) => self.table_ready(maps, file_id, waiters),
             Err(NotLoaded::Permanent) => {
                 self.failed_files.insert(file_id);
-                false
             }
-            Err(NotLoaded::Full) => false,
+            Err(NotLoaded::Full) => {
+                self.in_use_at_full = self.tables.entries_in_use();
+                let capacity = self.tables.entries_capacity();
+                let w = self.waiting.entry(file_id).or_insert_with(|| {
+                    tracing::warn!(
+                        path = %shown,
+                        entries = table.len(),
+                        in_use = self.in_use_at_full,
+                        capacity,
+                        "the stack-delta array is full of tables in use: this file's table was \
+                         not loaded, so its frames end the stack for now; it is loaded once \
+                         processes that use others exit (raise [limits] table_entries to fit \
+                         more at once)"
+                    );
+                    Waiting {
+                        entries: table.len() as u64,
+                        waiters: HashSet::new(),
+                    }
+                });
+                w.waiters.extend(waiters);
+            }
+        }
+    }
+
+    /// Gives a loaded table to the mappings of `waiters` that map its file.
+    fn table_ready(
+        &mut self,
+        maps: &mut dyn UnwindBackend,
+        file_id: FileId,
+        waiters: HashSet<u32>,
+    ) {
+        for pid in waiters {
+            let Some(p) = self.processes.get_mut(&pid) else {
+                continue;
+            };
+            let mut changed = false;
+            for m in p
+                .mappings
+                .iter_mut()
+                .filter(|m| m.file_id == file_id && !m.has_table)
+            {
+                m.has_table = true;
+                self.tables.add_user(file_id);
+                changed = true;
+            }
+            if changed {
+                self.apply_pieces(maps, pid);
+            }
+        }
+    }
+
+    /// Tables that did not fit are tried again once tables in use were freed: read again
+    /// through a waiting process's mapping (from the cache when there is one).
+    fn retry_waiting(&mut self, maps: &mut dyn UnwindBackend) {
+        if self.waiting.is_empty() || self.tables.entries_in_use() >= self.in_use_at_full {
+            return;
+        }
+        let free = self
+            .tables
+            .entries_capacity()
+            .saturating_sub(self.tables.entries_in_use());
+        let ready: Vec<FileId> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.entries <= free)
+            .map(|(id, _)| *id)
+            .collect();
+        self.in_use_at_full = self.tables.entries_in_use();
+        for file_id in ready {
+            let Some(w) = self.waiting.remove(&file_id) else {
+                continue;
+            };
+            let live: HashSet<u32> = w
+                .waiters
+                .into_iter()
+                .filter(|pid| self.processes.contains_key(pid))
+                .collect();
+            let entry = live.iter().find_map(|pid| {
+                let m = self.processes[pid]
+                    .mappings
+                    .iter()
+                    .find(|m| m.file_id == file_id)?;
+                Some((*pid, m.open_path.clone(), m.path.clone()))
+            });
+            let Some((pid, open_path, shown)) = entry else {
+                continue;
+            };
+            let Ok(file) = std::fs::File::open(&open_path) else {
+                continue;
+            };
+            let job = Job {
+                file_id,
+                file,
+                shown: shown.clone(),
+                debug: DebugSearch {
+                    root: FsRoot::of_process(pid),
+                    maps_path: PathBuf::from(shown),
+                    refs: Default::default(),
+                    identity: None,
+                },
+            };
+            self.pending.insert(file_id, live);
+            if let Some(done) = self.extractor.submit(job) {
+                self.extracted(maps, done);
+            }
         }
     }
 }
@@ -688,7 +1032,7 @@ mod tests {
         let mut maps = FakeMaps::new(1 << 22);
         let mut pm = ProcessManager::new(ProcessManagerConfig::default());
         pm.scan(Some(&[pid]));
-        pm.tick(&mut maps);
+        pm.settle(&mut maps);
         assert!(pm.is_loaded(pid));
         assert!(maps.known.contains(&pid));
         let here = a_real_process_is_loaded_and_unloaded as fn() as usize as u64;
@@ -717,7 +1061,7 @@ mod tests {
 
         pm.report(pid, PidEventKind::Exit);
         std::thread::sleep(pm.config.exit_grace + Duration::from_millis(10));
-        pm.tick(&mut maps);
+        pm.settle(&mut maps);
         assert!(!pm.is_loaded(pid));
         assert!(maps.prefixes.is_empty(), "every prefix removed");
         assert!(!maps.known.contains(&pid));
@@ -735,7 +1079,7 @@ mod tests {
         let mut maps = FakeMaps::new(1 << 22);
         let mut pm = ProcessManager::new(ProcessManagerConfig::default());
         pm.scan(Some(&[pid]));
-        pm.tick(&mut maps);
+        pm.settle(&mut maps);
         let here = owned_ranges_are_the_plugins_until_released as fn() as usize as u64;
         let file = maps.mapping(pid, here).expect("mapped");
         // A range inside the file (an eval loop) and an anonymous one (a JIT heap).

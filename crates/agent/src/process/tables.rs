@@ -254,6 +254,15 @@ impl TableStore {
         self.infos.len()
     }
 
+    /// Entries of tables some mapping uses (the rest can be evicted).
+    pub(crate) fn entries_in_use(&self) -> u64 {
+        self.tables
+            .values()
+            .filter(|t| t.users > 0)
+            .map(|t| u64::from(t.len))
+            .sum()
+    }
+
     pub(crate) fn entries_used(&self) -> u64 {
         self.allocator.as_ref().map_or(0, RangeAllocator::used)
     }
@@ -326,15 +335,12 @@ impl TableStore {
                 break first;
             }
             if !self.evict_one(maps) {
-                tracing::warn!(
+                tracing::debug!(
                     path,
                     entries = len,
                     used = self.entries_used(),
                     capacity,
-                    "the stack-delta array is full of tables in use: this file's table of {len} \
-                     entries was not loaded ({} of {capacity} entries are in use); it is tried \
-                     again when tables are freed",
-                    self.entries_used()
+                    "the stack-delta array is full of tables in use"
                 );
                 return Err(NotLoaded::Full);
             }

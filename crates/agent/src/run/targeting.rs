@@ -1,0 +1,172 @@
+//! Targets and the processes they matched: the static `[[targets]]` and the built-in
+//! process discovery, relabelled, and the target each profiled process belongs to.
+//!
+//! What is cached per process is dropped when the process exits, execs (its labels come
+//! from its new program: it is discovered again at once, not at the next refresh) or its
+//! PID names another process; a periodic sweep drops what is left of processes that are
+//! gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferroscope_targets::{
+    FinderOptions, Labels, ProcessDiscovery, Target, TargetFinder, build_targets,
+};
+
+use crate::config::Config;
+
+/// Targets and the processes they matched.
+pub(super) struct Targeting {
+    config: Config,
+    discovery: Option<(ProcessDiscovery, Duration)>,
+    last_discovery: Option<Instant>,
+    pub(super) finder: TargetFinder,
+    /// Processes seen, with their target (None: matches nothing).
+    processes: HashMap<u32, Option<Arc<Target>>>,
+    /// Static targets by PID, which a process keeps when rediscovery finds nothing.
+    static_pids: HashMap<u32, Labels>,
+}
+
+impl Targeting {
+    pub(super) fn new(config: &Config) -> Targeting {
+        let discovery = config
+            .discovery
+            .process
+            .first()
+            .map(|d| (ProcessDiscovery::new("/proc"), d.refresh_interval));
+        let finder = TargetFinder::new(FinderOptions {
+            proc_root: "/proc".into(),
+            targets_only: config.ebpf.targets_only,
+            container_id_cache_size: 1024,
+        });
+        Targeting {
+            config: config.clone(),
+            discovery,
+            last_discovery: None,
+            finder,
+            processes: HashMap::new(),
+            static_pids: HashMap::new(),
+        }
+    }
+
+    /// Rebuilds the target list when discovery is due (always the first time).
+    pub(super) fn refresh_targets(&mut self) -> bool {
+        let due = match (self.last_discovery, &self.discovery) {
+            (None, _) => true,
+            (Some(at), Some((_, every))) => at.elapsed() >= *every,
+            (Some(_), None) => false,
+        };
+        if !due {
+            return false;
+        }
+        self.last_discovery = Some(Instant::now());
+        let mut sets: Vec<Labels> = self.config.targets.clone();
+        self.static_pids = self
+            .config
+            .targets
+            .iter()
+            .filter_map(|l| {
+                let pid = l.get(ferroscope_targets::target::LABEL_PID)?.parse().ok()?;
+                Some((pid, l.clone()))
+            })
+            .collect();
+        if let Some((discovery, _)) = &self.discovery {
+            match discovery.discover() {
+                Ok(found) => sets.extend(found),
+                Err(e) => tracing::warn!("process discovery failed: {}", crate::error::Chain(&e)),
+            }
+        }
+        let relabelled = sets
+            .into_iter()
+            .filter_map(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l));
+        let targets = build_targets(relabelled);
+        tracing::debug!(targets = targets.len(), "targets refreshed");
+        self.finder.set_targets(targets);
+        // Every process is matched again against the new targets.
+        self.processes.clear();
+        true
+    }
+
+    /// The target of `pid` (cached until the process changes or the targets are rebuilt).
+    pub(super) fn target_of(&mut self, pid: u32) -> Option<Arc<Target>> {
+        if let Some(t) = self.processes.get(&pid) {
+            return t.clone();
+        }
+        let t = self.finder.find(pid);
+        self.processes.insert(pid, t.clone());
+        t
+    }
+
+    /// The process exec'd or its PID now names another process: its target is looked up
+    /// again, from what the process is now.
+    pub(super) fn rediscover(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        let Some((discovery, _)) = &self.discovery else {
+            self.finder.forget(pid);
+            return;
+        };
+        let labels = discovery
+            .process(pid)
+            .or_else(|| self.static_pids.get(&pid).cloned());
+        let target = labels
+            .and_then(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l))
+            .and_then(Target::new);
+        self.finder.set_pid_target(pid, target);
+    }
+
+    /// The process exited.
+    pub(super) fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        self.finder.forget(pid);
+    }
+
+    /// Drops what is cached about processes not in `alive`.
+    pub(super) fn sweep(&mut self, alive: &HashSet<u32>) {
+        let gone: Vec<u32> = self
+            .processes
+            .keys()
+            .copied()
+            .filter(|p| !alive.contains(p))
+            .collect();
+        for pid in gone {
+            self.forget(pid);
+        }
+    }
+
+    /// Processes with a cached target.
+    pub(super) fn cached(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub(super) fn debug_json(&self) -> serde_json::Value {
+        let mut by_target: HashMap<String, (serde_json::Value, Vec<u32>)> = HashMap::new();
+        for (pid, t) in &self.processes {
+            if let Some(t) = t {
+                let labels: serde_json::Map<String, serde_json::Value> = t
+                    .labels()
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+                    .collect();
+                let key = format!("{:?}", t.id());
+                let entry = by_target.entry(key).or_insert_with(|| {
+                    (
+                        serde_json::json!({"service_name": t.service_name(), "labels": labels}),
+                        Vec::new(),
+                    )
+                });
+                entry.1.push(*pid);
+            }
+        }
+        let mut out: Vec<serde_json::Value> = by_target
+            .into_values()
+            .map(|(mut v, mut pids)| {
+                pids.sort_unstable();
+                v["pids"] = serde_json::json!(pids);
+                v
+            })
+            .collect();
+        out.sort_by_key(|v| v["service_name"].to_string());
+        serde_json::json!({ "active_targets": self.finder.len(), "matched": out })
+    }
+}
