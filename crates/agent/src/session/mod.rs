@@ -2,9 +2,9 @@
 //! runtime plug-ins, on threads of their own, so that emptying the kernel's ring buffer
 //! never waits for anything else:
 //!
-//! - the drain thread (`ferroscope-drain`, [`drain`]) empties the trace and process-report
+//! - the drain thread (`ferroscope-drain`, `drain.rs`) empties the trace and process-report
 //!   ring buffers every 25 ms and hands the records on, decoded but not named;
-//! - the unwinder thread (`ferroscope-unwind`, [`unwinder`]) owns the process manager, the
+//! - the unwinder thread (`ferroscope-unwind`, `unwinder.rs`) owns the process manager, the
 //!   runtime plug-ins and the maps they write: it names each trace's runtime frames while
 //!   the process still lives, loads the processes the kernel reported and delivers samples
 //!   and process changes, in order;
