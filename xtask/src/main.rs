@@ -73,10 +73,11 @@ fn main() -> Result<()> {
                  vmlinux   regenerate crates/ebpf-abi/include/vmlinux.h from this kernel's BTF\n  \
                  bench-agent [SECONDS]  whole-agent overhead: `ferroscope run` with 200 idle and\n            \
                  4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
-                 bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
-                 code-object cache hit rate over 60 s of an application-like script\n            \
-                 (default /root/.pyenv/versions/3.12.1/bin/python3.12; debian:3.N for\n            \
-                 Debian's CPython 3.N in the test chroot: 3.13, 3.14, 3.15)\n  \
+                 bench-python [--binary PATH] [PYTHON]  eBPF cost per sample of a 50-deep Python\n            \
+                 stack, and the code-object cache hit rate over 60 s of an application-like\n            \
+                 script (default /root/.pyenv/versions/3.12.1/bin/python3.12; debian:3.N for\n            \
+                 Debian's CPython 3.N in the test chroot: 3.13, 3.14, 3.15; --binary: that\n            \
+                 ferroscope instead of a fresh release build)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
                  script (default /usr/bin/ruby3.1)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
@@ -630,13 +631,27 @@ fn bench_python(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the Python benchmark loads eBPF programs and must run as root");
     }
-    let python = args
+    // `--binary PATH`: measure that build (the eBPF programs are the same bytes in a debug
+    // and a release build; only the agent's own CPU differs).
+    let mut binary = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--binary" {
+            binary = Some(PathBuf::from(it.next().context("--binary needs a path")?));
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let python = rest
         .first()
         .cloned()
         .unwrap_or_else(|| "/root/.pyenv/versions/3.12.1/bin/python3.12".to_owned());
     let root = root();
-    let target = build_release(&root)?;
-    let exe = target.join("release/ferroscope");
+    let exe = match binary {
+        Some(exe) => exe,
+        None => build_release(&root)?.join("release/ferroscope"),
+    };
     let (seconds, rate) = (10, 97);
 
     // Baseline: a sleeping target, so every run of the program is filtered out.
