@@ -25,7 +25,8 @@ const BUILD_PACKAGES: &[&str] = &["clang", "libbpf-dev", "gcc", "libc6-dev"];
 /// - golang-1.19-go: Go 1.19 (/usr/lib/go-1.19) for the older .gopclntab layout;
 /// - g++ for the C++ unwinding test; systemd for `systemd-analyze verify` of deploy/;
 /// - debootstrap for the trixie and sid chroots, mono-mcs to compile C# for .NET;
-/// - podman, runc, containerd for the container tests; qemu-system-x86 and busybox-static
+/// - podman with crun (the runtime the podman tests name), runc (containerd's), containerd
+///   for the container tests; qemu-system-x86 and busybox-static
 ///   to boot other kernels; php8.2-cli and the JDK 17 for the runtime tests.
 const TEST_PACKAGES: &[&str] = &[
     "python3-venv",
@@ -40,6 +41,7 @@ const TEST_PACKAGES: &[&str] = &[
     "ruby3.1",
     "ruby3.1-dev",
     "podman",
+    "crun",
     "runc",
     "containerd",
     "qemu-system-x86",

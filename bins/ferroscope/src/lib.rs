@@ -185,6 +185,7 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
     let results = check::run_all(&CheckOptions {
         mount_missing: true,
         sample_rate_hz: config.ebpf.sample_rate,
+        load_programs: false,
     });
     if let Some(failure) = check::first_failure(&results) {
         return Err(ferroscope_agent::Error::Environment(failure.to_string()).into());
@@ -213,6 +214,7 @@ fn run_check(sample_rate_hz: u32, mount_missing: bool) -> anyhow::Result<ExitCod
     let results = check::run_all(&CheckOptions {
         mount_missing,
         sample_rate_hz,
+        load_programs: true,
     });
     for r in &results {
         println!("{r}");
@@ -261,6 +263,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let results = check::run_all(&CheckOptions {
         mount_missing: true,
         sample_rate_hz: args.sample_rate,
+        load_programs: false,
     });
     if let Some(failure) = check::first_failure(&results) {
         return Err(ferroscope_agent::Error::Environment(failure.to_string()).into());

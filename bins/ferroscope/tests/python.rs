@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use common::{WORKLOAD_LIMIT, can_run_bpf, cpu_time_of, ferroscope, fixture};
 use ferroscope_test_harness::{self as harness, Guard};
 
 use std::collections::{HashMap, HashSet};
@@ -196,21 +196,21 @@ fn record_script_with_log(
     script: &str,
     seconds: u32,
     extra: &[&str],
-) -> Option<(Vec<Sample>, String)> {
-    record_until(py, script, seconds, extra, 0)
+) -> Option<(Vec<Sample>, String, Duration)> {
+    record_until(py, script, seconds, extra, 0).map(|(s, log, _)| (s, log))
 }
 
 /// Records `script` on `py` for `seconds`, and again (at most 4 times in all) while fewer
 /// than `min_samples` samples came: on a loaded machine the workload gets less CPU, and the
 /// statistics of a test need their sample count whatever the load. The samples of every
-/// round, and the last round's stderr.
+/// round, the last round's stderr, and the CPU time the script used while it was recorded.
 fn record_until(
     py: Py,
     script: &str,
     seconds: u32,
     extra: &[&str],
     min_samples: i64,
-) -> Option<(Vec<Sample>, String)> {
+) -> Option<(Vec<Sample>, String, Duration)> {
     if !can_run_bpf() {
         return None;
     }
@@ -227,6 +227,7 @@ fn record_until(
             mapped.join("\n")
         );
     }
+    let before = cpu_time_of(workload.pid());
     let mut samples = Vec::new();
     let mut log = String::new();
     for round in 1..=4 {
@@ -239,9 +240,10 @@ fn record_until(
         }
         eprintln!("{py}: {total} samples after {round} recordings of {seconds} s, recording again");
     }
+    let used = cpu_time_of(workload.pid()) - before;
     drop(workload);
     drop(keep);
-    Some((samples, log))
+    Some((samples, log, used))
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
@@ -359,7 +361,7 @@ fn two_chains(py: Py) {
     let minor = py.minor();
     // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
     // stays well inside the 25 % the test allows.
-    let Some((samples, _)) = record_until(py, "chains.py", 5, &["-r", "499"], 1000) else {
+    let Some((samples, _, used)) = record_until(py, "chains.py", 5, &["-r", "499"], 1000) else {
         return;
     };
     let script = fixture("python/chains.py");
@@ -385,7 +387,18 @@ fn two_chains(py: Py) {
     ];
 
     let total: i64 = samples.iter().map(|s| s.count).sum();
-    assert!(total >= 1000, "only {total} samples in 20 s at 499 Hz");
+    // Samples for the CPU time the script got (always busy; the time also covers the
+    // agent's start-ups, before sampling), and enough of them for the ratio below (recorded
+    // again until there are 1000); a machine too busy to give it that fails the test.
+    let expected = used.as_secs_f64() * 499.0;
+    assert!(
+        total as f64 >= 0.5 * expected,
+        "{py}: only {total} samples for {used:?} of CPU at 499 Hz ({expected:.0} expected)"
+    );
+    assert!(
+        total >= 1000,
+        "{py}: only {total} samples in 4 records of 5 s at 499 Hz: the script ran only {used:?} (too busy a machine)"
+    );
     let mut report = String::new();
     let mut counts = Vec::new();
     for (chain, hot, callers) in [

@@ -315,8 +315,10 @@ fn whole_host_sees_several_busy_processes() {
     let a = Workload::start(&compile(dir.path(), "two_chains.c", "busy_one"), &[]);
     let b = Workload::start(&compile(dir.path(), "syscalls.c", "busy_two"), &[]);
     let out_path = dir.path().join("h.pb.gz");
+    let before = [a.cpu_time(), b.cpu_time()];
     let out = ferroscope(&["record", "-d", "3s", "-o", out_path.to_str().unwrap()]);
     assert!(out.status.success());
+    let used = [a.cpu_time() - before[0], b.cpu_time() - before[1]];
     let p = read_profile(&out_path);
     let samples = samples(&p);
     let pid_value = |pid: u32| -> i64 {
@@ -327,11 +329,19 @@ fn whole_host_sees_several_busy_processes() {
             .map(|s| s.1)
             .sum()
     };
-    for (w, name) in [(&a, "busy_one"), (&b, "busy_two")] {
-        // Each is busy on one of two CPUs; however loaded the machine, each must get a good
-        // part of a CPU over 3 s.
+    for ((w, name), used) in [(&a, "busy_one"), (&b, "busy_two")].into_iter().zip(used) {
+        // Each is always busy: it is sampled for the CPU time it got, however loaded the
+        // machine (the recording also covers the agent's start-up, so it got more).
         let v = pid_value(w.pid()) / p.period;
-        assert!(v as f64 > 0.2 * 97.0 * 3.0, "{name} has only {v} samples");
+        assert!(
+            used > Duration::from_millis(300),
+            "{name} ran only {used:?} while recorded: the machine is too busy for this test"
+        );
+        let expected = used.as_secs_f64() * 97.0;
+        assert!(
+            v as f64 > 0.5 * expected,
+            "{name} has only {v} samples for {used:?} of CPU ({expected:.0} expected)"
+        );
         // In whole-host mode each stack's root frame is its process's comm.
         assert!(
             samples
@@ -398,7 +408,8 @@ fn interrupt_stops_early_and_still_writes() {
     let status = child.wait(Duration::from_secs(13));
     let stderr = child.stderr_tail();
     assert!(status.success(), "{stderr}");
-    assert!(start.elapsed() < Duration::from_secs(15));
+    // Well before the 60 s asked for (start-up on a loaded machine can take seconds).
+    assert!(start.elapsed() < Duration::from_secs(30), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     let p = read_profile(&out_path);
     assert!(!p.sample.is_empty());

@@ -609,8 +609,9 @@ listen_address = "{port}"
     let start = std::time::Instant::now();
     while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 2 {
         assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the agent wrote no profiles in 20 s\n{}",
+            // Start-up (loading and verifying the programs) takes seconds on a busy machine.
+            start.elapsed() < Duration::from_secs(60),
+            "the agent wrote fewer than two profiles in 60 s\n{}",
             agent.stderr_tail()
         );
         std::thread::sleep(Duration::from_millis(200));

@@ -465,6 +465,75 @@ fn go_binary_has_complete_stacks() {
     );
 }
 
+/// Go calls the vDSO from assembly that moves RSP to the g0 stack (`time.now`,
+/// `runtime.nanotime1`): below the vDSO's frames (unwound from its CFI, read from our own
+/// copy) the caller's frame is found through its frame pointer, and the chain goes on to
+/// `main.main`.
+#[test]
+fn go_time_now_is_unwound_through_the_vdso() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some(go) = harness::tool("go") else {
+        return;
+    };
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::copy(fixture("go/now.go"), src.join("main.go")).unwrap();
+    std::fs::write(src.join("go.mod"), "module gonow\n\ngo 1.19\n").unwrap();
+    let exe = dir.path().join("gonow");
+    run(
+        Command::new(go)
+            .args(["build", "-o"])
+            .arg(&exe)
+            .arg(".")
+            .current_dir(&src)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPATH", dir.path().join("gopath"))
+            .env("GOCACHE", dir.path().join("gocache")),
+        "go build",
+    );
+    let work = Workload::start(&exe, &[]);
+    let samples = record(work.pid(), 3, dir.path());
+    let in_vdso: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.names().iter().any(|n| n.contains("clock_gettime")))
+        .collect();
+    let total: i64 = samples.iter().map(|s| s.value).sum();
+    let vdso: i64 = in_vdso.iter().map(|s| s.value).sum();
+    assert!(
+        vdso * 2 > total,
+        "most samples of a time.Now() loop are in the vDSO: {vdso} of {total}"
+    );
+    let whole = |s: &Sample| {
+        let names = s.names();
+        let mut want = ["main.nowLoop", "main.nowOuter", "main.main"].into_iter();
+        let mut next = want.next();
+        for n in &names {
+            if next.is_some_and(|w| *n == w) {
+                next = want.next();
+            }
+        }
+        next.is_none() && !names.iter().any(|n| n.starts_with('['))
+    };
+    let good: i64 = in_vdso.iter().filter(|s| whole(s)).map(|s| s.value).sum();
+    let bad: Vec<String> = in_vdso
+        .iter()
+        .filter(|s| !whole(s))
+        .take(5)
+        .map(|s| format!("{:?}", s.names()))
+        .collect();
+    assert!(
+        good as f64 >= 0.99 * vdso as f64,
+        "only {good} of {vdso} vDSO samples reach main.main:\n{}",
+        bad.join("\n")
+    );
+}
+
 #[test]
 fn library_loaded_with_dlopen_is_unwound() {
     if !can_run_bpf() {

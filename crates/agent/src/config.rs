@@ -60,6 +60,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The local profile sink.
     pub output: OutputConfig,
+    /// How much the agent holds at once (kernel map sizes, table extraction's CPU).
+    pub limits: LimitsConfig,
 }
 
 /// The `[ebpf]` table: the arguments of Alloy's `pyroscope.ebpf`, same names, types and
@@ -321,6 +323,280 @@ pub enum Comm {
 pub struct DiscoveryConfig {
     /// `[[discovery.process]]`: built-in process discovery; present = enabled.
     pub process: Vec<ProcessDiscoveryConfig>,
+    /// `[[discovery.docker]]`: containers of a Docker Engine API (Alloy's `discovery.docker`).
+    pub docker: Vec<DockerDiscoveryConfig>,
+    /// `[[discovery.kubernetes]]`: Pods from the API server (Alloy's `discovery.kubernetes`).
+    pub kubernetes: Vec<KubernetesDiscoveryConfig>,
+    /// `[[discovery.cri]]`: Pod containers from containerd's and CRI-O's state on this node.
+    pub cri: Vec<CriDiscoveryConfig>,
+}
+
+impl DiscoveryConfig {
+    /// Whether any discovery is configured.
+    pub fn any(&self) -> bool {
+        !(self.process.is_empty()
+            && self.docker.is_empty()
+            && self.kubernetes.is_empty()
+            && self.cri.is_empty())
+    }
+}
+
+/// One `[[discovery.docker]]` block, like Alloy's `discovery.docker`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerDiscoveryConfig {
+    /// The daemon: `unix:///var/run/docker.sock`, `tcp://host:port` or `http://host:port`.
+    #[serde(deserialize_with = "de_docker_host")]
+    pub host: String,
+    /// How often the containers are listed ("1m").
+    #[serde(
+        default = "default_docker_refresh",
+        deserialize_with = "de_positive_duration"
+    )]
+    pub refresh_interval: Duration,
+    /// The port of `__address__` for containers with no TCP port (80).
+    #[serde(default = "default_docker_port")]
+    pub port: u16,
+    /// `__address__` of containers in host network mode ("localhost").
+    #[serde(default = "default_host_networking_host")]
+    pub host_networking_host: String,
+    /// Only the first network of a container with several (true).
+    #[serde(default = "default_true")]
+    pub match_first_network: bool,
+    /// `[[discovery.docker.filter]]` blocks: Docker API list filters.
+    #[serde(default)]
+    pub filter: Vec<DockerFilter>,
+}
+
+/// A `filter` of `discovery.docker`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerFilter {
+    /// The filter's name (`name`, `label`, `status`, `network`, ...).
+    pub name: String,
+    /// Its values.
+    pub values: Vec<String>,
+}
+
+fn default_docker_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_docker_port() -> u16 {
+    80
+}
+fn default_host_networking_host() -> String {
+    "localhost".to_owned()
+}
+
+fn de_docker_host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let host = String::deserialize(d)?;
+    ferroscope_targets::docker::DockerHost::parse(&host)
+        .map_err(|e| de::Error::custom(e.to_string()))?;
+    Ok(host)
+}
+
+/// One `[[discovery.kubernetes]]` block, like Alloy's `discovery.kubernetes` (role `pod`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct KubernetesDiscoveryConfig {
+    /// The kind of object: only `"pod"` (a profiler matches processes by container).
+    #[serde(deserialize_with = "de_role")]
+    pub role: String,
+    /// The API server's URL; unset with no `kubeconfig_file`: the in-cluster configuration.
+    #[serde(default)]
+    pub api_server: Option<String>,
+    /// A kubeconfig file (its current context).
+    #[serde(default)]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// A file holding the bearer token for `api_server`.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// TLS to `api_server`.
+    #[serde(default)]
+    pub tls_config: KubernetesTlsConfig,
+    /// Which namespaces to watch (all by default).
+    #[serde(default)]
+    pub namespaces: KubernetesNamespaces,
+    /// `[[discovery.kubernetes.selectors]]`: label and field selectors (`${VAR}` is replaced
+    /// by the environment variable when the agent starts, e.g.
+    /// `field = "spec.nodeName=${NODE_NAME}"`).
+    #[serde(default)]
+    pub selectors: Vec<KubernetesSelector>,
+}
+
+/// `tls_config` of `discovery.kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesTlsConfig {
+    /// The CA certificate (PEM) that signed the API server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Skip the server certificate's verification.
+    pub insecure_skip_verify: bool,
+}
+
+/// `namespaces` of `discovery.kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesNamespaces {
+    /// The agent's own namespace (from its service account).
+    pub own_namespace: bool,
+    /// These namespaces.
+    pub names: Vec<String>,
+}
+
+/// A `selectors` block of `discovery.kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSelector {
+    /// The role selected: `"pod"`.
+    #[serde(deserialize_with = "de_role")]
+    pub role: String,
+    /// A label selector, e.g. `"app=shop"`.
+    #[serde(default, deserialize_with = "de_env_option")]
+    pub label: Option<String>,
+    /// A field selector, e.g. `"spec.nodeName=${NODE_NAME}"`.
+    #[serde(default, deserialize_with = "de_env_option")]
+    pub field: Option<String>,
+}
+
+impl KubernetesDiscoveryConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.api_server.is_some() && self.kubeconfig_file.is_some() {
+            return Err("set at most one of api_server and kubeconfig_file".to_owned());
+        }
+        if self.api_server.is_none()
+            && (self.bearer_token_file.is_some()
+                || self.tls_config != KubernetesTlsConfig::default())
+        {
+            return Err(
+                "bearer_token_file and tls_config go with api_server (in-cluster and kubeconfig connections bring their own)"
+                    .to_owned(),
+            );
+        }
+        if let Some(url) = &self.api_server
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(format!(
+                "api_server {url:?} must start with https:// (or http:// for a local proxy), e.g. \"https://10.0.0.1:6443\""
+            ));
+        }
+        if self.selectors.len() > 1 {
+            return Err(
+                "give at most one selectors block for role \"pod\" (combine conditions with commas, e.g. label = \"app=a,tier=web\")"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for KubernetesDiscoveryConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let c = KubernetesDiscoveryConfig::deserialize(d)?;
+        c.validate().map_err(de::Error::custom)?;
+        Ok(c)
+    }
+}
+
+fn de_role<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let role = String::deserialize(d)?;
+    match role.as_str() {
+        "pod" => Ok(role),
+        "node" | "service" | "endpoints" | "endpointslice" | "ingress" => {
+            Err(de::Error::custom(format!(
+                "role \"{role}\" is not supported: a profiler matches processes by container, so use role = \"pod\""
+            )))
+        }
+        _ => Err(de::Error::custom(format!(
+            "unknown role \"{role}\": use role = \"pod\""
+        ))),
+    }
+}
+
+/// One `[[discovery.cri]]` block: the Pod containers of this node from the container
+/// runtime's state, with the labels `discovery.kubernetes` gives them, without API access.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriDiscoveryConfig {
+    /// How often the state directories are read ("5s").
+    #[serde(deserialize_with = "de_positive_duration")]
+    pub refresh_interval: Duration,
+    /// containerd's state directories (["/run/containerd"]).
+    pub containerd_state_dirs: Vec<PathBuf>,
+    /// CRI-O's containers/storage run roots (["/run/containers/storage"]).
+    pub crio_storage_dirs: Vec<PathBuf>,
+    /// This node's name, given as `__meta_kubernetes_pod_node_name` (`${VAR}` is replaced by
+    /// the environment variable when the agent starts, e.g. `"${NODE_NAME}"` from the
+    /// downward API).
+    #[serde(deserialize_with = "de_env_option")]
+    pub node_name: Option<String>,
+}
+
+impl Default for CriDiscoveryConfig {
+    fn default() -> Self {
+        CriDiscoveryConfig {
+            refresh_interval: Duration::from_secs(5),
+            containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
+            crio_storage_dirs: vec![PathBuf::from("/run/containers/storage")],
+            node_name: None,
+        }
+    }
+}
+
+/// Replaces every `${NAME}` in `s` by the environment variable `NAME`; an unset variable or
+/// an unclosed `${` is an error saying which.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    env_references(s)?;
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after.find('}').unwrap_or(after.len());
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            _ => {
+                return Err(format!(
+                    "{s:?} uses the environment variable {name}, which is not set: set it (in a DaemonSet, e.g. from the downward API: valueFrom.fieldRef.fieldPath = spec.nodeName)"
+                ));
+            }
+        }
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The names of the `${NAME}` variables in `s`; an error for a malformed reference.
+pub fn env_references(s: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("{s:?} has an unclosed \"${{\": write ${{NAME}}"));
+        };
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "{s:?}: ${{{name}}} is not an environment variable name (letters, digits and '_')"
+            ));
+        }
+        names.push(name);
+        rest = &after[end + 1..];
+    }
+    Ok(names)
+}
+
+/// A string that may hold `${NAME}` references, checked when the file is read and
+/// replaced (by [`expand_env`]) when the agent starts.
+fn de_env_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    if let Some(v) = &value {
+        env_references(v).map_err(de::Error::custom)?;
+    }
+    Ok(value)
 }
 
 /// One `[[discovery.process]]` block, like Alloy's `discovery.process`.
@@ -593,6 +869,82 @@ impl Default for OutputConfig {
     }
 }
 
+/// The `[limits]` table: how much the agent holds at once. The kernel maps are sized from it
+/// when sampling starts, so their memory is taken then, whether used or not.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Processes profiled at once: the PID filter (with `targets_only`), the processes whose
+    /// unwind tables are loaded, and each runtime's per-process maps (16384).
+    #[serde(deserialize_with = "de_map_size")]
+    pub processes: u32,
+    /// Address prefixes of all loaded processes' mappings; a mapping takes a handful, at most
+    /// about 70 (262144).
+    #[serde(deserialize_with = "de_map_size")]
+    pub mapping_prefixes: u32,
+    /// 64 KiB pages of all loaded unwind tables (131072).
+    #[serde(deserialize_with = "de_map_size")]
+    pub table_pages: u32,
+    /// Stack-delta entries of all loaded unwind tables, 8 bytes each in kernel memory;
+    /// tables no loaded process uses are evicted above it (2097152, 16 MiB).
+    #[serde(deserialize_with = "de_map_size")]
+    pub table_entries: u32,
+    /// Share of one CPU that building unwind tables may use over time, after a burst (0.25).
+    #[serde(deserialize_with = "de_cpu_share")]
+    pub extract_cpu_share: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let kernel = ferroscope_ebpf_programs::UnwinderConfig::default();
+        LimitsConfig {
+            processes: kernel.max_pids,
+            mapping_prefixes: kernel.max_mapping_prefixes,
+            table_pages: kernel.max_delta_pages,
+            table_entries: kernel.max_delta_entries,
+            extract_cpu_share: 0.25,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The kernel map sizes these limits ask for.
+    pub fn unwinder(&self) -> ferroscope_ebpf_programs::UnwinderConfig {
+        ferroscope_ebpf_programs::UnwinderConfig {
+            max_pids: self.processes,
+            max_mapping_prefixes: self.mapping_prefixes,
+            max_delta_pages: self.table_pages,
+            max_delta_entries: self.table_entries,
+        }
+    }
+}
+
+/// Largest map size `[limits]` accepts (the loader's own bound).
+const MAX_MAP_SIZE: u32 = 1 << 28;
+
+fn de_map_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| (1..=MAX_MAP_SIZE).contains(&n))
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "{n} is not a usable size: give a count from 1 to {MAX_MAP_SIZE}"
+            ))
+        })
+}
+
+fn de_cpu_share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let share = f64::deserialize(d)?;
+    if share > 0.0 && share <= 8.0 {
+        Ok(share)
+    } else {
+        Err(de::Error::custom(format!(
+            "{share} is not a CPU share: give a fraction of one CPU above 0 (0.25 is a quarter of a CPU)"
+        )))
+    }
+}
+
 /// Reads and parses a configuration file; see [`parse`].
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
@@ -655,7 +1007,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error
         return Err(config_error(
             at,
             format!(
-                "unknown runtime `{name}`: the runtimes built into this ferroscope are {}, and                  pyroscope.ebpf knows {}",
+                "unknown runtime `{name}`: the runtimes built into this ferroscope are {}, and pyroscope.ebpf knows {}",
                 if linked.is_empty() {
                     "none".to_owned()
                 } else {
@@ -671,13 +1023,77 @@ pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error
             "{file_name}:{line}:{column}: ebpf.{name} is deprecated and has no effect (as in pyroscope.ebpf); remove it"
         ));
     }
-    if config.ebpf.targets_only && config.targets.is_empty() && config.discovery.process.is_empty()
-    {
+    if config.ebpf.targets_only && config.targets.is_empty() && !config.discovery.any() {
         warnings.push(format!(
-            "{file_name}: no [[targets]] and no [[discovery.process]] while ebpf.targets_only = true: nothing will be profiled; add [[discovery.process]] or set targets_only = false"
+            "{file_name}: no [[targets]] and no discovery ([[discovery.process]], [[discovery.docker]], [[discovery.kubernetes]], [[discovery.cri]]) while ebpf.targets_only = true: nothing will be profiled; add one or set targets_only = false"
         ));
     }
+    // `${NAME}` references are replaced when the agent starts; say now if one is unset.
+    let templates = config
+        .discovery
+        .kubernetes
+        .iter()
+        .flat_map(|k| &k.selectors)
+        .flat_map(|s| [&s.field, &s.label])
+        .chain(config.discovery.cri.iter().map(|c| &c.node_name))
+        .flatten();
+    for template in templates {
+        for name in env_references(template).unwrap_or_default() {
+            if std::env::var(name).is_ok_and(|v| !v.is_empty()) {
+                continue;
+            }
+            let at = text.find(&format!("${{{name}}}")).unwrap_or(0);
+            let (line, column) = line_column(text, at);
+            warnings.push(format!(
+                "{file_name}:{line}:{column}: {}: the environment variable {name} is not set here; the agent needs it when it runs (in a DaemonSet, set it from the downward API: valueFrom.fieldRef.fieldPath = spec.nodeName)",
+                key_at(text, at)
+            ));
+        }
+    }
+    // A static target must name what it matches (after relabelling, which may add or drop
+    // it); seed 001: one of the special labels must be present.
+    for (i, target) in config.targets.iter().enumerate() {
+        let Some(labels) = ferroscope_targets::relabel::relabel(&config.relabel, target.clone())
+        else {
+            continue;
+        };
+        if ferroscope_targets::target::target_id(&labels).is_none() {
+            let at = nth_target_position(text, i).unwrap_or(0);
+            return Err(config_error(
+                at,
+                format!(
+                    "target {target} names neither a process nor a container: give it __process_pid__, __container_id__, __meta_docker_container_id or __meta_kubernetes_pod_container_id (\"containerd://<id>\", \"cri-o://<id>\" or \"docker://<id>\")"
+                ),
+            ));
+        }
+    }
     Ok((config, warnings))
+}
+
+/// The byte offset of the `i`-th (0-based) `[[targets]]` header of `text`, or of the
+/// `targets =` key when they are written inline.
+fn nth_target_position(text: &str, i: usize) -> Option<usize> {
+    let mut offset = 0;
+    let mut n = 0;
+    let mut inline = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let at = offset + (line.len() - t.len());
+        if t.starts_with("[[")
+            && t.trim_start_matches('[')
+                .trim_start()
+                .starts_with("targets")
+        {
+            if n == i {
+                return Some(at);
+            }
+            n += 1;
+        } else if t.starts_with("targets") && t["targets".len()..].trim_start().starts_with('=') {
+            inline.get_or_insert(at);
+        }
+        offset += line.len();
+    }
+    inline
 }
 
 /// The byte offset of `key = ...` in the `[ebpf]` table of `text`.

@@ -14,6 +14,7 @@
 pub mod aggregate;
 pub mod check;
 pub mod config;
+mod discover;
 mod error;
 pub mod interp;
 pub mod metrics;

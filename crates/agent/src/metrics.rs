@@ -55,6 +55,11 @@ pub struct AgentMetrics {
     /// `ferroscope_runtime_detection_failed{runtime, file, reason}`: 1 for each file a
     /// runtime plug-in recognised but cannot unwind.
     pub detection_failures: Family<ServiceLabels, Gauge>,
+    /// `ferroscope_discovery_targets{discovery}`: targets a container discovery found last.
+    pub discovery_targets: Family<ServiceLabels, Gauge>,
+    /// `ferroscope_discovery_failures_total{discovery}`: failed refreshes of a container
+    /// discovery (lists, watches, state directory reads).
+    pub discovery_failures: Family<ServiceLabels, Counter>,
     /// `ferroscope_tracked_processes{structure}`: entries of each structure the agent keeps
     /// per process (the process manager's, the symbolizer's, the targets' caches, ...). Each
     /// goes back to about the number of live profiled processes once others exit.
@@ -140,6 +145,16 @@ impl AgentMetrics {
             "ferroscope_processes_profiled",
             "Processes currently sampled by the eBPF program",
             m.processes_profiled.clone(),
+        );
+        registry.register(
+            "ferroscope_discovery_targets",
+            "Targets a container discovery found last",
+            m.discovery_targets.clone(),
+        );
+        registry.register(
+            "ferroscope_discovery_failures",
+            "Failed refreshes of a container discovery",
+            m.discovery_failures.clone(),
         );
         registry.register(
             "ferroscope_tracked_processes",

@@ -30,8 +30,10 @@ pub struct ServerState {
     pub targets: RwLock<serde_json::Value>,
     /// JSON served at `/debug/caches`.
     pub caches: RwLock<serde_json::Value>,
-    /// What `/healthz` reports.
+    /// What `/healthz` reports about the profiling session.
     pub health: RwLock<Health>,
+    /// The failing target discoveries, one line each (`/healthz` names them).
+    pub discovery_failures: RwLock<Vec<String>>,
 }
 
 impl ServerState {
@@ -42,12 +44,45 @@ impl ServerState {
             targets: RwLock::new(serde_json::json!([])),
             caches: RwLock::new(serde_json::json!({})),
             health: RwLock::new(Health::Healthy),
+            discovery_failures: RwLock::new(Vec::new()),
         }
     }
 
     /// Sets what `/healthz` reports.
     pub fn set_health(&self, health: Health) {
         *self.health.write().unwrap_or_else(|e| e.into_inner()) = health;
+    }
+
+    /// Sets the failing discoveries `/healthz` names.
+    pub fn set_discovery_failures(&self, failures: Vec<String>) {
+        *self
+            .discovery_failures
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = failures;
+    }
+
+    /// What `/healthz` answers: the session's failure, else the failing discoveries.
+    pub fn health(&self) -> Health {
+        if let Health::Unhealthy(why) = &*self.health.read().unwrap_or_else(|e| e.into_inner()) {
+            return Health::Unhealthy(why.clone());
+        }
+        let failing = self
+            .discovery_failures
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if failing.is_empty() {
+            Health::Healthy
+        } else {
+            Health::Unhealthy(format!(
+                "{} failing (profiling goes on for the other targets):\n{}",
+                if failing.len() == 1 {
+                    "a target discovery is".to_owned()
+                } else {
+                    format!("{} target discoveries are", failing.len())
+                },
+                failing.join("\n")
+            ))
+        }
     }
 }
 
@@ -96,7 +131,7 @@ pub fn handle(state: &ServerState, method: &Method, path: &str) -> Response<Full
         }
         "/debug/targets" => json(&state.targets.read().unwrap_or_else(|e| e.into_inner())),
         "/debug/caches" => json(&state.caches.read().unwrap_or_else(|e| e.into_inner())),
-        "/healthz" => match &*state.health.read().unwrap_or_else(|e| e.into_inner()) {
+        "/healthz" => match &state.health() {
             Health::Healthy => respond(StatusCode::OK, "text/plain", "ok\n"),
             Health::Unhealthy(why) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -182,6 +217,20 @@ mod tests {
         let (status, text) = body(handle(&state, &Method::GET, "/healthz"));
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(text.contains("invalid configuration"));
+        state.set_health(Health::Healthy);
+        state.set_discovery_failures(vec![
+            "discovery.docker #1 (unix:///nope.sock): cannot connect".into(),
+        ]);
+        let (status, text) = body(handle(&state, &Method::GET, "/healthz"));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("a target discovery is failing")
+                && text.contains("discovery.docker #1 (unix:///nope.sock): cannot connect"),
+            "{text}"
+        );
+        state.set_discovery_failures(Vec::new());
+        let (status, _) = body(handle(&state, &Method::GET, "/healthz"));
+        assert_eq!(status, StatusCode::OK);
         *state.targets.write().unwrap() = serde_json::json!([{"service_name": "a"}]);
         let (_, text) = body(handle(&state, &Method::GET, "/debug/targets"));
         assert!(text.contains("\"service_name\": \"a\""));

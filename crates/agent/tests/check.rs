@@ -155,6 +155,7 @@ fn all_checks_pass_as_root_and_mount_what_is_missing() {
     let results = check::run_all(&CheckOptions {
         mount_missing: true,
         sample_rate_hz: 97,
+        load_programs: true,
     });
     let report: Vec<String> = results.iter().map(ToString::to_string).collect();
     let report = report.join("\n");
@@ -195,6 +196,7 @@ fn all_checks_pass_as_root_and_mount_what_is_missing() {
     let again = check::run_all(&CheckOptions {
         mount_missing: true,
         sample_rate_hz: 97,
+        load_programs: true,
     });
     assert!(again.iter().all(|r| r.status == Status::Ok));
     let tracefs_again = count_mounts("/proc/self/mountinfo", "tracefs", "/sys/kernel/tracing")

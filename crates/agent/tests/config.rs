@@ -56,7 +56,7 @@ fn every_ebpf_argument_has_alloys_default() {
     assert_eq!(e.symb_cache_path, PathBuf::from("/tmp/symb-cache"));
     assert_eq!(e.symb_cache_size, 2048);
     assert!(e.deprecated_set().is_empty());
-    assert!(c.targets.is_empty() && c.relabel.is_empty() && c.discovery.process.is_empty());
+    assert!(c.targets.is_empty() && c.relabel.is_empty() && !c.discovery.any());
     assert!(c.write.endpoint.is_empty() && c.external_labels.is_empty());
     assert_eq!(c.server.listen_address.to_string(), "127.0.0.1:4100");
     assert_eq!(c.output.dir, PathBuf::from("/var/lib/ferroscope/profiles"));
@@ -346,10 +346,106 @@ fn invalid_values_name_file_line_and_key() {
             "invalid duration",
         ),
         (
+            "[discovery]\nswarm = {}",
+            2,
+            "discovery.swarm",
+            "expected one of `process`, `docker`, `kubernetes`, `cri`",
+        ),
+        (
             "[discovery]\nkubernetes = {}",
             2,
             "discovery.kubernetes",
-            "expected `process`",
+            "expected a sequence",
+        ),
+        (
+            "[[discovery.docker]]\nrefresh_interval = \"5s\"",
+            1,
+            "discovery.docker",
+            "missing field `host`",
+        ),
+        (
+            "[[discovery.docker]]\nhost = \"https://docker:2376\"",
+            2,
+            "discovery.docker.host",
+            "TLS to the Docker daemon is not supported",
+        ),
+        (
+            "[[discovery.docker]]\nhost = \"/var/run/docker.sock\"",
+            2,
+            "discovery.docker.host",
+            "use unix:///path/to/docker.sock",
+        ),
+        (
+            "[[discovery.docker]]\nhost = \"unix:///d.sock\"\n[[discovery.docker.filter]]\nname = \"label\"\nvalue = \"a\"",
+            5,
+            "discovery.docker.filter.value",
+            "unknown field `value`",
+        ),
+        (
+            "[[discovery.kubernetes]]\nrole = \"node\"",
+            2,
+            "discovery.kubernetes.role",
+            "role \"node\" is not supported: a profiler matches processes by container",
+        ),
+        (
+            "[[discovery.kubernetes]]\nselectors = [{ role = \"pod\" }]",
+            1,
+            "discovery.kubernetes",
+            "missing field `role`",
+        ),
+        (
+            "[[discovery.kubernetes]]\nrole = \"pod\"\napi_server = \"https://a\"\nkubeconfig_file = \"/k\"",
+            1,
+            "discovery.kubernetes",
+            "at most one of api_server and kubeconfig_file",
+        ),
+        (
+            "[[discovery.kubernetes]]\nrole = \"pod\"\nbearer_token_file = \"/t\"",
+            1,
+            "discovery.kubernetes",
+            "go with api_server",
+        ),
+        (
+            "[[discovery.kubernetes]]\nrole = \"pod\"\napi_server = \"10.0.0.1:6443\"",
+            1,
+            "discovery.kubernetes",
+            "must start with https://",
+        ),
+        (
+            "[[discovery.kubernetes]]\nrole = \"pod\"\n[[discovery.kubernetes.selectors]]\nrole = \"pod\"\nfield = \"spec.nodeName=${NODE\"",
+            5,
+            "discovery.kubernetes.selectors.field",
+            "unclosed",
+        ),
+        (
+            "[[discovery.cri]]\nrefresh_interval = \"0s\"",
+            2,
+            "discovery.cri.refresh_interval",
+            "longer than zero",
+        ),
+        (
+            "[[discovery.cri]]\ncontainerd_state_dir = \"/run/containerd\"",
+            2,
+            "discovery.cri.containerd_state_dir",
+            "unknown field `containerd_state_dir`",
+        ),
+        (
+            "[[targets]]\n__process_pid__ = \"1\"\n[[targets]]\nservice_name = \"web\"",
+            3,
+            "targets",
+            "names neither a process nor a container: give it __process_pid__",
+        ),
+        (
+            "targets = [{ service_name = \"web\" }]",
+            1,
+            "targets",
+            "names neither a process nor a container",
+        ),
+        (
+            "[[relabel]]\naction = \"keep\"\nsource_labels = [\"a\"]\nregex = \"((\"",
+            1,
+            "relabel",
+            "regex \"((\" does not compile (unclosed group)",
         ),
         (
             "[[write.endpoint]]\nremote_timeout = \"1s\"",
@@ -691,6 +787,12 @@ fn every_example_config_parses() {
         let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
         if path.extension().is_some_and(|e| e == "toml") {
             let (_, warnings) = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // The examples for Kubernetes name the node by ${NODE_NAME}, which a DaemonSet
+            // sets and this test does not.
+            let warnings: Vec<&String> = warnings
+                .iter()
+                .filter(|w| !w.contains("the environment variable NODE_NAME is not set here"))
+                .collect();
             assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
             seen.push(
                 path.file_name()
@@ -705,5 +807,211 @@ fn every_example_config_parses() {
             seen.iter().any(|s| s == want),
             "{want} missing from {seen:?}"
         );
+    }
+}
+
+#[test]
+fn container_discoveries_take_alloys_arguments() {
+    let (c, warnings) = parse(
+        r#"
+[[discovery.docker]]
+host = "unix:///var/run/docker.sock"
+refresh_interval = "15s"
+port = 9100
+match_first_network = false
+[[discovery.docker.filter]]
+name = "label"
+values = ["app=shop", "tier=web"]
+
+[[discovery.kubernetes]]
+role = "pod"
+kubeconfig_file = "/etc/kube/config"
+namespaces = { names = ["shop", "batch"] }
+[[discovery.kubernetes.selectors]]
+role = "pod"
+field = "spec.nodeName=${PATH_IS_ALWAYS_SET_HERE}"
+label = "app=shop"
+
+[[discovery.kubernetes]]
+role = "pod"
+api_server = "https://10.0.0.1:6443"
+bearer_token_file = "/var/run/token"
+tls_config = { ca_file = "/etc/ca.crt" }
+
+[[discovery.cri]]
+node_name = "node-${PATH_IS_ALWAYS_SET_HERE}"
+"#
+        .replace("PATH_IS_ALWAYS_SET_HERE", "HOME")
+        .as_str(),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let home = std::env::var("HOME").unwrap_or_default();
+    let d = &c.discovery.docker[0];
+    assert_eq!(d.host, "unix:///var/run/docker.sock");
+    assert_eq!(d.refresh_interval, Duration::from_secs(15));
+    assert_eq!((d.port, d.match_first_network), (9100, false));
+    assert_eq!(d.host_networking_host, "localhost");
+    assert_eq!(d.filter[0].values, ["app=shop", "tier=web"]);
+    let k = &c.discovery.kubernetes[0];
+    assert_eq!(
+        k.kubeconfig_file.as_deref(),
+        Some(Path::new("/etc/kube/config"))
+    );
+    assert_eq!(k.namespaces.names, ["shop", "batch"]);
+    // Kept as written, replaced when the agent starts.
+    assert_eq!(
+        k.selectors[0].field.as_deref(),
+        Some("spec.nodeName=${HOME}")
+    );
+    assert_eq!(
+        config::expand_env(k.selectors[0].field.as_deref().unwrap_or_default()).as_deref(),
+        Ok(format!("spec.nodeName={home}").as_str())
+    );
+    assert_eq!(k.selectors[0].label.as_deref(), Some("app=shop"));
+    let k = &c.discovery.kubernetes[1];
+    assert_eq!(k.api_server.as_deref(), Some("https://10.0.0.1:6443"));
+    assert_eq!(
+        k.tls_config.ca_file.as_deref(),
+        Some(Path::new("/etc/ca.crt"))
+    );
+    let cri = &c.discovery.cri[0];
+    assert_eq!(cri.refresh_interval, Duration::from_secs(5));
+    assert_eq!(
+        cri.containerd_state_dirs,
+        [PathBuf::from("/run/containerd")]
+    );
+    assert_eq!(
+        cri.crio_storage_dirs,
+        [PathBuf::from("/run/containers/storage")]
+    );
+    assert_eq!(cri.node_name.as_deref(), Some("node-${HOME}"));
+    // An unset variable is a warning with its place (the agent needs it when it runs).
+    let (_, warnings) = parse(
+        "[[discovery.kubernetes]]\nrole = \"pod\"\n[[discovery.kubernetes.selectors]]\nrole = \"pod\"\nfield = \"spec.nodeName=${FERROSCOPE_TEST_UNSET_VARIABLE}\"\n",
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("test.toml:5:24: discovery.kubernetes.selectors.field: the environment variable FERROSCOPE_TEST_UNSET_VARIABLE is not set here"),
+        "{warnings:?}"
+    );
+    // Defaults as in Alloy.
+    let (c, _) = parse("[[discovery.docker]]\nhost = \"tcp://10.0.0.2:2375\"\n");
+    assert_eq!(
+        c.discovery.docker[0].refresh_interval,
+        Duration::from_secs(60)
+    );
+    assert_eq!(c.discovery.docker[0].port, 80);
+    assert!(c.discovery.docker[0].match_first_network);
+    // A container discovery is enough to profile something: no warning.
+    let (_, warnings) = parse("[[discovery.cri]]\n");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (_, warnings) = parse("[ebpf]\nsample_rate = 19\n");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("nothing will be profiled")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_static_target_may_get_its_id_from_relabelling() {
+    // Seed 001: a target must name a process or a container; relabel rules run first.
+    let (c, _) = parse(
+        r#"
+[[targets]]
+pid = "42"
+service_name = "x"
+
+[[relabel]]
+source_labels = ["pid"]
+target_label = "__process_pid__"
+"#,
+    );
+    assert_eq!(c.targets.len(), 1);
+    // A rule that drops it makes it harmless.
+    let (c, _) = parse(
+        r#"
+[[targets]]
+service_name = "x"
+
+[[relabel]]
+action = "drop"
+source_labels = ["service_name"]
+regex = "x"
+"#,
+    );
+    assert_eq!(c.targets.len(), 1);
+}
+
+#[test]
+fn environment_variables_expand() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert_eq!(
+        config::expand_env("a=${HOME},b").as_deref(),
+        Ok(format!("a={home},b").as_str())
+    );
+    assert_eq!(config::expand_env("plain").as_deref(), Ok("plain"));
+    assert!(config::expand_env("${}").is_err());
+    assert!(config::expand_env("${A-B}").is_err());
+    assert!(config::expand_env("${FERROSCOPE_SURELY_UNSET_42}").is_err());
+}
+
+#[test]
+fn limits_size_the_kernel_maps_and_reject_unusable_values() {
+    let (c, _) = parse("");
+    let kernel = ferroscope_ebpf_programs::UnwinderConfig::default();
+    assert_eq!(c.limits.unwinder(), kernel);
+    assert_eq!(c.limits.extract_cpu_share, 0.25);
+    // A node running 60,000 processes.
+    let (c, _) = parse(
+        "[limits]\nprocesses = 60000\nmapping_prefixes = 1000000\ntable_pages = 200000\ntable_entries = 8388608\nextract_cpu_share = 0.1\n",
+    );
+    let u = c.limits.unwinder();
+    assert_eq!(
+        (
+            u.max_pids,
+            u.max_mapping_prefixes,
+            u.max_delta_pages,
+            u.max_delta_entries
+        ),
+        (60_000, 1_000_000, 200_000, 8_388_608)
+    );
+    assert_eq!(c.limits.extract_cpu_share, 0.1);
+    for (text, line, key, says) in [
+        (
+            "[limits]\nprocesses = 0\n",
+            2,
+            "limits.processes",
+            "from 1 to",
+        ),
+        (
+            "\n[limits]\ntable_entries = -5\n",
+            3,
+            "limits.table_entries",
+            "from 1 to",
+        ),
+        (
+            "[limits]\nmapping_prefixes = 4294967296\n",
+            2,
+            "limits.mapping_prefixes",
+            "from 1 to",
+        ),
+        (
+            "[limits]\nextract_cpu_share = 0.0\n",
+            2,
+            "limits.extract_cpu_share",
+            "fraction of one CPU",
+        ),
+        (
+            "[limits]\nthreads = 4\n",
+            2,
+            "limits.threads",
+            "unknown field",
+        ),
+    ] {
+        let (l, k, message) = parse_err(text);
+        assert_eq!((l, k.as_str()), (line, key), "{text}: {message}");
+        assert!(message.contains(says), "{text}: {message}");
     }
 }

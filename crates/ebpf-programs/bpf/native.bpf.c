@@ -228,7 +228,10 @@ static __always_inline long apply_rule(struct fs_unwind_state *st, __u64 pc, str
 		return fs_fail(st, FS_UNWIND_ERR_INVALID_RULE);
 	}
 
-	if (cfa <= st->sp)
+	/* The caller's frame is above this one, except across a stack switch: Go's vDSO
+	 * callers and systemstack (the frame-pointer rule) run on g0's stack, which may lie
+	 * above or below the goroutine's. The frame limit bounds a loop there. */
+	if (cfa <= st->sp && info->kind != FS_UNWIND_FRAME_POINTER)
 		return fs_fail(st, FS_UNWIND_ERR_BAD_CFA);
 
 	__u64 ra;

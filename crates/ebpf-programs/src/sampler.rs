@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray, ProgramArray, RingBuf};
-use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::perf_event::{
+    PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
 use aya::programs::{PerfEvent, RawTracePoint};
 use ferroscope_ebpf_abi::{
     Counter, PidEvent, PidEventKind, RT_CNT_ATTEMPTS, RT_CNT_FRAMES, RT_CNT_NO_FRAMES, TraceRecord,
@@ -114,7 +116,9 @@ pub struct Sampler {
     writer: Option<UnwindWriter>,
     counters: PerCpuArray<MapData, u64>,
     pid_filter: RawMap,
-    cpus: Vec<u32>,
+    /// The CPUs sampled, each with its perf event's link.
+    cpus: Vec<(u32, PerfEventLinkId)>,
+    sample_rate_hz: u32,
     programs: Vec<ProgramReport>,
     build: Build,
     /// Name, slot and object (programs and their info) of every loaded runtime.
@@ -290,6 +294,24 @@ struct Native {
 
 fn shared_pins(dir: &PinDir) -> HashMap<&'static str, PathBuf> {
     SHARED_MAPS.iter().map(|&m| (m, dir.path_of(m))).collect()
+}
+
+/// Attaches the sampling program to a cpu-clock event on `cpu`.
+fn attach_cpu(program: &mut PerfEvent, cpu: u32, rate_hz: u32) -> Result<PerfEventLinkId, Error> {
+    program
+        .attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(u64::from(rate_hz)),
+            false,
+        )
+        .map_err(|e| Error::Program {
+            action: format!("attach a cpu-clock perf event on CPU {cpu} to"),
+            program: SAMPLE,
+            source: Box::new(e),
+            hint: "perf_event_open needs root or CAP_PERFMON, and a rate no higher than \
+                   /proc/sys/kernel/perf_event_max_sample_rate",
+        })
 }
 
 /// Loads the native object in `build`; `Err` with the reports when a program it cannot do
@@ -603,21 +625,9 @@ impl Sampler {
             .program_mut(SAMPLE)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| Error::MissingMap(SAMPLE.into()))?;
+        let mut cpus = Vec::with_capacity(online.len());
         for &cpu in &online {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(u64::from(config.sample_rate_hz)),
-                    false,
-                )
-                .map_err(|e| Error::Program {
-                    action: format!("attach a cpu-clock perf event on CPU {cpu} to"),
-                    program: SAMPLE,
-                    source: Box::new(e),
-                    hint: "perf_event_open needs root or CAP_PERFMON, and a rate no higher than \
-                           /proc/sys/kernel/perf_event_max_sample_rate",
-                })?;
+            cpus.push((cpu, attach_cpu(program, cpu, config.sample_rate_hz)?));
         }
         tracing::debug!(
             cpus = online.len(),
@@ -631,7 +641,8 @@ impl Sampler {
             writer,
             counters,
             pid_filter,
-            cpus: online,
+            cpus,
+            sample_rate_hz: config.sample_rate_hz,
             programs: reports,
             build,
             runtimes: objects,
@@ -642,8 +653,43 @@ impl Sampler {
     }
 
     /// The CPUs sampled.
-    pub fn cpus(&self) -> &[u32] {
-        &self.cpus
+    pub fn cpus(&self) -> Vec<u32> {
+        self.cpus.iter().map(|&(cpu, _)| cpu).collect()
+    }
+
+    /// Follows CPU hotplug: attaches the sampling event on CPUs that came online since the
+    /// last call, and detaches it from CPUs that went offline (so that it is attached afresh
+    /// if they come back). Returns the CPUs added and removed.
+    pub fn follow_cpus(&mut self) -> Result<(Vec<u32>, Vec<u32>), Error> {
+        let online = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(SAMPLE)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::MissingMap(SAMPLE.into()))?;
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(self.cpus.len());
+        for (cpu, link) in self.cpus.drain(..) {
+            if online.contains(&cpu) {
+                kept.push((cpu, link));
+            } else {
+                // Already gone with the CPU when the kernel dropped the event.
+                let _ = program.detach(link);
+                removed.push(cpu);
+            }
+        }
+        self.cpus = kept;
+        let mut added = Vec::new();
+        for cpu in online {
+            if self.cpus.iter().any(|&(c, _)| c == cpu) {
+                continue;
+            }
+            let link = attach_cpu(program, cpu, self.sample_rate_hz)?;
+            self.cpus.push((cpu, link));
+            added.push(cpu);
+        }
+        self.cpus.sort_by_key(|&(cpu, _)| cpu);
+        Ok((added, removed))
     }
 
     /// Which build of the programs is loaded.

@@ -93,8 +93,8 @@ impl LocalSink {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = write_and_sync(&tmp, pprof_gzip)
-            .and_then(|()| link_unique(&tmp, &service_dir, secs, pid));
+        let result =
+            write_whole(&tmp, pprof_gzip).and_then(|()| link_unique(&tmp, &service_dir, secs, pid));
         // The temporary name is gone either way (linked or failed).
         let _ = fs::remove_file(&tmp);
         let path = result?;
@@ -250,16 +250,19 @@ fn file_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Erro
     }
 }
 
-fn write_and_sync(tmp: &Path, data: &[u8]) -> Result<(), Error> {
+/// Writes the whole file under its temporary name; it appears under its real name (linked)
+/// only when complete. Not synced to disk: on a node with thousands of processes a round
+/// writes thousands of files, and an fsync each made rounds many times longer than the
+/// collect interval. A crash of the machine (not of the agent) may lose or cut short the
+/// last profiles written.
+fn write_whole(tmp: &Path, data: &[u8]) -> Result<(), Error> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(tmp)
         .map_err(file_err("create temporary file", tmp))?;
     f.write_all(data)
-        .map_err(file_err("write temporary file", tmp))?;
-    f.sync_all()
-        .map_err(file_err("flush temporary file to disk", tmp))
+        .map_err(file_err("write temporary file", tmp))
 }
 
 /// Links `tmp` to the first free name `<secs>-<pid>[.<n>].pb.gz` (a hard link

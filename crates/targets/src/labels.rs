@@ -151,9 +151,41 @@ pub fn is_valid_label_name(name: &str) -> bool {
     bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// `name` with every character outside `[a-zA-Z0-9_]` replaced by `_`, as Prometheus's
+/// service discoveries turn Docker and Kubernetes label and annotation names into label-name
+/// suffixes (`app.kubernetes.io/name` → `app_kubernetes_io_name`).
+pub fn sanitize_label_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitized_names() {
+        assert_eq!(
+            sanitize_label_name("app.kubernetes.io/name"),
+            "app_kubernetes_io_name"
+        );
+        assert_eq!(
+            sanitize_label_name("pyroscope.io/service_name"),
+            "pyroscope_io_service_name"
+        );
+        assert_eq!(
+            sanitize_label_name("com.docker.compose-project"),
+            "com_docker_compose_project"
+        );
+        assert_eq!(sanitize_label_name("é"), "_");
+    }
 
     #[test]
     fn empty_value_removes() {

@@ -168,7 +168,7 @@ impl RelabelRule {
                 problem: format!(
                     "regex {:?} does not compile ({}); use RE2/Rust regex syntax, e.g. \"(.*)\"",
                     config.regex,
-                    first_line(&e.to_string())
+                    regex_error_detail(&e)
                 ),
             })?;
         Ok(Self { config, regex })
@@ -283,8 +283,23 @@ pub fn relabel(rules: &[RelabelRule], mut labels: Labels) -> Option<Labels> {
     (!labels.is_empty()).then_some(labels)
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
+/// What is wrong with a regex, in one line: the `error: ...` line of the regex crate's
+/// multi-line message (whose first line is only "regex parse error:"), or the size limit.
+fn regex_error_detail(e: &regex::Error) -> String {
+    match e {
+        regex::Error::CompiledTooBig(limit) => {
+            format!("it compiles to more than {limit} bytes; make it simpler")
+        }
+        other => {
+            let text = other.to_string();
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("error:"))
+                .map(str::trim)
+                .or_else(|| text.lines().map(str::trim).rfind(|l| !l.is_empty()))
+                .unwrap_or("invalid syntax")
+                .to_owned()
+        }
+    }
 }
 
 /// A label name, or a template that may produce one (`$1`, `${name}`).

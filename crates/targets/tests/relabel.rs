@@ -361,7 +361,16 @@ fn validation_errors_name_the_rule_and_the_fix() {
         ),
         (
             rule(Action::Keep, |c| c.regex = "(unclosed".into()),
-            "does not compile",
+            "does not compile (unclosed group)",
+        ),
+        // The regex crate's message is several lines; what is wrong must not be cut off.
+        (
+            rule(Action::Keep, |c| c.regex = "((".into()),
+            "regex \"((\" does not compile (unclosed group)",
+        ),
+        (
+            rule(Action::Keep, |c| c.regex = "a{2,1}".into()),
+            "does not compile (invalid repetition count range",
         ),
     ];
     for (config, want) in cases {

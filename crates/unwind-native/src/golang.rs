@@ -31,6 +31,23 @@ const FRAME_POINTER_FUNCTIONS: &[&[u8]] = &[
     b"runtime.asmcgocall.abi0",
 ];
 
+/// Assembly functions that call the vDSO on the g0 stack: once their frame is set up they
+/// move RSP to g0's stack and back, which their SP deltas do not show, but RBP keeps pointing
+/// at their own frame. Where the SP delta is the whole frame the frame pointer is used
+/// (the two instructions that set RBP up after the frame is allocated are off by one frame).
+const VDSO_CALLERS: &[&[u8]] = &[
+    b"runtime.nanotime1",
+    b"runtime.nanotime1.abi0",
+    b"runtime.walltime",
+    b"runtime.walltime.abi0",
+    b"runtime.walltime1",
+    b"runtime.walltime1.abi0",
+    b"runtime.vdsoCall",
+    b"runtime.vdsoCall.abi0",
+    b"time.now",
+    b"time.now.abi0",
+];
+
 /// Go's signal return trampolines (`rt_sigreturn` restorers).
 const SIGNAL_FUNCTIONS: &[&[u8]] = &[
     b"runtime.sigreturn",
@@ -258,6 +275,17 @@ impl<'a> GoPclntab<'a> {
         // Go code saves the caller's RBP right below the return address as soon as the
         // frame is non-empty; hand-written assembly (.s) does not follow that rule.
         let keeps_fp = !self.file(func).is_some_and(|f| f.ends_with(b".s"));
+        // The whole frame of a vDSO caller, where its frame pointer is the rule.
+        let fp_at = VDSO_CALLERS
+            .contains(&name)
+            .then(|| {
+                self.pcvalues(func.pcsp, func.start)
+                    .take(64)
+                    .map(|(_, v)| v)
+                    .max()
+            })
+            .flatten()
+            .filter(|&v| v >= 8);
         let mut pc = func.start;
         let mut values = self.pcvalues(func.pcsp, func.start);
         for (step_pc, value) in values.by_ref() {
@@ -266,15 +294,19 @@ impl<'a> GoPclntab<'a> {
                 break;
             }
             *budget -= 1;
-            let info = i32::try_from(value)
-                .ok()
-                .and_then(|v| v.checked_add(8))
-                .filter(|&cfa| cfa >= 8)
-                .map_or(UnwindInfo::INVALID, |cfa| UnwindInfo {
-                    kind: Kind::Sp,
-                    cfa_offset: cfa,
-                    fp_offset: (keeps_fp && cfa >= 16).then_some(-16),
-                });
+            let info = if fp_at == Some(value) {
+                UnwindInfo::FRAME_POINTER
+            } else {
+                i32::try_from(value)
+                    .ok()
+                    .and_then(|v| v.checked_add(8))
+                    .filter(|&cfa| cfa >= 8)
+                    .map_or(UnwindInfo::INVALID, |cfa| UnwindInfo {
+                        kind: Kind::Sp,
+                        cfa_offset: cfa,
+                        fp_offset: (keeps_fp && cfa >= 16).then_some(-16),
+                    })
+            };
             emit(pc, info);
             pc = step_pc;
             if pc >= func.end {

@@ -101,9 +101,10 @@ pub fn unwind(
                 Kind::Plt => rsp.wrapping_add(if pc & 15 >= 11 { 16 } else { 8 }),
                 Kind::FramePointer => rbp.wrapping_add(16),
             };
-            // The caller's stack pointer is above ours; anything else would loop or jump
-            // to garbage.
-            if cfa <= rsp || cfa % 8 != 0 {
+            // The caller's stack pointer is above ours (anything else would loop or jump
+            // to garbage), except across a stack switch (the frame-pointer rule of Go's
+            // g0 stack users), where the frame limit bounds a loop.
+            if (cfa <= rsp && info.kind != Kind::FramePointer) || cfa % 8 != 0 {
                 return Err(UnwindEnd::BadCfa(pc));
             }
             let ra = read(cfa - 8)?;

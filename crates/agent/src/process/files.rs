@@ -200,6 +200,74 @@ pub(crate) fn load_bias(loads: &[Load], entry: &MapEntry) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// A process chrooted into a directory whose library path is an absolute symlink to a
+    /// host file: when `map_files` cannot be used, the path is resolved inside the process's
+    /// root, so the agent opens the file inside it, never the host's.
+    #[test]
+    fn a_symlink_in_a_chroot_does_not_lead_out_of_it() {
+        if !ferroscope_test_harness::require::root("chroot") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("lib")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "inside the root").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("lib/libevil.so")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/hostname", root.join("lib/libup.so"))
+            .unwrap();
+        let c_root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: the child only makes async-signal-safe system calls (chroot, chdir, pause,
+        // _exit) before it is killed.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            // SAFETY: as above; the path is NUL-terminated.
+            unsafe {
+                if libc::chroot(c_root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let pid = child as u32;
+        // Wait until the child is in its root.
+        let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+        for _ in 0..500 {
+            if std::fs::read_link(&proc_root).is_ok_and(|p| p == root) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let opened: Vec<Option<String>> = ["/lib/libevil.so", "/lib/libup.so"]
+            .iter()
+            .map(|path| {
+                // No such mapping: map_files fails and the path is used.
+                let entry = MapEntry {
+                    start: 0x1000,
+                    end: 0x2000,
+                    perms: *b"r-xp",
+                    offset: 0,
+                    dev_major: 0,
+                    dev_minor: 0,
+                    inode: 1,
+                    path: MapPath::File(PathBuf::from(path)),
+                };
+                open_mapped_file(pid, &entry).map(|(f, _)| std::io::read_to_string(f).unwrap())
+            })
+            .collect();
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        for text in opened {
+            assert_eq!(text.as_deref(), Some("inside the root"));
+        }
+    }
+
     #[test]
     fn file_ids_depend_on_content_only() {
         let a = FileId::of_bytes(b"\x7fELF same", Some(b"\x01\x02"));

@@ -520,10 +520,13 @@ impl ProcessManager {
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
-        // Mappings without a table (yet: it is being extracted, or it does not fit; or
-        // never: the file has no CFI) and anonymous executable memory are in the trie too,
-        // as file 0: a sample there ends its stack with "no page" instead of asking for a
-        // rescan that would find nothing new.
+        // Mappings without a table and anonymous executable memory are in the trie too, as
+        // file 0, so that a sample there does not ask for a rescan that would find nothing
+        // new. Until a file's table is ready (it is being extracted, or does not fit) its
+        // frames are unwound by frame pointer, as a process not loaded yet is; a file that
+        // has no table at all (no CFI) and anonymous memory (JIT code no runtime owns, whose
+        // frame pointers are anyone's guess) end the stack with "no unwind table".
+        let failed = &self.failed_files;
         let files: Vec<FileRange> = p
             .mappings
             .iter()
@@ -532,12 +535,14 @@ impl ProcessManager {
                 end: m.end,
                 file_id: if m.has_table { m.file_id } else { FileId(0) },
                 bias: if m.has_table { m.bias } else { 0 },
+                frame_pointer: !m.has_table && !failed.contains(&m.file_id),
             })
             .chain(p.anonymous.iter().map(|&(start, end)| FileRange {
                 start,
                 end,
                 file_id: FileId(0),
                 bias: 0,
+                frame_pointer: false,
             }))
             .collect();
         let new = pieces::prefixes_of(&pieces::pieces(&files, &p.owned));

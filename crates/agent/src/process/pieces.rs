@@ -20,6 +20,8 @@ pub(crate) struct FileRange {
     pub end: u64,
     pub file_id: FileId,
     pub bias: u64,
+    /// No table (yet): unwound by frame pointer until there is one.
+    pub frame_pointer: bool,
 }
 
 /// A range a runtime (at `slot`) owns.
@@ -55,6 +57,9 @@ pub(crate) fn pieces(files: &[FileRange], owned: &[SlotRange]) -> Vec<PidMapping
             (None, None) => continue,
             (file, owner) => {
                 let mut flags = 0;
+                if owner.is_none() && file.is_some_and(|f| f.frame_pointer) {
+                    flags |= MAPPING_FRAME_POINTER;
+                }
                 if let Some(o) = owner {
                     if o.range.mode == RangeMode::Splice {
                         flags |= MAPPING_SPLICE;
@@ -153,6 +158,7 @@ mod tests {
             end,
             file_id: FileId(id),
             bias: start - 0x1000,
+            frame_pointer: false,
         }
     }
 
@@ -166,6 +172,27 @@ mod tests {
                 frame_pointer,
             },
         }
+    }
+
+    #[test]
+    fn a_file_waiting_for_its_table_is_unwound_by_frame_pointer_unless_a_runtime_owns_it() {
+        let waiting = FileRange {
+            frame_pointer: true,
+            ..file(0x10000, 0x20000, 0)
+        };
+        let p = pieces(
+            &[waiting, file(0x30000, 0x40000, 7)],
+            &[owned(1, 0x18000, 0x20000, RangeMode::Splice, false)],
+        );
+        let flags: Vec<(u64, u64, u32)> = p.iter().map(|m| (m.start, m.end, m.flags)).collect();
+        assert_eq!(
+            flags,
+            vec![
+                (0x10000, 0x18000, MAPPING_FRAME_POINTER),
+                (0x18000, 0x20000, MAPPING_SPLICE),
+                (0x30000, 0x40000, 0),
+            ]
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Every `collect_interval` it takes what the session delivered, builds one pprof per
 //! process with the series labels of the process's target, and hands the round to every
 //! `[[write.endpoint]]` (or, without endpoints, to the local sink). Targets come from the
-//! static `targets` and the built-in process discovery, relabelled; processes are matched
-//! to targets by PID, then by container ID. With `targets_only` (the default) only matched
+//! static `targets`, the built-in process discovery and the container discoveries
+//! (`discovery.docker`, `discovery.kubernetes`, `discovery.cri`), relabelled; processes are
+//! matched to targets by PID, then by container ID. With `targets_only` (the default) only matched
 //! processes are put in the eBPF PID filter, so the rest cost nothing in the kernel.
 //!
 //! The session drains the kernel on threads of its own (see [`crate::session`]), so this
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ferroscope_ebpf_abi::Counter;
-use ferroscope_ebpf_programs::UnwinderConfig;
 use ferroscope_pprof::push::{WriteMetrics, Writer};
 use ferroscope_pprof::sink::LocalSink;
 use ferroscope_symbolize::{DemangleMode, Symbolizer};
@@ -32,6 +32,7 @@ use prometheus_client::registry::Registry;
 use crate::Error;
 use crate::aggregate::TraceAggregator;
 use crate::config::{Config, Demangle};
+use crate::discover::Discoveries;
 use crate::metrics::{AgentMetrics, Mirror};
 use crate::process::ProcessManagerConfig;
 use crate::server::{Health, ServerState};
@@ -169,8 +170,6 @@ struct Collector<'a> {
     /// Profiles built early in this interval (processes that exec'd or whose PID was
     /// reused), sent with the round.
     early: Vec<Built>,
-    /// Processes that exited this interval: forgotten once their profile is built.
-    exited: HashSet<u32>,
     interval_start: SystemTime,
 }
 
@@ -204,33 +203,40 @@ impl Collector<'_> {
                     ?change,
                     "process changed; its profile so far is built now"
                 );
-                if let Some(agg) = self.per_pid.remove(&pid) {
-                    let options =
-                        round::options(self.config, (self.interval_start, SystemTime::now()));
-                    let names = round::names_of(names, [&agg]);
-                    if let Some(b) = round::build_one(
-                        pid,
-                        &agg,
-                        &mut self.targeting,
-                        &mut self.symbolizer,
-                        &names,
-                        &options,
-                        self.metrics,
-                    ) {
-                        self.early.push(b);
-                    }
-                }
-                self.symbolizer.forget_process(pid);
+                self.close(pid, names);
                 self.targeting.rediscover(pid);
-                self.exited.remove(&pid);
             }
             Delivery::Exit { pid } => {
-                self.exited.insert(pid);
+                // Every sample of the process was delivered before its exit: its profile is
+                // built now, so that a process that gets the PID next starts afresh.
+                self.close(pid, names);
+                self.targeting.forget(pid);
             }
         }
     }
 
-    /// The round's profiles; what is kept of processes that exited is dropped after.
+    /// Builds what process `pid` has so far into an early profile and drops what is kept
+    /// about it.
+    fn close(&mut self, pid: u32, names: &crate::interp::SharedNames) {
+        if let Some(agg) = self.per_pid.remove(&pid) {
+            let options = round::options(self.config, (self.interval_start, SystemTime::now()));
+            let names = round::names_of(names, [&agg]);
+            if let Some(b) = round::build_one(
+                pid,
+                &agg,
+                &mut self.targeting,
+                &mut self.symbolizer,
+                &names,
+                &options,
+                self.metrics,
+            ) {
+                self.early.push(b);
+            }
+        }
+        self.symbolizer.forget_process(pid);
+    }
+
+    /// The round's profiles: the early ones and one per process sampled this interval.
     fn round(&mut self, names: &crate::interp::SharedNames, now: SystemTime) -> Vec<Built> {
         let options = round::options(self.config, (self.interval_start, now));
         let mut profiles = std::mem::take(&mut self.early);
@@ -242,10 +248,6 @@ impl Collector<'_> {
             &options,
             self.metrics,
         ));
-        for pid in self.exited.drain() {
-            self.symbolizer.forget_process(pid);
-            self.targeting.forget(pid);
-        }
         self.interval_start = now;
         profiles
     }
@@ -281,11 +283,10 @@ fn collect_loop(
     let mut c = Collector {
         config,
         metrics,
-        targeting: Targeting::new(config),
+        targeting: Targeting::new(config, Discoveries::start(config, runtime, metrics)),
         symbolizer: symbolizer_of(config),
         per_pid: HashMap::new(),
         early: Vec::new(),
-        exited: HashSet::new(),
         interval_start: SystemTime::now(),
     };
     let mut session: Option<Session> = None;
@@ -301,6 +302,7 @@ fn collect_loop(
         let stopping = stop.load(Ordering::Relaxed);
         let refreshed = c.targeting.refresh_targets();
         metrics.active_targets.set(c.targeting.finder.len() as i64);
+        state.set_discovery_failures(c.targeting.discoveries.failures());
 
         // Start sampling, unless lazy mode waits for the first target.
         if session.is_none() && !(ebpf.lazy_mode && c.targeting.finder.is_empty()) && !stopping {
@@ -308,10 +310,12 @@ fn collect_loop(
                 sample_rate_hz: ebpf.sample_rate,
                 pids: ebpf.targets_only.then(Vec::new),
                 disabled_runtimes: ebpf.disabled_runtimes(),
-                unwinder: UnwinderConfig::default(),
+                unwinder: config.limits.unwinder(),
                 manager: ProcessManagerConfig {
                     table_cache: (!ebpf.symb_cache_path.as_os_str().is_empty())
                         .then(|| ebpf.symb_cache_path.join("unwind-tables")),
+                    max_table_entries: u64::from(config.limits.table_entries),
+                    extract_cpu_share: config.limits.extract_cpu_share,
                     ..ProcessManagerConfig::default()
                 },
             });

@@ -1,5 +1,7 @@
-//! Targets and the processes they matched: the static `[[targets]]` and the built-in
-//! process discovery, relabelled, and the target each profiled process belongs to.
+//! Targets and the processes they matched: the static `[[targets]]`, the built-in process
+//! discovery and the container discoveries (`crate::discover`: Docker, Kubernetes, the
+//! node's CRI runtime), relabelled, and the target each profiled process belongs to.
+//! Processes match PID targets first, then container targets by container ID.
 //!
 //! What is cached per process is dropped when the process exits, execs (its labels come
 //! from its new program: it is discovered again at once, not at the next refresh) or its
@@ -15,12 +17,18 @@ use ferroscope_targets::{
 };
 
 use crate::config::Config;
+use crate::discover::Discoveries;
 
 /// Targets and the processes they matched.
 pub(super) struct Targeting {
     config: Config,
     discovery: Option<(ProcessDiscovery, Duration)>,
     last_discovery: Option<Instant>,
+    /// What the process discovery found last.
+    processes_found: Vec<Labels>,
+    /// The container discoveries, and the generation of their lists last used.
+    pub(super) discoveries: Discoveries,
+    discoveries_seen: Option<u64>,
     pub(super) finder: TargetFinder,
     /// Processes seen, with their target (None: matches nothing).
     processes: HashMap<u32, Option<Arc<Target>>>,
@@ -29,7 +37,7 @@ pub(super) struct Targeting {
 }
 
 impl Targeting {
-    pub(super) fn new(config: &Config) -> Targeting {
+    pub(super) fn new(config: &Config, discoveries: Discoveries) -> Targeting {
         let discovery = config
             .discovery
             .process
@@ -44,23 +52,29 @@ impl Targeting {
             config: config.clone(),
             discovery,
             last_discovery: None,
+            processes_found: Vec::new(),
+            discoveries,
+            discoveries_seen: None,
             finder,
             processes: HashMap::new(),
             static_pids: HashMap::new(),
         }
     }
 
-    /// Rebuilds the target list when discovery is due (always the first time).
+    /// Rebuilds the target list when process discovery is due (always the first time) or a
+    /// container discovery's list changed.
     pub(super) fn refresh_targets(&mut self) -> bool {
         let due = match (self.last_discovery, &self.discovery) {
             (None, _) => true,
             (Some(at), Some((_, every))) => at.elapsed() >= *every,
             (Some(_), None) => false,
         };
-        if !due {
+        let generation = self.discoveries.generation();
+        let containers_changed = self.discoveries_seen != Some(generation);
+        if !due && !containers_changed {
             return false;
         }
-        self.last_discovery = Some(Instant::now());
+        self.discoveries_seen = Some(generation);
         let mut sets: Vec<Labels> = self.config.targets.clone();
         self.static_pids = self
             .config
@@ -71,12 +85,20 @@ impl Targeting {
                 Some((pid, l.clone()))
             })
             .collect();
-        if let Some((discovery, _)) = &self.discovery {
-            match discovery.discover() {
-                Ok(found) => sets.extend(found),
-                Err(e) => tracing::warn!("process discovery failed: {}", crate::error::Chain(&e)),
+        if due {
+            self.last_discovery = Some(Instant::now());
+            if let Some((discovery, _)) = &self.discovery {
+                match discovery.discover() {
+                    Ok(found) => self.processes_found = found,
+                    Err(e) => {
+                        tracing::warn!("process discovery failed: {}", crate::error::Chain(&e))
+                    }
+                }
             }
         }
+        sets.extend(self.processes_found.iter().cloned());
+        // Of two targets for the same PID or container, the later wins.
+        sets.extend(self.discoveries.targets());
         let relabelled = sets
             .into_iter()
             .filter_map(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l));
@@ -106,19 +128,42 @@ impl Targeting {
             self.finder.forget(pid);
             return;
         };
-        let labels = discovery
-            .process(pid)
-            .or_else(|| self.static_pids.get(&pid).cloned());
+        let found = discovery.process(pid);
+        // What a container discovery's change rebuilds the targets from, too.
+        self.drop_found(pid);
+        self.processes_found.extend(found.clone());
+        let labels = found.or_else(|| self.static_pids.get(&pid).cloned());
         let target = labels
             .and_then(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l))
             .and_then(Target::new);
         self.finder.set_pid_target(pid, target);
     }
 
+    /// Drops what the last process discovery found for `pid`.
+    fn drop_found(&mut self, pid: u32) {
+        let pid = pid.to_string();
+        self.processes_found
+            .retain(|l| l.get(ferroscope_targets::target::LABEL_PID) != Some(pid.as_str()));
+    }
+
     /// The process exited.
     pub(super) fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
         self.finder.forget(pid);
+        // A discovered target was the exited process's: a process that gets the PID next
+        // must not inherit it before the next discovery. A static target names the PID and
+        // stays.
+        if self.discovery.is_some() {
+            // Nor when a container discovery's change rebuilds the targets before then.
+            self.drop_found(pid);
+            let target = self
+                .static_pids
+                .get(&pid)
+                .cloned()
+                .and_then(|l| ferroscope_targets::relabel::relabel(&self.config.relabel, l))
+                .and_then(Target::new);
+            self.finder.set_pid_target(pid, target);
+        }
     }
 
     /// Drops what is cached about processes not in `alive`.
@@ -167,6 +212,61 @@ impl Targeting {
             })
             .collect();
         out.sort_by_key(|v| v["service_name"].to_string());
-        serde_json::json!({ "active_targets": self.finder.len(), "matched": out })
+        serde_json::json!({
+            "active_targets": self.finder.len(),
+            "matched": out,
+            "discoveries": self.discoveries.debug_json(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AgentMetrics;
+
+    /// A process discovery's target for a process that exited stays gone when a container
+    /// discovery's change rebuilds the targets before the next process discovery (a process
+    /// reusing the PID would inherit it otherwise).
+    #[test]
+    fn an_exited_process_target_is_not_rebuilt_by_a_container_change() {
+        let (config, _) = crate::config::parse(
+            "[[discovery.process]]\nrefresh_interval = \"1h\"\n",
+            "test.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (discoveries, publish) = Discoveries::by_hand(&AgentMetrics::default());
+        let mut targeting = Targeting::new(&config, discoveries);
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap_or_else(|e| panic!("sleep: {e}"));
+        let pid = child.id();
+        assert!(targeting.refresh_targets());
+        let target = targeting
+            .target_of(pid)
+            .unwrap_or_else(|| panic!("no target"));
+        assert_eq!(target.id(), &ferroscope_targets::TargetId::Pid(pid));
+
+        let _ = child.kill();
+        let _ = child.wait();
+        targeting.forget(pid);
+        assert!(targeting.target_of(pid).is_none());
+        let before = targeting.finder.len();
+        // A container appears: the targets are rebuilt, without the exited process's.
+        let mut container = Labels::new();
+        container.set(
+            ferroscope_targets::target::LABEL_CONTAINER_ID,
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        );
+        publish(vec![container]);
+        assert!(targeting.refresh_targets());
+        assert!(
+            targeting.target_of(pid).is_none(),
+            "the exited process's target came back"
+        );
+        // The same PID targets as before (the process discovery was not due), and the
+        // container's.
+        assert_eq!(targeting.finder.len(), before + 1);
     }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferroscope_ebpf_programs::{Counters, ProgramReport, Sampler, SamplerConfig, UnwinderConfig};
 use ferroscope_unwind_api::{Metric, Trace};
@@ -110,7 +110,13 @@ pub struct Session {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     unwinder: bool,
+    /// When CPU hotplug was last looked at.
+    cpus_checked: Instant,
+    cpu_error_said: bool,
 }
+
+/// How often the online CPUs are compared with the sampled ones.
+const CPU_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl Session {
     /// Loads the programs (the native ones, and the program of every enabled runtime
@@ -174,6 +180,8 @@ impl Session {
             stop,
             threads: vec![drain, unwind],
             unwinder,
+            cpus_checked: Instant::now(),
+            cpu_error_said: false,
         })
     }
 
@@ -237,6 +245,10 @@ impl Session {
     /// Hands over everything delivered so far, in order; returns how many deliveries there
     /// were. Never waits.
     pub fn drain(&mut self, mut f: impl FnMut(Delivery)) -> usize {
+        if self.cpus_checked.elapsed() >= CPU_CHECK_EVERY {
+            self.cpus_checked = Instant::now();
+            self.follow_cpus();
+        }
         let mut n = 0;
         loop {
             match self.deliveries.try_recv() {
@@ -245,6 +257,29 @@ impl Session {
                     n += 1;
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+            }
+        }
+    }
+
+    /// Samples CPUs that came online since sampling started (CPU hotplug).
+    fn follow_cpus(&mut self) {
+        let Some(sampler) = self.sampler.as_mut() else {
+            return;
+        };
+        match sampler.follow_cpus() {
+            Ok((added, removed)) => {
+                if !added.is_empty() || !removed.is_empty() {
+                    tracing::info!(?added, ?removed, "online CPUs changed; sampling follows");
+                }
+            }
+            Err(e) => {
+                if !self.cpu_error_said {
+                    self.cpu_error_said = true;
+                    tracing::warn!(
+                        "cannot sample a CPU that came online: {} (said once)",
+                        crate::error::Chain(&e)
+                    );
+                }
             }
         }
     }
