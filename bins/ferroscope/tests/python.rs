@@ -196,7 +196,7 @@ fn record_script_with_log(
     script: &str,
     seconds: u32,
     extra: &[&str],
-) -> Option<(Vec<Sample>, String, Duration)> {
+) -> Option<(Vec<Sample>, String)> {
     record_until(py, script, seconds, extra, 0).map(|(s, log, _)| (s, log))
 }
 
