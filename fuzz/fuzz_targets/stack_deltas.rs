@@ -1,9 +1,11 @@
-//! Stack-delta extraction over arbitrary ELF bytes: no panics, a well-formed table whose size
+//! Stack-delta extraction (and the CFI's function ranges) over arbitrary ELF bytes: no panics, a well-formed table whose size
 //! is bounded by the input, lookups consistent with the entries, and the reference unwinder
 //! terminating over it.
 #![no_main]
 
-use ferroscope_unwind_native::{ExtractOptions, Kind, LoadedModule, Registers, extract, unwind};
+use ferroscope_unwind_native::{
+    ExtractOptions, Kind, LoadedModule, Registers, extract, function_ranges, unwind,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +19,12 @@ fuzz_target!(|data: &[u8]| {
         invalid_gap_threshold: u64::from(sel >> 1),
     };
     let debug = (sel & 0x80 != 0).then_some(elf);
+    // The FDE ranges of the same bytes: sorted, non-empty, at most one per 8 bytes of input.
+    if let Ok(ranges) = function_ranges(elf) {
+        assert!(ranges.len() <= elf.len() / 8 + 1);
+        assert!(ranges.iter().all(|r| r.start < r.end));
+        assert!(ranges.windows(2).all(|w| w[0].start <= w[1].start));
+    }
     let Ok(table) = extract(elf, debug, &opts) else {
         return;
     };

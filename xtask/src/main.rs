@@ -87,9 +87,11 @@ fn main() -> Result<()> {
                  vmlinux   regenerate crates/ebpf-abi/include/vmlinux.h from this kernel's BTF\n  \
                  bench-agent [SECONDS]  whole-agent overhead: `ferroscope run` with 200 idle and\n            \
                  4 busy matched processes at 19 Hz, 15 s interval (default 75 s)\n  \
-                 bench-python [PYTHON]  eBPF cost per sample of a 50-deep Python stack, and the\n            \
-                 code-object cache hit rate over 60 s of an application-like script\n            \
-                 (default /root/.pyenv/versions/3.12.1/bin/python3.12)\n  \
+                 bench-python [--binary PATH] [PYTHON]  eBPF cost per sample of a 50-deep Python\n            \
+                 stack, and the code-object cache hit rate over 60 s of an application-like\n            \
+                 script (default /root/.pyenv/versions/3.12.1/bin/python3.12; debian:3.N for\n            \
+                 Debian's CPython 3.N in the test chroot: 3.13, 3.14, 3.15; --binary: that\n            \
+                 ferroscope instead of a fresh release build)\n  \
                  bench-dotnet [--binary PATH]  eBPF cost per sample of a 50-deep .NET stack, and the method\n            \
                  naming cache hit rate over 60 s of mixed work (.NET 8.0.4)\n  \
                  bench-ruby [RUBY]  the same for a 50-deep Ruby stack and an application-like\n            \
@@ -605,14 +607,42 @@ fn number_before(text: &str, suffix: &str) -> Option<f64> {
 }
 
 /// Starts a fixture script that prints `ready`, and waits for it.
-fn start_ready(python: &str, script: &Path, args: &[&str]) -> Result<Child> {
+fn start_ready(program: &str, script: &Path, args: &[&str]) -> Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.arg(script);
+    wait_ready(cmd, program, script, args)
+}
+
+/// [`start_ready`] for a Python fixture: with `python` (a path on the host), or with
+/// Debian's CPython 3.N in the test harness's chroot when `python` is `debian:3.N` (the
+/// script is copied into the chroot's /tmp; keep the runtime returned while the child runs:
+/// it keeps the chroot's /proc mounted).
+fn start_python(
+    python: &str,
+    script: &Path,
+    args: &[&str],
+) -> Result<(Child, Option<ferroscope_test_harness::runtimes::Runtime>)> {
+    let Some(minor) = python.strip_prefix("debian:3.") else {
+        return Ok((start_ready(python, script, args)?, None));
+    };
+    let minor: u8 = minor.parse().context("debian:3.N names a minor version")?;
+    let rt = ferroscope_test_harness::runtimes::try_python_chroot(minor)
+        .map_err(|e| anyhow::anyhow!("Debian's CPython 3.{minor}: {e}"))?;
+    let (chroot, _) = rt.chroot.as_ref().context("a chroot runtime")?;
+    let inside = chroot.copy_in(script);
+    let mut cmd = rt.command();
+    cmd.arg(inside);
+    let child = wait_ready(cmd, python, script, args)?;
+    Ok((child, Some(rt)))
+}
+
+fn wait_ready(mut cmd: Command, program: &str, script: &Path, args: &[&str]) -> Result<Child> {
     use std::io::BufRead;
-    let mut child = Command::new(python)
-        .arg(script)
+    let mut child = cmd
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("start {python}"))?;
+        .with_context(|| format!("start {program}"))?;
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     if line.trim() != "ready" {
@@ -626,13 +656,27 @@ fn bench_python(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the Python benchmark loads eBPF programs and must run as root");
     }
-    let python = args
+    // `--binary PATH`: measure that build (the eBPF programs are the same bytes in a debug
+    // and a release build; only the agent's own CPU differs).
+    let mut binary = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--binary" {
+            binary = Some(PathBuf::from(it.next().context("--binary needs a path")?));
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let python = rest
         .first()
         .cloned()
         .unwrap_or_else(|| "/root/.pyenv/versions/3.12.1/bin/python3.12".to_owned());
     let root = root();
-    let target = build_release(&root)?;
-    let exe = target.join("release/ferroscope");
+    let exe = match binary {
+        Some(exe) => exe,
+        None => build_release(&root)?.join("release/ferroscope"),
+    };
     let (seconds, rate) = (10, 97);
 
     // Baseline: a sleeping target, so every run of the program is filtered out.
@@ -645,7 +689,8 @@ fn bench_python(args: &[String]) -> Result<()> {
         number_before(&base, " runs").context("eBPF runs (bpf_stats) in the baseline")?;
     let base_us = number_before(&base, " µs each").context("eBPF time in the baseline")?;
 
-    let mut deep = start_ready(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
+    let (mut deep, _runtime) =
+        start_python(&python, &root.join("fixtures/python/deep.py"), &["50"])?;
     let out = record_stderr(&exe, deep.id(), seconds, rate);
     let _ = deep.kill();
     let _ = deep.wait();
@@ -663,7 +708,7 @@ fn bench_python(args: &[String]) -> Result<()> {
         total_us
     );
 
-    let mut app = start_ready(&python, &root.join("fixtures/python/app.py"), &[])?;
+    let (mut app, _runtime) = start_python(&python, &root.join("fixtures/python/app.py"), &[])?;
     let out = record_stderr(&exe, app.id(), 60, rate);
     let _ = app.kill();
     let _ = app.wait();

@@ -340,6 +340,9 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{overhead}");
     print_runtime_summary(&outcome.interpreters);
+    for f in &outcome.detection_failures {
+        eprintln!("ferroscope: {} unwinder: {}", f.runtime, f.reason);
+    }
 
     if outcome.samples == 0 {
         bail!(

@@ -29,6 +29,81 @@ fn python(minor: u8) -> Option<PathBuf> {
     harness::cpython(minor)
 }
 
+/// Which CPython build a test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Py {
+    /// pyenv's build with a shared libpython (3.6-3.13, not stripped).
+    Pyenv(u8),
+    /// pyenv's build run with a stripped copy of its libpython (no `.symtab`).
+    PyenvStripped(u8),
+    /// Debian's own build in the harness's chroot (trixie: 3.13; sid: 3.14, 3.15):
+    /// statically linked, stripped, its eval loop split by GCC. The profiler reads its files
+    /// through `/proc/PID/root`, as for a container.
+    Debian(u8),
+}
+
+impl Py {
+    fn minor(self) -> u8 {
+        match self {
+            Py::Pyenv(m) | Py::PyenvStripped(m) | Py::Debian(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for Py {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Py::Pyenv(m) => write!(f, "CPython 3.{m} (pyenv)"),
+            Py::PyenvStripped(m) => write!(f, "CPython 3.{m} (pyenv, stripped libpython)"),
+            Py::Debian(m) => write!(f, "CPython 3.{m} (Debian)"),
+        }
+    }
+}
+
+/// A command that runs `fixtures/python/<script>` on `py`, and what must live while it runs
+/// (the chroot's `/proc` mount, the stripped library's directory); `None` after a skip.
+fn python_command(py: Py, script: &str) -> Option<(Command, Box<dyn std::any::Any>)> {
+    let script = fixture(&format!("python/{script}"));
+    match py {
+        Py::Pyenv(minor) => {
+            let mut cmd = Command::new(python(minor)?);
+            cmd.arg(script);
+            Some((cmd, Box::new(())))
+        }
+        Py::PyenvStripped(minor) => {
+            let exe = python(minor)?;
+            let lib = exe
+                .parent()
+                .and_then(Path::parent)
+                .map(|d| d.join(format!("lib/libpython3.{minor}.so.1.0")))
+                .filter(|l| l.exists())?;
+            let strip = harness::tool("strip")?;
+            let dir = tempfile::tempdir().unwrap();
+            let copy = dir.path().join(lib.file_name().unwrap());
+            harness::run_ok(
+                Command::new(strip)
+                    .arg("--strip-all")
+                    .arg("-o")
+                    .arg(&copy)
+                    .arg(&lib),
+                Duration::from_secs(120),
+            );
+            let mut cmd = Command::new(exe);
+            // The launcher's RUNPATH names pyenv's lib directory; LD_LIBRARY_PATH comes first.
+            cmd.env("LD_LIBRARY_PATH", dir.path()).arg(script);
+            Some((cmd, Box::new(dir)))
+        }
+        Py::Debian(minor) => {
+            let runtime = harness::runtimes::python_chroot(minor)?;
+            let (chroot, _) = runtime.chroot.as_ref().expect("a chroot runtime");
+            let inside = chroot.copy_in(&script);
+            let mut cmd = runtime.command();
+            cmd.arg(inside);
+            Some((cmd, Box::new(runtime)))
+        }
+    }
+}
+
 /// How long a fixture may take to print `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,6 +158,11 @@ impl Sample {
 }
 
 fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
+    record_with_log(pid, seconds, extra).0
+}
+
+/// [`record`], and what `ferroscope record` printed on stderr (its summary).
+fn record_with_log(pid: u32, seconds: u32, extra: &[&str]) -> (Vec<Sample>, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("python.pb.gz");
     let (pid, duration, out_s) = (
@@ -96,35 +176,74 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
     args.extend_from_slice(extra);
     let result = ferroscope(&args);
     assert!(result.status.success(), "ferroscope record failed");
-    decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"))
+    let samples =
+        decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"));
+    (
+        samples,
+        String::from_utf8_lossy(&result.stderr).into_owned(),
+    )
 }
 
-/// Records `fixtures/python/<script>` run by CPython 3.`minor` for `seconds`; `None` when
-/// the test is skipped (not root, or that CPython is missing and not required).
-fn record_script(minor: u8, script: &str, seconds: u32, extra: &[&str]) -> Option<Vec<Sample>> {
-    record_script_timed(minor, script, seconds, extra).map(|(samples, _)| samples)
+/// Records `fixtures/python/<script>` run by `py` for `seconds`; `None` when the test is
+/// skipped (not root, or that CPython is missing and not required).
+fn record_script(py: Py, script: &str, seconds: u32, extra: &[&str]) -> Option<Vec<Sample>> {
+    record_script_with_log(py, script, seconds, extra).map(|(s, _)| s)
 }
 
-/// [`record_script`], also returning the CPU time the script used while it was recorded.
-fn record_script_timed(
-    minor: u8,
+/// [`record_script`], and the recording's stderr.
+fn record_script_with_log(
+    py: Py,
     script: &str,
     seconds: u32,
     extra: &[&str],
-) -> Option<(Vec<Sample>, Duration)> {
+) -> Option<(Vec<Sample>, String)> {
+    record_until(py, script, seconds, extra, 0).map(|(s, log, _)| (s, log))
+}
+
+/// Records `script` on `py` for `seconds`, and again (at most 4 times in all) while fewer
+/// than `min_samples` samples came: on a loaded machine the workload gets less CPU, and the
+/// statistics of a test need their sample count whatever the load. The samples of every
+/// round, the last round's stderr, and the CPU time the script used while it was recorded.
+fn record_until(
+    py: Py,
+    script: &str,
+    seconds: u32,
+    extra: &[&str],
+    min_samples: i64,
+) -> Option<(Vec<Sample>, String, Duration)> {
     if !can_run_bpf() {
         return None;
     }
-    let python = python(minor)?;
+    let (cmd, keep) = python_command(py, script)?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = Command::new(&python);
-    cmd.arg(fixture(&format!("python/{script}")));
     let workload = Ready::start(cmd);
+    if let Py::PyenvStripped(minor) = py {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", workload.pid())).unwrap();
+        let lib = format!("libpython3.{minor}.so.1.0");
+        let mapped: Vec<&str> = maps.lines().filter(|l| l.ends_with(&lib)).collect();
+        assert!(
+            !mapped.is_empty() && mapped.iter().all(|l| !l.contains("/.pyenv/")),
+            "{py}: the stripped copy, not pyenv's libpython, is mapped:\n{}",
+            mapped.join("\n")
+        );
+    }
     let before = cpu_time_of(workload.pid());
-    let samples = record(workload.pid(), seconds, extra);
+    let mut samples = Vec::new();
+    let mut log = String::new();
+    for round in 1..=4 {
+        let (more, l) = record_with_log(workload.pid(), seconds, extra);
+        samples.extend(more);
+        log = l;
+        let total: i64 = samples.iter().map(|s| s.count).sum();
+        if total >= min_samples {
+            break;
+        }
+        eprintln!("{py}: {total} samples after {round} recordings of {seconds} s, recording again");
+    }
     let used = cpu_time_of(workload.pid()) - before;
     drop(workload);
-    Some((samples, used))
+    drop(keep);
+    Some((samples, log, used))
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
@@ -235,13 +354,14 @@ fn share(part: i64, whole: i64) -> f64 {
     part as f64 / whole.max(1) as f64
 }
 
-/// The two-chains script on CPython 3.`minor`: chains in order with qualified names (3.11+)
-/// and the right lines, a 3:1 work ratio within 25 %, and at least 95 % of the hot
-/// functions' samples carrying their whole Python chain.
-fn two_chains(minor: u8) {
+/// The two-chains script on `py`: chains in order with qualified names (3.11+) and the
+/// right lines, a 3:1 work ratio within 25 %, and at least 95 % of the hot functions' samples
+/// carrying their whole Python chain.
+fn two_chains(py: Py) {
+    let minor = py.minor();
     // 499 Hz: ~2,000 samples, so that the ratio's sampling noise (about 5 % at this count)
     // stays well inside the 25 % the test allows.
-    let Some((samples, used)) = record_script_timed(minor, "chains.py", 5, &["-r", "499"]) else {
+    let Some((samples, _, used)) = record_until(py, "chains.py", 5, &["-r", "499"], 1000) else {
         return;
     };
     let script = fixture("python/chains.py");
@@ -268,16 +388,16 @@ fn two_chains(minor: u8) {
 
     let total: i64 = samples.iter().map(|s| s.count).sum();
     // Samples for the CPU time the script got (always busy; the time also covers the
-    // agent's start-up, before sampling), and enough of them for the ratio below; a machine
-    // too busy to give it that fails the test.
+    // agent's start-ups, before sampling), and enough of them for the ratio below (recorded
+    // again until there are 1000); a machine too busy to give it that fails the test.
     let expected = used.as_secs_f64() * 499.0;
     assert!(
         total as f64 >= 0.5 * expected,
-        "only {total} samples for {used:?} of CPU at 499 Hz ({expected:.0} expected)"
+        "{py}: only {total} samples for {used:?} of CPU at 499 Hz ({expected:.0} expected)"
     );
     assert!(
-        total >= 500,
-        "only {total} samples in 5 s at 499 Hz: the script ran only {used:?} (too busy a machine)"
+        total >= 1000,
+        "{py}: only {total} samples in 4 records of 5 s at 499 Hz: the script ran only {used:?} (too busy a machine)"
     );
     let mut report = String::new();
     let mut counts = Vec::new();
@@ -319,25 +439,25 @@ fn two_chains(minor: u8) {
             .collect();
         assert!(
             n > 0 && share(n_full, n) >= 0.95,
-            "CPython 3.{minor}: fewer than 95 % of {leaf}'s samples carry the whole chain\n{report}samples without it:\n{}",
+            "{py}: fewer than 95 % of {leaf}'s samples carry the whole chain\n{report}samples without it:\n{}",
             show(&wrong)
         );
         assert!(
             share(on_hot_line, n_full) >= 0.9,
-            "CPython 3.{minor}: {leaf}'s line is not its hot loop's\n{report}"
+            "{py}: {leaf}'s line is not its hot loop's\n{report}"
         );
         assert!(
             share(right_callers, n_full) >= 0.95,
-            "CPython 3.{minor}: the callers of {leaf} are not at their call lines\n{report}{}",
+            "{py}: the callers of {leaf} are not at their call lines\n{report}{}",
             show(&full.iter().map(|s| **s).collect::<Vec<_>>())
         );
         counts.push(n);
     }
     let ratio = counts[0] as f64 / counts[1].max(1) as f64;
-    eprintln!("CPython 3.{minor}:\n{report}ratio A:B = {ratio:.2} (expected 3)");
+    eprintln!("{py}:\n{report}ratio A:B = {ratio:.2} (expected 3)");
     assert!(
         (2.25..=3.75).contains(&ratio),
-        "CPython 3.{minor}: work ratio A:B is {ratio:.2}, not within 25 % of 3\n{report}"
+        "{py}: work ratio A:B is {ratio:.2}, not within 25 % of 3\n{report}"
     );
     let python_share = share(
         samples
@@ -349,56 +469,77 @@ fn two_chains(minor: u8) {
     );
     assert!(
         python_share >= 0.95,
-        "CPython 3.{minor}: only {:.1} % of samples have Python frames",
+        "{py}: only {:.1} % of samples have Python frames",
         python_share * 100.0
     );
 }
 
 #[test]
 fn two_chains_python_3_6() {
-    two_chains(6);
+    two_chains(Py::Pyenv(6));
 }
 
 #[test]
 fn two_chains_python_3_7() {
-    two_chains(7);
+    two_chains(Py::Pyenv(7));
 }
 
 #[test]
 fn two_chains_python_3_8() {
-    two_chains(8);
+    two_chains(Py::Pyenv(8));
 }
 
 #[test]
 fn two_chains_python_3_9() {
-    two_chains(9);
+    two_chains(Py::Pyenv(9));
 }
 
 #[test]
 fn two_chains_python_3_10() {
-    two_chains(10);
+    two_chains(Py::Pyenv(10));
 }
 
 #[test]
 fn two_chains_python_3_11() {
-    two_chains(11);
+    two_chains(Py::Pyenv(11));
 }
 
 #[test]
 fn two_chains_python_3_12() {
-    two_chains(12);
+    two_chains(Py::Pyenv(12));
 }
 
 #[test]
 fn two_chains_python_3_13() {
-    two_chains(13);
+    two_chains(Py::Pyenv(13));
+}
+
+#[test]
+fn two_chains_debian_python_3_13() {
+    two_chains(Py::Debian(13));
+}
+
+#[test]
+fn two_chains_debian_python_3_14() {
+    two_chains(Py::Debian(14));
+}
+
+#[test]
+fn two_chains_debian_python_3_15() {
+    two_chains(Py::Debian(15));
+}
+
+/// A libpython without `.symtab` (`strip --strip-all`): the eval loop's `.cold` part is found
+/// from the CFI instead of its symbol, and the chains are whole as with the symbols.
+#[test]
+fn two_chains_stripped_libpython_3_12() {
+    two_chains(Py::PyenvStripped(12));
 }
 
 /// hashlib's sha256 runs in libcrypto: its native frames come first, then the Python
 /// functions that called it, in order.
-#[test]
-fn python_calling_c_shows_both_in_order() {
-    let Some(samples) = record_script(12, "hashing.py", 3, &[]) else {
+fn calling_c(py: Py) {
+    let Some(samples) = record_script(py, "hashing.py", 3, &[]) else {
         return;
     };
 
@@ -414,7 +555,7 @@ fn python_calling_c_shows_both_in_order() {
     let n: i64 = in_crypto.iter().map(|s| s.count).sum();
     assert!(
         share(n, total) >= 0.5,
-        "hashing 1 MB per call should spend most time in libcrypto: {n} of {total}\n{}",
+        "{py}: hashing 1 MB per call should spend most time in libcrypto: {n} of {total}\n{}",
         show(&samples.iter().collect::<Vec<_>>())
     );
     let ordered: i64 = in_crypto
@@ -431,15 +572,36 @@ fn python_calling_c_shows_both_in_order() {
         .sum();
     assert!(
         share(ordered, n) >= 0.95,
-        "libcrypto frames, then digest_loop, main, <module>: only {ordered} of {n}\n{}",
+        "{py}: libcrypto frames, then digest_loop, main, <module>: only {ordered} of {n}\n{}",
         show(&in_crypto)
     );
+    eprintln!("{py}: {ordered} of {n} libcrypto samples with their Python callers in order");
+}
+
+#[test]
+fn python_calling_c_shows_both_in_order() {
+    calling_c(Py::Pyenv(12));
+}
+
+#[test]
+fn python_calling_c_debian_3_13() {
+    calling_c(Py::Debian(13));
+}
+
+#[test]
+fn python_calling_c_debian_3_14() {
+    calling_c(Py::Debian(14));
+}
+
+#[test]
+fn python_calling_c_debian_3_15() {
+    calling_c(Py::Debian(15));
 }
 
 /// Each thread's samples carry that thread's own Python stack.
 #[test]
 fn each_thread_has_its_own_python_stack() {
-    let Some(samples) = record_script(12, "threads.py", 3, &[]) else {
+    let Some(samples) = record_script(Py::Pyenv(12), "threads.py", 3, &[]) else {
         return;
     };
 
@@ -525,7 +687,12 @@ fn embedded_python_is_unwound_under_the_c_program() {
 /// interpreter's `_PyEval_EvalFrameDefault`.
 #[test]
 fn python_unwinder_off_gives_native_stacks() {
-    let Some(samples) = record_script(12, "chains.py", 2, &["--no-interpreter", "python"]) else {
+    let Some(samples) = record_script(
+        Py::Pyenv(12),
+        "chains.py",
+        2,
+        &["--no-interpreter", "python"],
+    ) else {
         return;
     };
     let total: i64 = samples.iter().map(|s| s.count).sum();
@@ -562,6 +729,11 @@ fn metric(text: &str, name: &str) -> f64 {
 fn agent_samples(python: &Path, python_enabled: bool) -> (Vec<Sample>, String) {
     let mut cmd = Command::new(python);
     cmd.arg(fixture("python/chains.py"));
+    agent_samples_of(cmd, python_enabled)
+}
+
+/// [`agent_samples`] of the workload `cmd` starts.
+fn agent_samples_of(cmd: Command, python_enabled: bool) -> (Vec<Sample>, String) {
     let workload = Ready::start(cmd);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("profiles");
@@ -708,5 +880,93 @@ fn statically_linked_python_executable() {
         share(whole, total) >= 0.9,
         "only {whole} of {total} samples have a whole Python chain\n{}",
         show(&samples.iter().collect::<Vec<_>>())
+    );
+}
+
+/// A C program with CPython linked in statically, exporting only `_PyRuntime` and
+/// `Py_Version`, stripped: CPython is recognised but its eval loop has no symbol anywhere.
+/// `record` says so, and so does the agent's `/metrics`, instead of silently giving native
+/// stacks.
+#[test]
+fn cpython_without_an_eval_loop_symbol_is_reported() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = python(12) else {
+        return;
+    };
+    let Some(strip) = harness::tool("strip") else {
+        return;
+    };
+    let prefix = python
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let archive = prefix.join("lib/python3.12/config-3.12-x86_64-linux-gnu/libpython3.12.a");
+    let Some(archive) = harness::file(
+        &archive,
+        "a pyenv CPython 3.12 built with its static library",
+    ) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let linked = dir.path().join("embed-linked");
+    let exe = dir.path().join("embed-static");
+    harness::run_ok(
+        Command::new("gcc")
+            .arg(fixture("python/embed.c"))
+            .arg(format!("-I{}", prefix.join("include/python3.12").display()))
+            .arg("-o")
+            .arg(&linked)
+            .arg(&archive)
+            .args(["-ldl", "-lm", "-lpthread", "-lutil"])
+            .arg("-Wl,--export-dynamic-symbol=_PyRuntime")
+            .arg("-Wl,--export-dynamic-symbol=Py_Version"),
+        Duration::from_secs(300),
+    );
+    harness::run_ok(
+        Command::new(strip)
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&linked),
+        Duration::from_secs(60),
+    );
+
+    let workload = Ready::start(Command::new(&exe));
+    let (samples, log) = record_with_log(workload.pid(), 2, &[]);
+    drop(workload);
+    let path = exe.to_string_lossy();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("ferroscope: python unwinder:"))
+        .unwrap_or_else(|| panic!("record does not say why {path} has no Python frames:\n{log}"));
+    assert!(
+        line.contains(&*path)
+            && line.contains("CPython 3.12")
+            && line.contains("`_PyEval_EvalFrameDefault` is in none of its symbol tables"),
+        "the reason names the file, the version and what is missing: {line}"
+    );
+    assert!(samples.iter().all(|s| s.python().is_empty()));
+    assert!(samples.iter().map(|s| s.count).sum::<i64>() > 0);
+
+    let (_, metrics) = agent_samples_of(Command::new(&exe), true);
+    assert_eq!(
+        metric(&metrics, "PythonDetectionFailures_total"),
+        1.0,
+        "{metrics}"
+    );
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("ferroscope_runtime_detection_failed{"))
+        .unwrap_or_else(|| panic!("no ferroscope_runtime_detection_failed in\n{metrics}"));
+    assert!(
+        gauge.contains("runtime=\"python\"")
+            && gauge.contains(&format!("file=\"{path}\""))
+            && gauge.contains("_PyEval_EvalFrameDefault")
+            && gauge.ends_with(" 1"),
+        "{gauge}"
     );
 }

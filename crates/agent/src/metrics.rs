@@ -52,6 +52,9 @@ pub struct AgentMetrics {
     pub programs: Family<ServiceLabels, Gauge>,
     /// `ferroscope_bpf_program_verified_instructions{owner, program, build}`.
     pub verified_instructions: Family<ServiceLabels, Gauge>,
+    /// `ferroscope_runtime_detection_failed{runtime, file, reason}`: 1 for each file a
+    /// runtime plug-in recognised but cannot unwind.
+    pub detection_failures: Family<ServiceLabels, Gauge>,
     /// `ferroscope_discovery_targets{discovery}`: targets a container discovery found last.
     pub discovery_targets: Family<ServiceLabels, Gauge>,
     /// `ferroscope_discovery_failures_total{discovery}`: failed refreshes of a container
@@ -192,6 +195,11 @@ impl AgentMetrics {
             m.verified_instructions.clone(),
         );
         registry.register(
+            "ferroscope_runtime_detection_failed",
+            "1 for each file a runtime plug-in recognised as its runtime but cannot unwind (why in the reason label)",
+            m.detection_failures.clone(),
+        );
+        registry.register(
             "ferroscope_last_round_build_seconds",
             "Time to symbolize, build and encode every profile of the last interval",
             m.last_round_build_seconds.clone(),
@@ -249,6 +257,18 @@ impl AgentMetrics {
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Publishes the files whose runtime cannot be unwound.
+    pub fn set_detection_failures(&self, failures: &[crate::interp::DetectionFailure]) {
+        for f in failures {
+            let labels = vec![
+                ("runtime".to_owned(), f.runtime.to_owned()),
+                ("file".to_owned(), f.path.clone()),
+                ("reason".to_owned(), f.reason.clone()),
+            ];
+            self.detection_failures.get_or_create(&labels).set(1);
         }
     }
 

@@ -83,6 +83,8 @@ pub struct RecordOutcome {
     pub unwind: Option<UnwindMetrics>,
     /// The runtime plug-ins' metrics (`UnwindPythonFrames_total`, ...).
     pub interpreters: Vec<Metric>,
+    /// Files a plug-in recognised as its runtime but cannot unwind, and why.
+    pub detection_failures: Vec<crate::interp::DetectionFailure>,
     /// Every eBPF program's load report (native, then each runtime's).
     pub programs: Vec<ProgramReport>,
 }
@@ -267,6 +269,7 @@ pub fn record(
         manager,
     });
     let interpreters = finished.runtimes;
+    let detection_failures = finished.detection_failures;
     let lost = counters.get(Counter::LostRingbufFull);
     if lost > 0 {
         tracing::warn!(
@@ -300,6 +303,7 @@ pub fn record(
         bpf_run_time,
         unwind,
         interpreters,
+        detection_failures,
         programs,
     })
 }

@@ -42,8 +42,10 @@ pub struct SymbolRange {
 pub trait ElfFile {
     /// The file's path as the process maps it (the path in `/proc/PID/maps`).
     fn path(&self) -> &str;
-    /// A symbol of `.dynsym` or `.symtab` by exact name. A thread-local variable's
-    /// (`STT_TLS`) address is its offset in the file's TLS block (see [`TlsTemplate`]).
+    /// A symbol by exact name: of `.dynsym`, `.symtab`, or the `.symtab` of the file's
+    /// separate debug file when one is installed (found by build ID or `.gnu_debuglink`). A
+    /// thread-local variable's (`STT_TLS`) address is its offset in the file's TLS block (see
+    /// [`TlsTemplate`]).
     fn symbol(&self, name: &str) -> Option<SymbolRange>;
     /// A symbol of `.dynsym` only: cheap to ask of every file (a plug-in asks this first,
     /// and [`ElfFile::symbol`] only of files it already recognised, since a large `.symtab`
@@ -54,6 +56,14 @@ pub trait ElfFile {
     fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool;
     /// The file's thread-local storage template (its `PT_TLS` segment), when it has one.
     fn tls_template(&self) -> Option<TlsTemplate> {
+        None
+    }
+    /// The function containing `vaddr` as the file's call-frame information describes it:
+    /// the range of the `.eh_frame` or `.debug_frame` entry (FDE) covering the address
+    /// (`size` is its length). Needs no symbols: a function that the compiler split into a
+    /// hot and a cold part has one entry per part, so a stripped file still tells where each
+    /// part is. `None` when no entry covers `vaddr`.
+    fn cfi_function(&self, _vaddr: u64) -> Option<SymbolRange> {
         None
     }
 }

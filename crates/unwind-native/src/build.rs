@@ -128,12 +128,12 @@ impl Builder {
 }
 
 /// `.eh_frame` or `.debug_frame` of one file, with its bytes owned or borrowed.
-struct FrameData<'a> {
-    data: std::borrow::Cow<'a, [u8]>,
-    address: u64,
+pub(crate) struct FrameData<'a> {
+    pub(crate) data: std::borrow::Cow<'a, [u8]>,
+    pub(crate) address: u64,
 }
 
-fn eh_frame_offsets<'a, R: object::ReadRef<'a>>(
+pub(crate) fn eh_frame_offsets<'a, R: object::ReadRef<'a>>(
     elf: &Elf<'a, R>,
     eh: &FrameData<'_>,
     bases: &BaseAddresses,

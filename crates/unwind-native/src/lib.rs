@@ -43,6 +43,7 @@ mod cfi;
 mod elf;
 mod encoding;
 pub mod error;
+mod functions;
 mod golang;
 mod unwind;
 
@@ -229,6 +230,19 @@ pub fn extract(
     opts: &ExtractOptions,
 ) -> Result<StackDeltaTable, Error> {
     build::extract(elf, debug_elf, opts)
+}
+
+/// The address ranges of the file's functions as its CFI describes them: one `start..end`
+/// per FDE of `.eh_frame` (through `.eh_frame_hdr` when present) and `.debug_frame`, sorted,
+/// deduplicated. A function the compiler split (a `.cold` part elsewhere) has one range per
+/// part, so this finds the parts of functions whose symbols were stripped.
+pub fn function_ranges(elf: &[u8]) -> Result<Vec<std::ops::Range<u64>>, Error> {
+    functions::function_ranges(elf)
+}
+
+/// [`function_ranges`] of an open file, read with `pread` (see [`extract_file`]).
+pub fn function_ranges_file(elf: &std::fs::File) -> Result<Vec<std::ops::Range<u64>>, Error> {
+    functions::function_ranges(&object::ReadCache::new(elf))
 }
 
 /// [`extract`] from open files, read with `pread`: only the headers and the sections the

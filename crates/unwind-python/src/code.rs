@@ -256,8 +256,12 @@ mod tests {
 
     #[test]
     fn strings_of_every_kind_decode() {
-        for minor in [6u8, 11, 12, 14] {
-            let l = layout(minor).unwrap();
+        let layouts = [6u8, 11, 12]
+            .map(|m| layout(m).unwrap().clone())
+            .into_iter()
+            .chain([crate::debug_offsets::tests::layout_314()]);
+        for l in layouts {
+            let (l, minor) = (&l, l.minor);
             for (i, s) in ["plain_ascii", "café", "Ωmega_λ", "emoji_😀"]
                 .iter()
                 .enumerate()

@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn tag_bits_are_cleared_in_314_and_owner_interpreter_is_a_shim() {
-        let l = layout(14).unwrap();
+        let l = &crate::debug_offsets::tests::layout_314();
         let adaptive = u64::from(l.co_code_adaptive.unwrap());
         let mut mem = SnapshotMemory::new(1);
         put(&mut mem, l, 0x1000, 0xa001, 0xa000 + adaptive, 0, 0x2000);

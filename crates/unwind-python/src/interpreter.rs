@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ferroscope_unwind_api::{
     AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
     InterpreterPlugin, InterpreterProcess, MapWrite, MappedRange, MappingsChanged, Metric,
-    OwnedRange, ProcessUpdate, RangeMode, RawFrame, SharedMemory, SymbolRange,
+    OwnedRange, ProcessUpdate, RangeMode, RawFrame, SharedMemory,
 };
 
+use crate::debug_offsets::DebugOffsets;
 use crate::ebpf::{FINGERPRINT_MASK, PROCS_MAP, PyProc, py_proc, split_payload};
+use crate::eval_loop::{EvalLoop, find_eval_loop};
 use crate::{
     CodeInfo, Error, FrameLayout, Layout, PyVersion, layout_for, read_code, version_from_hex,
     version_from_path,
@@ -54,12 +56,12 @@ pub struct Python {
 pub struct PythonFile {
     /// The version (micro 0 when it came from the file name).
     pub version: PyVersion,
-    /// Its layout.
-    pub layout: &'static Layout,
+    /// Its layout: a built-in table (3.6-3.12) or read from its `_Py_DebugOffsets` (3.13+).
+    pub layout: Layout,
     /// Virtual address of `_PyRuntime` (3.7+) or of `interp_head` (3.6).
     pub runtime: u64,
-    /// `_PyEval_EvalFrameDefault`, and its cold part when the compiler split it.
-    pub eval: [Option<SymbolRange>; 2],
+    /// The eval loop's parts.
+    pub eval: EvalLoop,
 }
 
 fn runtime_error(e: Error) -> InterpreterError {
@@ -69,59 +71,127 @@ fn runtime_error(e: Error) -> InterpreterError {
     }
 }
 
+/// Most bytes of `_PyRuntime` read for its `_Py_DebugOffsets`.
+const DEBUG_OFFSETS_READ: usize = 4096;
+
 /// Detects CPython in one ELF file: a file named like `python3.N` or `libpython3.N...`, or one
-/// exporting `Py_Version` / `_PyRuntime`, that also has `_PyEval_EvalFrameDefault` (so the
-/// small `python3.N` launcher of a shared-library build is not taken for the runtime).
+/// exporting `Py_Version` / `_PyRuntime`.
+///
+/// `Ok(None)`: not CPython, or only its launcher (the small `python3.N` of a shared-library
+/// build, which has neither `_PyRuntime` nor the eval loop). An error: CPython, but its
+/// Python frames cannot be read, and why (a version without a layout, a `_Py_DebugOffsets`
+/// that does not read, no eval loop in its symbols, a free-threaded build, ...).
 pub fn detect_file(file: &dyn ElfFile) -> Result<Option<PythonFile>, Error> {
-    let by_path = version_from_path(file.path());
+    let path = file.path();
+    let by_path = version_from_path(path);
     // Only `.dynsym` until the file looks like CPython: every file of every process is asked.
     let by_symbol = file.exported_symbol("Py_Version").and_then(|s| {
         let mut b = [0u8; 4];
         file.read_vaddr(s.address, &mut b)
             .then(|| version_from_hex(u32::from_le_bytes(b)))
     });
-    let has_runtime = file.exported_symbol("_PyRuntime").is_some();
-    if by_path.is_none() && by_symbol.is_none() && !has_runtime {
+    let runtime_sym = file.exported_symbol("_PyRuntime");
+    if by_path.is_none() && by_symbol.is_none() && runtime_sym.is_none() {
         return Ok(None);
     }
-    let Some(eval) = file.symbol("_PyEval_EvalFrameDefault") else {
+    let eval = find_eval_loop(file);
+    // The runtime itself, not a launcher that links it.
+    let is_runtime = by_symbol.is_some() || runtime_sym.is_some() || eval.is_some();
+    if !is_runtime {
         return Ok(None);
-    };
+    }
     let Some(version) = by_symbol.or(by_path) else {
-        tracing::debug!(
-            path = file.path(),
-            "CPython found but not its version (no Py_Version symbol and no version in the file name)"
-        );
-        return Ok(None);
+        return Err(Error::Detection {
+            path: path.to_owned(),
+            reason: "it exports _PyRuntime but neither Py_Version (3.11+) nor a version in its \
+                     file name (python3.N, libpython3.N.so) says which CPython it is"
+                .to_owned(),
+        });
     };
-    let layout = layout_for(version)?;
+    let Some(eval) = eval else {
+        return Err(Error::Detection {
+            path: path.to_owned(),
+            reason: format!(
+                "CPython {version}, but its eval loop `_PyEval_EvalFrameDefault` is in none of its \
+                 symbol tables (.dynsym, .symtab, an installed debug file), so its Python frames \
+                 cannot be placed in the native stacks; install the debug file or use a build \
+                 that exports it"
+            ),
+        });
+    };
+    let layout = match version.minor {
+        _ if version.major != 3 => return Err(Error::UnsupportedVersion { version }),
+        ..=12 => layout_for(version)?.clone(),
+        _ => {
+            let Some(runtime) = runtime_sym.or_else(|| file.symbol("_PyRuntime")) else {
+                return Err(Error::Detection {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "CPython {version} without a `_PyRuntime` symbol, where its offsets \
+                         (_Py_DebugOffsets) and its interpreters are"
+                    ),
+                });
+            };
+            let len = usize::try_from(runtime.size)
+                .unwrap_or(usize::MAX)
+                .clamp(schema_min_read(), DEBUG_OFFSETS_READ);
+            let mut bytes = vec![0u8; len];
+            if !file.read_vaddr(runtime.address, &mut bytes) {
+                return Err(Error::Detection {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "CPython {version}: the first {len} bytes of _PyRuntime (at {:#x}) are not \
+                         in the file, so its _Py_DebugOffsets cannot be read",
+                        runtime.address
+                    ),
+                });
+            }
+            let offsets = DebugOffsets::parse(&bytes, version, runtime.size)
+                .map_err(|problem| Error::debug_offsets(path, version, problem))?;
+            Layout::from_debug_offsets(&offsets)
+        }
+    };
     let runtime_symbol = if layout.runtime_interpreters_head.is_some() {
         "_PyRuntime"
     } else {
         "interp_head"
     };
     let Some(runtime) = file.symbol(runtime_symbol) else {
-        return Err(Error::invalid(
-            "ELF file",
-            0,
-            format!(
-                "CPython {version} without a `{runtime_symbol}` symbol (stripped?); its Python \
-                 frames cannot be found"
+        return Err(Error::Detection {
+            path: path.to_owned(),
+            reason: format!(
+                "CPython {version} without a `{runtime_symbol}` symbol (stripped?), where its \
+                 interpreters are; its Python frames cannot be found"
             ),
-        ));
+        });
     };
-    let cold = file.symbol("_PyEval_EvalFrameDefault.cold");
+    tracing::debug!(
+        path,
+        %version,
+        parts = ?eval.parts,
+        from = ?eval.from,
+        "CPython's eval loop found"
+    );
     Ok(Some(PythonFile {
         version,
         layout,
         runtime: runtime.address,
-        eval: [Some(eval), cold],
+        eval,
     }))
+}
+
+/// Bytes any schema needs (the shortest table).
+fn schema_min_read() -> usize {
+    crate::debug_offsets::SCHEMAS
+        .iter()
+        .map(|(_, s)| crate::debug_offsets::schema_len(s))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The eBPF walker's data for a process that maps `file` at `bias`.
 pub fn ebpf_proc(file: &PythonFile, bias: u64) -> PyProc {
-    let l = file.layout;
+    let l = &file.layout;
     let interp_head = file
         .runtime
         .wrapping_add(bias)
@@ -132,8 +202,8 @@ pub fn ebpf_proc(file: &PythonFile, bias: u64) -> PyProc {
 /// The process ranges of the eval loop (splice ranges) for `file` mapped at `bias`.
 pub fn eval_ranges(file: &PythonFile, bias: u64) -> Vec<OwnedRange> {
     file.eval
+        .parts
         .iter()
-        .flatten()
         .map(|r| OwnedRange {
             start: r.address.wrapping_add(bias),
             end: r.address.wrapping_add(r.size.max(1)).wrapping_add(bias),
@@ -192,7 +262,7 @@ impl Interpreter for Python {
         Ok(Box::new(PythonProcess {
             pid: context.pid,
             memory: context.memory.clone(),
-            layout: file.layout,
+            layout: file.layout.clone(),
             ebpf: ebpf_proc(file, context.bias),
             ranges: eval_ranges(file, context.bias),
             codes: HashMap::new(),
@@ -231,7 +301,7 @@ struct Code {
 struct PythonProcess {
     pid: u32,
     memory: SharedMemory,
-    layout: &'static Layout,
+    layout: Layout,
     ebpf: PyProc,
     ranges: Vec<OwnedRange>,
     /// Code objects by (address, fingerprint).
@@ -246,7 +316,7 @@ impl PythonProcess {
             return Ok(Arc::clone(c));
         }
         self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let info = read_code(&*self.memory, self.layout, addr)?;
+        let info = read_code(&*self.memory, &self.layout, addr)?;
         if info.first_line & FINGERPRINT_MASK != fingerprint {
             // The code object was freed and its memory reused since the sample.
             return Err(Error::invalid(
@@ -306,7 +376,7 @@ impl InterpreterProcess for PythonProcess {
         let code = self
             .code(frame.address, fingerprint)
             .map_err(runtime_error)?;
-        let offset = byte_offset(self.layout, raw);
+        let offset = byte_offset(&self.layout, raw);
         out.push(InterpretedFrame {
             function: Arc::clone(&code.function),
             file: Arc::clone(&code.file),

@@ -1,14 +1,22 @@
-//! Byte offsets of the CPython structures a stack walker reads, one table per minor version.
+//! Byte offsets of the CPython structures a stack walker reads, one table per minor version
+//! up to 3.12.
 //!
 //! Every offset is for 64-bit little-endian builds of the default (GIL, non-debug) flavour.
-//! 3.6-3.13 are checked against the DWARF of real builds (`tests/layout_dwarf.rs`), 3.13 also
-//! against the `_Py_DebugOffsets` that CPython embeds at the start of `_PyRuntime`; 3.14 is
-//! pinned by unit tests to the values of CPython 3.14.0's headers.
+//! 3.6-3.12 are checked against the DWARF of real builds (`tests/layout_dwarf.rs`). 3.13 and
+//! later publish their own offsets in `_Py_DebugOffsets`, which
+//! [`Layout::from_debug_offsets`](crate::Layout::from_debug_offsets) reads instead of a table
+//! here (see [`debug_offsets`](crate::debug_offsets)).
 
 use std::ops::RangeInclusive;
 
-/// The minor versions of CPython 3 that [`layout`] knows.
-pub const SUPPORTED_MINORS: RangeInclusive<u8> = 6..=14;
+/// The minor versions of CPython 3 that [`layout`] has a table for.
+pub const TABLE_MINORS: RangeInclusive<u8> = 6..=12;
+
+/// The minor versions of CPython 3 this crate was tested on: [`TABLE_MINORS`], then those
+/// whose `_Py_DebugOffsets` schema it knows
+/// ([`debug_offsets::SCHEMAS`](crate::debug_offsets::SCHEMAS)). A newer version is read
+/// with the newest schema when its table is consistent.
+pub const SUPPORTED_MINORS: RangeInclusive<u8> = 6..=15;
 
 /// Where the offsets of one CPython minor version are. All offsets are in bytes from the start
 /// of the named structure.
@@ -176,8 +184,8 @@ pub struct BytesLayout {
     pub ob_sval: u32,
 }
 
-/// The layout of CPython `3.minor` (`major` is always 3), `None` for a version not in
-/// [`SUPPORTED_MINORS`].
+/// The built-in layout of CPython `3.minor` (`major` is always 3), `None` for a version not
+/// in [`TABLE_MINORS`] (3.13+ come from the interpreter's `_Py_DebugOffsets`).
 pub fn layout(minor: u8) -> Option<&'static Layout> {
     LAYOUTS.iter().find(|l| l.minor == minor)
 }
@@ -195,7 +203,7 @@ const UNICODE_WSTR: UnicodeLayout = UnicodeLayout {
 };
 
 /// 3.12+ strings (`wstr` removed).
-const UNICODE_312: UnicodeLayout = UnicodeLayout {
+pub(crate) const UNICODE_312: UnicodeLayout = UnicodeLayout {
     length: 16,
     state: 32,
     kind_shift: 2,
@@ -206,7 +214,7 @@ const UNICODE_312: UnicodeLayout = UnicodeLayout {
     compact_size: 56,
 };
 
-const BYTES: BytesLayout = BytesLayout {
+pub(crate) const BYTES: BytesLayout = BytesLayout {
     ob_size: 16,
     ob_sval: 32,
 };
@@ -241,7 +249,7 @@ const PY38: Layout = Layout {
     bytes: BYTES,
 };
 
-static LAYOUTS: [Layout; 9] = [
+static LAYOUTS: [Layout; 7] = [
     // 3.6: Include/pystate.h, Include/frameobject.h, Include/code.h.
     Layout {
         minor: 6,
@@ -397,77 +405,6 @@ static LAYOUTS: [Layout; 9] = [
         unicode: UNICODE_312,
         bytes: BYTES,
     },
-    // 3.13: tstate->current_frame, f_executable, instr_ptr (the current instruction);
-    // _PyInterpreterState starts with the large ceval state.
-    Layout {
-        minor: 13,
-        runtime_interpreters_head: Some(632),
-        interp_next: 7264,
-        interp_threads_head: 7344,
-        tstate_next: 8,
-        tstate_interp: 16,
-        tstate_thread_id: 152,
-        tstate_native_thread_id: Some(160),
-        tstate_frame: 72,
-        cframe_current_frame: None,
-        frame: FrameLayout::Interpreter {
-            executable: 0,
-            previous: 8,
-            instr_ptr: 56,
-            instr_ptr_is_previous: false,
-            entry: Entry::Owner {
-                offset: 70,
-                cstack: 3,
-            },
-            executable_tag_mask: 0,
-        },
-        frame_read_len: 71,
-        co_filename: 112,
-        co_name: 120,
-        co_qualname: Some(128),
-        co_firstlineno: 68,
-        co_linetable: 136,
-        co_code_adaptive: Some(200),
-        line_table: LineTableFormat::Locations311,
-        unicode: UNICODE_312,
-        bytes: BYTES,
-    },
-    // 3.14: f_executable is a _PyStackRef; owner moves to 74 (return_offset, owner, visited
-    // after stackpointer); FRAME_OWNED_BY_INTERPRETER (3) marks the eval-call shim.
-    // Values: see tests::layout_314_matches_cpython_3_14_headers.
-    Layout {
-        minor: 14,
-        runtime_interpreters_head: Some(808),
-        interp_next: 7272,
-        interp_threads_head: 7344,
-        tstate_next: 8,
-        tstate_interp: 16,
-        tstate_thread_id: 152,
-        tstate_native_thread_id: Some(160),
-        tstate_frame: 72,
-        cframe_current_frame: None,
-        frame: FrameLayout::Interpreter {
-            executable: 0,
-            previous: 8,
-            instr_ptr: 56,
-            instr_ptr_is_previous: false,
-            entry: Entry::Owner {
-                offset: 74,
-                cstack: 3,
-            },
-            executable_tag_mask: 0b11,
-        },
-        frame_read_len: 75,
-        co_filename: 112,
-        co_name: 120,
-        co_qualname: Some(128),
-        co_firstlineno: 68,
-        co_linetable: 136,
-        co_code_adaptive: Some(208),
-        line_table: LineTableFormat::Locations311,
-        unicode: UNICODE_312,
-        bytes: BYTES,
-    },
 ];
 
 impl FrameLayout {
@@ -504,14 +441,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_supported_minor_has_one_layout() {
-        for minor in SUPPORTED_MINORS {
+    fn every_table_minor_has_one_layout() {
+        for minor in TABLE_MINORS {
             let l = layout(minor).unwrap_or_else(|| panic!("no layout for 3.{minor}"));
             assert_eq!(l.minor, minor);
         }
         assert!(layout(5).is_none());
-        assert!(layout(15).is_none());
-        assert_eq!(LAYOUTS.len(), SUPPORTED_MINORS.count());
+        assert!(layout(13).is_none(), "3.13+ come from _Py_DebugOffsets");
+        assert_eq!(LAYOUTS.len(), TABLE_MINORS.count());
     }
 
     #[test]
@@ -533,67 +470,5 @@ mod tests {
             assert_eq!(l.runtime_interpreters_head.is_some(), l.minor >= 7);
             assert_eq!(l.unicode.ready_bit.is_some(), l.minor <= 11);
         }
-    }
-
-    /// CPython 3.14.0, default (GIL) build, x86-64. The offsets are those that
-    /// `_Py_DebugOffsets_INIT` in `Include/internal/pycore_debug_offsets.h` computes with
-    /// `offsetof`, evaluated on the 3.14.0 structures (as laid out in py-spy's generated
-    /// `src/python_bindings/v3_14_0.rs`):
-    #[test]
-    fn layout_314_matches_cpython_3_14_headers() {
-        let l = layout(14).unwrap();
-        // runtime_state.interpreters_head = offsetof(_PyRuntimeState, interpreters.head):
-        // debug_offsets (0) ... interpreters { mutex, head } (pycore_runtime_structs.h).
-        assert_eq!(l.runtime_interpreters_head, Some(808));
-        // interpreter_state.next = offsetof(PyInterpreterState, next) after the ceval state
-        // and `_malloced` (pycore_interp_structs.h).
-        assert_eq!(l.interp_next, 7272);
-        // interpreter_state.threads_head = offsetof(PyInterpreterState, threads.head):
-        // threads at 7336 { uint64_t next_unique_id; PyThreadState *head; ... }.
-        assert_eq!(l.interp_threads_head, 7344);
-        // thread_state.next / .interp / .current_frame / .thread_id / .native_thread_id
-        // (Include/cpython/pystate.h struct _ts: prev, next, interp, eval_breaker, _status,
-        // holds_gil, _whence, state, py_recursion_remaining, py_recursion_limit,
-        // recursion_headroom, tracing, what_event, current_frame @72 ...).
-        assert_eq!(l.tstate_next, 8);
-        assert_eq!(l.tstate_interp, 16);
-        assert_eq!(l.tstate_frame, 72);
-        assert_eq!(l.tstate_thread_id, 152);
-        assert_eq!(l.tstate_native_thread_id, Some(160));
-        // interpreter_frame.{executable, previous, instr_ptr, owner}
-        // (Include/internal/pycore_interpframe_structs.h: f_executable, previous, f_funcobj,
-        // f_globals, f_builtins, f_locals, frame_obj, instr_ptr, stackpointer,
-        // uint16_t return_offset @72, char owner @74, uint8_t visited @75, localsplus @80);
-        // enum _frameowner: THREAD 0, GENERATOR 1, FRAME_OBJECT 2, INTERPRETER 3, CSTACK 4.
-        assert_eq!(
-            l.frame,
-            FrameLayout::Interpreter {
-                executable: 0,
-                previous: 8,
-                instr_ptr: 56,
-                instr_ptr_is_previous: false,
-                entry: Entry::Owner {
-                    offset: 74,
-                    cstack: 3
-                },
-                // Include/internal/pycore_stackref.h: Py_TAG_BITS (the deferred/refcount tag
-                // in bit 0; bit 1 is clear on any 8-byte aligned PyObject * anyway).
-                executable_tag_mask: 3,
-            }
-        );
-        assert_eq!(l.frame_read_len, 75);
-        // code_object.{filename, name, qualname, linetable, firstlineno, co_code_adaptive}
-        // (Include/cpython/code.h _PyCode_DEF).
-        assert_eq!(l.co_filename, 112);
-        assert_eq!(l.co_name, 120);
-        assert_eq!(l.co_qualname, Some(128));
-        assert_eq!(l.co_linetable, 136);
-        assert_eq!(l.co_firstlineno, 68);
-        assert_eq!(l.co_code_adaptive, Some(208));
-        // unicode_object.{state, length, asciiobject_size} (Include/cpython/unicodeobject.h):
-        // interned:2, kind:3, compact:1, ascii:1, statically_allocated:1.
-        assert_eq!(l.unicode, UNICODE_312);
-        // bytes_object.{ob_size, ob_sval}.
-        assert_eq!(l.bytes, BYTES);
     }
 }

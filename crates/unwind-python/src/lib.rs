@@ -1,4 +1,5 @@
-//! What a profiler needs to know about CPython 3.6-3.14 to name Python frames.
+//! What a profiler needs to know about CPython 3.6-3.15 (and later releases that keep
+//! `_Py_DebugOffsets` readable) to name Python frames.
 //!
 //! A sampled native stack of a Python process shows `_PyEval_EvalFrameDefault` where the
 //! program spent its time; the Python functions are in the interpreter's own data structures.
@@ -52,7 +53,9 @@
 #![forbid(unsafe_code)]
 
 mod code;
+pub mod debug_offsets;
 pub mod ebpf;
+pub mod eval_loop;
 mod frames;
 mod interpreter;
 mod layout;
@@ -60,13 +63,15 @@ pub mod linetable;
 mod version;
 
 pub use code::{CodeInfo, MAX_LINE_TABLE, MAX_STRING_CHARS, code_fingerprint, read_code};
+pub use debug_offsets::{DebugOffsets, DebugOffsetsError};
+pub use eval_loop::{EvalLoop, PartsFrom, find_eval_loop};
 pub use frames::{
     MAX_INTERPRETERS, MAX_THREADS, RawFrame, ThreadState, interpreters_head, threads, walk,
 };
 pub use interpreter::{NAME, Python, PythonFile, byte_offset, detect_file, ebpf_proc, eval_ranges};
 pub use layout::{
-    BytesLayout, Entry, FrameLayout, Layout, LineTableFormat, SUPPORTED_MINORS, UnicodeLayout,
-    layout,
+    BytesLayout, Entry, FrameLayout, Layout, LineTableFormat, SUPPORTED_MINORS, TABLE_MINORS,
+    UnicodeLayout, layout,
 };
 pub use version::{PyVersion, version_from_hex, version_from_path};
 
@@ -107,18 +112,69 @@ pub enum Error {
     },
     /// The CPython version has no layout in this crate.
     #[error(
-        "CPython {version} is not supported: only 3.6 to 3.14 have known layouts; its Python \
-         frames will show as native interpreter frames"
+        "CPython {version} is not supported: 3.6 to 3.12 have built-in layouts and 3.13 on \
+         publish theirs in _Py_DebugOffsets; its Python frames will show as native \
+         interpreter frames"
     )]
     UnsupportedVersion {
         /// The version found.
         version: PyVersion,
+    },
+    /// A file is CPython but its Python frames cannot be read.
+    #[error("{path} is CPython but its Python frames cannot be unwound: {reason}")]
+    Detection {
+        /// The file.
+        path: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A CPython 3.13+ whose `_Py_DebugOffsets` does not read.
+    #[error(
+        "{path} is CPython {version} but its offsets table (_Py_DebugOffsets, at the start of \
+         _PyRuntime) does not read as the table of 3.{schema} ({problem}), so its Python \
+         frames cannot be unwound{hint}"
+    )]
+    DebugOffsets {
+        /// The file.
+        path: String,
+        /// Its version.
+        version: PyVersion,
+        /// The minor version whose table layout was tried.
+        schema: u8,
+        /// What did not read.
+        problem: debug_offsets::DebugOffsetsError,
+        /// What to do, for a version newer than every known table.
+        hint: String,
     },
 }
 
 impl Error {
     pub(crate) fn read(what: &'static str, addr: u64) -> impl FnOnce(MemoryError) -> Error {
         move |source| Error::Read { what, addr, source }
+    }
+
+    /// A `_Py_DebugOffsets` of `version` in `path` that did not read.
+    pub(crate) fn debug_offsets(
+        path: &str,
+        version: PyVersion,
+        problem: debug_offsets::DebugOffsetsError,
+    ) -> Error {
+        let newest = debug_offsets::SCHEMAS.last().map_or(0, |s| s.0);
+        let hint = if version.minor > newest {
+            format!(
+                "; this ferroscope knows the tables of 3.13 to 3.{newest} (a newer ferroscope \
+                 may read it)"
+            )
+        } else {
+            String::new()
+        };
+        Error::DebugOffsets {
+            path: path.to_owned(),
+            version,
+            schema: version.minor.min(newest),
+            problem,
+            hint,
+        }
     }
 
     pub(crate) fn invalid(what: &'static str, addr: u64, reason: impl Into<String>) -> Error {
@@ -130,7 +186,8 @@ impl Error {
     }
 }
 
-/// The layout for `version`, or [`Error::UnsupportedVersion`].
+/// The built-in layout for `version` (3.6-3.12), or [`Error::UnsupportedVersion`] (3.13+ are
+/// read from the interpreter's file: [`Layout::from_debug_offsets`]).
 pub fn layout_for(version: PyVersion) -> Result<&'static Layout, Error> {
     if version.major != 3 {
         return Err(Error::UnsupportedVersion { version });

@@ -1,4 +1,5 @@
-//! Every offset of `layout(minor)` against the DWARF of each installed libpython.
+//! Every offset of each CPython's layout against the DWARF of the build: the pyenv
+//! libpythons (3.6-3.13), and Debian's 3.13-3.15 through their debug files.
 #![allow(clippy::print_stderr)]
 
 mod common;
@@ -112,114 +113,157 @@ fn expectations(l: &Layout) -> Vec<(&'static str, &'static str, Option<u32>)> {
     v
 }
 
+/// Every offset of `l` against the DWARF in `dwarf_file`; the mismatches.
+fn check_layout(label: &str, l: &Layout, dwarf_file: &std::path::Path) -> Vec<String> {
+    let minor = l.minor;
+    let failures = std::cell::RefCell::new(Vec::new());
+    let (structs, enums) = common::dwarf_info(
+        dwarf_file,
+        STRUCTS,
+        &["FRAME_OWNED_BY_CSTACK", "FRAME_OWNED_BY_INTERPRETER"],
+    );
+    let mut checked = 0;
+    let mut check = |what: String, got: Option<u64>, want: Option<u64>| {
+        checked += 1;
+        if got != want {
+            failures.borrow_mut().push(format!(
+                "{label}: {what}: DWARF says {got:?}, the layout of 3.{minor} says {want:?}"
+            ));
+        }
+    };
+    for (s, path, want) in expectations(l) {
+        let Some(info) = structs.get(s) else {
+            failures
+                .borrow_mut()
+                .push(format!("{label}: struct {s} not found in DWARF"));
+            continue;
+        };
+        check(
+            format!("{s}.{path}"),
+            info.offset(path),
+            want.map(u64::from),
+        );
+    }
+    let ascii = &structs["PyASCIIObject"];
+    check(
+        "sizeof(PyASCIIObject)".into(),
+        ascii.size,
+        Some(l.unicode.ascii_size.into()),
+    );
+    check(
+        "sizeof(PyCompactUnicodeObject)".into(),
+        structs["PyCompactUnicodeObject"].size,
+        Some(l.unicode.compact_size.into()),
+    );
+    let bit = |name: &str| {
+        ascii
+            .member(&format!("state.{name}"))
+            .and_then(|(_, m)| m.bit_offset)
+    };
+    check(
+        "state.kind bit".into(),
+        bit("kind"),
+        Some(l.unicode.kind_shift.into()),
+    );
+    check(
+        "state.compact bit".into(),
+        bit("compact"),
+        Some(l.unicode.compact_bit.into()),
+    );
+    check(
+        "state.ascii bit".into(),
+        bit("ascii"),
+        Some(l.unicode.ascii_bit.into()),
+    );
+    check(
+        "state.ready bit".into(),
+        bit("ready"),
+        l.unicode.ready_bit.map(u64::from),
+    );
+    let kind_bits = ascii.member("state.kind").and_then(|(_, m)| m.bit_size);
+    check("state.kind width".into(), kind_bits, Some(3));
+    // The frame read covers the fields and stays inside the structure.
+    let frame_struct = if minor <= 10 {
+        "_frame"
+    } else {
+        "_PyInterpreterFrame"
+    };
+    let size = structs[frame_struct].size.unwrap_or(0);
+    if u64::from(l.frame_read_len) > size {
+        failures.borrow_mut().push(format!(
+            "{label}: frame_read_len {} > sizeof({frame_struct}) {size}",
+            l.frame_read_len
+        ));
+    }
+    if let FrameLayout::Interpreter {
+        entry: Entry::Owner { cstack, .. },
+        ..
+    } = l.frame
+    {
+        // The first owner value of a shim: 3.12/3.13 FRAME_OWNED_BY_CSTACK, 3.14+
+        // FRAME_OWNED_BY_INTERPRETER (3.14's FRAME_OWNED_BY_CSTACK, 4, is above it).
+        let name = if minor <= 13 {
+            "FRAME_OWNED_BY_CSTACK"
+        } else {
+            "FRAME_OWNED_BY_INTERPRETER"
+        };
+        match enums.get(name) {
+            Some(&v) => check(name.into(), Some(v as u64), Some(cstack.into())),
+            None => eprintln!("{label}: enum _frameowner not in the DWARF seen; {name} unchecked"),
+        }
+    }
+    let want_format = match minor {
+        ..=9 => LineTableFormat::Lnotab,
+        10 => LineTableFormat::Linetable310,
+        _ => LineTableFormat::Locations311,
+    };
+    assert_eq!(l.line_table, want_format);
+    eprintln!("{label}: {checked} offsets checked against DWARF");
+    failures.into_inner()
+}
+
+/// The layout of an installed CPython: its built-in table, or (3.13+) the one read from its
+/// own `_Py_DebugOffsets` by detection.
+fn layout_of(file: &std::path::Path, minor: u8) -> Layout {
+    if let Some(l) = layout(minor) {
+        return l.clone();
+    }
+    let bytes = std::fs::read(file).unwrap();
+    let elf = common::Elf::new(&file.to_string_lossy(), &bytes);
+    ferroscope_unwind_python::detect_file(&elf)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .unwrap_or_else(|| panic!("{} is not detected as CPython", file.display()))
+        .layout
+}
+
 #[test]
 fn layouts_match_libpython_dwarf() {
     let pythons = common::pythons_or_skip("layouts_match_libpython_dwarf");
-    let failures = std::cell::RefCell::new(Vec::new());
+    let mut failures = Vec::new();
     for py in &pythons {
-        let minor = py.version.minor;
-        let l = layout(minor).unwrap_or_else(|| panic!("no layout for {}", py.version));
-        let (structs, enums) = common::dwarf_info(&py.lib, STRUCTS, &["FRAME_OWNED_BY_CSTACK"]);
-        let mut checked = 0;
-        let mut check = |what: String, got: Option<u64>, want: Option<u64>| {
-            checked += 1;
-            if got != want {
-                failures.borrow_mut().push(format!(
-                    "{}: {what}: DWARF says {got:?}, layout({minor}) says {want:?}",
-                    py.version
-                ));
-            }
-        };
-        for (s, path, want) in expectations(l) {
-            let Some(info) = structs.get(s) else {
-                failures
-                    .borrow_mut()
-                    .push(format!("{}: struct {s} not found in DWARF", py.version));
-                continue;
-            };
-            check(
-                format!("{s}.{path}"),
-                info.offset(path),
-                want.map(u64::from),
-            );
-        }
-        let ascii = &structs["PyASCIIObject"];
-        check(
-            "sizeof(PyASCIIObject)".into(),
-            ascii.size,
-            Some(l.unicode.ascii_size.into()),
-        );
-        check(
-            "sizeof(PyCompactUnicodeObject)".into(),
-            structs["PyCompactUnicodeObject"].size,
-            Some(l.unicode.compact_size.into()),
-        );
-        let bit = |name: &str| {
-            ascii
-                .member(&format!("state.{name}"))
-                .and_then(|(_, m)| m.bit_offset)
-        };
-        check(
-            "state.kind bit".into(),
-            bit("kind"),
-            Some(l.unicode.kind_shift.into()),
-        );
-        check(
-            "state.compact bit".into(),
-            bit("compact"),
-            Some(l.unicode.compact_bit.into()),
-        );
-        check(
-            "state.ascii bit".into(),
-            bit("ascii"),
-            Some(l.unicode.ascii_bit.into()),
-        );
-        check(
-            "state.ready bit".into(),
-            bit("ready"),
-            l.unicode.ready_bit.map(u64::from),
-        );
-        let kind_bits = ascii.member("state.kind").and_then(|(_, m)| m.bit_size);
-        check("state.kind width".into(), kind_bits, Some(3));
-        // The frame read covers the fields and stays inside the structure.
-        let frame_struct = if minor <= 10 {
-            "_frame"
-        } else {
-            "_PyInterpreterFrame"
-        };
-        let size = structs[frame_struct].size.unwrap_or(0);
-        if u64::from(l.frame_read_len) > size {
-            failures.borrow_mut().push(format!(
-                "{}: frame_read_len {} > sizeof({frame_struct}) {size}",
-                py.version, l.frame_read_len
-            ));
-        }
-        if let FrameLayout::Interpreter {
-            entry: Entry::Owner { cstack, .. },
-            ..
-        } = l.frame
-        {
-            match enums.get("FRAME_OWNED_BY_CSTACK") {
-                Some(&v) => check(
-                    "FRAME_OWNED_BY_CSTACK".into(),
-                    Some(v as u64),
-                    Some(cstack.into()),
-                ),
-                None => eprintln!(
-                    "{}: enum _frameowner not in the DWARF seen; FRAME_OWNED_BY_CSTACK unchecked",
-                    py.version
-                ),
-            }
-        }
-        let want_format = match minor {
-            ..=9 => LineTableFormat::Lnotab,
-            10 => LineTableFormat::Linetable310,
-            _ => LineTableFormat::Locations311,
-        };
-        assert_eq!(l.line_table, want_format);
-        eprintln!("{}: {checked} offsets checked against DWARF", py.version);
+        let l = layout_of(&py.lib, py.version.minor);
+        failures.extend(check_layout(&py.version.to_string(), &l, &py.lib));
     }
-    let failures = failures.into_inner();
+    assert!(
+        failures.is_empty(),
+        "layout mismatches:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Debian's 3.13, 3.14 and 3.15: the layouts read from their `_Py_DebugOffsets` against the
+/// DWARF of their debug files.
+#[test]
+fn debian_layouts_match_their_debug_files_dwarf() {
+    let mut failures = Vec::new();
+    for minor in common::debian::DEBIAN_MINORS {
+        let Some(py) = common::debian::debian_python(minor) else {
+            continue;
+        };
+        let l = layout_of(py.exe(), minor);
+        let label = format!("Debian python3.{minor} {}", py.package_version);
+        failures.extend(check_layout(&label, &l, &py.debug_file));
+    }
     assert!(
         failures.is_empty(),
         "layout mismatches:\n{}",

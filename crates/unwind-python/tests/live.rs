@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use ferroscope_test_harness::Guard;
 
 use ferroscope_unwind_api::RemoteMemory;
 use ferroscope_unwind_python::{
-    CodeInfo, Layout, RawFrame, code_fingerprint, interpreters_head, layout, read_code, threads,
-    walk,
+    CodeInfo, Layout, RawFrame, code_fingerprint, detect_file, interpreters_head, read_code,
+    threads, walk,
 };
 use object::{Object, ObjectSegment};
 use serde_json::Value;
@@ -79,18 +80,55 @@ fn describe(frames: &[(RawFrame, Option<CodeInfo>)]) -> String {
         .join(" <- ")
 }
 
-fn live(minor: u8) {
-    let test = format!("live_walk_3_{minor}");
-    let Some(py) = common::python(minor) else {
-        return;
+/// Where the tested CPython comes from.
+#[derive(Debug, Clone, Copy)]
+enum Build {
+    /// pyenv's, with a shared libpython.
+    Pyenv(u8),
+    /// Debian's, statically linked and stripped, in the harness's chroot.
+    Debian(u8),
+}
+
+fn live(build: Build) {
+    let (minor, debian) = match build {
+        Build::Pyenv(m) => (m, false),
+        Build::Debian(m) => (m, true),
     };
-    let l = layout(minor).expect("layout");
+    let test = format!("live_walk_3_{minor}{}", if debian { "_debian" } else { "" });
+    // The command, the file holding the runtime (libpython, or the static executable), the
+    // script's path as the process sees it, and what must live while it runs.
+    let (mut cmd, runtime_file, script_seen, _keep): (
+        Command,
+        PathBuf,
+        PathBuf,
+        Box<dyn std::any::Any>,
+    ) = if debian {
+        let Some(py) = common::debian::debian_python(minor) else {
+            return;
+        };
+        let (chroot, _) = py.runtime.chroot.as_ref().expect("a chroot runtime");
+        let inside = chroot.copy_in(std::path::Path::new(SCRIPT));
+        let mut cmd = py.runtime.command();
+        cmd.arg(&inside);
+        let exe = py.exe().to_path_buf();
+        (cmd, exe, inside, Box::new(py))
+    } else {
+        let Some(py) = common::python(minor) else {
+            return;
+        };
+        let mut cmd = Command::new(&py.exe);
+        cmd.arg(SCRIPT);
+        let script = std::fs::canonicalize(SCRIPT).expect("script path");
+        (cmd, py.lib.clone(), script, Box::new(()))
+    };
+    let data = std::fs::read(&runtime_file).expect("read the runtime's file");
+    let found = detect_file(&common::Elf::new(&runtime_file.to_string_lossy(), &data))
+        .unwrap_or_else(|e| panic!("{test}: {e}"))
+        .unwrap_or_else(|| panic!("{test}: {} is not detected", runtime_file.display()));
+    let l = &found.layout;
     let mark = markers();
     // The script waits on its stdin, which the guard holds open until it kills it.
-    let mut child = Guard::spawn(
-        Command::new(&py.exe).arg(SCRIPT).stdin(Stdio::piped()),
-        Duration::from_secs(300),
-    );
+    let mut child = Guard::spawn(cmd.stdin(Stdio::piped()), Duration::from_secs(300));
     let pid = child.pid();
     let line = child
         .next_line(Duration::from_secs(30))
@@ -100,16 +138,9 @@ fn live(minor: u8) {
     let code = |k: &str| &info["codes"][k];
     let code_id = |k: &str| code(k)["id"].as_u64().expect("id");
 
-    let data = std::fs::read(&py.lib).expect("read libpython");
-    let file = object::File::parse(&*data).expect("parse libpython");
-    let symbol = if minor == 6 {
-        "interp_head"
-    } else {
-        "_PyRuntime"
-    };
-    let sym = common::symbol_address(&file, symbol)
-        .unwrap_or_else(|| panic!("{test}: {symbol} not in {}", py.lib.display()));
-    let bias = load_bias(pid, &py.lib, &file);
+    let file = object::File::parse(&*data).expect("parse the runtime's file");
+    let sym = found.runtime;
+    let bias = load_bias(pid, &runtime_file, &file);
     let mem = RemoteMemory::new(pid);
 
     // The script prints before its threads are surely parked: retry until both stacks are
@@ -245,7 +276,6 @@ fn live(minor: u8) {
     }
 
     // Every code object: names, file, first line, and the line of every instruction offset.
-    let script = std::fs::canonicalize(SCRIPT).expect("script path");
     let mut checked = 0;
     for key in ["inner", "run", "block_main", "main", "module"] {
         let c = code(key);
@@ -264,11 +294,12 @@ fn live(minor: u8) {
             c["filename"].as_str().unwrap(),
             "{test}: {key} filename"
         );
-        assert_eq!(
-            std::fs::canonicalize(&got.filename).ok().as_ref(),
-            Some(&script),
-            "{test}: {key} filename is the script"
-        );
+        let seen = if debian {
+            PathBuf::from(&got.filename)
+        } else {
+            std::fs::canonicalize(&got.filename).unwrap_or_else(|_| PathBuf::from(&got.filename))
+        };
+        assert_eq!(seen, script_seen, "{test}: {key} filename is the script");
         let first = c["firstlineno"].as_u64().unwrap() as u32;
         assert_eq!(got.first_line, first, "{test}: {key} first line");
         assert_eq!(
@@ -295,7 +326,7 @@ fn live(minor: u8) {
     }
     eprintln!(
         "{test}: {} ok; worker: {}; main: {}; {checked} offsets agree",
-        py.version,
+        found.version,
         describe(&worker),
         describe(&main)
     );
@@ -303,33 +334,45 @@ fn live(minor: u8) {
 
 #[test]
 fn live_walk_3_6() {
-    live(6);
+    live(Build::Pyenv(6));
 }
 #[test]
 fn live_walk_3_7() {
-    live(7);
+    live(Build::Pyenv(7));
 }
 #[test]
 fn live_walk_3_8() {
-    live(8);
+    live(Build::Pyenv(8));
 }
 #[test]
 fn live_walk_3_9() {
-    live(9);
+    live(Build::Pyenv(9));
 }
 #[test]
 fn live_walk_3_10() {
-    live(10);
+    live(Build::Pyenv(10));
 }
 #[test]
 fn live_walk_3_11() {
-    live(11);
+    live(Build::Pyenv(11));
 }
 #[test]
 fn live_walk_3_12() {
-    live(12);
+    live(Build::Pyenv(12));
 }
 #[test]
 fn live_walk_3_13() {
-    live(13);
+    live(Build::Pyenv(13));
+}
+#[test]
+fn live_walk_3_13_debian() {
+    live(Build::Debian(13));
+}
+#[test]
+fn live_walk_3_14_debian() {
+    live(Build::Debian(14));
+}
+#[test]
+fn live_walk_3_15_debian() {
+    live(Build::Debian(15));
 }

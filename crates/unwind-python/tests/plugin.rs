@@ -4,62 +4,16 @@
 
 mod common;
 
-use ferroscope_unwind_api::{ElfFile, RangeMode, SymbolRange};
+use common::Elf;
+use ferroscope_unwind_api::RangeMode;
 use ferroscope_unwind_python::ebpf::{NO_FIELD, PY_ENTRY_FLAG, PY_ENTRY_ONE, PY_ENTRY_SHIM};
-use ferroscope_unwind_python::{FrameLayout, detect_file, ebpf_proc, eval_ranges};
-use object::{Object, ObjectSegment, ObjectSymbol};
-
-/// An `ElfFile` over a file read from disk (the agent has its own, over the mapped bytes).
-struct Elf<'a> {
-    path: String,
-    file: object::File<'a>,
-}
-
-impl ElfFile for Elf<'_> {
-    fn path(&self) -> &str {
-        &self.path
-    }
-    fn symbol(&self, name: &str) -> Option<SymbolRange> {
-        self.file
-            .dynamic_symbols()
-            .chain(self.file.symbols())
-            .find(|s| s.name() == Ok(name) && s.is_definition())
-            .map(|s| SymbolRange {
-                address: s.address(),
-                size: s.size(),
-            })
-    }
-    fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
-        self.file
-            .dynamic_symbols()
-            .find(|s| s.name() == Ok(name) && s.is_definition())
-            .map(|s| SymbolRange {
-                address: s.address(),
-                size: s.size(),
-            })
-    }
-    fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
-        self.file.segments().any(|seg| {
-            let Ok(data) = seg.data() else { return false };
-            let start = seg.address();
-            if vaddr < start || vaddr - start + buf.len() as u64 > data.len() as u64 {
-                return false;
-            }
-            let off = (vaddr - start) as usize;
-            buf.copy_from_slice(&data[off..off + buf.len()]);
-            true
-        })
-    }
-}
+use ferroscope_unwind_python::{FrameLayout, PartsFrom, detect_file, ebpf_proc, eval_ranges};
 
 #[test]
 fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
     for py in common::pythons_or_skip("plugin detection") {
         let bytes = std::fs::read(&py.lib).unwrap();
-        let elf = Elf {
-            path: py.lib.to_string_lossy().into_owned(),
-            file: object::File::parse(&*bytes).unwrap(),
-        };
+        let elf = Elf::new(&py.lib.to_string_lossy(), &bytes);
         let found = detect_file(&elf)
             .unwrap()
             .unwrap_or_else(|| panic!("{} not detected", py.lib.display()));
@@ -78,12 +32,12 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
                 py.lib.display()
             );
         }
-        let eval = found.eval[0].expect("_PyEval_EvalFrameDefault");
+        let eval = found.eval.parts[0];
         assert!(eval.size > 1000, "the eval loop is a big function");
 
         let bias = 0x7f00_0000_0000;
         let p = ebpf_proc(&found, bias);
-        let l = found.layout;
+        let l = &found.layout;
         let ranges = eval_ranges(&found, bias);
         assert_eq!(ranges[0].start, eval.address + bias);
         assert_eq!(ranges[0].end, eval.address + eval.size + bias);
@@ -117,10 +71,7 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
 
         // The launcher of a shared build links libpython and has no eval loop of its own.
         let bytes = std::fs::read(&py.exe).unwrap();
-        let elf = Elf {
-            path: py.exe.to_string_lossy().into_owned(),
-            file: object::File::parse(&*bytes).unwrap(),
-        };
+        let elf = Elf::new(&py.exe.to_string_lossy(), &bytes);
         assert!(
             detect_file(&elf).unwrap().is_none(),
             "{} is a launcher, not the runtime",
@@ -132,9 +83,80 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
 #[test]
 fn other_files_are_not_python() {
     let bytes = std::fs::read("/bin/ls").unwrap();
-    let elf = Elf {
-        path: "/bin/ls".into(),
-        file: object::File::parse(&*bytes).unwrap(),
-    };
+    let elf = Elf::new("/bin/ls", &bytes);
     assert!(detect_file(&elf).unwrap().is_none());
+}
+
+/// Every pyenv libpython, with its symbols and as a stripped copy: with symbols, the eval
+/// loop's parts are the entry and its `.cold` part when `.symtab` has one; the stripped
+/// copy's CFI finds the entry and each symbol part that the entry's direct jumps land
+/// inside of (the parts the interpreter reaches), and nothing else. (pyenv's 3.11 has a
+/// 4-byte `.cold` part that no jump of the entry reaches: nothing to find there.)
+#[test]
+fn stripped_copies_find_the_eval_loop_parts_the_entry_jumps_into() {
+    use ferroscope_unwind_api::ElfFile;
+    let Some(strip) = ferroscope_test_harness::tool("strip") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for py in common::pythons_or_skip("stripped copies") {
+        let bytes = std::fs::read(&py.lib).unwrap();
+        let path = py.lib.to_string_lossy().into_owned();
+        let elf = Elf::new(&path, &bytes);
+        let with_symbols = detect_file(&elf).unwrap().unwrap();
+        let cold = common::symbol_address(
+            &object::File::parse(&*bytes).unwrap(),
+            "_PyEval_EvalFrameDefault.cold",
+        );
+        let want_from = if cold.is_some() {
+            PartsFrom::Symbols
+        } else {
+            PartsFrom::EntrySymbol
+        };
+        assert_eq!(with_symbols.eval.from, want_from, "{path}");
+        assert_eq!(
+            with_symbols.eval.parts.len(),
+            1 + usize::from(cold.is_some()),
+            "{path}"
+        );
+
+        // What the CFI must find: the entry, and the symbol parts a jump lands inside of.
+        let entry = with_symbols.eval.parts[0];
+        let mut code = vec![0u8; entry.size as usize];
+        assert!(elf.read_vaddr(entry.address, &mut code), "{path}");
+        let targets = ferroscope_unwind_python::eval_loop::branch_targets(&code, entry.address);
+        let mut want = vec![entry];
+        want.extend(with_symbols.eval.parts[1..].iter().copied().filter(|p| {
+            targets
+                .iter()
+                .any(|&t| p.address < t && t < p.address + p.size)
+        }));
+
+        let copy = dir.path().join(py.lib.file_name().unwrap());
+        ferroscope_test_harness::run_ok(
+            std::process::Command::new(&strip)
+                .arg("--strip-all")
+                .arg("-o")
+                .arg(&copy)
+                .arg(&py.lib),
+            std::time::Duration::from_secs(120),
+        );
+        let stripped_bytes = std::fs::read(&copy).unwrap();
+        let stripped = detect_file(&Elf::new(&path, &stripped_bytes));
+        if py.version.minor == 6 {
+            // 3.6's interpreters are behind a static `interp_head`, in .symtab only.
+            let e = stripped.expect_err("3.6 needs .symtab");
+            assert!(e.to_string().contains("`interp_head`"), "{e}");
+            continue;
+        }
+        let stripped = stripped.unwrap().unwrap();
+        assert_eq!(stripped.eval.parts, want, "{path}: stripped");
+        let want_from = if want.len() > 1 {
+            PartsFrom::Cfi
+        } else {
+            PartsFrom::EntrySymbol
+        };
+        assert_eq!(stripped.eval.from, want_from, "{path}: stripped");
+        assert_eq!(stripped.layout, with_symbols.layout, "{path}: stripped");
+    }
 }

@@ -161,6 +161,11 @@ impl Chroot {
         })
     }
 
+    /// The suite it is.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
     /// Its root directory on the host.
     pub fn root(&self) -> &Path {
         &self.root
@@ -179,6 +184,21 @@ impl Chroot {
         std::fs::copy(from, self.host_path(&inside))
             .unwrap_or_else(|e| panic!("cannot copy {} into the chroot: {e}", from.display()));
         inside
+    }
+
+    /// The version of a Debian package installed in the chroot (from its dpkg status), e.g.
+    /// to fetch the matching debug symbols with
+    /// [`deb_extract_version`](crate::debian::deb_extract_version).
+    pub fn package_version(&self, package: &str) -> Option<String> {
+        let status = std::fs::read_to_string(self.host_path("/var/lib/dpkg/status")).ok()?;
+        status.split("\n\n").find_map(|stanza| {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            (field("Package:")? == package).then(|| field("Version:"))?
+        })
     }
 
     /// `program` (a path inside the chroot) as a command run in it; add arguments and spawn

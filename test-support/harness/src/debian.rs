@@ -205,16 +205,34 @@ fn candidate(apt: &Path, package: &str, suite: &str) -> Result<Option<String>, U
 /// package's version). Its programs may need a newer glibc than the host's: run those in a
 /// chroot ([`crate::chroot`]); this is for reading their files.
 pub fn deb_extract(package: &str, suite: &str) -> Result<PathBuf, Unavailable> {
+    deb_extract_version(package, suite, None)
+}
+
+/// [`deb_extract`] of one version of the package (`None`: the one the lists offer), for
+/// files that must match another install, such as the debug symbols of a chroot's
+/// interpreter. A version the mirror no longer has is [`Unavailable`], with the reason.
+pub fn deb_extract_version(
+    package: &str,
+    suite: &str,
+    version: Option<&str>,
+) -> Result<PathBuf, Unavailable> {
     if !SUITES.contains(&suite) {
         return Err(Unavailable(format!(
             "suite {suite} is not in the private apt sources ({})",
             SUITES.join(", ")
         )));
     }
+    let key_of = |v: &str| format!("deb/{suite}/{package}_{}", v.replace(':', "_"));
+    if let Some(v) = version {
+        let cached = crate::cache::cache_dir().join(key_of(v));
+        if cached.is_dir() {
+            return Ok(cached);
+        }
+    }
     let apt = private_apt()?;
-    let version = match candidate(&apt, package, suite)? {
-        Some(v) => v,
-        None => {
+    let offered = match candidate(&apt, package, suite)? {
+        Some(v) if version.is_none_or(|want| want == v) => v,
+        _ => {
             // The lists may be older than the package: refresh them once.
             let _lock = FileLock::exclusive(&lock_path("apt/trixie-sid-1"))?;
             apt_update(&apt)?;
@@ -222,7 +240,18 @@ pub fn deb_extract(package: &str, suite: &str) -> Result<PathBuf, Unavailable> {
                 .ok_or_else(|| Unavailable(format!("Debian {suite} has no package {package}")))?
         }
     };
-    let key = format!("deb/{suite}/{package}_{}", version.replace(':', "_"));
+    if let Some(want) = version
+        && want != offered
+    {
+        return Err(Unavailable(format!(
+            "Debian {suite} now has {package} {offered}, not {want}, and {want} is not in the \
+             cache ({}); the install it must match is older than the mirror: reinstall it \
+             (delete its cache directory) so that both are of the same version",
+            crate::cache::cache_dir().join(key_of(want)).display()
+        )));
+    }
+    let version = offered;
+    let key = key_of(&version);
     provision(&key, |tmp| {
         let dl = tmp.join(".download");
         std::fs::create_dir(&dl)

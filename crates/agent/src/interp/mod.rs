@@ -68,7 +68,26 @@ struct Runtime {
     slot: Option<u32>,
     successes: u64,
     failures: u64,
+    /// Files that are this runtime but that its plug-in cannot unwind.
+    detection_failures: u64,
 }
+
+/// A file that a plug-in recognised as its runtime but cannot unwind, and why (from
+/// [`Interpreter::detect`]'s error): reported by `record`'s summary and `/metrics`
+/// (`ferroscope_runtime_detection_failed`), so that a runtime never silently shows as native
+/// frames only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectionFailure {
+    /// The plug-in's name (`python`).
+    pub runtime: &'static str,
+    /// The file, as the process maps it.
+    pub path: String,
+    /// What failed, why, and what to do.
+    pub reason: String,
+}
+
+/// Most detection failures kept (distinct files); more are counted only.
+const DETECTION_FAILURES_KEPT: usize = 32;
 
 struct Attached {
     process: Box<dyn InterpreterProcess>,
@@ -86,6 +105,7 @@ pub struct Interpreters {
     names: SharedNames,
     scratch: Vec<InterpretedFrame>,
     lines: Vec<NamedLine>,
+    detection_failures: Vec<DetectionFailure>,
 }
 
 impl std::fmt::Debug for Interpreters {
@@ -130,6 +150,7 @@ impl Interpreters {
                     slot: None,
                     successes: 0,
                     failures: 0,
+                    detection_failures: 0,
                 })
                 .collect(),
             detected: HashMap::new(),
@@ -137,6 +158,7 @@ impl Interpreters {
             names: SharedNames::default(),
             scratch: Vec::new(),
             lines: Vec::new(),
+            detection_failures: Vec::new(),
         }
     }
 
@@ -224,7 +246,7 @@ impl Interpreters {
         kernel: &mut dyn KernelMaps,
     ) {
         for f in files {
-            self.detect_file(f);
+            self.detect_file(pid, f);
         }
         // Instances already attached: tell them; detach the ones whose runtime is gone.
         if rescan {
@@ -309,35 +331,62 @@ impl Interpreters {
         }
     }
 
-    /// Asks every plug-in about a file, once per identity.
-    fn detect_file(&mut self, f: &MappedFile) {
+    /// Asks every plug-in about a file (mapped by `pid`), once per identity.
+    fn detect_file(&mut self, pid: u32, f: &MappedFile) {
         if self.detected.contains_key(&f.file_id) {
             return;
         }
         let found = std::fs::File::open(&f.open_path)
             .and_then(ferroscope_symbolize::root::regular)
             .ok()
-            .map(|file| {
-                let data = object::ReadCache::new(file);
-                let Some(elf) = MappedElf::new(&f.path, &data) else {
+            .and_then(|file| {
+                let identity = file.metadata().ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                });
+                // A second handle for reads with caches of their own (the CFI's ranges).
+                let source = file.try_clone().ok()?;
+                Some((source, object::ReadCache::new(file), identity))
+            })
+            .map(|(source, data, identity)| {
+                let search = elf::DebugSearch {
+                    pid,
+                    path: std::path::PathBuf::from(&f.path),
+                    identity,
+                };
+                let Some(elf) = MappedElf::new(&f.path, &source, &data, Some(search)) else {
                     return Vec::new();
                 };
-                self.runtimes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.slot.is_some())
-                    .filter_map(|(i, r)| match r.plugin.detect(&elf) {
+                let mut found = Vec::new();
+                for (i, r) in self.runtimes.iter_mut().enumerate() {
+                    if r.slot.is_none() {
+                        continue;
+                    }
+                    match r.plugin.detect(&elf) {
                         Ok(Some(d)) => {
                             tracing::debug!(path = %f.path, runtime = r.plugin.name(), "runtime detected");
-                            Some((i, d))
+                            found.push((i, d));
                         }
-                        Ok(None) => None,
+                        Ok(None) => {}
                         Err(e) => {
-                            tracing::debug!(path = %f.path, runtime = r.plugin.name(), "detection failed: {}", crate::error::Chain(&e));
-                            None
+                            let reason = reason(&e);
+                            tracing::warn!(path = %f.path, runtime = r.plugin.name(), "this runtime cannot be unwound in this file: {reason}");
+                            r.detection_failures += 1;
+                            let known = self
+                                .detection_failures
+                                .iter()
+                                .any(|d| d.runtime == r.plugin.name() && d.path == f.path);
+                            if !known && self.detection_failures.len() < DETECTION_FAILURES_KEPT {
+                                self.detection_failures.push(DetectionFailure {
+                                    runtime: r.plugin.name(),
+                                    path: f.path.clone(),
+                                    reason,
+                                });
+                            }
                         }
-                    })
-                    .collect()
+                    }
+                }
+                found
             })
             .unwrap_or_default();
         if self.detected.len() >= DETECTED_LIMIT {
@@ -431,6 +480,12 @@ impl Interpreters {
                 ),
             }
         }
+    }
+
+    /// Files whose runtime was recognised but cannot be unwound, and why (the first
+    /// 32 distinct ones; [`Interpreters::metrics`] counts them all).
+    pub fn detection_failures(&self) -> &[DetectionFailure] {
+        &self.detection_failures
     }
 
     /// Processes with a runtime attached.
@@ -551,6 +606,10 @@ impl Interpreters {
             let (ok, failed) = r.plugin.symbolization_metric_names();
             out.push(Metric::counter(ok, r.successes));
             out.push(Metric::counter(failed, r.failures));
+            out.push(Metric::counter(
+                format!("{m}DetectionFailures_total"),
+                r.detection_failures,
+            ));
             out.extend(r.plugin.metrics());
             out.push(Metric::gauge(
                 format!("Unwind{m}ProgramLoaded"),
@@ -562,6 +621,16 @@ impl Interpreters {
             self.attached.len() as u64,
         ));
         out
+    }
+}
+
+/// What a plug-in's detection error says, without the plug-in's name in front.
+fn reason(e: &ferroscope_unwind_api::InterpreterError) -> String {
+    match e {
+        ferroscope_unwind_api::InterpreterError::Runtime { source, .. } => {
+            crate::error::Chain(source.as_ref()).to_string()
+        }
+        other => crate::error::Chain(other).to_string(),
     }
 }
 

@@ -362,3 +362,62 @@ fn disabled_plugins_are_not_created() {
     let all = Interpreters::from_registry(&registry, &[]);
     assert_eq!(all.names(), ["alpha", "beta"]);
 }
+
+/// A plug-in that recognises this test binary as its runtime but cannot unwind it.
+struct Unreadable;
+
+impl Interpreter for Unreadable {
+    fn name(&self) -> &'static str {
+        "unreadable"
+    }
+    fn metric_name(&self) -> &'static str {
+        "Unreadable"
+    }
+    fn ebpf(&self) -> Option<ferroscope_unwind_api::EbpfProgram> {
+        None
+    }
+    fn detect(&self, file: &dyn ElfFile) -> Result<Option<FileData>, InterpreterError> {
+        if !file.path().ends_with(&this_binary()) {
+            return Ok(None);
+        }
+        Err(InterpreterError::Runtime {
+            runtime: "unreadable",
+            source: "no layout for this build; use another".into(),
+        })
+    }
+    fn attach(
+        &self,
+        _data: &FileData,
+        _context: &AttachContext<'_>,
+    ) -> Result<Box<dyn InterpreterProcess>, InterpreterError> {
+        unreachable!("never detected")
+    }
+}
+
+#[test]
+fn detection_failures_are_kept_with_their_reason_and_counted() {
+    let pid = std::process::id();
+    let mut maps = FakeMaps::new(1 << 22);
+    let mut pm = ProcessManager::new(ProcessManagerConfig::default());
+    let mut interps = Interpreters::new(vec![Box::new(Unreadable)]);
+    interps.set_slots([("unreadable", 1)]);
+    pm.scan(Some(&[pid]));
+    pm.tick(&mut maps);
+    let events = pm.take_events();
+    interps.handle(events, &mut pm, &mut maps);
+    assert!(!interps.is_attached(pid, "unreadable"));
+    let failures = interps.detection_failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].runtime, "unreadable");
+    assert!(failures[0].path.ends_with(&this_binary()));
+    assert_eq!(
+        failures[0].reason, "no layout for this build; use another",
+        "the plug-in's own words, without its name in front"
+    );
+    let count = interps
+        .metrics(|_| None)
+        .into_iter()
+        .find(|m| m.name == "UnreadableDetectionFailures_total")
+        .map(|m| m.value);
+    assert_eq!(count, Some(1));
+}

@@ -415,6 +415,7 @@ fn collect_loop(
                 );
             }
             metrics.set_internal(s.unwind_metrics().as_ref(), &s.runtime_metrics());
+            metrics.set_detection_failures(&s.detection_failures());
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 let alive = live_pids();

@@ -29,7 +29,7 @@ use ferroscope_ebpf_programs::{Counters, ProgramReport, Sampler, SamplerConfig, 
 use ferroscope_unwind_api::{Metric, NameDetail, Trace};
 
 use crate::Error;
-use crate::interp::{Interpreters, SharedNames};
+use crate::interp::{DetectionFailure, Interpreters, SharedNames};
 use crate::process::{ManagerMetrics, ProcessManager, ProcessManagerConfig, UnwindMetrics};
 use unwinder::{Command, Snapshot, Unwinder};
 
@@ -97,6 +97,8 @@ pub struct Finished {
     pub manager: Option<ManagerMetrics>,
     /// Every runtime plug-in's metrics.
     pub runtimes: Vec<Metric>,
+    /// Files a plug-in recognised as its runtime but cannot unwind, and why.
+    pub detection_failures: Vec<DetectionFailure>,
 }
 
 /// The running session.
@@ -303,6 +305,12 @@ impl Session {
         self.snapshot().runtimes
     }
 
+    /// Files a plug-in recognised as its runtime but cannot unwind, and why (as of the last
+    /// quarter second).
+    pub fn detection_failures(&self) -> Vec<DetectionFailure> {
+        self.snapshot().detection_failures
+    }
+
     /// How many entries each per-process structure of the session's threads holds.
     pub fn tracked(&self) -> Vec<(&'static str, u64)> {
         self.snapshot().tracked
@@ -342,6 +350,7 @@ impl Session {
         Finished {
             manager: s.manager.filter(|_| self.unwinder),
             runtimes: s.runtimes,
+            detection_failures: s.detection_failures,
         }
     }
 

@@ -16,7 +16,7 @@ use ferroscope_unwind_api::Metric;
 use super::drain::{Batch, Incoming};
 use super::kernel::Kernel;
 use super::{Change, Delivery, Sample};
-use crate::interp::Interpreters;
+use crate::interp::{DetectionFailure, Interpreters};
 use crate::process::{ManagerMetrics, ProcessManager};
 
 /// How long the thread waits for a batch before it works on its own (refreshes, queued
@@ -44,6 +44,8 @@ pub(super) struct Snapshot {
     pub runtimes: Vec<Metric>,
     /// Entries of each per-process structure the thread owns.
     pub tracked: Vec<(&'static str, u64)>,
+    /// Files a plug-in recognised as its runtime but cannot unwind, and why.
+    pub detection_failures: Vec<DetectionFailure>,
 }
 
 pub(super) struct Unwinder {
@@ -207,6 +209,7 @@ impl Unwinder {
             manager,
             runtimes,
             tracked,
+            detection_failures: self.interpreters.detection_failures().to_vec(),
         };
     }
 }

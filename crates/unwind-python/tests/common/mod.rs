@@ -2,13 +2,93 @@
 //! from their DWARF.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod debian;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use ferroscope_unwind_api::{ElfFile, SymbolRange};
 use ferroscope_unwind_python::{PyVersion, version_from_path};
 use gimli::{AttributeValue, EndianSlice, LittleEndian, UnitOffset};
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+
+/// An `ElfFile` over a file read from disk, as the agent's over a mapped file: symbols of
+/// `.dynsym`, `.symtab` and, when given, a debug file's `.symtab`; CFI functions from
+/// `ferroscope-unwind-native`.
+pub struct Elf<'a> {
+    path: String,
+    file: object::File<'a>,
+    debug: Option<object::File<'a>>,
+    functions: Vec<std::ops::Range<u64>>,
+}
+
+impl<'a> Elf<'a> {
+    pub fn new(path: &str, bytes: &'a [u8]) -> Elf<'a> {
+        Elf {
+            path: path.to_owned(),
+            file: object::File::parse(bytes).expect("an ELF file"),
+            debug: None,
+            functions: ferroscope_unwind_native::function_ranges(bytes).unwrap_or_default(),
+        }
+    }
+
+    /// With the symbols of a separate debug file too.
+    pub fn with_debug_file(mut self, debug: &'a [u8]) -> Elf<'a> {
+        self.debug = Some(object::File::parse(debug).expect("an ELF debug file"));
+        self
+    }
+}
+
+fn find_symbol<'d>(
+    symbols: impl Iterator<Item = object::Symbol<'d, 'd>>,
+    name: &str,
+) -> Option<SymbolRange> {
+    symbols
+        .filter(|s| s.name() == Ok(name) && s.is_definition())
+        .map(|s| SymbolRange {
+            address: s.address(),
+            size: s.size(),
+        })
+        .next()
+}
+
+impl ElfFile for Elf<'_> {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn symbol(&self, name: &str) -> Option<SymbolRange> {
+        self.exported_symbol(name)
+            .or_else(|| find_symbol(self.file.symbols(), name))
+            .or_else(|| find_symbol(self.debug.as_ref()?.symbols(), name))
+    }
+    fn exported_symbol(&self, name: &str) -> Option<SymbolRange> {
+        find_symbol(self.file.dynamic_symbols(), name)
+    }
+    fn read_vaddr(&self, vaddr: u64, buf: &mut [u8]) -> bool {
+        self.file.segments().any(|seg| {
+            let Ok(data) = seg.data() else { return false };
+            let start = seg.address();
+            if vaddr < start || vaddr - start + buf.len() as u64 > data.len() as u64 {
+                return false;
+            }
+            let off = (vaddr - start) as usize;
+            buf.copy_from_slice(&data[off..off + buf.len()]);
+            true
+        })
+    }
+    fn cfi_function(&self, vaddr: u64) -> Option<SymbolRange> {
+        let i = self
+            .functions
+            .partition_point(|r| r.start <= vaddr)
+            .checked_sub(1)?;
+        let r = &self.functions[i];
+        (vaddr < r.end).then(|| SymbolRange {
+            address: r.start,
+            size: r.end - r.start,
+        })
+    }
+}
 
 /// One CPython installation with a shared libpython.
 #[derive(Debug, Clone)]
@@ -60,7 +140,8 @@ pub fn installed_pythons() -> Vec<Installed> {
     out
 }
 
-/// The CPython minor versions the unwinder supports, each of which the tests check.
+/// The CPython minor versions the tests check on pyenv builds (3.14 and 3.15 are Debian's:
+/// [`debian`]).
 pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u8> = 6..=13;
 
 /// CPython 3.`minor` with its shared libpython, or `None` after a skip (logged; a failure
