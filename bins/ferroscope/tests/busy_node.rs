@@ -37,6 +37,8 @@ fn gcc(dir: &Path, src: &str, name: &str, flags: &[&str]) -> PathBuf {
 struct Sample {
     names: Vec<String>,
     labels: BTreeMap<String, String>,
+    /// How many samples had this stack.
+    count: i64,
 }
 
 fn decode(bytes: &[u8]) -> Vec<Sample> {
@@ -45,9 +47,11 @@ fn decode(bytes: &[u8]) -> Vec<Sample> {
     let functions: HashMap<u64, String> = p.function.iter().map(|f| (f.id, s(f.name))).collect();
     let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
         p.location.iter().map(|l| (l.id, l)).collect();
+    let period = p.period.max(1);
     p.sample
         .iter()
         .map(|sample| Sample {
+            count: sample.value.first().copied().unwrap_or(0) / period,
             names: sample
                 .location_id
                 .iter()
@@ -69,6 +73,28 @@ fn service_samples(out: &Path, service: &str) -> Vec<Sample> {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .flat_map(|b| decode(&b))
         .collect()
+}
+
+/// The profile files written for `service`, oldest first.
+fn profile_files(out: &Path, service: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out.join(service))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    // `<unix seconds>-<pid>[.n].pb.gz`: by time, then as written.
+    files.sort_by_key(|p| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let secs: u64 = name
+            .split('-')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (secs, name)
+    });
+    files
 }
 
 fn has(samples: &[Sample], function: &str) -> bool {
@@ -248,14 +274,24 @@ fn a_process_that_execs_gets_the_new_programs_frames_and_labels() {
     let first = gcc(dir.path(), "c/exec_after.c", "exec_after", &["-O0"]);
     let then = gcc(dir.path(), "c/nofp_chain.c", "beta_prog", &[]);
     let mut agent = start_agent(dir.path(), &out, &["exec_after", "beta_prog"], "", "");
-    // Wait for the agent to sample before starting the workload.
-    std::thread::sleep(Duration::from_secs(3));
-    let work = Guard::spawn(Command::new(&first).arg("4000").arg(&then), WORKLOAD_LIMIT);
+    // The workload starts once the agent samples (start-up takes seconds on a busy machine).
+    let started = Instant::now();
+    while !agent.stderr_tail().contains("sampling started") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120) && agent.running(),
+            "the agent did not start sampling\n{}",
+            agent.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let work = Guard::spawn(Command::new(&first).arg("6000").arg(&then), WORKLOAD_LIMIT);
+    // Three profiles after the exec: the first may hold samples taken before the new
+    // program's table was loaded (unwound by frame pointer meanwhile).
     wait_for(
         &mut agent,
-        Duration::from_secs(60),
-        "beta_prog's profile",
-        || has(&service_samples(&out, "beta_prog"), "hot_leaf"),
+        Duration::from_secs(120),
+        "three of beta_prog's profiles",
+        || profile_files(&out, "beta_prog").len() >= 3,
     );
     let pid = work.pid();
     drop(work);
@@ -263,6 +299,11 @@ fn a_process_that_execs_gets_the_new_programs_frames_and_labels() {
 
     let before = service_samples(&out, "exec_after");
     let after = service_samples(&out, "beta_prog");
+    let settled: Vec<Sample> = profile_files(&out, "beta_prog")
+        .iter()
+        .skip(1)
+        .flat_map(|f| decode(&std::fs::read(f).unwrap()))
+        .collect();
     assert!(has(&before, "before_exec_work"), "{before:?}");
     assert!(
         !has(&before, "hot_leaf"),
@@ -285,18 +326,23 @@ fn a_process_that_execs_gets_the_new_programs_frames_and_labels() {
         "run_forever",
         "main",
     ];
-    let hot: Vec<&Sample> = after
+    let hot: Vec<&Sample> = settled
         .iter()
         .filter(|s| s.names.first().is_some_and(|n| n == "hot_leaf"))
         .collect();
-    let whole = hot
+    let total: i64 = hot.iter().map(|s| s.count).sum();
+    assert!(
+        total >= 50,
+        "only {total} hot_leaf samples after the first profile"
+    );
+    let whole: i64 = hot
         .iter()
         .filter(|s| s.names.windows(chain.len()).any(|w| w == chain))
-        .count();
+        .map(|s| s.count)
+        .sum();
     assert!(
-        whole * 100 >= hot.len() * 95,
-        "{whole} of {} hot_leaf samples have the whole chain",
-        hot.len()
+        whole * 100 >= total * 95,
+        "{whole} of {total} hot_leaf samples have the whole chain"
     );
 }
 

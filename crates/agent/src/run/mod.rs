@@ -47,6 +47,9 @@ use targeting::Targeting;
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// How often /proc is scanned for new processes to match against the targets.
 const PROCESS_SCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// How long after its exit report a process's last samples may still arrive.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How often what is kept per process is checked against the live processes.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How long the last round may take after a stop was requested.
@@ -171,6 +174,8 @@ struct Collector<'a> {
     /// Profiles built early in this interval (processes that exec'd or whose PID was
     /// reused), sent with the round.
     early: Vec<Built>,
+    /// Processes reported exited, and when: closed after [`EXIT_GRACE`].
+    exiting: Vec<(u32, Instant)>,
     interval_start: SystemTime,
 }
 
@@ -204,15 +209,36 @@ impl Collector<'_> {
                     ?change,
                     "process changed; its profile so far is built now"
                 );
+                // What is now at the PID supersedes a pending exit of the old process.
+                self.exiting.retain(|&(p, _)| p != pid);
                 self.close(pid, names);
                 self.targeting.rediscover(pid);
             }
             Delivery::Exit { pid } => {
-                // Every sample of the process was delivered before its exit: its profile is
-                // built now, so that a process that gets the PID next starts afresh.
-                self.close(pid, names);
-                self.targeting.forget(pid);
+                // Its last samples may still be in the ring buffer: the process is closed
+                // after a grace period (a process that reuses the PID meanwhile is told
+                // apart by its start time and delivered as Changed).
+                self.exiting.push((pid, Instant::now()));
             }
+        }
+    }
+
+    /// Closes the processes whose exit grace period is over: builds what they have so far
+    /// and drops their targets, so that a process that gets the PID next starts afresh.
+    fn close_exited(&mut self, names: &crate::interp::SharedNames) {
+        let due: Vec<u32> = self
+            .exiting
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= EXIT_GRACE)
+            .map(|&(pid, _)| pid)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.exiting.retain(|(_, at)| at.elapsed() < EXIT_GRACE);
+        for pid in due {
+            self.close(pid, names);
+            self.targeting.forget(pid);
         }
     }
 
@@ -288,6 +314,7 @@ fn collect_loop(
         symbolizer: symbolizer_of(config),
         per_pid: HashMap::new(),
         early: Vec::new(),
+        exiting: Vec::new(),
         interval_start: SystemTime::now(),
     };
     let mut session: Option<Session> = None;
@@ -405,6 +432,7 @@ fn collect_loop(
             let names = s.frame_names();
             let kernel_frames = ebpf.kernel_frames;
             s.drain(|d| c.take(d, kernel_frames, &names));
+            c.close_exited(&names);
             if let Ok(counters) = s.counters() {
                 mirrors
                     .0

@@ -138,10 +138,9 @@ impl Unwinder {
                     pid: report.pid,
                     change: Change::Exec,
                 },
-                PidEventKind::Exit => {
-                    self.starts.remove(&report.pid);
-                    Delivery::Exit { pid: report.pid }
-                }
+                // The start time is kept (the sweep drops it once the PID is gone): a new
+                // process that gets the PID is then told apart from the old one's last samples.
+                PidEventKind::Exit => Delivery::Exit { pid: report.pid },
                 PidEventKind::New | PidEventKind::Rescan => continue,
             };
             let _ = self.output.send(delivery);
