@@ -63,6 +63,7 @@ const CACHED_TOOLS: &[&str] = &["go", "kubernetes-validate"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    ensure_dev_null()?;
     match args.first().map(String::as_str) {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
@@ -114,6 +115,43 @@ fn main() -> Result<()> {
             bail!("no command given")
         }
     }
+}
+
+/// Makes sure /dev/null is the null device. Some sandboxes start with a regular file there:
+/// everything sent to "/dev/null" then piles up in it, and whatever reads it (a child's stdin,
+/// rustc's `-` probes) gets that pile back, which fails builds with errors about unrelated
+/// text. As root the device is put back (mknod 1:3, renamed over the file); otherwise this is
+/// an error saying how to fix it.
+fn ensure_dev_null() -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let null = Path::new("/dev/null");
+    if std::fs::metadata(null).is_ok_and(|m| m.file_type().is_char_device()) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "/dev/null is not the null device (a regular file or missing), so output sent there \
+             piles up and is read back by builds; recreate it as root: \
+             `rm -f /dev/null && mknod -m 666 /dev/null c 1 3`"
+        );
+    }
+    eprintln!("/dev/null is not the null device here; recreating it (mknod c 1 3)");
+    let fresh = Path::new("/dev/.null.xtask");
+    let _ = std::fs::remove_file(fresh);
+    let made = Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(fresh)
+        .args(["c", "1", "3"])
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run mknod to recreate /dev/null")?;
+    if !made.success() {
+        bail!(
+            "mknod could not recreate /dev/null ({made}); fix it by hand: `mknod -m 666 /dev/null c 1 3`"
+        );
+    }
+    std::fs::rename(fresh, null).context("cannot move the new null device to /dev/null")?;
+    Ok(())
 }
 
 pub(crate) fn root() -> PathBuf {
