@@ -9,7 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::runtimes::{self, Runtime};
 use ferroscope_test_harness::{self as harness, Guard};
 
@@ -768,85 +768,22 @@ fn perl_unwinder_off_gives_native_stacks() {
     );
 }
 
-/// The value of the first `/metrics` line that starts with `name`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
-}
-
 /// Runs `ferroscope run` on the two-chains script with `perl_enabled` as given until it
 /// wrote two profiles; returns their samples and the agent's `/metrics` at the end.
 fn agent_samples(perl: &Runtime, perl_enabled: bool) -> (Vec<Sample>, String) {
     let mut cmd = perl.command();
     cmd.arg(script_for(perl, "chains.pl"));
     let workload = Ready::start(cmd);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("profiles");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = format!(
-        r#"
-[ebpf]
-collect_interval = "2s"
-sample_rate = 97
-perl_enabled = {perl_enabled}
-
-[[targets]]
-__process_pid__ = "{pid}"
-service_name = "pl"
-
-[output]
-dir = "{out}"
-
-[server]
-listen_address = "{port}"
-"#,
-        pid = workload.pid(),
-        out = out.display(),
+    // Generous: on a loaded machine the debug agent takes 15-20 s to load its programs.
+    let run = run_agent(
+        workload.pid(),
+        &format!("perl_enabled = {perl_enabled}"),
+        "pl",
+        2,
+        Duration::from_secs(60),
     );
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut agent = Guard::spawn(
-        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-            .args(["run", "--config"])
-            .arg(&path),
-        WORKLOAD_LIMIT,
-    );
-    let service = out.join("pl");
-    let start = std::time::Instant::now();
-    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 2 {
-        // Generous: on a loaded machine the debug agent takes 15-20 s to load its programs.
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the agent wrote no profiles in 60 s\n{}",
-            agent.stderr_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(port).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut m = String::new();
-        s.read_to_string(&mut m).unwrap();
-        m
-    };
-    let status = agent.terminate(Duration::from_secs(10));
-    assert!(status.success(), "{}", agent.stderr_tail());
     drop(workload);
-
-    let mut samples = Vec::new();
-    for entry in std::fs::read_dir(&service).unwrap().flatten() {
-        let bytes = std::fs::read(entry.path()).unwrap();
-        samples.extend(decode(
-            &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
-        ));
-    }
-    (samples, metrics)
+    (run.profiles.iter().flat_map(decode).collect(), run.metrics)
 }
 
 /// The agent (`ferroscope run`) names Perl frames in the profiles it writes and counts them

@@ -9,7 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::Guard;
 use ferroscope_test_harness::runtimes::{self, Runtime};
 
@@ -578,14 +578,6 @@ fn php_unwinder_off_gives_native_stacks() {
     );
 }
 
-/// The value of the first `/metrics` line that starts with `name`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
-}
-
 /// Runs `ferroscope run` on the two-chains script with `php_enabled` as given until it
 /// wrote three profiles; returns the samples of the last two (the first one has the samples
 /// taken before the agent loaded the process, which have no PHP frames yet) and the agent's
@@ -594,81 +586,16 @@ fn agent_samples(rt: &Runtime, php_enabled: bool) -> (Vec<Sample>, String) {
     let mut cmd = Build::Debian.command(rt, false);
     cmd.arg(fixture("php/chains.php"));
     let workload = Ready::start(cmd);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("profiles");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = format!(
-        r#"
-[ebpf]
-collect_interval = "2s"
-sample_rate = 97
-php_enabled = {php_enabled}
-
-[[targets]]
-__process_pid__ = "{pid}"
-service_name = "php"
-
-[output]
-dir = "{out}"
-
-[server]
-listen_address = "{port}"
-"#,
-        pid = workload.pid(),
-        out = out.display(),
+    let run = run_agent(
+        workload.pid(),
+        &format!("php_enabled = {php_enabled}"),
+        "php",
+        3,
+        Duration::from_secs(60),
     );
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut agent = Guard::spawn(
-        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-            .args(["run", "--config"])
-            .arg(&path),
-        WORKLOAD_LIMIT,
-    );
-    let service = out.join("php");
-    let start = std::time::Instant::now();
-    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the agent wrote no three profiles in 60 s\n{}",
-            agent.stderr_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(port).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut m = String::new();
-        s.read_to_string(&mut m).unwrap();
-        m
-    };
-    let status = agent.terminate(Duration::from_secs(10));
-    assert!(status.success(), "{}", agent.stderr_tail());
     drop(workload);
-
-    // Named `<unix-seconds>-<pid>[.<n>].pb.gz`: in the order they were written.
-    let mut files: Vec<_> = std::fs::read_dir(&service)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort_by_key(|p| {
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let secs: u64 = name.split('-').next().unwrap().parse().unwrap();
-        (secs, name.len(), name)
-    });
-    let mut samples = Vec::new();
-    for path in files.iter().skip(1) {
-        let bytes = std::fs::read(path).unwrap();
-        samples.extend(decode(
-            &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
-        ));
-    }
-    (samples, metrics)
+    let samples = run.profiles.iter().skip(1).flat_map(decode).collect();
+    (samples, run.metrics)
 }
 
 /// The agent (`ferroscope run`) names PHP frames in the profiles it writes and counts them

@@ -9,7 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{Guard, runtimes};
 
 use std::collections::{HashMap, HashSet};
@@ -570,86 +570,18 @@ fn agent_samples(node: &Path, v8_enabled: bool) -> (Vec<Sample>, String) {
     let mut cmd = Command::new(node);
     cmd.arg(fixture("node/chains.js")).arg("opt");
     let workload = Ready::start(cmd);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("profiles");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = format!(
-        r#"
-[ebpf]
-collect_interval = "2s"
-sample_rate = 97
-v8_enabled = {v8_enabled}
-
-[[targets]]
-__process_pid__ = "{pid}"
-service_name = "js"
-
-[output]
-dir = "{out}"
-
-[server]
-listen_address = "{port}"
-"#,
-        pid = workload.pid(),
-        out = out.display(),
+    // The first profile waits for node's unwind table (a 100-200 MB binary, built at most a
+    // quarter of a CPU) and its symbols: slow on a loaded machine.
+    let run = run_agent(
+        workload.pid(),
+        &format!("v8_enabled = {v8_enabled}"),
+        "js",
+        5,
+        Duration::from_secs(120),
     );
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut agent = Guard::spawn(
-        Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-            .args(["run", "--config"])
-            .arg(&path),
-        WORKLOAD_LIMIT,
-    );
-    let service = out.join("js");
-    let start = std::time::Instant::now();
-    while std::fs::read_dir(&service).map_or(0, |d| d.count()) < 5 {
-        // The first profile waits for node's unwind table (a 100-200 MB binary, built at
-        // most a quarter of a CPU) and its symbols: slow on a loaded machine.
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the agent wrote fewer than 5 profiles in 120 s\n{}",
-            agent.stderr_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(port).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut m = String::new();
-        s.read_to_string(&mut m).unwrap();
-        m
-    };
-    let status = agent.terminate(Duration::from_secs(10));
-    assert!(status.success(), "{}", agent.stderr_tail());
     drop(workload);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&service)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    // Named `<unix time>-<pid>.pb.gz`: in the order written.
-    files.sort();
-    let mut samples = Vec::new();
-    for path in &files[files.len() - 3..] {
-        let bytes = std::fs::read(path).unwrap();
-        samples.extend(decode(
-            &ferroscope_pprof::decode(&bytes).expect("a valid pprof"),
-        ));
-    }
-    (samples, metrics)
-}
-
-/// The value of the first `/metrics` line that starts with `name`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    let last = &run.profiles[run.profiles.len() - 3..];
+    (last.iter().flat_map(decode).collect(), run.metrics)
 }
 
 /// The agent counts V8's unwinding and naming with the reference profiler's metric names,

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use ferroscope_test_harness::{self as harness, Guard};
 
+mod agent;
+// Not every test file runs the agent.
+#[allow(unused_imports)]
+pub use agent::{AgentRun, metric, run_agent};
+
 /// The longest a workload may run: far more than any test records, so that only a hung
 /// test reaches it (the guard then kills the workload and fails the test).
 pub const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
