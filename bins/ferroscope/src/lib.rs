@@ -66,6 +66,10 @@ struct RecordArgs {
     /// Profile only this process (repeatable). Without it, the whole host.
     #[arg(short, long = "pid", value_name = "PID")]
     pids: Vec<u32>,
+    /// With --pid: also profile every process they started and start while recording
+    /// (fork, exec, multiprocessing), followed in the kernel from the first fork.
+    #[arg(long, visible_alias = "subprocesses", requires = "pids")]
+    children: bool,
     /// How long to sample: `10`, `10s`, `2m`, `500ms`.
     #[arg(short, long, default_value = "10s", value_parser = duration::parse)]
     duration: Duration,
@@ -235,6 +239,7 @@ fn run_check(sample_rate_hz: u32, mount_missing: bool) -> anyhow::Result<ExitCod
 fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let config = RecordConfig {
         pids: args.pids.clone(),
+        children: args.children,
         duration: args.duration,
         sample_rate_hz: args.sample_rate,
         disabled_interpreters: args.no_interpreter.clone(),
@@ -279,12 +284,17 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         "the whole host".to_string()
     } else {
         format!(
-            "PID {}",
+            "PID {}{}",
             args.pids
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if args.children {
+                " and the processes they start"
+            } else {
+                ""
+            }
         )
     };
     eprintln!(

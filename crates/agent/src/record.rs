@@ -24,6 +24,9 @@ pub const MAX_SAMPLE_RATE_HZ: u32 = 1000;
 pub struct RecordConfig {
     /// Processes to profile; empty means the whole host.
     pub pids: Vec<u32>,
+    /// With `pids`: also every process they have started and start while recording (fork,
+    /// exec, multiprocessing), followed in the kernel.
+    pub children: bool,
     /// How long to sample.
     pub duration: Duration,
     /// Samples per second per CPU.
@@ -170,7 +173,14 @@ pub fn record(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<RecordOutcome, Error> {
     validate(config)?;
-    let pids = (!config.pids.is_empty()).then(|| config.pids.clone());
+    let children = config.children && !config.pids.is_empty();
+    let pids = (!config.pids.is_empty()).then(|| {
+        let mut pids = config.pids.clone();
+        if children {
+            pids.extend(crate::session::descendants(&config.pids));
+        }
+        pids
+    });
     let mut symbolizer = Symbolizer::new();
     // Snapshot the targets' mappings before sampling, so that a short run still names them.
     for pid in pids.iter().flatten() {
@@ -191,6 +201,7 @@ pub fn record(
     let mut session = Session::start(&SessionConfig {
         sample_rate_hz: config.sample_rate_hz,
         pids: pids.as_ref().map(|_| Vec::new()),
+        follow_children: children,
         disabled_runtimes: config.disabled_interpreters.clone(),
         // As the symbolizer names C++ (its default demangling).
         name_detail: ferroscope_unwind_api::NameDetail::Simplified,
@@ -205,6 +216,18 @@ pub fn record(
     }
     for &pid in pids.iter().flatten() {
         session.add_pid(pid)?;
+    }
+    if children && let Some(known) = &pids {
+        // Started after the scan above but before their parent was let in: the kernel
+        // follows only the forks of processes already in the filter.
+        for pid in crate::session::descendants(known) {
+            if !known.contains(&pid) {
+                session.add_pid(pid)?;
+            }
+        }
+    }
+    if let Some(pids) = &pids {
+        tracing::debug!(?pids, children, "sampling these processes from now on");
     }
     if let Err(e) = session.enable_run_time_stats() {
         tracing::debug!(
@@ -237,12 +260,20 @@ pub fn record(
                 lost,
             });
             last_progress = Instant::now();
-            if let Some(pids) = &pids
-                && pids
+            if let Some(pids) = &pids {
+                // With children, the filter holds every followed process still alive.
+                let followed = if children {
+                    session.filter_pids().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                if pids
                     .iter()
+                    .chain(&followed)
                     .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-            {
-                break StopReason::TargetsExited;
+                {
+                    break StopReason::TargetsExited;
+                }
             }
         }
         if stop.load(Ordering::Relaxed) {
@@ -285,7 +316,8 @@ pub fn record(
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0),
         duration_nanos: elapsed.as_nanos() as i64,
-        comm_root_frame: pids.is_none(),
+        // Several processes in one profile: each stack starts at its process's name.
+        comm_root_frame: pids.is_none() || children,
         labels: crate::profile::SampleLabels::ALL,
     };
     let profile = {

@@ -98,6 +98,11 @@ counters! {
         TailCalls = "TAIL_CALLS" => "UnwindTailCalls_total",
         /// Frames of ranges unwound with the frame pointer.
         FramePointerFrames = "FRAME_POINTER_FRAMES" => "UnwindNativeFramePointerFrames_total",
+        /// New processes added to the PID filter because their parent was in it (children
+        /// followed).
+        ChildrenFollowed = "CHILDREN_FOLLOWED" => "SamplerChildrenFollowed_total",
+        /// Children not followed because the PID filter was full.
+        ChildrenLost = "CHILDREN_LOST" => "SamplerChildrenLost_total",
     }
 }
 

@@ -24,6 +24,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set by the loader before load: when non-zero only PIDs in fs_pid_filter are sampled. */
 const volatile __u32 fs_filter_pids = 0;
+/* Set by the loader before load: when non-zero (and filtering) a process in fs_pid_filter puts
+ * the processes it forks there too, and a process leaves it when its last thread exits. */
+const volatile __u32 fs_follow_children = 0;
 /* Set by the loader before load: when non-zero user stacks are unwound from the tables. */
 const volatile __u32 fs_unwinder_enabled = 0;
 
@@ -586,13 +589,17 @@ int fs_sample(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
-/* A process's last thread exits: tell userspace, which unloads it after its last traces. */
+/* A process's last thread exits: tell userspace, which unloads it after its last traces; a
+ * followed process leaves the PID filter (its PID may name an unrelated process next). */
 SEC("raw_tracepoint/sched_process_exit")
 int fs_process_exit(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32;
-	if (!fs_unwinder_enabled || !bpf_map_lookup_elem(&fs_known_pids, &pid))
+	int known = fs_unwinder_enabled && bpf_map_lookup_elem(&fs_known_pids, &pid);
+	int followed = fs_filter_pids && fs_follow_children &&
+		       bpf_map_lookup_elem(&fs_pid_filter, &pid);
+	if (!known && !followed)
 		return 0;
 	/* Only when the whole thread group is gone: a main thread that calls pthread_exit leaves
 	 * the others running. */
@@ -600,7 +607,33 @@ int fs_process_exit(void *ctx)
 	struct signal_struct *signal = BPF_CORE_READ(task, signal);
 	if (BPF_CORE_READ(signal, live.counter) > 0)
 		return 0;
-	fs_report_pid(pid, FS_PID_EXIT, 0, 0);
+	if (followed)
+		bpf_map_delete_elem(&fs_pid_filter, &pid);
+	if (known)
+		fs_report_pid(pid, FS_PID_EXIT, 0, 0);
+	return 0;
+}
+
+/* A process in the PID filter forked: with children followed, the child joins the filter at
+ * once, in the kernel, so that a child that lives for a millisecond is sampled too. The
+ * tracepoint runs in the parent; a new thread (same thread group) needs nothing. */
+SEC("raw_tracepoint/sched_process_fork")
+int fs_process_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (!fs_filter_pids || !fs_follow_children)
+		return 0;
+	__u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&fs_pid_filter, &parent))
+		return 0;
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 tgid = BPF_CORE_READ(child, tgid);
+	if (tgid == parent || tgid != (__u32)BPF_CORE_READ(child, pid))
+		return 0;
+	__u8 followed = 2;
+	if (bpf_map_update_elem(&fs_pid_filter, &tgid, &followed, BPF_ANY))
+		fs_count(FS_CNT_CHILDREN_LOST);
+	else
+		fs_count(FS_CNT_CHILDREN_FOLLOWED);
 	return 0;
 }
 

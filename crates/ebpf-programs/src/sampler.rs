@@ -25,6 +25,7 @@ const SAMPLE: &str = "fs_sample";
 const NATIVE: &str = "fs_native";
 const EXIT: &str = "fs_process_exit";
 const EXEC: &str = "fs_process_exec";
+const FORK: &str = "fs_process_fork";
 
 /// What to sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct SamplerConfig {
     pub sample_rate_hz: u32,
     /// Only these processes (thread-group IDs); `None` samples the whole host.
     pub pids: Option<Vec<u32>>,
+    /// With `pids`: the processes the filtered ones start (fork) join the filter, in the
+    /// kernel, and every filtered process leaves it when it exits.
+    pub follow_children: bool,
     /// Unwind user stacks in eBPF from the stack-delta tables loaded through
     /// [`Sampler::unwind_maps`]; `None` keeps the kernel's frame-pointer walk for every
     /// sample.
@@ -50,6 +54,7 @@ impl SamplerConfig {
         SamplerConfig {
             sample_rate_hz,
             pids,
+            follow_children: false,
             unwinder: None,
             runtimes: Vec::new(),
             build: None,
@@ -325,9 +330,11 @@ fn load_native(
 ) -> Result<Result<Native, Vec<ProgramReport>>, Error> {
     let filter: u32 = config.pids.is_some().into();
     let unwinder: u32 = config.unwinder.is_some().into();
+    let follow: u32 = follows_children(config).into();
     let mut loader = loader_with_pins(pins);
     loader.override_global("fs_filter_pids", &filter, true);
     loader.override_global("fs_unwinder_enabled", &unwinder, true);
+    loader.override_global("fs_follow_children", &follow, true);
     loader.map_max_entries("fs_pid_filter", filter_size);
     match &config.unwinder {
         Some(u) => {
@@ -365,8 +372,11 @@ fn load_native(
             Some(ferroscope_ebpf_abi::PROG_NATIVE),
             build,
         ));
-        reports.push(load_raw_tracepoint(&mut ebpf, EXIT, build));
-        reports.push(load_raw_tracepoint(&mut ebpf, EXEC, build));
+    }
+    if config.unwinder.is_some() || follows_children(config) {
+        for program in [EXIT, EXEC, FORK] {
+            reports.push(load_raw_tracepoint(&mut ebpf, program, build));
+        }
     }
     if reports.iter().all(ProgramReport::loaded) {
         Ok(Ok(Native {
@@ -377,6 +387,11 @@ fn load_native(
     } else {
         Ok(Err(reports))
     }
+}
+
+/// Whether new processes of filtered ones join the filter (only meaningful with a filter).
+fn follows_children(config: &SamplerConfig) -> bool {
+    config.follow_children && config.pids.is_some()
 }
 
 /// Everything loaded, before anything is attached.
@@ -604,10 +619,18 @@ impl Sampler {
             }
             None => (None, None),
         };
+        let mut tracepoints = Vec::new();
+        if config.unwinder.is_some() || follows_children(config) {
+            tracepoints.push((EXIT, "sched_process_exit"));
+        }
         if config.unwinder.is_some() {
-            for (program, tracepoint) in
-                [(EXIT, "sched_process_exit"), (EXEC, "sched_process_exec")]
-            {
+            tracepoints.push((EXEC, "sched_process_exec"));
+        }
+        if follows_children(config) {
+            tracepoints.push((FORK, "sched_process_fork"));
+        }
+        {
+            for (program, tracepoint) in tracepoints {
                 let p: &mut RawTracePoint = ebpf
                     .program_mut(program)
                     .and_then(|p| p.try_into().ok())
@@ -772,6 +795,26 @@ impl Sampler {
     /// error.
     pub fn remove_pid(&mut self, pid: u32) -> Result<(), Error> {
         self.pid_filter.delete(&pid.to_ne_bytes())
+    }
+
+    /// The processes in the PID filter now: those added, and with `follow_children` the
+    /// children the kernel added (each leaves when it exits).
+    pub fn filter_pids(&self) -> Result<Vec<u32>, Error> {
+        let mut pids = Vec::new();
+        let mut key: Option<[u8; 4]> = None;
+        // A hash map's keys, walked with BPF_MAP_GET_NEXT_KEY; bounded in case the map
+        // changes under the walk (a deleted key restarts it from the first).
+        for _ in 0..=self.pid_filter.max_entries() {
+            let Some(next) = self.pid_filter.next_key(key.as_ref().map(|k| &k[..]))? else {
+                break;
+            };
+            let next: [u8; 4] = next.try_into().unwrap_or_default();
+            pids.push(u32::from_ne_bytes(next));
+            key = Some(next);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
     }
 
     /// How many processes the PID filter holds at most.

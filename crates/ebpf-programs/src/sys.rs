@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
 /// `BPF_ANY`: create or update.
 pub(crate) const BPF_ANY: u64 = 0;
@@ -29,16 +30,27 @@ fn elem_op(
     value: u64,
     flags: u64,
 ) -> io::Result<()> {
+    elem_op_raw(cmd, fd, key.as_ptr() as u64, value, flags)
+}
+
+fn elem_op_raw(
+    cmd: libc::c_long,
+    fd: BorrowedFd<'_>,
+    key: u64,
+    value: u64,
+    flags: u64,
+) -> io::Result<()> {
     let attr = ElemAttr {
         map_fd: fd.as_raw_fd() as u32,
         _pad: 0,
-        key: key.as_ptr() as u64,
+        key,
         value,
         flags,
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for the element commands, alive for the call;
-    // the kernel reads key_size bytes at `key` and reads or writes value_size bytes at
-    // `value`, which the callers size from the map's own key and value sizes.
+    // the kernel reads key_size bytes at `key` (0: none, for the first key) and reads or
+    // writes value_size bytes (key_size for GET_NEXT_KEY) at `value`, which the callers size
+    // from the map's own key and value sizes.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -109,6 +121,34 @@ pub(crate) fn lookup(
 ) -> io::Result<bool> {
     check(sizes, key, Some(value))?;
     match elem_op(BPF_MAP_LOOKUP_ELEM, fd, key, value.as_mut_ptr() as u64, 0) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the key after `key` (the first key with `None`) into `next`; false past the last.
+pub(crate) fn next_key(
+    fd: BorrowedFd<'_>,
+    sizes: Sizes,
+    key: Option<&[u8]>,
+    next: &mut [u8],
+) -> io::Result<bool> {
+    if let Some(key) = key {
+        check(sizes, key, None)?;
+    }
+    if next.len() != sizes.key as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a next key of {} bytes for {}-byte keys",
+                next.len(),
+                sizes.key
+            ),
+        ));
+    }
+    let key = key.map_or(0, |k| k.as_ptr() as u64);
+    match elem_op_raw(BPF_MAP_GET_NEXT_KEY, fd, key, next.as_mut_ptr() as u64, 0) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),

@@ -130,6 +130,14 @@ impl RawMap {
         sys::lookup(self.data.fd().as_fd(), self.sizes, key, value).map_err(self.err("look up"))
     }
 
+    /// The key after `key` (the first with `None`); `None` past the last.
+    pub(crate) fn next_key(&self, key: Option<&[u8]>) -> Result<Option<Vec<u8>>, Error> {
+        let mut next = vec![0; self.sizes.key as usize];
+        let found = sys::next_key(self.data.fd().as_fd(), self.sizes, key, &mut next)
+            .map_err(self.err("walk the keys of"))?;
+        Ok(found.then_some(next))
+    }
+
     pub(crate) fn max_entries(&self) -> u32 {
         self.data.info().map(|i| i.max_entries()).unwrap_or(0)
     }

@@ -204,7 +204,8 @@ fn native_programs_load_in_both_builds_within_the_verifier_budget() {
                 "fs_sample",
                 "fs_native",
                 "fs_process_exit",
-                "fs_process_exec"
+                "fs_process_exec",
+                "fs_process_fork"
             ]
         );
         for p in programs {

@@ -15,6 +15,7 @@
 //! [`Session::finish`] stops sampling, lets both threads finish what was sampled, and
 //! delivers the rest.
 
+mod children;
 mod drain;
 mod kernel;
 mod unwinder;
@@ -33,6 +34,7 @@ use crate::interp::{DetectionFailure, Interpreters, SharedNames};
 use crate::process::{ManagerMetrics, ProcessManager, ProcessManagerConfig, UnwindMetrics};
 use unwinder::{Command, Snapshot, Unwinder};
 
+pub use children::{descendants, parent_in_stat};
 pub(crate) use unwinder::live_pids;
 
 /// How to start a session.
@@ -43,6 +45,9 @@ pub struct SessionConfig {
     /// `None` samples the whole host; `Some` samples only the processes in the PID filter,
     /// which starts with these (often none: targets are added once their tables are loaded).
     pub pids: Option<Vec<u32>>,
+    /// With `pids`: the processes that filtered processes start join the filter (in the
+    /// kernel, at fork) and leave it when they exit.
+    pub follow_children: bool,
     /// Runtime plug-ins turned off, by name.
     pub disabled_runtimes: Vec<String>,
     /// How detailed runtime frames' names are (the `demangle` setting).
@@ -130,6 +135,7 @@ impl Session {
         let with_unwinder = SamplerConfig {
             sample_rate_hz: config.sample_rate_hz,
             pids: config.pids.clone(),
+            follow_children: config.follow_children,
             unwinder: Some(config.unwinder),
             runtimes: interpreters.programs(),
             build: None,
@@ -141,10 +147,10 @@ impl Session {
                     "the stack-delta unwinder could not be loaded, user stacks will use frame pointers only: {}",
                     crate::error::Chain(&e)
                 );
-                let s = Sampler::start(&SamplerConfig::frame_pointers(
-                    config.sample_rate_hz,
-                    config.pids.clone(),
-                ))?;
+                let s = Sampler::start(&SamplerConfig {
+                    follow_children: config.follow_children,
+                    ..SamplerConfig::frame_pointers(config.sample_rate_hz, config.pids.clone())
+                })?;
                 (s, false)
             }
         };
@@ -229,6 +235,16 @@ impl Session {
             .as_mut()
             .expect("the sampler lives until finish()")
             .add_pid(pid)?)
+    }
+
+    /// The processes in the PID filter now (with `follow_children`, the children the kernel
+    /// added too; exited ones have left it).
+    pub fn filter_pids(&self) -> Result<Vec<u32>, Error> {
+        Ok(self
+            .sampler
+            .as_ref()
+            .expect("the sampler lives until finish()")
+            .filter_pids()?)
     }
 
     /// Takes `pid` out of the PID filter.

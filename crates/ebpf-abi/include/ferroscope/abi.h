@@ -257,7 +257,9 @@ _Static_assert(sizeof(struct fs_unwind_info) == 16, "fs_unwind_info layout chang
 	X(PID_REPORTS_LOST)        /* reports lost: fs_pid_events was full */                    \
 	X(UNWIND_SIGNAL_FRAMES)    /* signal frames unwound */                                   \
 	X(TAIL_CALLS)              /* tail calls into runtime programs and back */               \
-	X(FRAME_POINTER_FRAMES)    /* frames of FS_MAPPING_FRAME_POINTER ranges */
+	X(FRAME_POINTER_FRAMES)    /* frames of FS_MAPPING_FRAME_POINTER ranges */              \
+	X(CHILDREN_FOLLOWED)       /* new processes added to the PID filter by their parent */  \
+	X(CHILDREN_LOST)           /* children not added: the PID filter was full */
 
 #define FS_COUNTER_ENUM_ENTRY(name) FS_CNT_##name,
 enum fs_counter {
