@@ -101,6 +101,9 @@ pub struct EbpfConfig {
     pub comm: Comm,
     /// A `pid` label on every sample (false).
     pub pid_label: bool,
+    /// A `thread_name` label on every sample (false): the runtime's name for the thread
+    /// (Python's `threading` name) where it has one, else the thread's own name (its comm).
+    pub thread_name_label: bool,
     /// Kernel frames in stacks (true).
     pub kernel_frames: bool,
     /// Profile only processes that match a target (true); false sends the rest to
@@ -147,6 +150,7 @@ impl Default for EbpfConfig {
             lazy_mode: false,
             comm: Comm::None,
             pid_label: false,
+            thread_name_label: false,
             kernel_frames: true,
             targets_only: true,
             symb_cache_path: PathBuf::from("/tmp/symb-cache"),
@@ -231,6 +235,7 @@ pub const EBPF_KEYS: &[&str] = &[
     "lazy_mode",
     "comm",
     "pid_label",
+    "thread_name_label",
     "kernel_frames",
     "targets_only",
     "symb_cache_path",

@@ -84,3 +84,19 @@ pub fn ferroscope(args: &[&str]) -> Output {
     );
     out
 }
+
+/// Compiles `fixtures/<src>` with gcc (`-O1 -g` and frame pointers, then `flags`) into
+/// `dir/<name>`.
+pub fn gcc(dir: &Path, src: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    harness::run_ok(
+        Command::new("gcc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer"])
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(fixture(src)),
+        Duration::from_secs(120),
+    );
+    out
+}
