@@ -8,6 +8,7 @@ use std::time::Duration;
 use ferroscope_test_harness::{self as harness, Guard};
 
 mod agent;
+pub mod cpu;
 pub mod samples;
 // Not every test file runs the agent.
 #[allow(unused_imports)]
