@@ -618,14 +618,16 @@ int fs_process_exit(void *ctx)
  * once, in the kernel, so that a child that lives for a millisecond is sampled too. The
  * tracepoint runs in the parent; a new thread (same thread group) needs nothing. */
 SEC("raw_tracepoint/sched_process_fork")
-int fs_process_fork(struct bpf_raw_tracepoint_args *ctx)
+int fs_process_fork(void *ctx)
 {
 	if (!fs_filter_pids || !fs_follow_children)
 		return 0;
 	__u32 parent = bpf_get_current_pid_tgid() >> 32;
 	if (!bpf_map_lookup_elem(&fs_pid_filter, &parent))
 		return 0;
-	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	/* The context is the tracepoint's arguments as u64s (parent, child). Not through
+	 * struct bpf_raw_tracepoint_args: its args[] has no bounds, which CO-RE refuses. */
+	struct task_struct *child = (struct task_struct *)((__u64 *)ctx)[1];
 	__u32 tgid = BPF_CORE_READ(child, tgid);
 	if (tgid == parent || tgid != (__u32)BPF_CORE_READ(child, pid))
 		return 0;

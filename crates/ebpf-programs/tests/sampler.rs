@@ -55,12 +55,23 @@ fn samples_only_the_filtered_process_at_the_requested_rate() {
     if !bpf_available() {
         return;
     }
-    // A separate busy process, so that other tests running in this process do not count.
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "while :; do :; done"])
-        .spawn()
-        .unwrap();
-    let me = child.id();
+    // A separate busy process, so that other tests running in this process do not count;
+    // killed however the test ends (a failed start once left it spinning, and holding the
+    // test's stdout).
+    struct Busy(std::process::Child);
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Busy(
+        std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap(),
+    );
+    let me = child.0.id();
     let mut sampler = Sampler::start(&SamplerConfig::frame_pointers(200, Some(vec![me])))
         .unwrap_or_else(|e| panic!("sampler did not start: {e}"));
     let cpu_before = cpu_seconds(me);
@@ -69,8 +80,7 @@ fn samples_only_the_filtered_process_at_the_requested_rate() {
     let mut events = Vec::new();
     sampler.drain(|e| events.push(own(e)));
     let counters = sampler.counters().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     assert!(
         events.iter().all(|e| e.header.pid == me),

@@ -136,7 +136,10 @@ fn load_failure(e: &EbpfError) -> CheckResult {
             "the kernel refused the eBPF programs' maps: {}",
             errno_text(errno)
         ),
-        None => format!("the eBPF programs could not be loaded: {e}"),
+        None => format!(
+            "the eBPF programs could not be loaded: {}",
+            crate::error::Chain(e)
+        ),
     };
     if errno == Some(libc::EPERM) {
         let mut reasons = Vec::new();
