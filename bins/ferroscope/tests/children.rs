@@ -115,13 +115,19 @@ fn a_python_program_a_shell_starts_after_sampling_began_is_profiled() {
         std::thread::sleep(Duration::from_secs(1));
         std::fs::write(&flag, b"").unwrap();
         let status = record.wait(FERROSCOPE_LIMIT);
-        eprintln!(
-            "--- record (children: {children})\n{}",
-            record.stderr_tail()
-        );
-        assert!(status.success(), "record failed");
+        let log = record.stderr_tail();
+        eprintln!("--- record (children: {children})\n{log}");
         assert!(shell.running(), "the shell ran the whole time");
         drop(shell);
+        if !children && !status.success() {
+            // The shell itself barely runs: often not one sample, which record refuses.
+            assert!(
+                log.contains("no samples were recorded"),
+                "without --children record failed for another reason"
+            );
+            continue;
+        }
+        assert!(status.success(), "record failed");
 
         let samples = read_samples(&out);
         let procs = by_process(&samples, &["chain_a", "chain_b"]);
@@ -148,8 +154,10 @@ fn a_python_program_a_shell_starts_after_sampling_began_is_profiled() {
         let (child, (total, with)) = python[0];
         // About 5 s of one busy CPU at 97 Hz: ~480 samples.
         assert!(total >= 150, "only {total} samples of the child {child}");
+        // Its first samples come before its tables and interpreter are loaded (it is a
+        // new process, found at its first sample).
         assert!(
-            with as f64 >= 0.95 * total as f64,
+            with as f64 >= 0.9 * total as f64,
             "{with} of the child's {total} samples have its Python chain\n{}",
             show(&samples)
         );
