@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ferroscope_unwind_api::{
     AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
@@ -23,8 +24,8 @@ use crate::debug_offsets::DebugOffsets;
 use crate::ebpf::{FINGERPRINT_MASK, PROCS_MAP, PyProc, py_proc, split_payload};
 use crate::eval_loop::{EvalLoop, find_eval_loop};
 use crate::{
-    CodeInfo, Error, FrameLayout, Layout, PyVersion, layout_for, read_code, version_from_hex,
-    version_from_path,
+    CodeInfo, Error, FrameLayout, Layout, PyVersion, layout_for, read_code, threading_threads,
+    version_from_hex, version_from_path,
 };
 
 /// The plug-in's name: the `python` cargo feature and `python_enabled`.
@@ -32,6 +33,18 @@ pub const NAME: &str = "python";
 
 /// Most code objects cached per process; the cache starts over when full.
 const CODE_CACHE_LIMIT: usize = 4096;
+/// Most threads whose name (or lack of one) is cached per process; the cache starts over
+/// when full.
+const THREAD_CACHE_LIMIT: usize = 4096;
+/// A thread without a name yet is looked for again this many times ...
+const THREAD_NAME_TRIES: u8 = 5;
+/// ... at most this often ...
+const THREAD_NAME_RETRY: Duration = Duration::from_millis(200);
+/// ... within this long of the first question (a `threading.Thread` is in `_active` with its
+/// `_native_id` once it runs Python code; a thread not named by then never will be).
+const THREAD_NAME_WINDOW: Duration = Duration::from_secs(3);
+/// Least time between two reads of a process's threads (each reads every thread's name).
+const THREAD_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 inventory::submit! {
     InterpreterPlugin { name: NAME, create: || Box::new(Python::default()) }
@@ -43,6 +56,9 @@ struct Counters {
     attached: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    thread_names_found: AtomicU64,
+    thread_name_scans: AtomicU64,
+    thread_name_errors: AtomicU64,
 }
 
 /// CPython as an [`Interpreter`].
@@ -266,6 +282,8 @@ impl Interpreter for Python {
             ebpf: ebpf_proc(file, context.bias),
             ranges: eval_ranges(file, context.bias),
             codes: HashMap::new(),
+            names: HashMap::new(),
+            last_scan: None,
             counters: Arc::clone(&self.counters),
         }))
     }
@@ -284,6 +302,18 @@ impl Interpreter for Python {
             Metric::counter(
                 "PythonCodeObjectCacheMisses_total",
                 c.cache_misses.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PythonThreadNamesFound_total",
+                c.thread_names_found.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PythonThreadNameScans_total",
+                c.thread_name_scans.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PythonThreadNameErrors_total",
+                c.thread_name_errors.load(Ordering::Relaxed),
             ),
         ]
     }
@@ -306,7 +336,24 @@ struct PythonProcess {
     ranges: Vec<OwnedRange>,
     /// Code objects by (address, fingerprint).
     codes: HashMap<(u64, u32), Arc<Code>>,
+    /// `threading` names by OS thread ID.
+    names: HashMap<u32, ThreadName>,
+    /// When the threads were last read.
+    last_scan: Option<Instant>,
     counters: Arc<Counters>,
+}
+
+/// What is known of one thread's name.
+#[derive(Debug)]
+enum ThreadName {
+    /// Its `threading.Thread` name, for the thread's life.
+    Found(String),
+    /// Not found yet: when it was first asked for, last looked for, and how often.
+    Missing {
+        first: Instant,
+        last: Instant,
+        tries: u8,
+    },
 }
 
 impl PythonProcess {
@@ -338,6 +385,46 @@ impl PythonProcess {
         });
         self.codes.insert((addr, fingerprint), Arc::clone(&code));
         Ok(code)
+    }
+}
+
+impl PythonProcess {
+    /// Reads every `threading.Thread` of the process and caches the name of each that has
+    /// its OS thread ID (names found once are kept).
+    fn scan_thread_names(&mut self, now: Instant) {
+        if self
+            .last_scan
+            .is_some_and(|t| now.duration_since(t) < THREAD_SCAN_INTERVAL)
+        {
+            return;
+        }
+        self.last_scan = Some(now);
+        self.counters
+            .thread_name_scans
+            .fetch_add(1, Ordering::Relaxed);
+        let threads = match threading_threads(&*self.memory, &self.layout, self.ebpf.interp_head) {
+            Ok(t) => t,
+            Err(e) => {
+                self.counters
+                    .thread_name_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid = self.pid, error = %e, "threading names did not read");
+                return;
+            }
+        };
+        for t in threads {
+            let Some(tid) = t.native_id else { continue };
+            if matches!(self.names.get(&tid), Some(ThreadName::Found(_))) {
+                continue;
+            }
+            if self.names.len() >= THREAD_CACHE_LIMIT {
+                self.names.clear();
+            }
+            self.counters
+                .thread_names_found
+                .fetch_add(1, Ordering::Relaxed);
+            self.names.insert(tid, ThreadName::Found(t.name));
+        }
     }
 }
 
@@ -387,5 +474,40 @@ impl InterpreterProcess for PythonProcess {
             start_line: code.info.first_line,
         });
         Ok(())
+    }
+
+    fn thread_name(&mut self, tid: u32) -> Option<String> {
+        let now = Instant::now();
+        match self.names.get(&tid) {
+            Some(ThreadName::Found(name)) => return Some(name.clone()),
+            Some(&ThreadName::Missing { first, last, tries })
+                if tries >= THREAD_NAME_TRIES
+                    || now.duration_since(first) > THREAD_NAME_WINDOW
+                    || now.duration_since(last) < THREAD_NAME_RETRY =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+        self.scan_thread_names(now);
+        if let Some(ThreadName::Found(name)) = self.names.get(&tid) {
+            return Some(name.clone());
+        }
+        let (first, tries) = match self.names.get(&tid) {
+            Some(&ThreadName::Missing { first, tries, .. }) => (first, tries),
+            _ => (now, 0),
+        };
+        if self.names.len() >= THREAD_CACHE_LIMIT {
+            self.names.clear();
+        }
+        self.names.insert(
+            tid,
+            ThreadName::Missing {
+                first,
+                last: now,
+                tries: tries + 1,
+            },
+        );
+        None
     }
 }
