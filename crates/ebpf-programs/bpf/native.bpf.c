@@ -625,7 +625,10 @@ int fs_process_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u32 parent = bpf_get_current_pid_tgid() >> 32;
 	if (!bpf_map_lookup_elem(&fs_pid_filter, &parent))
 		return 0;
-	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	/* args[] is a flexible array in vmlinux.h, whose types carry preserve_access_index:
+	 * ctx->args[1] would be a CO-RE access past its zero length, which aya refuses to
+	 * relocate ("array index out of bounds"). A plain load from the context instead. */
+	struct task_struct *child = (struct task_struct *)((__u64 *)ctx)[1];
 	__u32 tgid = BPF_CORE_READ(child, tgid);
 	if (tgid == parent || tgid != (__u32)BPF_CORE_READ(child, pid))
 		return 0;
