@@ -80,6 +80,9 @@ pub struct PyProc {
     pub entry_kind: u8,
     /// The first `owner` value of a shim frame.
     pub owner_cstack: u8,
+    /// 1 when `PyThreadState.native_thread_id` (the kernel TID) is the 8 bytes after
+    /// `thread_id` (3.11+): the walker then matches a thread's state by TID too.
+    pub native_tid: u8,
 }
 
 /// The fields in C declaration order, with their sizes (the layout test walks this list).
@@ -102,7 +105,8 @@ pub const PY_PROC_FIELDS: &[(&str, usize)] = &[
     ("frame_model", 1),
     ("entry_kind", 1),
     ("owner_cstack", 1),
-    ("reserved", 3),
+    ("native_tid", 1),
+    ("reserved", 2),
 ];
 
 impl PyProc {
@@ -135,7 +139,7 @@ impl PyProc {
             self.frame_model,
             self.entry_kind,
             self.owner_cstack,
-            0,
+            self.native_tid,
             0,
             0,
         ]);
@@ -166,6 +170,7 @@ pub fn py_proc(layout: &Layout, interp_head: u64) -> PyProc {
         frame_read_len: offset16(l.frame_read_len),
         code_firstlineno: offset16(l.co_firstlineno),
         code_adaptive: l.co_code_adaptive.map_or(0, offset16),
+        native_tid: u8::from(l.tstate_native_thread_id == Some(l.tstate_thread_id + 8)),
         ..PyProc::default()
     };
     match l.frame {
@@ -259,6 +264,7 @@ mod tests {
             frame_model: 0x10,
             entry_kind: 0x11,
             owner_cstack: 0x12,
+            native_tid: 0x13,
         };
         let bytes = p.to_bytes();
         for (i, (m, (_, size))) in layout.members.iter().zip(PY_PROC_FIELDS).enumerate() {

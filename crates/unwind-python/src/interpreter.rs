@@ -2,8 +2,9 @@
 //!
 //! The eBPF walker (`bpf/python.bpf.c`) follows the same reads as [`walk`](crate::walk): it
 //! finds the sampled thread's `PyThreadState` by walking the interpreters' thread lists for
-//! the one whose `thread_id` is the thread's `pthread_self()` (its FS base; cached per TID
-//! and checked on every use), then queues the thread's Python frames, one segment per C-level
+//! the one whose `thread_id` is the thread's `pthread_self()` (its FS base) and, 3.11+, whose
+//! `native_thread_id` is its TID (cached per TID and checked so on every use; a cached state
+//! without a frame is looked for again), then queues the thread's Python frames, one segment per C-level
 //! call of the eval loop, which the native unwinder splices in where it meets
 //! `_PyEval_EvalFrameDefault` (the ranges this plug-in registers). Each recorded frame is the
 //! code object's address, with the raw instruction offset in the low 32 bits of its payload

@@ -51,6 +51,13 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
             found.runtime + bias + u64::from(l.runtime_interpreters_head.unwrap_or(0))
         );
         assert_eq!(u32::from(p.tstate_thread_id), l.tstate_thread_id);
+        // 3.11+ match a thread's state by TID too: native_thread_id follows thread_id.
+        assert_eq!(
+            p.native_tid,
+            u8::from(py.version.minor >= 11),
+            "native_tid of {}",
+            py.lib.display()
+        );
         assert_eq!(u32::from(p.frame_read_len), l.frame_read_len);
         match l.frame {
             FrameLayout::Object { f_back, .. } => {
