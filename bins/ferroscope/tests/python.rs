@@ -930,8 +930,10 @@ fn thread_churn(py: Py) {
             .iter()
             .any(|f| !f.python && f.function.starts_with("_PyEval_EvalFrame"));
         let whole = churn && names.last().is_some_and(|n| n.ends_with("_bootstrap"));
-        if !churn && !(names.is_empty() && eval) {
-            // Another thread (main), or a churn thread in C only.
+        // A churn thread's Python frames, or the eval loop of a thread without them; not
+        // the main thread's frames or a thread in C only.
+        let interpreter_runs = churn || (names.is_empty() && eval);
+        if !interpreter_runs {
             continue;
         }
         let t = threads.entry(&s.tid).or_default();
