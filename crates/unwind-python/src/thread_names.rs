@@ -4,7 +4,8 @@
 //! Each interpreter's `sys.modules` holds the `threading` module once a program has imported
 //! it; its `_active` dict maps each running thread's `get_ident()` to its `Thread` object,
 //! whose `_name` attribute is the name and whose `_native_id` attribute (3.8+) is the OS
-//! thread ID. 3.6 and 3.7 have no `_native_id`: their threads have no name here.
+//! thread ID. 3.6 and 3.7 have no `_native_id`: there the OS thread ID is read from glibc's
+//! thread descriptor, which the ident points to (`pthread_self()`), on x86-64 only.
 //! Bounded: at most [`MAX_INTERPRETERS`](crate::MAX_INTERPRETERS) interpreters,
 //! [`MAX_PY_THREADS`] threads each, [`MAX_THREAD_ATTRIBUTES`] attributes per thread and
 //! [`MAX_DICT_ENTRIES`](crate::objects::MAX_DICT_ENTRIES) entries per dict; a thread that does
@@ -26,13 +27,22 @@ pub const MAX_PY_THREADS: usize = 4096;
 /// first of `Thread.__init__`'s).
 pub const MAX_THREAD_ATTRIBUTES: usize = 256;
 
+/// Where glibc's x86-64 `struct pthread` keeps the thread's kernel TID (`tid`, at 0x2d0 in
+/// every glibc since 2.x; what `_thread_db_pthread_tid` describes to debuggers).
+#[cfg(target_arch = "x86_64")]
+const GLIBC_PTHREAD_TID: Option<u64> = Some(0x2d0);
+#[cfg(not(target_arch = "x86_64"))]
+const GLIBC_PTHREAD_TID: Option<u64> = None;
+
 /// One `threading.Thread` of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PyThread {
     /// The key in `threading._active`: `threading.get_ident()`, the thread's
     /// `pthread_self()`.
     pub ident: u64,
-    /// `Thread._native_id`: the OS thread ID (3.8+; `None` before it is set or before 3.8).
+    /// `Thread._native_id`: the OS thread ID (3.8+; `None` before it is set). 3.6 and 3.7:
+    /// the `tid` of glibc's thread descriptor at `ident` (x86-64; `None` elsewhere, or when
+    /// it does not read as a TID).
     pub native_id: Option<u32>,
     /// `Thread._name`.
     pub name: String,
@@ -136,9 +146,23 @@ fn read_thread(
                 .and_then(|n| u32::try_from(n).ok());
         }
     }
+    if native_id.is_none() && layout.minor <= 7 {
+        native_id = glibc_tid(mem, ident);
+    }
     Ok(name.map(|name| PyThread {
         ident,
         native_id,
         name,
     }))
+}
+
+/// The kernel TID in glibc's descriptor of the thread whose `pthread_self()` is `ident`.
+/// Callers compare it with the TID they look for: any other value (musl, or not a
+/// descriptor) simply matches nothing.
+fn glibc_tid(mem: &dyn ProcessMemory, ident: u64) -> Option<u32> {
+    let at = ident.checked_add(GLIBC_PTHREAD_TID?)?;
+    let mut b = [0u8; 4];
+    mem.read_exact_at(at, &mut b).ok()?;
+    let tid = i32::from_le_bytes(b);
+    u32::try_from(tid).ok().filter(|&t| t > 0)
 }

@@ -9,9 +9,20 @@ import threading
 
 ready = threading.Barrier(12)
 done = threading.Event()
+ids = {}
+
+
+def native_id():
+    """The OS thread ID: threading.get_native_id() (3.8+), else gettid (x86-64 syscall 186)."""
+    if hasattr(threading, "get_native_id"):
+        return threading.get_native_id()
+    import ctypes
+
+    return ctypes.CDLL(None).syscall(186)
 
 
 def park():
+    ids[threading.current_thread().name] = native_id()
     ready.wait()
     done.wait()
 
@@ -20,8 +31,7 @@ bare = {}
 
 
 def bare_thread():
-    if hasattr(threading, "get_native_id"):
-        bare["id"] = threading.get_native_id()
+    bare["id"] = native_id()
     ready.wait()
     done.wait()
 
@@ -43,12 +53,9 @@ vars(threads[0])["touched"] = True
 for t in threads:
     t.start()
 _thread.start_new_thread(bare_thread, ())
+ids["MainThread"] = native_id()
 ready.wait()
-names = {}
-for t in [threading.main_thread()] + threads:
-    native = getattr(t, "native_id", None)
-    if native is not None:
-        names[str(native)] = t.name
+names = {str(tid): name for name, tid in ids.items()}
 print(json.dumps({"names": names, "bare": bare.get("id")}), flush=True)
 sys.stdin.read()
 done.set()
