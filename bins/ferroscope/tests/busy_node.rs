@@ -7,7 +7,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{FERROSCOPE_LIMIT, WORKLOAD_LIMIT, can_run_bpf, fixture};
+use common::{FERROSCOPE_LIMIT, WORKLOAD_LIMIT, can_run_bpf, gcc};
 use ferroscope_test_harness::{self as harness, Guard};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,20 +17,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn gcc(dir: &Path, src: &str, name: &str, flags: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    harness::run_ok(
-        Command::new("gcc")
-            .args(["-O1", "-g", "-fno-omit-frame-pointer"])
-            .args(flags)
-            .arg("-o")
-            .arg(&out)
-            .arg(fixture(src)),
-        Duration::from_secs(120),
-    );
-    out
-}
 
 /// One sample of a profile the agent wrote: function names (leaf first) and labels.
 #[derive(Debug)]

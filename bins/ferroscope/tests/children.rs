@@ -8,8 +8,8 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::samples::{Sample, read_samples};
-use common::{FERROSCOPE_LIMIT, WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture};
+use common::samples::{Sample, read_samples, samples};
+use common::{FERROSCOPE_LIMIT, WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, run_agent};
 use ferroscope_test_harness::{self as harness, Guard};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -220,4 +220,56 @@ fn multiprocessing_pool_workers_are_profiled_with_children_3_12() {
 #[test]
 fn multiprocessing_pool_workers_are_profiled_with_children_3_13() {
     pool(13);
+}
+
+/// The agent with `follow_children = true`: a Python program that a `__process_pid__`
+/// target (a shell) starts while the agent runs is profiled as the shell's target, with its
+/// Python frames.
+#[test]
+fn the_agent_profiles_what_a_pid_target_starts_as_that_target() {
+    if !can_run_bpf() {
+        return;
+    }
+    let Some(python) = harness::cpython(12) else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let shell = Guard::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"sleep 4; "$0" "$1" > /dev/null; true"#)
+            .arg(&python)
+            .arg(fixture("python/chains.py")),
+        WORKLOAD_LIMIT,
+    );
+    let shell_pid = shell.pid();
+    let run = run_agent(
+        shell_pid,
+        "follow_children = true\npid_label = true",
+        "sh",
+        6,
+        Duration::from_secs(90),
+    );
+    drop(shell);
+    let all: Vec<Sample> = run.profiles.iter().flat_map(samples).collect();
+    let procs = by_process(&all, &["chain_a", "chain_b"]);
+    let children: Vec<_> = procs
+        .iter()
+        .filter(|(p, (_, with))| **p != shell_pid && *with > 0)
+        .collect();
+    assert_eq!(
+        children.len(),
+        1,
+        "the shell's Python child, under the shell's target: {procs:?}\n{}",
+        show(&all)
+    );
+    let (_, (total, with)) = children[0];
+    assert!(*total >= 50, "only {total} samples of the child");
+    // The child's first samples come before its tables and its interpreter are loaded
+    // (it is a new process, found at its first sample): most, not all, have the chain.
+    assert!(
+        *with as f64 >= 0.5 * *total as f64,
+        "{with} of the child's {total} samples have its Python chain\n{}",
+        show(&all)
+    );
 }

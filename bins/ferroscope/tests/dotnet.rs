@@ -12,7 +12,6 @@ mod common;
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{self as harness, Guard, runtimes};
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -110,40 +109,25 @@ impl Sample {
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
-    let s = |i: i64| p.string_table[i as usize].clone();
-    let period = p.period.max(1);
-    let functions: HashMap<u64, (String, String)> = p
-        .function
-        .iter()
-        .map(|f| (f.id, (s(f.name), s(f.filename))))
-        .collect();
-    let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    p.sample
-        .iter()
-        .map(|sample| {
-            let mut frames = Vec::new();
-            for id in &sample.location_id {
-                let loc = locations[id];
-                for line in &loc.line {
-                    let (function, file) = functions[&line.function_id].clone();
-                    frames.push(Frame {
-                        // Stubs and dynamic methods have no file; kernel frames no `[`;
-                        // unwind errors are nobody's frames.
-                        managed: loc.mapping_id == 0
-                            && (!file.is_empty()
-                                || (function.starts_with('[')
-                                    && !function.starts_with("[unwind error"))),
-                        function,
-                        file,
-                        line: line.line,
-                    });
-                }
-            }
-            Sample {
-                frames,
-                count: sample.value[0] / period,
-            }
+    common::samples::samples(p)
+        .into_iter()
+        .map(|s| Sample {
+            count: s.count,
+            frames: s
+                .frames
+                .into_iter()
+                .map(|f| Frame {
+                    // Stubs and dynamic methods have no file; kernel frames no `[`; unwind
+                    // errors are nobody's frames.
+                    managed: !f.mapped
+                        && (!f.file.is_empty()
+                            || (f.function.starts_with('[')
+                                && !f.function.starts_with("[unwind error"))),
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect(),
         })
         .collect()
 }

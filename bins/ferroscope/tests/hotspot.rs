@@ -123,46 +123,23 @@ fn is_java_name(name: &str) -> bool {
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
-    let s = |i: i64| p.string_table[i as usize].clone();
-    let period = p.period.max(1);
-    let functions: HashMap<u64, (String, String)> = p
-        .function
-        .iter()
-        .map(|f| (f.id, (s(f.name), s(f.filename))))
-        .collect();
-    let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    p.sample
-        .iter()
-        .map(|sample| {
-            let mut frames = Vec::new();
-            for id in &sample.location_id {
-                let loc = locations[id];
-                for (i, line) in loc.line.iter().enumerate() {
-                    let (function, file) = functions[&line.function_id].clone();
-                    frames.push(Frame {
-                        java: loc.mapping_id == 0 && is_java_name(&function),
-                        inlined: i + 1 < loc.line.len(),
-                        function,
-                        file,
-                        line: line.line,
-                    });
-                }
-            }
-            let label = |key: &str| {
-                sample
-                    .label
-                    .iter()
-                    .find(|l| s(l.key) == key)
-                    .map(|l| s(l.str))
-                    .unwrap_or_default()
-            };
-            Sample {
-                frames,
-                count: sample.value[0] / period,
-                pid: label("pid"),
-                tid: label("tid"),
-            }
+    common::samples::samples(p)
+        .into_iter()
+        .map(|s| Sample {
+            pid: s.label("pid").unwrap_or_default().to_owned(),
+            tid: s.label("tid").unwrap_or_default().to_owned(),
+            count: s.count,
+            frames: s
+                .frames
+                .into_iter()
+                .map(|f| Frame {
+                    java: !f.mapped && is_java_name(&f.function),
+                    inlined: f.inlined,
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect(),
         })
         .collect()
 }

@@ -162,42 +162,21 @@ fn record_script(
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
-    let s = |i: i64| p.string_table[i as usize].clone();
-    let period = p.period.max(1);
-    let functions: HashMap<u64, (String, String)> = p
-        .function
-        .iter()
-        .map(|f| (f.id, (s(f.name), s(f.filename))))
-        .collect();
-    let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    p.sample
-        .iter()
-        .map(|sample| {
-            let mut frames = Vec::new();
-            for id in &sample.location_id {
-                let loc = locations[id];
-                for line in &loc.line {
-                    let (function, file) = functions[&line.function_id].clone();
-                    frames.push(Frame {
-                        perl: loc.mapping_id == 0 && !file.is_empty(),
-                        function,
-                        file,
-                        line: line.line,
-                    });
-                }
-            }
-            let tid = sample
-                .label
-                .iter()
-                .find(|l| s(l.key) == "tid")
-                .map(|l| s(l.str))
-                .unwrap_or_default();
-            Sample {
-                frames,
-                count: sample.value[0] / period,
-                tid,
-            }
+    common::samples::samples(p)
+        .into_iter()
+        .map(|s| Sample {
+            tid: s.label("tid").unwrap_or_default().to_owned(),
+            count: s.count,
+            frames: s
+                .frames
+                .into_iter()
+                .map(|f| Frame {
+                    perl: f.runtime,
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect(),
         })
         .collect()
 }

@@ -13,7 +13,7 @@ use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent
 use ferroscope_test_harness::Guard;
 use ferroscope_test_harness::runtimes::{self, Runtime};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -126,35 +126,20 @@ impl Sample {
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
-    let s = |i: i64| p.string_table[i as usize].clone();
-    let period = p.period.max(1);
-    let functions: HashMap<u64, (String, String)> = p
-        .function
-        .iter()
-        .map(|f| (f.id, (s(f.name), s(f.filename))))
-        .collect();
-    let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    p.sample
-        .iter()
-        .map(|sample| {
-            let mut frames = Vec::new();
-            for id in &sample.location_id {
-                let loc = locations[id];
-                for line in &loc.line {
-                    let (function, file) = functions[&line.function_id].clone();
-                    frames.push(Frame {
-                        php: loc.mapping_id == 0 && loc.address == 0 && !function.starts_with('['),
-                        function,
-                        file,
-                        line: line.line,
-                    });
-                }
-            }
-            Sample {
-                frames,
-                count: sample.value[0] / period,
-            }
+    common::samples::samples(p)
+        .into_iter()
+        .map(|s| Sample {
+            count: s.count,
+            frames: s
+                .frames
+                .into_iter()
+                .map(|f| Frame {
+                    php: !f.mapped && f.address == 0 && !f.function.starts_with('['),
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect(),
         })
         .collect()
 }

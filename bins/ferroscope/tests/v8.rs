@@ -12,7 +12,7 @@ mod common;
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{Guard, runtimes};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -93,37 +93,21 @@ impl Sample {
 }
 
 fn decode(p: &Profile) -> Vec<Sample> {
-    let s = |i: i64| p.string_table[i as usize].clone();
-    let period = p.period.max(1);
-    let functions: HashMap<u64, (String, String)> = p
-        .function
-        .iter()
-        .map(|f| (f.id, (s(f.name), s(f.filename))))
-        .collect();
-    let locations: HashMap<u64, &ferroscope_pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    p.sample
-        .iter()
-        .map(|sample| {
-            let mut frames = Vec::new();
-            for id in &sample.location_id {
-                let loc = locations[id];
-                let n = loc.line.len();
-                for (i, line) in loc.line.iter().enumerate() {
-                    let (function, file) = functions[&line.function_id].clone();
-                    frames.push(Frame {
-                        js: loc.mapping_id == 0 && !file.is_empty(),
-                        inlined: i + 1 < n,
-                        function,
-                        file,
-                        line: line.line,
-                    });
-                }
-            }
-            Sample {
-                frames,
-                count: sample.value[0] / period,
-            }
+    common::samples::samples(p)
+        .into_iter()
+        .map(|s| Sample {
+            count: s.count,
+            frames: s
+                .frames
+                .into_iter()
+                .map(|f| Frame {
+                    js: f.runtime,
+                    inlined: f.inlined,
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect(),
         })
         .collect()
 }

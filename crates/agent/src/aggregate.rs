@@ -36,6 +36,7 @@ pub fn trace_of(record: &TraceRecord<'_>) -> Trace<RecordedFrame> {
         pid: record.header.pid,
         tid: record.header.tid,
         comm: record.comm(),
+        thread_name: None,
         frames: kernel.chain(user).chain(error).collect(),
     }
 }

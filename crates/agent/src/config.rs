@@ -101,6 +101,12 @@ pub struct EbpfConfig {
     pub comm: Comm,
     /// A `pid` label on every sample (false).
     pub pid_label: bool,
+    /// With `targets_only`: the processes a `__process_pid__` target starts (and theirs)
+    /// are profiled as that target too, followed in the kernel from their fork (false).
+    pub follow_children: bool,
+    /// A `thread_name` label on every sample (false): the runtime's name for the thread
+    /// (Python's `threading` name) where it has one, else the thread's own name (its comm).
+    pub thread_name_label: bool,
     /// Kernel frames in stacks (true).
     pub kernel_frames: bool,
     /// Profile only processes that match a target (true); false sends the rest to
@@ -147,6 +153,8 @@ impl Default for EbpfConfig {
             lazy_mode: false,
             comm: Comm::None,
             pid_label: false,
+            thread_name_label: false,
+            follow_children: false,
             kernel_frames: true,
             targets_only: true,
             symb_cache_path: PathBuf::from("/tmp/symb-cache"),
@@ -231,6 +239,8 @@ pub const EBPF_KEYS: &[&str] = &[
     "lazy_mode",
     "comm",
     "pid_label",
+    "thread_name_label",
+    "follow_children",
     "kernel_frames",
     "targets_only",
     "symb_cache_path",
@@ -1026,6 +1036,11 @@ pub fn parse(text: &str, file_name: &str) -> Result<(Config, Vec<String>), Error
     if config.ebpf.targets_only && config.targets.is_empty() && !config.discovery.any() {
         warnings.push(format!(
             "{file_name}: no [[targets]] and no discovery ([[discovery.process]], [[discovery.docker]], [[discovery.kubernetes]], [[discovery.cri]]) while ebpf.targets_only = true: nothing will be profiled; add one or set targets_only = false"
+        ));
+    }
+    if config.ebpf.follow_children && !config.ebpf.targets_only {
+        warnings.push(format!(
+            "{file_name}: ebpf.follow_children = true has no effect while ebpf.targets_only = false (every process is profiled then, children included, as ebpf/unspecified when they match no target); set targets_only = true to profile the children of __process_pid__ targets as their parent's target"
         ));
     }
     // `${NAME}` references are replaced when the agent starts; say now if one is unset.

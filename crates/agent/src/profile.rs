@@ -34,6 +34,9 @@ pub struct SampleLabels {
     pub tid: bool,
     /// `comm`: the thread's command name.
     pub comm: bool,
+    /// `thread_name`: the runtime's name for the thread (Python's `threading` name) where
+    /// it has one, else the thread's command name.
+    pub thread_name: bool,
 }
 
 impl SampleLabels {
@@ -42,12 +45,14 @@ impl SampleLabels {
         pid: true,
         tid: true,
         comm: true,
+        thread_name: true,
     };
 }
 
 /// Builds one CPU profile from counted traces, symbolizing each distinct frame once.
 ///
-/// Samples carry the labels chosen in `options.labels` (`pid`, `tid`, `comm`). A sample's
+/// Samples carry the labels chosen in `options.labels` (`pid`, `tid`, `comm`,
+/// `thread_name`). A sample's
 /// value is the number of samples times the period, in nanoseconds of CPU time.
 ///
 /// Runtime frames are named ([`crate::interp::Interpreters::resolve`]); `names` gives their
@@ -109,7 +114,7 @@ pub fn build_cpu_profile<'a>(
         }
         let pid = trace.pid.to_string();
         let tid = trace.tid.to_string();
-        let mut labels = Vec::with_capacity(3);
+        let mut labels = Vec::with_capacity(4);
         if options.labels.pid {
             labels.push(Label::Str("pid", &pid));
         }
@@ -119,15 +124,26 @@ pub fn build_cpu_profile<'a>(
         if options.labels.comm {
             labels.push(Label::Str("comm", &trace.comm));
         }
+        if options.labels.thread_name {
+            let name = trace.thread_name.as_deref().unwrap_or(&trace.comm);
+            labels.push(Label::Str("thread_name", name));
+        }
         b.add_sample(&locations, &[count as i64 * period], &labels);
     }
     b.build()
 }
 
+/// A location of one frame with a name only (a process's comm, an unwind error).
+///
+/// Names we make up, and runtime frames' names, have no `system_name`: `go tool pprof`
+/// (and readers built on it) demangle a function whose system name equals its name, and
+/// take a name with `<...>`, `(...)` or `[...]` in it for demangled C++, cutting the
+/// brackets out: `<module>` showed as `<unknown>`. A system name that differs (empty)
+/// tells them the name is final.
 fn named_location(b: &mut ProfileBuilder, name: &str) -> LocationId {
     let lines = [LineSpec {
         function: name,
-        system_name: name,
+        system_name: "",
         filename: "",
         start_line: 0,
         line: 0,
@@ -149,7 +165,8 @@ fn interpreted_location(b: &mut ProfileBuilder, names: &dyn NameLookup, id: u64)
         .iter()
         .map(|n| LineSpec {
             function: &n.function,
-            system_name: &n.function,
+            // Final as written (see named_location).
+            system_name: "",
             filename: &n.file,
             start_line: i64::from(n.start_line),
             line: i64::from(n.line),

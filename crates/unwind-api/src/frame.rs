@@ -119,6 +119,9 @@ pub struct Trace<F = Frame> {
     pub tid: u32,
     /// The thread's command name (at most 15 bytes, as the kernel keeps it).
     pub comm: String,
+    /// The runtime's own name for the thread (Python's `threading` name), when a plug-in
+    /// knows one.
+    pub thread_name: Option<std::sync::Arc<str>>,
     /// Frames, leaf first.
     pub frames: Vec<F>,
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ferroscope_test_harness::{self as harness, Guard};
 
 mod agent;
+pub mod cpu;
 pub mod samples;
 // Not every test file runs the agent.
 #[allow(unused_imports)]
@@ -81,6 +82,22 @@ pub fn ferroscope(args: &[&str]) -> Output {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// Compiles `fixtures/<src>` with gcc (`-O1 -g` and frame pointers, then `flags`) into
+/// `dir/<name>`.
+pub fn gcc(dir: &Path, src: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    harness::run_ok(
+        Command::new("gcc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer"])
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(fixture(src)),
+        Duration::from_secs(120),
     );
     out
 }

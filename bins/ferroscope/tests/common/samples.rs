@@ -12,6 +12,12 @@ pub struct Frame {
     pub line: i64,
     /// A frame of a runtime (interpreted or JIT code): no mapping, but a source file.
     pub runtime: bool,
+    /// Its location has a mapping (a native or kernel frame).
+    pub mapped: bool,
+    /// Its location's address (0 for frames named by a runtime or made up).
+    pub address: u64,
+    /// Not the last line of its location: a frame inlined into the next one.
+    pub inlined: bool,
 }
 
 /// One sample: frames leaf first, how many samples it stands for, its string labels.
@@ -65,10 +71,13 @@ pub fn samples(p: &Profile) -> Vec<Sample> {
             let mut frames = Vec::new();
             for id in &sample.location_id {
                 let loc = locations[id];
-                for line in &loc.line {
+                for (i, line) in loc.line.iter().enumerate() {
                     let (function, file) = functions[&line.function_id].clone();
                     frames.push(Frame {
                         runtime: loc.mapping_id == 0 && !file.is_empty(),
+                        mapped: loc.mapping_id != 0,
+                        address: loc.address,
+                        inlined: i + 1 < loc.line.len(),
                         function,
                         file,
                         line: line.line,

@@ -18,6 +18,7 @@
 
 mod elf;
 mod names;
+mod threads;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,6 +104,7 @@ pub struct Interpreters {
     /// By (PID, index in `runtimes`).
     attached: HashMap<(u32, usize), Attached>,
     names: SharedNames,
+    threads: threads::ThreadNames,
     scratch: Vec<InterpretedFrame>,
     lines: Vec<NamedLine>,
     detection_failures: Vec<DetectionFailure>,
@@ -156,6 +158,7 @@ impl Interpreters {
             detected: HashMap::new(),
             attached: HashMap::new(),
             names: SharedNames::default(),
+            threads: threads::ThreadNames::default(),
             scratch: Vec::new(),
             lines: Vec::new(),
             detection_failures: Vec::new(),
@@ -454,6 +457,7 @@ impl Interpreters {
                 a.process.detach();
             }
         }
+        self.threads.forget(pid);
     }
 
     /// Refreshes the instances whose interval is over (JIT code registered or freed).
@@ -514,12 +518,31 @@ impl Interpreters {
                 RecordedFrame::Runtime(raw) => Frame::Named(self.name(trace.pid, &raw)),
             })
             .collect();
+        let thread_name = self.thread_name(trace.pid, trace.tid);
         Trace {
             pid: trace.pid,
             tid: trace.tid,
             comm: trace.comm,
+            thread_name,
             frames,
         }
+    }
+
+    /// The runtime's name for a thread of a process with a runtime attached: asked of its
+    /// plug-ins once per thread (a few more times while they have none), then kept.
+    fn thread_name(&mut self, pid: u32, tid: u32) -> Option<Arc<str>> {
+        let runtimes = self.runtimes.len();
+        if !(0..runtimes).any(|i| self.attached.contains_key(&(pid, i))) {
+            return None;
+        }
+        let attached = &mut self.attached;
+        self.threads.get(pid, tid, Instant::now(), || {
+            (0..runtimes).find_map(|i| {
+                attached
+                    .get_mut(&(pid, i))
+                    .and_then(|a| a.process.thread_name(tid))
+            })
+        })
     }
 
     fn name(&mut self, pid: u32, raw: &RawFrame) -> u64 {

@@ -111,6 +111,9 @@ impl InterpreterProcess for TestProcess {
     fn mappings_changed(&mut self, _mappings: &[MappedRange]) -> MappingsChanged {
         MappingsChanged::Keep(ProcessUpdate::default())
     }
+    fn thread_name(&mut self, tid: u32) -> Option<String> {
+        (tid == self.pid).then(|| format!("main-of-{}", self.pid))
+    }
     fn refresh_interval(&self) -> Option<std::time::Duration> {
         Some(std::time::Duration::ZERO)
     }
@@ -211,6 +214,7 @@ fn two_runtimes_in_one_process_own_their_ranges_and_name_their_frames() {
         pid,
         tid: pid,
         comm: "t".into(),
+        thread_name: None,
         frames: vec![
             RecordedFrame::Runtime(RawFrame {
                 runtime: 2,
@@ -230,7 +234,18 @@ fn two_runtimes_in_one_process_own_their_ranges_and_name_their_frames() {
             }),
         ],
     };
+    let other_thread = Trace {
+        tid: pid + 1,
+        frames: Vec::new(),
+        ..trace.clone()
+    };
     let named = interps.resolve(trace);
+    assert_eq!(
+        named.thread_name.as_deref(),
+        Some(format!("main-of-{pid}").as_str()),
+        "a plug-in's thread name is the trace's"
+    );
+    assert_eq!(interps.resolve(other_thread).thread_name, None);
     let lines = |f: &Frame| match f {
         Frame::Named(id) => interps
             .frame_names()

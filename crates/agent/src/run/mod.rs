@@ -337,7 +337,7 @@ fn collect_loop(
             let started = Session::start(&SessionConfig {
                 sample_rate_hz: ebpf.sample_rate,
                 pids: ebpf.targets_only.then(Vec::new),
-                follow_children: false,
+                follow_children: ebpf.follow_children,
                 disabled_runtimes: ebpf.disabled_runtimes(),
                 name_detail: match ebpf.demangle {
                     Demangle::None | Demangle::Simplified => NameDetail::Simplified,

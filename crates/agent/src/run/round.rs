@@ -41,6 +41,7 @@ pub(super) fn options(config: &Config, (start, end): (SystemTime, SystemTime)) -
         labels: SampleLabels {
             pid: ebpf.pid_label,
             tid: false,
+            thread_name: ebpf.thread_name_label,
             comm: matches!(ebpf.comm, Comm::Label | Comm::Both),
         },
     }

@@ -34,7 +34,13 @@ pub(super) struct Targeting {
     processes: HashMap<u32, Option<Arc<Target>>>,
     /// Static targets by PID, which a process keeps when rediscovery finds nothing.
     static_pids: HashMap<u32, Labels>,
+    /// `follow_children`: a process that matches nothing gets the target of its nearest
+    /// ancestor that is a static PID target.
+    follow_children: bool,
 }
+
+/// How far up the process tree an unmatched process looks for a PID target.
+const MAX_ANCESTORS: usize = 64;
 
 impl Targeting {
     pub(super) fn new(config: &Config, discoveries: Discoveries) -> Targeting {
@@ -58,6 +64,7 @@ impl Targeting {
             finder,
             processes: HashMap::new(),
             static_pids: HashMap::new(),
+            follow_children: config.ebpf.follow_children && config.ebpf.targets_only,
         }
     }
 
@@ -115,9 +122,30 @@ impl Targeting {
         if let Some(t) = self.processes.get(&pid) {
             return t.clone();
         }
-        let t = self.finder.find(pid);
+        let mut t = self.finder.find(pid);
+        if t.is_none() && self.follow_children {
+            t = self.inherited_target(pid);
+        }
         self.processes.insert(pid, t.clone());
         t
+    }
+
+    /// The target of the nearest ancestor of `pid` that is a static PID target, found
+    /// through the parent PIDs in `/proc` (a process whose parent exited was reparented and
+    /// inherits nothing).
+    fn inherited_target(&mut self, pid: u32) -> Option<Arc<Target>> {
+        let mut at = pid;
+        for _ in 0..MAX_ANCESTORS {
+            let stat = std::fs::read_to_string(format!("/proc/{at}/stat")).ok()?;
+            at = crate::session::parent_in_stat(&stat)?;
+            if at <= 1 {
+                return None;
+            }
+            if self.static_pids.contains_key(&at) {
+                return self.finder.find(at);
+            }
+        }
+        None
     }
 
     /// The process exec'd or its PID now names another process: its target is looked up
@@ -268,5 +296,53 @@ mod tests {
         // The same PID targets as before (the process discovery was not due), and the
         // container's.
         assert_eq!(targeting.finder.len(), before + 1);
+    }
+
+    /// With `follow_children`, the child of a static PID target's child is profiled as that
+    /// target; without it, it matches nothing.
+    #[test]
+    fn descendants_of_a_pid_target_inherit_it_with_follow_children() {
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh: {e}"));
+        let sh = shell.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleep = loop {
+            if let Some(&p) = crate::session::descendants(&[sh]).first() {
+                break Some(p);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let found = |follow: bool| {
+            let text = format!(
+                "[ebpf]\nfollow_children = {follow}\n[[targets]]\n__process_pid__ = \"{sh}\"\nservice_name = \"shell\"\n"
+            );
+            let (config, _) =
+                crate::config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+            let (discoveries, _publish) = Discoveries::by_hand(&AgentMetrics::default());
+            let mut targeting = Targeting::new(&config, discoveries);
+            targeting.refresh_targets();
+            sleep.and_then(|p| targeting.target_of(p))
+        };
+        let with = found(true);
+        let without = found(false);
+        if let Some(p) = sleep {
+            // SAFETY: kill has no memory preconditions; `p` is the shell's own child.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert!(sleep.is_some(), "the shell started its child");
+        let with = with.unwrap_or_else(|| panic!("the shell's child inherited nothing"));
+        assert_eq!(with.service_name(), "shell");
+        assert_eq!(with.id(), &ferroscope_targets::TargetId::Pid(sh));
+        assert!(
+            without.is_none(),
+            "without follow_children it matches nothing"
+        );
     }
 }
