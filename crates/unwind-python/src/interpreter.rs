@@ -38,12 +38,12 @@ const CODE_CACHE_LIMIT: usize = 4096;
 /// when full.
 const THREAD_CACHE_LIMIT: usize = 4096;
 /// A thread without a name yet is looked for again this many times ...
-const THREAD_NAME_TRIES: u8 = 5;
+const THREAD_NAME_TRIES: u8 = 8;
 /// ... at most this often ...
-const THREAD_NAME_RETRY: Duration = Duration::from_millis(200);
+const THREAD_NAME_RETRY: Duration = Duration::from_millis(50);
 /// ... within this long of the first question (a `threading.Thread` is in `_active` with its
 /// `_native_id` once it runs Python code; a thread not named by then never will be).
-const THREAD_NAME_WINDOW: Duration = Duration::from_secs(3);
+const THREAD_NAME_WINDOW: Duration = Duration::from_secs(10);
 /// Least time between two reads of a process's threads (each reads every thread's name).
 const THREAD_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
