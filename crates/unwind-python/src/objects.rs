@@ -396,3 +396,293 @@ pub fn read_int(
     }
     Ok(u64::try_from(value).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout;
+    use ferroscope_unwind_api::SnapshotMemory;
+
+    /// A compact ASCII `str` at `addr`.
+    fn put_str(mem: &mut SnapshotMemory, l: &Layout, addr: u64, s: &str) {
+        let u = &l.unicode;
+        let mut state = (1u32 << u.kind_shift) | (1 << u.compact_bit) | (1 << u.ascii_bit);
+        if let Some(b) = u.ready_bit {
+            state |= 1 << b;
+        }
+        let mut b = vec![0u8; u.ascii_size as usize];
+        b[u.length as usize..][..8].copy_from_slice(&(s.len() as u64).to_le_bytes());
+        b[u.state as usize..][..4].copy_from_slice(&state.to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+        mem.add_region(addr, b);
+    }
+
+    fn words(values: &[u64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// A keys table at `addr` with `keys` (and `values` in its entries when given), for
+    /// `minor`'s era; 8 slots, one-byte indices.
+    fn put_keys(
+        mem: &mut SnapshotMemory,
+        minor: u8,
+        addr: u64,
+        keys: &[u64],
+        values: Option<&[u64]>,
+        kind: u8,
+    ) {
+        let mut b;
+        if minor >= 11 {
+            b = vec![0u8; 32];
+            b[8] = 3; // log2 size
+            b[9] = 3; // log2 index bytes: 8 one-byte slots
+            b[10] = kind;
+            b[24..32].copy_from_slice(&(keys.len() as u64).to_le_bytes());
+            b.extend_from_slice(&[0xff; 8]);
+            for (i, k) in keys.iter().enumerate() {
+                let v = values.map_or(0, |v| v[i]);
+                if kind == 0 {
+                    b.extend_from_slice(&words(&[0x1234, *k, v]));
+                } else {
+                    b.extend_from_slice(&words(&[*k, v]));
+                }
+            }
+        } else {
+            b = words(&[1, 8, 0, 0, keys.len() as u64]);
+            b.extend_from_slice(&[0xff; 8]);
+            for (i, k) in keys.iter().enumerate() {
+                let v = values.map_or(0, |v| v[i]);
+                b.extend_from_slice(&words(&[0x1234, *k, v]));
+            }
+        }
+        mem.add_region(addr, b);
+    }
+
+    fn put_dict(mem: &mut SnapshotMemory, addr: u64, used: u64, keys: u64, values: u64) {
+        mem.add_region(addr, words(&[1, 0xd1c7, used, 0, keys, values]));
+    }
+
+    const K_NAME: u64 = 0x10_000;
+    const K_OTHER: u64 = 0x11_000;
+    const V_NAME: u64 = 0x20_000;
+    const V_OTHER: u64 = 0x21_000;
+
+    fn strings(mem: &mut SnapshotMemory, l: &Layout) {
+        put_str(mem, l, K_NAME, "_name");
+        put_str(mem, l, K_OTHER, "_other");
+    }
+
+    #[test]
+    fn combined_and_split_dicts_of_every_era_read() {
+        for minor in [6u8, 8, 10, 11, 12, 13, 14] {
+            let l = layout(minor.min(12)).unwrap().clone();
+            let l = Layout { minor, ..l };
+            let o = ObjectLayout::of(minor);
+            let mut mem = SnapshotMemory::new(1);
+            strings(&mut mem, &l);
+            // Combined: values in the entries (3.11+: a str-keyed table).
+            put_keys(
+                &mut mem,
+                minor,
+                0x30_000,
+                &[K_OTHER, K_NAME],
+                Some(&[V_OTHER, V_NAME]),
+                1,
+            );
+            put_dict(&mut mem, 0x40_000, 2, 0x30_000, 0);
+            assert_eq!(
+                dict_get(&mem, &l, &o, 0x40_000, "_name").unwrap(),
+                Some(V_NAME),
+                "3.{minor} combined"
+            );
+            assert_eq!(dict_get(&mem, &l, &o, 0x40_000, "_none").unwrap(), None);
+            // Split: values in their own array (3.13+: after an 8-byte header).
+            put_keys(&mut mem, minor, 0x50_000, &[K_NAME, K_OTHER], None, 2);
+            let values = 0x60_000;
+            let header = if minor >= 13 {
+                words(&[0x0102_0002])
+            } else {
+                Vec::new()
+            };
+            mem.add_region(values, [header, words(&[V_NAME, 0])].concat());
+            put_dict(&mut mem, 0x70_000, 1, 0x50_000, values);
+            assert_eq!(
+                dict_items(&mem, &o, minor, 0x70_000).unwrap(),
+                vec![(K_NAME, V_NAME)],
+                "3.{minor} split: the missing value is left out"
+            );
+        }
+    }
+
+    /// An object of a class at `tp` whose flags are `flags`, basic size 16.
+    fn put_type(
+        mem: &mut SnapshotMemory,
+        o: &ObjectLayout,
+        tp: u64,
+        flags: u64,
+        dictoffset: i64,
+        cached_keys: u64,
+    ) {
+        let mut b = vec![0u8; 1024];
+        b[TP_BASICSIZE as usize..][..8].copy_from_slice(&16u64.to_le_bytes());
+        b[TP_FLAGS as usize..][..8].copy_from_slice(&flags.to_le_bytes());
+        b[TP_DICTOFFSET as usize..][..8].copy_from_slice(&dictoffset.to_le_bytes());
+        if let Some(at) = o.cached_keys {
+            b[at as usize..][..8].copy_from_slice(&cached_keys.to_le_bytes());
+        }
+        mem.add_region(tp, b);
+    }
+
+    #[test]
+    fn instance_attributes_of_every_era_read() {
+        let tp = 0x80_000;
+        // Four words before the object: 3.11's values and dict pointers (-32, -24) and the rest.
+        let obj = 0x90_000 + 32;
+        for minor in [8u8, 11, 12, 13, 15] {
+            let l = Layout {
+                minor,
+                ..layout(minor.min(12)).unwrap().clone()
+            };
+            let o = ObjectLayout::of(minor);
+            let mut mem = SnapshotMemory::new(1);
+            strings(&mut mem, &l);
+            put_keys(&mut mem, minor, 0x50_000, &[K_OTHER, K_NAME], None, 2);
+            let values = 0xa0_000;
+            match o.instance {
+                InstanceDict::TypeOffset => {
+                    put_type(&mut mem, &o, tp, 0, 16, 0);
+                    put_dict(&mut mem, 0x70_000, 2, 0x50_000, values);
+                    mem.add_region(values, words(&[V_OTHER, V_NAME]));
+                    mem.add_region(obj, words(&[1, tp, 0x70_000]));
+                }
+                InstanceDict::Managed311 => {
+                    put_type(&mut mem, &o, tp, TPFLAGS_MANAGED_DICT, -1, 0x50_000);
+                    mem.add_region(values, words(&[V_OTHER, V_NAME]));
+                    mem.add_region(obj - 32, words(&[values, 0, 0, 0, 1, tp]));
+                }
+                InstanceDict::Tagged312 => {
+                    put_type(&mut mem, &o, tp, TPFLAGS_MANAGED_DICT, -1, 0x50_000);
+                    mem.add_region(values, words(&[V_OTHER, V_NAME]));
+                    mem.add_region(obj - 32, words(&[0, values - 1, 0, 0, 1, tp]));
+                }
+                InstanceDict::Inline313 => {
+                    put_type(
+                        &mut mem,
+                        &o,
+                        tp,
+                        TPFLAGS_MANAGED_DICT | TPFLAGS_INLINE_VALUES,
+                        -1,
+                        0x50_000,
+                    );
+                    // capacity 2, size 2, embedded, valid; then the values, after the
+                    // object's 16 bytes.
+                    mem.add_region(
+                        obj - 32,
+                        [
+                            words(&[0, 0, 0, 0, 1, tp]),
+                            vec![2, 2, 1, 1, 0, 0, 0, 0],
+                            words(&[V_OTHER, V_NAME]),
+                        ]
+                        .concat(),
+                    );
+                }
+            }
+            let attrs =
+                instance_attributes(&mem, &l, &o, obj).unwrap_or_else(|e| panic!("3.{minor}: {e}"));
+            assert_eq!(
+                attrs,
+                vec![(K_OTHER, V_OTHER), (K_NAME, V_NAME)],
+                "3.{minor}"
+            );
+        }
+    }
+
+    #[test]
+    fn ints_of_both_eras_read() {
+        for (tagged, minor) in [(false, 8u8), (true, 12)] {
+            let o = ObjectLayout::of(minor);
+            assert_eq!(o.tagged_long, tagged);
+            let mut mem = SnapshotMemory::new(1);
+            let put = |mem: &mut SnapshotMemory, at: u64, digits: &[u32], negative: bool| {
+                let n = digits.len() as u64;
+                let size = if tagged {
+                    (n << 3)
+                        | if n == 0 {
+                            1
+                        } else if negative {
+                            2
+                        } else {
+                            0
+                        }
+                } else if negative {
+                    (n as i64).wrapping_neg() as u64
+                } else {
+                    n
+                };
+                let mut b = words(&[1, 0xabc, size]);
+                for d in digits {
+                    b.extend_from_slice(&d.to_le_bytes());
+                }
+                mem.add_region(at, b);
+            };
+            put(&mut mem, 0x1000, &[], false);
+            put(&mut mem, 0x2000, &[12345], false);
+            // 0x7f12_3456_7890 = digits (low first) of 30 bits.
+            let v: u64 = 0x7f12_3456_7890;
+            put(
+                &mut mem,
+                0x3000,
+                &[(v & 0x3fff_ffff) as u32, (v >> 30) as u32],
+                false,
+            );
+            put(&mut mem, 0x4000, &[5], true);
+            assert_eq!(read_int(&mem, &o, 0x1000).unwrap(), Some(0));
+            assert_eq!(read_int(&mem, &o, 0x2000).unwrap(), Some(12345));
+            assert_eq!(read_int(&mem, &o, 0x3000).unwrap(), Some(v));
+            assert_eq!(read_int(&mem, &o, 0x4000).unwrap(), None, "negative");
+            assert!(read_int(&mem, &o, 0x9000).is_err());
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics_and_stays_bounded() {
+        // A xorshift generator: the same bytes every run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..300 {
+            let mut bytes = vec![0u8; 4096];
+            for b in bytes.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Small values often, so that pointers land back in the region.
+                *b = if x.is_multiple_of(3) {
+                    (x >> 8) as u8 & 0x1f
+                } else {
+                    (x >> 16) as u8
+                };
+            }
+            let mut mem = SnapshotMemory::new(1);
+            mem.add_region(0x1000, bytes);
+            let minor = 6 + (round % 10) as u8;
+            let l = Layout {
+                minor,
+                ..layout(minor.min(12)).unwrap().clone()
+            };
+            let o = ObjectLayout::of(minor);
+            for addr in [0x1000u64, 0x1100, 0x1800, 0x1ff8] {
+                if let Ok(items) = dict_items(&mem, &o, minor, addr) {
+                    assert!(items.len() <= MAX_DICT_ENTRIES);
+                }
+                let _ = instance_attributes(&mem, &l, &o, addr);
+                let _ = read_int(&mem, &o, addr);
+                let _ = str_is(&mem, &l, addr, "_name");
+                if let Ok(t) = crate::threading_threads(&mem, &l, addr) {
+                    assert!(
+                        t.len() <= crate::MAX_INTERPRETERS * crate::thread_names::MAX_PY_THREADS
+                    );
+                }
+            }
+        }
+    }
+}
