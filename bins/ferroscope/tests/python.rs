@@ -996,3 +996,68 @@ fn thread_churn_keeps_python_frames_3_11() {
 fn thread_churn_keeps_python_frames_3_13() {
     thread_churn(Py::Pyenv(13));
 }
+
+/// Recursion on `py`: every sample has every Python frame in place, `<module>` outermost and
+/// right under the native frame that runs the module (`..EvalCode..`), no eval-loop frame
+/// left between Python frames. Up to 3.10 a sample taken while an eval-loop call has not yet
+/// bound its frame to the thread state (or has unbound it on its way out) would otherwise
+/// have its Python frames one eval call off.
+fn recursion(py: Py) {
+    let Some(samples) = record_script(py, "recursion.py", 5, &["-r", "499"]) else {
+        return;
+    };
+    // The eval loop itself (and its `.cold` part), not its inlined `_PyEval_EvalFrame` caller.
+    let eval = |f: &Frame| !f.python && f.function.starts_with("_PyEval_EvalFrameDefault");
+    let mut total = 0;
+    let mut bad: Vec<&Sample> = Vec::new();
+    for s in &samples {
+        let first = s.frames.iter().position(|f| f.python);
+        let in_place = match first {
+            None => !s.frames.iter().any(eval),
+            Some(first) => {
+                let last = s.frames.iter().rposition(|f| f.python).unwrap_or(first);
+                s.frames[last].function == "<module>"
+                    && s.frames[last + 1..]
+                        .iter()
+                        .take(4)
+                        .any(|f| !f.python && f.function.contains("EvalCode"))
+                    && !s.frames[first..].iter().any(eval)
+            }
+        };
+        total += s.count;
+        if !in_place {
+            bad.push(s);
+        }
+    }
+    let wrong: i64 = bad.iter().map(|s| s.count).sum();
+    eprintln!(
+        "{py}: recursion: {wrong} of {total} samples with Python frames out of place ({:.2} %)",
+        100.0 * share(wrong, total)
+    );
+    assert!(total >= 200, "{py}: only {total} samples");
+    assert!(
+        bad.is_empty(),
+        "{py}: {wrong} of {total} samples have Python frames out of place:\n{}",
+        show(&bad)
+    );
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_8() {
+    recursion(Py::Pyenv(8));
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_10() {
+    recursion(Py::Pyenv(10));
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_11() {
+    recursion(Py::Pyenv(11));
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_13() {
+    recursion(Py::Pyenv(13));
+}

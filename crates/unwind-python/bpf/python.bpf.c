@@ -39,6 +39,9 @@ enum py_entry_kind {
 	PY_ENTRY_SHIM = 2,
 };
 
+/* Most unbound ranges of the eval loop (src/frame_binding.rs, MAX_UNBOUND). */
+#define PY_MAX_UNBOUND 4
+
 /* Offsets into one CPython version's structures (facts from its headers), and where a
  * process keeps its interpreters: the value of py_procs. Offsets are bytes; 0xffff when a
  * field does not exist. */
@@ -68,9 +71,15 @@ struct py_proc {
 	__u8 native_tid;            /* 1: PyThreadState.native_thread_id (the kernel TID) is the
 	                             * word after thread_id (3.11+); 0: no such field */
 	__u8 reserved[2];
+	/* 3.6-3.10: where the eval loop's entry part is, and the ranges of it, as offsets from
+	 * there, in which the thread state does not point at the frame the call runs (before
+	 * tstate->frame = f, after tstate->frame = f->f_back); unused ranges are [0, 0). */
+	__u64 eval_base;
+	__u32 unbound_start[PY_MAX_UNBOUND];
+	__u32 unbound_end[PY_MAX_UNBOUND];
 };
 
-_Static_assert(sizeof(struct py_proc) == 48, "py_proc layout changed: update src/ebpf.rs");
+_Static_assert(sizeof(struct py_proc) == 88, "py_proc layout changed: update src/ebpf.rs");
 
 /* The plug-in's counters (fs_rt_counters); names in src/ebpf.rs, in this order. */
 enum py_counter {
@@ -396,6 +405,22 @@ static __always_inline void finish_search(struct fs_unwind_state *st, struct py_
 	w->frame = frame_of(&w->proc, s->found);
 }
 
+/* 3.6-3.10: when the eval-loop call the walk met is in its entry or exit window, the thread
+ * state's frame is its caller's: that call gets an empty segment (it stays a native frame),
+ * so that each Python frame is spliced at its own call rather than one call closer to the
+ * leaf. */
+static __always_inline void skip_unbound_call(struct fs_unwind_state *st, struct py_walk *w)
+{
+	struct py_proc *py = &w->proc;
+	__u64 off = st->pc - py->eval_base;
+	int unbound = 0;
+#pragma unroll
+	for (int i = 0; i < PY_MAX_UNBOUND; i++)
+		unbound |= off >= py->unbound_start[i] && off < py->unbound_end[i];
+	if (unbound && !fs_queue_end_segment(st))
+		fs_rt_count(PY_CNT_ERR_QUEUE_FULL);
+}
+
 FS_RUNTIME_PROGRAM(fs_rt_python)
 {
 	struct fs_unwind_state *st = fs_state();
@@ -414,6 +439,8 @@ FS_RUNTIME_PROGRAM(fs_rt_python)
 		w->proc = *proc;
 		w->phase = start_walk(st, w) ? PY_PHASE_SEARCH : PY_PHASE_QUEUE;
 		w->rounds = 0;
+		if (w->phase == PY_PHASE_QUEUE && w->frame)
+			skip_unbound_call(st, w);
 	}
 	if (w->phase == PY_PHASE_SEARCH) {
 		FS_LOOP(PY_SEARCH_CHUNK, search_step, NULL);
@@ -426,6 +453,8 @@ FS_RUNTIME_PROGRAM(fs_rt_python)
 		finish_search(st, w);
 		w->phase = PY_PHASE_QUEUE;
 		w->rounds = 0;
+		if (w->frame)
+			skip_unbound_call(st, w);
 	}
 	if (w->frame) {
 		FS_LOOP(PY_QUEUE_CHUNK, queue_step, NULL);

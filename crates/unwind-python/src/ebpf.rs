@@ -3,6 +3,7 @@
 
 use ferroscope_unwind_api::EbpfProgram;
 
+use crate::frame_binding::MAX_UNBOUND;
 use crate::{Entry, FrameLayout, Layout};
 
 /// `enum py_frame_model`: PyFrameObject (3.6-3.10).
@@ -83,6 +84,12 @@ pub struct PyProc {
     /// 1 when `PyThreadState.native_thread_id` (the kernel TID) is the 8 bytes after
     /// `thread_id` (3.11+): the walker then matches a thread's state by TID too.
     pub native_tid: u8,
+    /// 3.6-3.10: the process address of the eval loop's entry part.
+    pub eval_base: u64,
+    /// The ranges `[start, end)` (offsets from `eval_base`) where the thread state does not
+    /// point at the frame the eval call runs ([`frame_binding`](crate::frame_binding));
+    /// unused ones `(0, 0)`.
+    pub unbound: [(u32, u32); MAX_UNBOUND],
 }
 
 /// The fields in C declaration order, with their sizes (the layout test walks this list).
@@ -107,11 +114,14 @@ pub const PY_PROC_FIELDS: &[(&str, usize)] = &[
     ("owner_cstack", 1),
     ("native_tid", 1),
     ("reserved", 2),
+    ("eval_base", 8),
+    ("unbound_start", 4 * MAX_UNBOUND),
+    ("unbound_end", 4 * MAX_UNBOUND),
 ];
 
 impl PyProc {
     /// `sizeof(struct py_proc)`.
-    pub const SIZE: usize = 48;
+    pub const SIZE: usize = 88;
 
     /// The bytes of `struct py_proc`, fields in [`PY_PROC_FIELDS`] order, little-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -143,6 +153,13 @@ impl PyProc {
             0,
             0,
         ]);
+        b.extend_from_slice(&self.eval_base.to_le_bytes());
+        for (start, _) in self.unbound {
+            b.extend_from_slice(&start.to_le_bytes());
+        }
+        for (_, end) in self.unbound {
+            b.extend_from_slice(&end.to_le_bytes());
+        }
         debug_assert_eq!(b.len(), Self::SIZE);
         b
     }
@@ -265,6 +282,8 @@ mod tests {
             entry_kind: 0x11,
             owner_cstack: 0x12,
             native_tid: 0x13,
+            eval_base: 0x1515_1515_1515_1515,
+            unbound: [(0x1616_1616, 0x1717_1717); MAX_UNBOUND],
         };
         let bytes = p.to_bytes();
         for (i, (m, (_, size))) in layout.members.iter().zip(PY_PROC_FIELDS).enumerate() {

@@ -79,6 +79,9 @@ pub struct PythonFile {
     pub runtime: u64,
     /// The eval loop's parts.
     pub eval: EvalLoop,
+    /// 3.6-3.10: where in the eval loop's entry part the thread state does not point at the
+    /// frame its call runs (file addresses; see [`frame_binding`](crate::frame_binding)).
+    pub unbound: Vec<crate::frame_binding::Range>,
 }
 
 fn runtime_error(e: Error) -> InterpreterError {
@@ -189,11 +192,23 @@ pub fn detect_file(file: &dyn ElfFile) -> Result<Option<PythonFile>, Error> {
         from = ?eval.from,
         "CPython's eval loop found"
     );
+    let unbound = eval
+        .parts
+        .first()
+        .filter(|_| matches!(layout.frame, FrameLayout::Object { .. }))
+        .and_then(|entry| {
+            let mut code = vec![0u8; usize::try_from(entry.size).ok()?.min(1 << 20)];
+            file.read_vaddr(entry.address, &mut code)
+                .then(|| crate::frame_binding::unbound_ranges(&code, entry.address, &layout))
+        })
+        .unwrap_or_default();
+    tracing::debug!(path, ranges = ?unbound, "eval loop ranges without the call's frame bound");
     Ok(Some(PythonFile {
         version,
         layout,
         runtime: runtime.address,
         eval,
+        unbound,
     }))
 }
 
@@ -213,7 +228,17 @@ pub fn ebpf_proc(file: &PythonFile, bias: u64) -> PyProc {
         .runtime
         .wrapping_add(bias)
         .wrapping_add(u64::from(l.runtime_interpreters_head.unwrap_or(0)));
-    py_proc(l, interp_head)
+    let mut p = py_proc(l, interp_head);
+    if let Some(entry) = file.eval.parts.first()
+        && !file.unbound.is_empty()
+    {
+        p.eval_base = entry.address.wrapping_add(bias);
+        for (slot, &(start, end)) in p.unbound.iter_mut().zip(&file.unbound) {
+            let off = |a: u64| u32::try_from(a.wrapping_sub(entry.address)).unwrap_or(0);
+            *slot = (off(start), off(end));
+        }
+    }
+    p
 }
 
 /// The process ranges of the eval loop (splice ranges) for `file` mapped at `bias`.

@@ -17,6 +17,8 @@
 //!   [`CodeInfo::line_for_offset`] decodes the three line-table formats (lnotab ≤3.9, 3.10's
 //!   linetable, 3.11+'s location table; see [`linetable`]).
 //!
+//! - [`frame_binding`]: where, in a 3.6-3.10 eval loop, the thread state does not point at
+//!   the frame the call runs (its entry and exit windows), found in its code.
 //! - [`threading_threads`]: the `threading.Thread` names of a process by OS thread (3.8+),
 //!   from each interpreter's `threading._active` (dicts and instance attributes of every era
 //!   in [`objects`]).
@@ -60,6 +62,7 @@ mod code;
 pub mod debug_offsets;
 pub mod ebpf;
 pub mod eval_loop;
+pub mod frame_binding;
 mod frames;
 mod interpreter;
 mod layout;
