@@ -6,7 +6,7 @@
 //! whose `_name` attribute is the name and whose `_native_id` attribute (3.8+) is the OS
 //! thread ID. 3.6 and 3.7 have no `_native_id`: there the OS thread ID is read from glibc's
 //! thread descriptor, which the ident points to (`pthread_self()`), on x86-64 only.
-//! Bounded: at most [`MAX_INTERPRETERS`](crate::MAX_INTERPRETERS) interpreters,
+//! Bounded: at most [`MAX_INTERPRETERS`] interpreters,
 //! [`MAX_PY_THREADS`] threads each, [`MAX_THREAD_ATTRIBUTES`] attributes per thread and
 //! [`MAX_DICT_ENTRIES`](crate::objects::MAX_DICT_ENTRIES) entries per dict; a thread that does
 //! not read is left out, the others are still returned.
