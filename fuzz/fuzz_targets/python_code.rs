@@ -12,11 +12,12 @@ use libfuzzer_sys::fuzz_target;
 /// 3.15.2), after the built-in ones.
 fn layouts() -> Vec<Layout> {
     let mut out: Vec<Layout> = TABLE_MINORS.filter_map(layout).cloned().collect();
-    // (minor, tstate thread_id, native_thread_id, owner, co_code_adaptive, interp next/head)
-    for (minor, thread_id, native, owner, adaptive, next, head) in [
-        (13u8, 152u64, 160u64, 70u64, 200u64, 7264u64, 7344u64),
-        (14, 152, 160, 74, 208, 7272, 7344),
-        (15, 176, 184, 74, 208, 7264, 7336),
+    // (minor, tstate thread_id, native_thread_id, owner, co_code_adaptive, interp
+    // next/head/modules)
+    for (minor, thread_id, native, owner, adaptive, next, head, modules) in [
+        (13u8, 152u64, 160u64, 70u64, 200u64, 7264u64, 7344u64, 7656u64),
+        (14, 152, 160, 74, 208, 7272, 7344, 7688),
+        (15, 176, 184, 74, 208, 7264, 7336, 7592),
     ] {
         out.push(Layout::from_debug_offsets(&DebugOffsets {
             version: PyVersion { major: 3, minor, micro: 0 },
@@ -26,6 +27,7 @@ fn layouts() -> Vec<Layout> {
             interp_size: 1 << 17,
             interp_next: next,
             interp_threads_head: head,
+            interp_imports_modules: modules,
             tstate_size: 1000,
             tstate_next: 8,
             tstate_interp: 16,

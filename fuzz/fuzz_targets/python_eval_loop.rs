@@ -1,10 +1,13 @@
 //! The eval loop's parts from arbitrary code bytes and CFI functions: the x86 decoding of the
 //! entry part and the choice of the parts it jumps into. No panics, at most `MAX_PARTS` parts,
-//! the entry first, no two parts overlapping.
+//! the entry first, no two parts overlapping. And its unbound windows (3.6-3.10): at most
+//! `MAX_UNBOUND` sorted, disjoint ranges inside the code, the first at its start.
 #![no_main]
 
 use ferroscope_unwind_api::{ElfFile, SymbolRange};
 use ferroscope_unwind_python::eval_loop::{ENTRY_SYMBOL, MAX_PARTS, branch_targets, find_eval_loop};
+use ferroscope_unwind_python::frame_binding::{MAX_UNBOUND, unbound_ranges};
+use ferroscope_unwind_python::layout;
 use libfuzzer_sys::fuzz_target;
 
 const BASE: u64 = 0x40_0000;
@@ -66,6 +69,13 @@ fuzz_target!(|data: &[u8]| {
             size: u64::from_le_bytes(c[8..].try_into().unwrap()) % (1 << 20),
         })
         .collect();
+    for minor in 6..=10 {
+        let ranges = unbound_ranges(data, BASE, layout(minor).unwrap());
+        assert!(ranges.len() <= MAX_UNBOUND);
+        assert!(ranges.first().is_none_or(|r| r.0 == BASE));
+        assert!(ranges.iter().all(|&(s, e)| BASE <= s && s < e && e <= end));
+        assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0));
+    }
     let file = Fuzzed { code: data, functions };
     let Some(found) = find_eval_loop(&file) else {
         return;

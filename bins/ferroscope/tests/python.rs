@@ -907,3 +907,157 @@ fn cpython_without_an_eval_loop_symbol_is_reported() {
         "{gauge}"
     );
 }
+
+/// Thread churn on `py`: each of the 100 short threads of `thread_churn.py` (by `tid`) with
+/// at least 5 samples where its interpreter runs has its Python frames, down to
+/// `Thread._bootstrap`, in at least 99 % of them. A sample "where its interpreter runs" has
+/// Python frames or the eval loop among its native frames (a thread's first and last
+/// instants run only C: those samples have neither and are not counted).
+fn thread_churn(py: Py) {
+    let Some(samples) = record_script(py, "thread_churn.py", 12, &["-r", "499"]) else {
+        return;
+    };
+    // tid -> (samples with the thread's Python frames, samples of its interpreter)
+    let mut threads: HashMap<&str, (i64, i64)> = HashMap::new();
+    let mut bad: HashMap<&str, Vec<&Sample>> = HashMap::new();
+    for s in &samples {
+        let names = s.python_names();
+        let churn = names
+            .iter()
+            .any(|n| *n == "churn_busy" || *n == "churn_worker");
+        let eval = s
+            .frames
+            .iter()
+            .any(|f| !f.python && f.function.starts_with("_PyEval_EvalFrame"));
+        let whole = churn && names.last().is_some_and(|n| n.ends_with("_bootstrap"));
+        // A churn thread's Python frames, or the eval loop of a thread without them; not
+        // the main thread's frames or a thread in C only.
+        let interpreter_runs = churn || (names.is_empty() && eval);
+        if !interpreter_runs {
+            continue;
+        }
+        let t = threads.entry(&s.tid).or_default();
+        t.1 += s.count;
+        if whole {
+            t.0 += s.count;
+        } else {
+            bad.entry(&s.tid).or_default().push(s);
+        }
+    }
+    let counted: Vec<(&str, i64, i64)> = threads
+        .iter()
+        .filter(|(_, (_, n))| *n >= 5)
+        .map(|(t, (ok, n))| (*t, *ok, *n))
+        .collect();
+    let (ok, all): (i64, i64) = counted.iter().fold((0, 0), |a, t| (a.0 + t.1, a.1 + t.2));
+    let worst = counted
+        .iter()
+        .map(|t| share(t.1, t.2))
+        .fold(1.0f64, f64::min);
+    let failing: Vec<&(&str, i64, i64)> =
+        counted.iter().filter(|t| share(t.1, t.2) < 0.99).collect();
+    eprintln!(
+        "{py}: thread churn: {} threads with >= 5 samples ({} seen), {ok} of {all} samples with \
+         their Python frames ({:.2} %), worst thread {:.1} %, {} threads under 99 %",
+        counted.len(),
+        threads.len(),
+        100.0 * share(ok, all),
+        100.0 * worst,
+        failing.len()
+    );
+    assert!(
+        counted.len() >= 50,
+        "{py}: only {} churn threads had 5 samples or more (of {} seen)",
+        counted.len(),
+        threads.len()
+    );
+    let detail: Vec<String> = failing
+        .iter()
+        .map(|(t, ok, n)| format!("tid {t}: {ok} of {n}\n{}", show(&bad[t])))
+        .collect();
+    assert!(
+        failing.is_empty(),
+        "{py}: threads whose samples lack their Python frames:\n{}",
+        detail.join("\n")
+    );
+}
+
+#[test]
+fn thread_churn_keeps_python_frames_3_8() {
+    thread_churn(Py::Pyenv(8));
+}
+
+#[test]
+fn thread_churn_keeps_python_frames_3_11() {
+    thread_churn(Py::Pyenv(11));
+}
+
+#[test]
+fn thread_churn_keeps_python_frames_3_13() {
+    thread_churn(Py::Pyenv(13));
+}
+
+/// Recursion on `py`: every sample has every Python frame in place, `<module>` outermost and
+/// right under the native frame that runs the module (`..EvalCode..`), no eval-loop frame
+/// left between Python frames. Up to 3.10 a sample taken while an eval-loop call has not yet
+/// bound its frame to the thread state (or has unbound it on its way out) would otherwise
+/// have its Python frames one eval call off.
+fn recursion(py: Py) {
+    let Some(samples) = record_script(py, "recursion.py", 5, &["-r", "499"]) else {
+        return;
+    };
+    // The eval loop itself (and its `.cold` part), not its inlined `_PyEval_EvalFrame` caller.
+    let eval = |f: &Frame| !f.python && f.function.starts_with("_PyEval_EvalFrameDefault");
+    let mut total = 0;
+    let mut bad: Vec<&Sample> = Vec::new();
+    for s in &samples {
+        let first = s.frames.iter().position(|f| f.python);
+        let in_place = match first {
+            None => !s.frames.iter().any(eval),
+            Some(first) => {
+                let last = s.frames.iter().rposition(|f| f.python).unwrap_or(first);
+                s.frames[last].function == "<module>"
+                    && s.frames[last + 1..]
+                        .iter()
+                        .take(4)
+                        .any(|f| !f.python && f.function.contains("EvalCode"))
+                    && !s.frames[first..].iter().any(eval)
+            }
+        };
+        total += s.count;
+        if !in_place {
+            bad.push(s);
+        }
+    }
+    let wrong: i64 = bad.iter().map(|s| s.count).sum();
+    eprintln!(
+        "{py}: recursion: {wrong} of {total} samples with Python frames out of place ({:.2} %)",
+        100.0 * share(wrong, total)
+    );
+    assert!(total >= 200, "{py}: only {total} samples");
+    assert!(
+        bad.is_empty(),
+        "{py}: {wrong} of {total} samples have Python frames out of place:\n{}",
+        show(&bad)
+    );
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_8() {
+    recursion(Py::Pyenv(8));
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_10() {
+    recursion(Py::Pyenv(10));
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_11() {
+    recursion(Py::Pyenv(11));
+}
+
+#[test]
+fn recursion_keeps_python_frames_in_place_3_13() {
+    recursion(Py::Pyenv(13));
+}

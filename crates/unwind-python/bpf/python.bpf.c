@@ -39,6 +39,9 @@ enum py_entry_kind {
 	PY_ENTRY_SHIM = 2,
 };
 
+/* Most unbound ranges of the eval loop (src/frame_binding.rs, MAX_UNBOUND). */
+#define PY_MAX_UNBOUND 4
+
 /* Offsets into one CPython version's structures (facts from its headers), and where a
  * process keeps its interpreters: the value of py_procs. Offsets are bytes; 0xffff when a
  * field does not exist. */
@@ -65,10 +68,18 @@ struct py_proc {
 	__u8 entry_kind;            /* enum py_entry_kind */
 	__u8 owner_cstack;          /* owner values from here up are shims (3.12/3.13:
 	                             * FRAME_OWNED_BY_CSTACK; 3.14: FRAME_OWNED_BY_INTERPRETER) */
-	__u8 reserved[3];
+	__u8 native_tid;            /* 1: PyThreadState.native_thread_id (the kernel TID) is the
+	                             * word after thread_id (3.11+); 0: no such field */
+	__u8 reserved[2];
+	/* 3.6-3.10: where the eval loop's entry part is, and the ranges of it, as offsets from
+	 * there, in which the thread state does not point at the frame the call runs (before
+	 * tstate->frame = f, after tstate->frame = f->f_back); unused ranges are [0, 0). */
+	__u64 eval_base;
+	__u32 unbound_start[PY_MAX_UNBOUND];
+	__u32 unbound_end[PY_MAX_UNBOUND];
 };
 
-_Static_assert(sizeof(struct py_proc) == 48, "py_proc layout changed: update src/ebpf.rs");
+_Static_assert(sizeof(struct py_proc) == 88, "py_proc layout changed: update src/ebpf.rs");
 
 /* The plug-in's counters (fs_rt_counters); names in src/ebpf.rs, in this order. */
 enum py_counter {
@@ -101,7 +112,10 @@ struct {
 } py_procs SEC(".maps");
 
 /* A thread's PyThreadState, found by walking the interpreter's thread list once and checked
- * on every use (key: TID). */
+ * on every use (key: TID): its thread_id must still be the thread's pthread_self() and, where
+ * the version has it, its native_thread_id the thread's TID. glibc gives a new thread the
+ * stack, and so the pthread_self(), of one that ended, and a freed PyThreadState keeps the
+ * thread_id it had: without the TID, a dead thread's state would pass the check. */
 struct py_thread {
 	__u64 tstate; /* 0: the thread had none when last looked for */
 	__u64 fsbase; /* the thread's pthread_self() when it was looked up */
@@ -147,6 +161,8 @@ struct py_search {
 	__u16 interp_threads_head;
 	__u16 tstate_next;
 	__u16 tstate_thread_id;
+	__u32 tid;        /* the thread's TID, matched with native_thread_id when native_tid */
+	__u32 native_tid; /* py_proc.native_tid */
 	__u32 started;
 	__u32 failed;
 	__u32 done;
@@ -287,16 +303,18 @@ FS_CALLBACK search_step(__u64 index, void *arg)
 		at = s->started ? s->interp + s->interp_next : s->interp_head;
 	else
 		at = s->tstate + s->tstate_thread_id;
-	__u64 word = 0;
-	long failed = bpf_probe_read_user(&word, sizeof(word), (void *)at);
+	/* Two words: a pointer (the second ignored), or thread_id and native_thread_id. */
+	__u64 word[2] = { 0, 0 };
+	long failed = bpf_probe_read_user(word, sizeof(word), (void *)at);
+	int native_ok = !s->native_tid || word[1] == s->tid;
 	if (s->tstate == 0) {
 		s->started = 1;
-		s->interp = word;
-		if (!failed && word)
+		s->interp = word[0];
+		if (!failed && word[0])
 			failed = bpf_probe_read_user(&s->tstate, sizeof(s->tstate),
-						     (void *)(word + s->interp_threads_head));
-		s->done = failed || word == 0;
-	} else if (!failed && word == s->fsbase) {
+						     (void *)(word[0] + s->interp_threads_head));
+		s->done = failed || word[0] == 0;
+	} else if (!failed && word[0] == s->fsbase && native_ok) {
 		s->found = s->tstate;
 		s->done = 1;
 	} else if (!failed) {
@@ -326,15 +344,19 @@ static __always_inline __u64 frame_of(struct py_proc *py, __u64 tstate)
 	return word;
 }
 
-/* Starts the walk from the thread's PyThreadState: cached per TID, checked against the
- * thread's pthread_self() (its FS base: PyThreadState.thread_id) on every use. Returns 1 when
- * it must be searched for (w->search is set up), else 0 with w->frame set (0 when none). */
+/* Starts the walk from the thread's PyThreadState: cached per TID, checked on every use
+ * against the thread's pthread_self() (its FS base: PyThreadState.thread_id) and, 3.11+, its
+ * TID (native_thread_id). Returns 1 when it must be searched for (w->search is set up), else
+ * 0 with w->frame set (0 when none). A cached state that passes the checks but executes no
+ * frame is searched for again: this program runs because the eval loop is on the thread's
+ * stack, so its live state has a frame (but for an instant at the start of an eval call), and
+ * one without is most likely a dead thread's whose memory still says what it said. */
 static __always_inline int start_walk(struct fs_unwind_state *st, struct py_walk *w)
 {
 	struct py_proc *py = &w->proc;
 	__u32 tid = st->tid;
 	__u64 fsbase = fs_thread_pointer(st);
-	__u64 word;
+	__u64 word[2] = { 0, 0 };
 
 	w->frame = 0;
 	struct py_thread *cached = bpf_map_lookup_elem(&py_threads, &tid);
@@ -344,10 +366,11 @@ static __always_inline int start_walk(struct fs_unwind_state *st, struct py_walk
 				fs_rt_count(PY_CNT_ERR_NO_THREAD);
 				return 0;
 			}
-		} else if (!bpf_probe_read_user(&word, sizeof(word), (void *)(cached->tstate + py->tstate_thread_id)) &&
-			   word == fsbase) {
+		} else if (!bpf_probe_read_user(word, sizeof(word), (void *)(cached->tstate + py->tstate_thread_id)) &&
+			   word[0] == fsbase && (!py->native_tid || word[1] == tid)) {
 			w->frame = frame_of(py, cached->tstate);
-			return 0;
+			if (w->frame)
+				return 0;
 		}
 	}
 	struct py_search *s = &w->search;
@@ -358,6 +381,8 @@ static __always_inline int start_walk(struct fs_unwind_state *st, struct py_walk
 	s->interp_threads_head = py->interp_threads_head;
 	s->tstate_next = py->tstate_next;
 	s->tstate_thread_id = py->tstate_thread_id;
+	s->tid = tid;
+	s->native_tid = py->native_tid;
 	fs_rt_count(PY_CNT_THREAD_SEARCHES);
 	return 1;
 }
@@ -380,6 +405,22 @@ static __always_inline void finish_search(struct fs_unwind_state *st, struct py_
 	w->frame = frame_of(&w->proc, s->found);
 }
 
+/* 3.6-3.10: when the eval-loop call the walk met is in its entry or exit window, the thread
+ * state's frame is its caller's: that call gets an empty segment (it stays a native frame),
+ * so that each Python frame is spliced at its own call rather than one call closer to the
+ * leaf. */
+static __always_inline void skip_unbound_call(struct fs_unwind_state *st, struct py_walk *w)
+{
+	struct py_proc *py = &w->proc;
+	__u64 off = st->pc - py->eval_base;
+	int unbound = 0;
+#pragma unroll
+	for (int i = 0; i < PY_MAX_UNBOUND; i++)
+		unbound |= off >= py->unbound_start[i] && off < py->unbound_end[i];
+	if (unbound && !fs_queue_end_segment(st))
+		fs_rt_count(PY_CNT_ERR_QUEUE_FULL);
+}
+
 FS_RUNTIME_PROGRAM(fs_rt_python)
 {
 	struct fs_unwind_state *st = fs_state();
@@ -398,6 +439,8 @@ FS_RUNTIME_PROGRAM(fs_rt_python)
 		w->proc = *proc;
 		w->phase = start_walk(st, w) ? PY_PHASE_SEARCH : PY_PHASE_QUEUE;
 		w->rounds = 0;
+		if (w->phase == PY_PHASE_QUEUE && w->frame)
+			skip_unbound_call(st, w);
 	}
 	if (w->phase == PY_PHASE_SEARCH) {
 		FS_LOOP(PY_SEARCH_CHUNK, search_step, NULL);
@@ -410,6 +453,8 @@ FS_RUNTIME_PROGRAM(fs_rt_python)
 		finish_search(st, w);
 		w->phase = PY_PHASE_QUEUE;
 		w->rounds = 0;
+		if (w->frame)
+			skip_unbound_call(st, w);
 	}
 	if (w->frame) {
 		FS_LOOP(PY_QUEUE_CHUNK, queue_step, NULL);

@@ -3,6 +3,7 @@
 
 use ferroscope_unwind_api::EbpfProgram;
 
+use crate::frame_binding::MAX_UNBOUND;
 use crate::{Entry, FrameLayout, Layout};
 
 /// `enum py_frame_model`: PyFrameObject (3.6-3.10).
@@ -80,6 +81,15 @@ pub struct PyProc {
     pub entry_kind: u8,
     /// The first `owner` value of a shim frame.
     pub owner_cstack: u8,
+    /// 1 when `PyThreadState.native_thread_id` (the kernel TID) is the 8 bytes after
+    /// `thread_id` (3.11+): the walker then matches a thread's state by TID too.
+    pub native_tid: u8,
+    /// 3.6-3.10: the process address of the eval loop's entry part.
+    pub eval_base: u64,
+    /// The ranges `[start, end)` (offsets from `eval_base`) where the thread state does not
+    /// point at the frame the eval call runs ([`frame_binding`](crate::frame_binding));
+    /// unused ones `(0, 0)`.
+    pub unbound: [(u32, u32); MAX_UNBOUND],
 }
 
 /// The fields in C declaration order, with their sizes (the layout test walks this list).
@@ -102,12 +112,16 @@ pub const PY_PROC_FIELDS: &[(&str, usize)] = &[
     ("frame_model", 1),
     ("entry_kind", 1),
     ("owner_cstack", 1),
-    ("reserved", 3),
+    ("native_tid", 1),
+    ("reserved", 2),
+    ("eval_base", 8),
+    ("unbound_start", 4 * MAX_UNBOUND),
+    ("unbound_end", 4 * MAX_UNBOUND),
 ];
 
 impl PyProc {
     /// `sizeof(struct py_proc)`.
-    pub const SIZE: usize = 48;
+    pub const SIZE: usize = 88;
 
     /// The bytes of `struct py_proc`, fields in [`PY_PROC_FIELDS`] order, little-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -135,10 +149,17 @@ impl PyProc {
             self.frame_model,
             self.entry_kind,
             self.owner_cstack,
-            0,
+            self.native_tid,
             0,
             0,
         ]);
+        b.extend_from_slice(&self.eval_base.to_le_bytes());
+        for (start, _) in self.unbound {
+            b.extend_from_slice(&start.to_le_bytes());
+        }
+        for (_, end) in self.unbound {
+            b.extend_from_slice(&end.to_le_bytes());
+        }
         debug_assert_eq!(b.len(), Self::SIZE);
         b
     }
@@ -166,6 +187,7 @@ pub fn py_proc(layout: &Layout, interp_head: u64) -> PyProc {
         frame_read_len: offset16(l.frame_read_len),
         code_firstlineno: offset16(l.co_firstlineno),
         code_adaptive: l.co_code_adaptive.map_or(0, offset16),
+        native_tid: u8::from(l.tstate_native_thread_id == Some(l.tstate_thread_id + 8)),
         ..PyProc::default()
     };
     match l.frame {
@@ -259,6 +281,9 @@ mod tests {
             frame_model: 0x10,
             entry_kind: 0x11,
             owner_cstack: 0x12,
+            native_tid: 0x13,
+            eval_base: 0x1515_1515_1515_1515,
+            unbound: [(0x1616_1616, 0x1717_1717); MAX_UNBOUND],
         };
         let bytes = p.to_bytes();
         for (i, (m, (_, size))) in layout.members.iter().zip(PY_PROC_FIELDS).enumerate() {

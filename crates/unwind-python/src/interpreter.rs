@@ -2,8 +2,9 @@
 //!
 //! The eBPF walker (`bpf/python.bpf.c`) follows the same reads as [`walk`](crate::walk): it
 //! finds the sampled thread's `PyThreadState` by walking the interpreters' thread lists for
-//! the one whose `thread_id` is the thread's `pthread_self()` (its FS base; cached per TID
-//! and checked on every use), then queues the thread's Python frames, one segment per C-level
+//! the one whose `thread_id` is the thread's `pthread_self()` (its FS base) and, 3.11+, whose
+//! `native_thread_id` is its TID (cached per TID and checked so on every use; a cached state
+//! without a frame is looked for again), then queues the thread's Python frames, one segment per C-level
 //! call of the eval loop, which the native unwinder splices in where it meets
 //! `_PyEval_EvalFrameDefault` (the ranges this plug-in registers). Each recorded frame is the
 //! code object's address, with the raw instruction offset in the low 32 bits of its payload
@@ -12,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ferroscope_unwind_api::{
     AttachContext, EbpfProgram, ElfFile, FileData, InterpretedFrame, Interpreter, InterpreterError,
@@ -23,8 +25,8 @@ use crate::debug_offsets::DebugOffsets;
 use crate::ebpf::{FINGERPRINT_MASK, PROCS_MAP, PyProc, py_proc, split_payload};
 use crate::eval_loop::{EvalLoop, find_eval_loop};
 use crate::{
-    CodeInfo, Error, FrameLayout, Layout, PyVersion, layout_for, read_code, version_from_hex,
-    version_from_path,
+    CodeInfo, Error, FrameLayout, Layout, PyVersion, layout_for, read_code, threading_threads,
+    version_from_hex, version_from_path,
 };
 
 /// The plug-in's name: the `python` cargo feature and `python_enabled`.
@@ -32,6 +34,18 @@ pub const NAME: &str = "python";
 
 /// Most code objects cached per process; the cache starts over when full.
 const CODE_CACHE_LIMIT: usize = 4096;
+/// Most threads whose name (or lack of one) is cached per process; the cache starts over
+/// when full.
+const THREAD_CACHE_LIMIT: usize = 4096;
+/// A thread without a name yet is looked for again this many times ...
+const THREAD_NAME_TRIES: u8 = 8;
+/// ... at most this often ...
+const THREAD_NAME_RETRY: Duration = Duration::from_millis(50);
+/// ... within this long of the first question (a `threading.Thread` is in `_active` with its
+/// `_native_id` once it runs Python code; a thread not named by then never will be).
+const THREAD_NAME_WINDOW: Duration = Duration::from_secs(10);
+/// Least time between two reads of a process's threads (each reads every thread's name).
+const THREAD_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 inventory::submit! {
     InterpreterPlugin { name: NAME, create: || Box::new(Python::default()) }
@@ -43,6 +57,9 @@ struct Counters {
     attached: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    thread_names_found: AtomicU64,
+    thread_name_scans: AtomicU64,
+    thread_name_errors: AtomicU64,
 }
 
 /// CPython as an [`Interpreter`].
@@ -62,6 +79,9 @@ pub struct PythonFile {
     pub runtime: u64,
     /// The eval loop's parts.
     pub eval: EvalLoop,
+    /// 3.6-3.10: where in the eval loop's entry part the thread state does not point at the
+    /// frame its call runs (file addresses; see [`frame_binding`](crate::frame_binding)).
+    pub unbound: Vec<crate::frame_binding::Range>,
 }
 
 fn runtime_error(e: Error) -> InterpreterError {
@@ -172,11 +192,23 @@ pub fn detect_file(file: &dyn ElfFile) -> Result<Option<PythonFile>, Error> {
         from = ?eval.from,
         "CPython's eval loop found"
     );
+    let unbound = eval
+        .parts
+        .first()
+        .filter(|_| matches!(layout.frame, FrameLayout::Object { .. }))
+        .and_then(|entry| {
+            let mut code = vec![0u8; usize::try_from(entry.size).ok()?.min(1 << 20)];
+            file.read_vaddr(entry.address, &mut code)
+                .then(|| crate::frame_binding::unbound_ranges(&code, entry.address, &layout))
+        })
+        .unwrap_or_default();
+    tracing::debug!(path, ranges = ?unbound, "eval loop ranges without the call's frame bound");
     Ok(Some(PythonFile {
         version,
         layout,
         runtime: runtime.address,
         eval,
+        unbound,
     }))
 }
 
@@ -196,7 +228,17 @@ pub fn ebpf_proc(file: &PythonFile, bias: u64) -> PyProc {
         .runtime
         .wrapping_add(bias)
         .wrapping_add(u64::from(l.runtime_interpreters_head.unwrap_or(0)));
-    py_proc(l, interp_head)
+    let mut p = py_proc(l, interp_head);
+    if let Some(entry) = file.eval.parts.first()
+        && !file.unbound.is_empty()
+    {
+        p.eval_base = entry.address.wrapping_add(bias);
+        for (slot, &(start, end)) in p.unbound.iter_mut().zip(&file.unbound) {
+            let off = |a: u64| u32::try_from(a.wrapping_sub(entry.address)).unwrap_or(0);
+            *slot = (off(start), off(end));
+        }
+    }
+    p
 }
 
 /// The process ranges of the eval loop (splice ranges) for `file` mapped at `bias`.
@@ -266,6 +308,8 @@ impl Interpreter for Python {
             ebpf: ebpf_proc(file, context.bias),
             ranges: eval_ranges(file, context.bias),
             codes: HashMap::new(),
+            names: HashMap::new(),
+            last_scan: None,
             counters: Arc::clone(&self.counters),
         }))
     }
@@ -284,6 +328,18 @@ impl Interpreter for Python {
             Metric::counter(
                 "PythonCodeObjectCacheMisses_total",
                 c.cache_misses.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PythonThreadNamesFound_total",
+                c.thread_names_found.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PythonThreadNameScans_total",
+                c.thread_name_scans.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "PythonThreadNameErrors_total",
+                c.thread_name_errors.load(Ordering::Relaxed),
             ),
         ]
     }
@@ -306,7 +362,24 @@ struct PythonProcess {
     ranges: Vec<OwnedRange>,
     /// Code objects by (address, fingerprint).
     codes: HashMap<(u64, u32), Arc<Code>>,
+    /// `threading` names by OS thread ID.
+    names: HashMap<u32, ThreadName>,
+    /// When the threads were last read.
+    last_scan: Option<Instant>,
     counters: Arc<Counters>,
+}
+
+/// What is known of one thread's name.
+#[derive(Debug)]
+enum ThreadName {
+    /// Its `threading.Thread` name, for the thread's life.
+    Found(String),
+    /// Not found yet: when it was first asked for, last looked for, and how often.
+    Missing {
+        first: Instant,
+        last: Instant,
+        tries: u8,
+    },
 }
 
 impl PythonProcess {
@@ -338,6 +411,46 @@ impl PythonProcess {
         });
         self.codes.insert((addr, fingerprint), Arc::clone(&code));
         Ok(code)
+    }
+}
+
+impl PythonProcess {
+    /// Reads every `threading.Thread` of the process and caches the name of each that has
+    /// its OS thread ID (names found once are kept).
+    fn scan_thread_names(&mut self, now: Instant) {
+        if self
+            .last_scan
+            .is_some_and(|t| now.duration_since(t) < THREAD_SCAN_INTERVAL)
+        {
+            return;
+        }
+        self.last_scan = Some(now);
+        self.counters
+            .thread_name_scans
+            .fetch_add(1, Ordering::Relaxed);
+        let threads = match threading_threads(&*self.memory, &self.layout, self.ebpf.interp_head) {
+            Ok(t) => t,
+            Err(e) => {
+                self.counters
+                    .thread_name_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid = self.pid, error = %e, "threading names did not read");
+                return;
+            }
+        };
+        for t in threads {
+            let Some(tid) = t.native_id else { continue };
+            if matches!(self.names.get(&tid), Some(ThreadName::Found(_))) {
+                continue;
+            }
+            if self.names.len() >= THREAD_CACHE_LIMIT {
+                self.names.clear();
+            }
+            self.counters
+                .thread_names_found
+                .fetch_add(1, Ordering::Relaxed);
+            self.names.insert(tid, ThreadName::Found(t.name));
+        }
     }
 }
 
@@ -387,5 +500,40 @@ impl InterpreterProcess for PythonProcess {
             start_line: code.info.first_line,
         });
         Ok(())
+    }
+
+    fn thread_name(&mut self, tid: u32) -> Option<String> {
+        let now = Instant::now();
+        match self.names.get(&tid) {
+            Some(ThreadName::Found(name)) => return Some(name.clone()),
+            Some(&ThreadName::Missing { first, last, tries })
+                if tries >= THREAD_NAME_TRIES
+                    || now.duration_since(first) > THREAD_NAME_WINDOW
+                    || now.duration_since(last) < THREAD_NAME_RETRY =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+        self.scan_thread_names(now);
+        if let Some(ThreadName::Found(name)) = self.names.get(&tid) {
+            return Some(name.clone());
+        }
+        let (first, tries) = match self.names.get(&tid) {
+            Some(&ThreadName::Missing { first, tries, .. }) => (first, tries),
+            _ => (now, 0),
+        };
+        if self.names.len() >= THREAD_CACHE_LIMIT {
+            self.names.clear();
+        }
+        self.names.insert(
+            tid,
+            ThreadName::Missing {
+                first,
+                last: now,
+                tries: tries + 1,
+            },
+        );
+        None
     }
 }

@@ -34,6 +34,9 @@ pub struct Layout {
     pub interp_next: u32,
     /// `PyInterpreterState.tstate_head` (≤3.10) / `.threads.head` (3.11+): the first thread.
     pub interp_threads_head: u32,
+    /// `PyInterpreterState.modules` (≤3.11) / `.imports.modules` (3.12+): the interpreter's
+    /// `sys.modules` dict, where the `threading` module (and its thread names) is found.
+    pub interp_modules: u32,
     /// `PyThreadState.next` (`struct _ts`): the next thread of the same interpreter.
     pub tstate_next: u32,
     /// `PyThreadState.interp`: the interpreter the thread belongs to.
@@ -225,6 +228,7 @@ const PY38: Layout = Layout {
     runtime_interpreters_head: Some(32),
     interp_next: 0,
     interp_threads_head: 8,
+    interp_modules: 56,
     tstate_next: 8,
     tstate_interp: 16,
     tstate_thread_id: 176,
@@ -256,6 +260,7 @@ static LAYOUTS: [Layout; 7] = [
         runtime_interpreters_head: None,
         interp_next: 0,
         interp_threads_head: 8,
+        interp_modules: 16,
         tstate_next: 8,
         tstate_interp: 16,
         tstate_thread_id: 152,
@@ -285,6 +290,7 @@ static LAYOUTS: [Layout; 7] = [
         runtime_interpreters_head: Some(24),
         interp_next: 0,
         interp_threads_head: 8,
+        interp_modules: 40,
         tstate_next: 8,
         tstate_interp: 16,
         tstate_thread_id: 176,
@@ -309,14 +315,19 @@ static LAYOUTS: [Layout; 7] = [
         bytes: BYTES,
     },
     PY38,
-    // 3.9: the same structures as 3.8.
-    Layout { minor: 9, ..PY38 },
+    // 3.9: the same frames and code objects as 3.8; the interpreter state grew.
+    Layout {
+        minor: 9,
+        interp_modules: 856,
+        ..PY38
+    },
     // 3.10: f_lasti counts code units; co_linetable replaces co_lnotab.
     Layout {
         minor: 10,
         runtime_interpreters_head: Some(32),
         interp_next: 0,
         interp_threads_head: 8,
+        interp_modules: 856,
         tstate_next: 8,
         tstate_interp: 16,
         tstate_thread_id: 176,
@@ -346,6 +357,7 @@ static LAYOUTS: [Layout; 7] = [
         runtime_interpreters_head: Some(40),
         interp_next: 0,
         interp_threads_head: 16,
+        interp_modules: 888,
         tstate_next: 8,
         tstate_interp: 16,
         tstate_thread_id: 152,
@@ -377,6 +389,7 @@ static LAYOUTS: [Layout; 7] = [
         runtime_interpreters_head: Some(40),
         interp_next: 0,
         interp_threads_head: 72,
+        interp_modules: 944,
         tstate_next: 8,
         tstate_interp: 16,
         tstate_thread_id: 136,

@@ -17,6 +17,12 @@
 //!   [`CodeInfo::line_for_offset`] decodes the three line-table formats (lnotab ≤3.9, 3.10's
 //!   linetable, 3.11+'s location table; see [`linetable`]).
 //!
+//! - [`frame_binding`]: where, in a 3.6-3.10 eval loop, the thread state does not point at
+//!   the frame the call runs (its entry and exit windows), found in its code.
+//! - [`threading_threads`]: the `threading.Thread` names of a process by OS thread (3.8+),
+//!   from each interpreter's `threading._active` (dicts and instance attributes of every era
+//!   in [`objects`]).
+//!
 //! - [`Python`]: the plug-in the agent loads through `ferroscope-unwind-api`'s registry:
 //!   [`detect_file`] (a file named like CPython or exporting `Py_Version`/`_PyRuntime`, with
 //!   `_PyEval_EvalFrameDefault`), the eBPF walker (`bpf/python.bpf.c`, built by this crate's
@@ -56,10 +62,13 @@ mod code;
 pub mod debug_offsets;
 pub mod ebpf;
 pub mod eval_loop;
+pub mod frame_binding;
 mod frames;
 mod interpreter;
 mod layout;
 pub mod linetable;
+pub mod objects;
+pub mod thread_names;
 mod version;
 
 pub use code::{CodeInfo, MAX_LINE_TABLE, MAX_STRING_CHARS, code_fingerprint, read_code};
@@ -73,6 +82,7 @@ pub use layout::{
     BytesLayout, Entry, FrameLayout, Layout, LineTableFormat, SUPPORTED_MINORS, TABLE_MINORS,
     UnicodeLayout, layout,
 };
+pub use thread_names::{PyThread, threading_threads};
 pub use version::{PyVersion, version_from_hex, version_from_path};
 
 use ferroscope_unwind_api::MemoryError;

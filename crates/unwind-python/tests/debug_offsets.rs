@@ -64,6 +64,10 @@ fn check(label: &str, minor: u8, file: &Path, dwarf_file: &Path) {
         ),
         (d.interp_next, "interpreter_state.next"),
         (d.interp_threads_head, "interpreter_state.threads_head"),
+        (
+            d.interp_imports_modules,
+            "interpreter_state.imports_modules",
+        ),
         (d.tstate_next, "thread_state.next"),
         (d.tstate_interp, "thread_state.interp"),
         (d.tstate_current_frame, "thread_state.current_frame"),

@@ -1,9 +1,11 @@
 //! Every offset of each CPython's layout against the DWARF of the build: the pyenv
 //! libpythons (3.6-3.13), and Debian's 3.13-3.15 through their debug files.
+//! And the object facts the thread-name reader uses, on the same files.
 #![allow(clippy::print_stderr)]
 
 mod common;
 
+use ferroscope_unwind_python::objects::ObjectLayout;
 use ferroscope_unwind_python::{Entry, FrameLayout, Layout, LineTableFormat, layout};
 
 const STRUCTS: &[&str] = &[
@@ -32,6 +34,15 @@ fn expectations(l: &Layout) -> Vec<(&'static str, &'static str, Option<u32>)> {
                 "threads.head"
             },
             Some(l.interp_threads_head),
+        ),
+        (
+            "_is",
+            if m <= 11 {
+                "modules"
+            } else {
+                "imports.modules"
+            },
+            Some(l.interp_modules),
         ),
         ("_ts", "next", Some(l.tstate_next)),
         ("_ts", "interp", Some(l.tstate_interp)),
@@ -267,6 +278,102 @@ fn debian_layouts_match_their_debug_files_dwarf() {
     assert!(
         failures.is_empty(),
         "layout mismatches:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The object facts the `threading` name reader uses (`objects.rs`: types, dicts, modules,
+/// ints) against the DWARF in `dwarf_file`; the mismatches.
+fn check_objects(label: &str, minor: u8, dwarf_file: &std::path::Path) -> Vec<String> {
+    let mut names = vec![
+        "PyTypeObject",
+        "PyHeapTypeObject",
+        "PyDictObject",
+        "PyDictKeysObject",
+        "PyModuleObject",
+        "PyLongObject",
+    ];
+    if minor >= 13 {
+        names.push("PyDictValues");
+    }
+    let structs = common::struct_layouts(dwarf_file, &names);
+    let objects = ObjectLayout::of(minor);
+    let mut want: Vec<(&str, &str, Option<u32>)> = vec![
+        ("PyTypeObject", "tp_basicsize", Some(32)),
+        ("PyTypeObject", "tp_flags", Some(168)),
+        ("PyTypeObject", "tp_dictoffset", Some(288)),
+        ("PyDictObject", "ma_used", Some(16)),
+        ("PyDictObject", "ma_keys", Some(32)),
+        ("PyDictObject", "ma_values", Some(40)),
+        ("PyModuleObject", "md_dict", Some(16)),
+        (
+            "PyLongObject",
+            if minor >= 12 {
+                "long_value.ob_digit"
+            } else {
+                "ob_digit"
+            },
+            Some(24),
+        ),
+    ];
+    if minor >= 11 {
+        want.extend([
+            ("PyHeapTypeObject", "ht_cached_keys", objects.cached_keys),
+            ("PyDictKeysObject", "dk_log2_index_bytes", Some(9)),
+            ("PyDictKeysObject", "dk_kind", Some(10)),
+            ("PyDictKeysObject", "dk_nentries", Some(24)),
+            ("PyDictKeysObject", "dk_indices", Some(32)),
+        ]);
+    } else {
+        want.extend([
+            ("PyDictKeysObject", "dk_size", Some(8)),
+            ("PyDictKeysObject", "dk_nentries", Some(32)),
+            ("PyDictKeysObject", "dk_indices", Some(40)),
+        ]);
+    }
+    if minor >= 13 {
+        want.extend([
+            ("PyDictValues", "capacity", Some(0)),
+            ("PyDictValues", "valid", Some(3)),
+            ("PyDictValues", "values", Some(8)),
+        ]);
+    }
+    let mut failures = Vec::new();
+    for (s, path, want) in &want {
+        let got = structs.get(*s).and_then(|i| i.offset(path));
+        if got != want.map(u64::from) {
+            failures.push(format!(
+                "{label}: {s}.{path}: DWARF says {got:?}, objects.rs says {want:?}"
+            ));
+        }
+    }
+    eprintln!(
+        "{label}: {} object offsets checked against DWARF",
+        want.len()
+    );
+    failures
+}
+
+#[test]
+fn object_offsets_match_dwarf() {
+    let mut failures = Vec::new();
+    for py in &common::pythons_or_skip("object_offsets_match_dwarf") {
+        failures.extend(check_objects(
+            &py.version.to_string(),
+            py.version.minor,
+            &py.lib,
+        ));
+    }
+    for minor in common::debian::DEBIAN_MINORS {
+        let Some(py) = common::debian::debian_python(minor) else {
+            continue;
+        };
+        let label = format!("Debian python3.{minor} {}", py.package_version);
+        failures.extend(check_objects(&label, minor, &py.debug_file));
+    }
+    assert!(
+        failures.is_empty(),
+        "object offset mismatches:\n{}",
         failures.join("\n")
     );
 }

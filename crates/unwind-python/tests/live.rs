@@ -16,7 +16,6 @@ use ferroscope_unwind_python::{
     CodeInfo, Layout, RawFrame, code_fingerprint, detect_file, interpreters_head, read_code,
     threads, walk,
 };
-use object::{Object, ObjectSegment};
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/stacks.py");
@@ -32,25 +31,6 @@ fn markers() -> HashMap<String, u32> {
             Some((m.trim().to_string(), i as u32 + 1))
         })
         .collect()
-}
-
-/// Run-time address of libpython's first byte (its load bias) in process `pid`.
-fn load_bias(pid: u32, lib: &std::path::Path, file: &object::File<'_>) -> u64 {
-    let lib = std::fs::canonicalize(lib).expect("canonical lib path");
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
-    let start = maps
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() >= 6
-                && f[5] == lib.to_string_lossy()
-                && u64::from_str_radix(f[2], 16) == Ok(0))
-            .then(|| u64::from_str_radix(f[0].split('-').next()?, 16).ok())
-            .flatten()
-        })
-        .unwrap_or_else(|| panic!("{} not mapped at offset 0 in {pid}", lib.display()));
-    let first_vaddr = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
-    start - first_vaddr
 }
 
 fn codes_of(
@@ -140,7 +120,7 @@ fn live(build: Build) {
 
     let file = object::File::parse(&*data).expect("parse the runtime's file");
     let sym = found.runtime;
-    let bias = load_bias(pid, &runtime_file, &file);
+    let bias = common::load_bias(pid, &runtime_file, &file);
     let mem = RemoteMemory::new(pid);
 
     // The script prints before its threads are surely parked: retry until both stacks are

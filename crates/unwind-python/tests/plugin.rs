@@ -2,6 +2,8 @@
 //! is CPython, the small launcher of a shared build is not), the version it reads, and the
 //! eBPF data built from the layout.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use common::Elf;
@@ -51,6 +53,13 @@ fn libpython_is_detected_with_its_version_and_the_launcher_is_not() {
             found.runtime + bias + u64::from(l.runtime_interpreters_head.unwrap_or(0))
         );
         assert_eq!(u32::from(p.tstate_thread_id), l.tstate_thread_id);
+        // 3.11+ match a thread's state by TID too: native_thread_id follows thread_id.
+        assert_eq!(
+            p.native_tid,
+            u8::from(py.version.minor >= 11),
+            "native_tid of {}",
+            py.lib.display()
+        );
         assert_eq!(u32::from(p.frame_read_len), l.frame_read_len);
         match l.frame {
             FrameLayout::Object { f_back, .. } => {
@@ -158,5 +167,43 @@ fn stripped_copies_find_the_eval_loop_parts_the_entry_jumps_into() {
         };
         assert_eq!(stripped.eval.from, want_from, "{path}: stripped");
         assert_eq!(stripped.layout, with_symbols.layout, "{path}: stripped");
+    }
+}
+
+/// 3.6-3.10: the eval loop's entry and exit windows (the thread state not yet or no longer at
+/// the call's frame) are found: the entry window starts at the entry, and there is an exit.
+#[test]
+fn unbound_windows_of_the_eval_loop_are_found_up_to_3_10() {
+    for py in common::pythons_or_skip("unbound windows") {
+        let bytes = std::fs::read(&py.lib).unwrap();
+        let found = detect_file(&Elf::new(&py.lib.to_string_lossy(), &bytes))
+            .unwrap()
+            .unwrap();
+        let entry = found.eval.parts[0];
+        eprintln!("{}: {:x?}", py.version, found.unbound);
+        if py.version.minor >= 11 {
+            assert!(found.unbound.is_empty(), "{}", py.version);
+            continue;
+        }
+        let u = &found.unbound;
+        assert!(u.len() >= 2, "{}: {u:x?}", py.version);
+        assert_eq!(u[0].0, entry.address, "{}: the entry window", py.version);
+        assert!(
+            u[0].1 - u[0].0 < 256,
+            "{}: a short entry window",
+            py.version
+        );
+        let inside = |a: u64| a >= entry.address && a < entry.address + entry.size;
+        assert!(
+            u.iter()
+                .all(|&(s, e)| s < e && inside(s) && e <= entry.address + entry.size),
+            "{}: {u:x?}",
+            py.version
+        );
+        assert!(
+            u.windows(2).all(|w| w[0].1 < w[1].0),
+            "{}: sorted, apart",
+            py.version
+        );
     }
 }

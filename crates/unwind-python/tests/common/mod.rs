@@ -407,3 +407,22 @@ fn build(nodes: &HashMap<UnitOffset, Node>, off: UnitOffset, depth: u32) -> Stru
         members,
     }
 }
+
+/// Run-time address of libpython's first byte (its load bias) in process `pid`.
+pub fn load_bias(pid: u32, lib: &std::path::Path, file: &object::File<'_>) -> u64 {
+    let lib = std::fs::canonicalize(lib).expect("canonical lib path");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
+    let start = maps
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 6
+                && f[5] == lib.to_string_lossy()
+                && u64::from_str_radix(f[2], 16) == Ok(0))
+            .then(|| u64::from_str_radix(f[0].split('-').next()?, 16).ok())
+            .flatten()
+        })
+        .unwrap_or_else(|| panic!("{} not mapped at offset 0 in {pid}", lib.display()));
+    let first_vaddr = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
+    start - first_vaddr
+}
