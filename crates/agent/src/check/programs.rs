@@ -31,6 +31,9 @@ pub fn check_bpf_load() -> CheckResult {
             max_delta_entries: 4096,
         }),
         runtimes: interps.programs(),
+        // So that the fork program is verified as `--children` runs it (else it is dead
+        // code after its first test).
+        follow_children: true,
         ..SamplerConfig::frame_pointers(19, Some(Vec::new()))
     };
     match probe(&config) {
