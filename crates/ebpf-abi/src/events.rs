@@ -46,9 +46,11 @@ pub struct PidEvent {
     pub kind: u32,
     /// The address outside every loaded mapping ([`PidEventKind::Rescan`]), else 0.
     pub address: u64,
+    /// When it happened (`bpf_ktime_get_ns`, as [`crate::TraceHeader::ktime_ns`]).
+    pub ktime_ns: u64,
 }
 
-// SAFETY: repr(C): u32, u32, u64 (16 bytes, no padding).
+// SAFETY: repr(C): u32, u32, u64, u64 (24 bytes, no padding).
 unsafe impl Plain for PidEvent {}
 
 impl PidEvent {
@@ -73,6 +75,7 @@ mod tests {
             pid: 42,
             kind: 1,
             address: 0x7f00_dead_0000,
+            ktime_ns: 7,
         };
         let (got, kind) = PidEvent::decode(e.as_bytes()).unwrap();
         assert_eq!((got, kind), (e, PidEventKind::Rescan));

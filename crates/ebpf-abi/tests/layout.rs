@@ -64,7 +64,7 @@ fn record_types_match_c() {
         b.check_struct(
             "fs_pid_event",
             size_of::<PidEvent>(),
-            fields!(PidEvent: pid, kind, address),
+            fields!(PidEvent: pid, kind, address, ktime_ns),
         )
     });
 }

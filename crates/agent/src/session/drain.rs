@@ -25,6 +25,8 @@ pub(super) struct Incoming {
     pub trace: Trace<RecordedFrame>,
     /// When the sampled process started (boot time, ns): with the PID, it names the process.
     pub start_ns: u64,
+    /// When it was sampled (`bpf_ktime_get_ns`).
+    pub ktime_ns: u64,
 }
 
 /// A process report of the kernel.
@@ -32,13 +34,42 @@ pub(super) struct Incoming {
 pub(super) struct Report {
     pub pid: u32,
     pub kind: PidEventKind,
+    /// When it happened (`bpf_ktime_get_ns`).
+    pub ktime_ns: u64,
 }
 
-/// What one pass over the ring buffers found, in the order found: traces, then reports.
+/// What one pass over the ring buffers found: the reports, read first, and the traces.
+///
+/// Reports first: a trace taken before a report was then written before the reports were
+/// read, so it is in this pass or an earlier one, and [`Batch::in_order`] puts it before
+/// the report. (Traces first let a process's last traces before its exec arrive a pass after
+/// the exec, and be labelled as the new program.)
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     pub samples: Vec<Incoming>,
     pub reports: Vec<Report>,
+}
+
+/// One thing of a batch, in time order.
+pub(super) enum Item {
+    Sample(Incoming),
+    Report(Report),
+}
+
+impl Batch {
+    /// The samples and reports in the order they happened: each report before the first
+    /// sample taken after it (samples stay in the order the ring buffer gave them).
+    pub(super) fn in_order(self) -> impl Iterator<Item = Item> {
+        let mut reports = self.reports;
+        reports.sort_by_key(|r| r.ktime_ns);
+        let mut reports = reports.into_iter().peekable();
+        let mut samples = self.samples.into_iter().peekable();
+        std::iter::from_fn(move || match (samples.peek(), reports.peek()) {
+            (Some(s), Some(r)) if r.ktime_ns <= s.ktime_ns => reports.next().map(Item::Report),
+            (Some(_), _) => samples.next().map(Item::Sample),
+            (None, _) => reports.next().map(Item::Report),
+        })
+    }
 }
 
 /// Starts the thread. It drains until `stop` is set, then once more (the caller stops
@@ -54,16 +85,18 @@ pub(super) fn spawn(
             loop {
                 let last = stop.load(Ordering::Acquire);
                 let mut batch = Batch::default();
-                reader.drain(|record| {
-                    batch.samples.push(Incoming {
-                        trace: trace_of(record),
-                        start_ns: record.header.start_ns,
-                    });
-                });
                 reader.drain_pid_events(|event, kind| {
                     batch.reports.push(Report {
                         pid: event.pid,
                         kind,
+                        ktime_ns: event.ktime_ns,
+                    });
+                });
+                reader.drain(|record| {
+                    batch.samples.push(Incoming {
+                        trace: trace_of(record),
+                        start_ns: record.header.start_ns,
+                        ktime_ns: record.header.ktime_ns,
                     });
                 });
                 let empty = batch.samples.is_empty() && batch.reports.is_empty();
@@ -76,4 +109,50 @@ pub(super) fn spawn(
                 std::thread::sleep(DRAIN_EVERY);
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(pid: u32, ktime_ns: u64) -> Incoming {
+        Incoming {
+            trace: Trace {
+                pid,
+                tid: pid,
+                comm: String::new(),
+                thread_name: None,
+                frames: Vec::new(),
+            },
+            start_ns: 0,
+            ktime_ns,
+        }
+    }
+
+    #[test]
+    fn a_report_goes_between_the_samples_before_and_after_it() {
+        let batch = Batch {
+            samples: vec![sample(1, 10), sample(1, 20), sample(1, 40)],
+            reports: vec![
+                Report {
+                    pid: 1,
+                    kind: PidEventKind::Exit,
+                    ktime_ns: 50,
+                },
+                Report {
+                    pid: 1,
+                    kind: PidEventKind::Exec,
+                    ktime_ns: 30,
+                },
+            ],
+        };
+        let order: Vec<String> = batch
+            .in_order()
+            .map(|i| match i {
+                Item::Sample(s) => format!("s{}", s.ktime_ns),
+                Item::Report(r) => format!("{:?}{}", r.kind, r.ktime_ns),
+            })
+            .collect();
+        assert_eq!(order, ["s10", "s20", "Exec30", "s40", "Exit50"]);
+    }
 }

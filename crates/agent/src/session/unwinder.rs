@@ -1,8 +1,8 @@
 //! The unwinder thread: owns the process manager, the runtime plug-ins and the maps they
 //! write. For each batch the drain thread hands over it names the traces' runtime frames
 //! (while the processes still live), notices a PID that now belongs to another process,
-//! delivers the samples, then passes the kernel's process reports to the manager and lets
-//! it and the plug-ins work.
+//! and delivers the samples and the kernel's process reports (passed to the manager too) in
+//! the order they happened; then lets the manager and the plug-ins work.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -13,7 +13,7 @@ use ferroscope_ebpf_abi::PidEventKind;
 use ferroscope_ebpf_programs::UnwindWriter;
 use ferroscope_unwind_api::Metric;
 
-use super::drain::{Batch, Incoming};
+use super::drain::{Batch, Incoming, Item, Report};
 use super::kernel::Kernel;
 use super::{Change, Delivery, Sample};
 use crate::interp::{DetectionFailure, Interpreters};
@@ -105,46 +105,64 @@ impl Unwinder {
     }
 
     fn handle(&mut self, batch: Batch) {
-        for Incoming { trace, start_ns } in batch.samples {
-            let pid = trace.pid;
-            match self.starts.insert(pid, start_ns) {
-                Some(before) if before != start_ns => {
-                    // Another process has this PID now: what was loaded for the old one
-                    // is wrong for it.
-                    tracing::debug!(pid, "PID reused by a new process; reloading it");
-                    self.manager.report(pid, PidEventKind::Exec);
-                    let _ = self.output.send(Delivery::Changed {
-                        pid,
-                        change: Change::Reused,
-                    });
+        for item in batch.in_order() {
+            let sent = match item {
+                Item::Sample(incoming) => self.sample(incoming),
+                Item::Report(report) => {
+                    self.report(report);
+                    true
                 }
-                _ => {}
-            }
-            let trace = self.interpreters.resolve(trace);
-            if self
-                .output
-                .send(Delivery::Sample(Sample { trace, start_ns }))
-                .is_err()
-            {
+            };
+            if !sent {
                 return;
             }
         }
-        for report in batch.reports {
-            if self.writer.is_some() {
-                self.manager.report(report.pid, report.kind);
+    }
+
+    /// Names a sample's runtime frames and delivers it; false when nobody takes deliveries
+    /// any more.
+    fn sample(
+        &mut self,
+        Incoming {
+            trace, start_ns, ..
+        }: Incoming,
+    ) -> bool {
+        let pid = trace.pid;
+        match self.starts.insert(pid, start_ns) {
+            Some(before) if before != start_ns => {
+                // Another process has this PID now: what was loaded for the old one is wrong
+                // for it.
+                tracing::debug!(pid, "PID reused by a new process; reloading it");
+                self.manager.report(pid, PidEventKind::Exec);
+                let _ = self.output.send(Delivery::Changed {
+                    pid,
+                    change: Change::Reused,
+                });
             }
-            let delivery = match report.kind {
-                PidEventKind::Exec => Delivery::Changed {
-                    pid: report.pid,
-                    change: Change::Exec,
-                },
-                // The start time is kept (the sweep drops it once the PID is gone): a new
-                // process that gets the PID is then told apart from the old one's last samples.
-                PidEventKind::Exit => Delivery::Exit { pid: report.pid },
-                PidEventKind::New | PidEventKind::Rescan => continue,
-            };
-            let _ = self.output.send(delivery);
+            _ => {}
         }
+        let trace = self.interpreters.resolve(trace);
+        self.output
+            .send(Delivery::Sample(Sample { trace, start_ns }))
+            .is_ok()
+    }
+
+    /// Passes a kernel report to the manager and delivers what it changes.
+    fn report(&mut self, report: Report) {
+        if self.writer.is_some() {
+            self.manager.report(report.pid, report.kind);
+        }
+        let delivery = match report.kind {
+            PidEventKind::Exec => Delivery::Changed {
+                pid: report.pid,
+                change: Change::Exec,
+            },
+            // The start time is kept (the sweep drops it once the PID is gone): a new process
+            // that gets the PID is then told apart from the old one's last samples.
+            PidEventKind::Exit => Delivery::Exit { pid: report.pid },
+            PidEventKind::New | PidEventKind::Rescan => return,
+        };
+        let _ = self.output.send(delivery);
     }
 
     fn command(&mut self, command: Command) {

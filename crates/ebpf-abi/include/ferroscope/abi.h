@@ -132,9 +132,12 @@ struct fs_pid_event {
 	__u32 kind; /* enum fs_pid_event_kind */
 	/* The address that was not in any loaded mapping (FS_PID_RESCAN), else 0. */
 	__u64 address;
+	/* When it happened (bpf_ktime_get_ns, as a trace's ktime_ns): userspace puts a report
+	 * in time order among the traces of the same pass. */
+	__u64 ktime_ns;
 };
 
-_Static_assert(sizeof(struct fs_pid_event) == 16, "fs_pid_event layout changed");
+_Static_assert(sizeof(struct fs_pid_event) == 24, "fs_pid_event layout changed");
 
 /* Key of fs_pid_mappings (LPM trie): prefixlen counts the bits of pid and address that
  * must match, so 32 + the prefix length of the address range. */

@@ -292,7 +292,7 @@ static __always_inline void fs_report_pid(__u32 pid, __u32 kind, __u64 address, 
 			return;
 		bpf_map_update_elem(&fs_reported_pids, &key, &now, BPF_ANY);
 	}
-	struct fs_pid_event ev = { .pid = pid, .kind = kind, .address = address };
+	struct fs_pid_event ev = { .pid = pid, .kind = kind, .address = address, .ktime_ns = now };
 	if (bpf_ringbuf_output(&fs_pid_events, &ev, sizeof(ev), BPF_RB_NO_WAKEUP))
 		fs_count(FS_CNT_PID_REPORTS_LOST);
 	else
