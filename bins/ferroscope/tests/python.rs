@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::{WORKLOAD_LIMIT, can_run_bpf, cpu_time_of, ferroscope, fixture, metric, run_agent};
+use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{self as harness, Guard};
 
 use std::collections::{HashMap, HashSet};
@@ -163,6 +163,13 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> Vec<Sample> {
 
 /// [`record`], and what `ferroscope record` printed on stderr (its summary).
 fn record_with_log(pid: u32, seconds: u32, extra: &[&str]) -> (Vec<Sample>, String) {
+    let (samples, log, _) = record_with_cpu(pid, seconds, extra);
+    (samples, log)
+}
+
+/// [`record_with_log`], and the CPU time the process got inside the profile's window (not
+/// the start-up before it, which takes seconds on a loaded machine).
+fn record_with_cpu(pid: u32, seconds: u32, extra: &[&str]) -> (Vec<Sample>, String, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("python.pb.gz");
     let (pid, duration, out_s) = (
@@ -174,13 +181,15 @@ fn record_with_log(pid: u32, seconds: u32, extra: &[&str]) -> (Vec<Sample>, Stri
         "record", "-p", &pid, "-d", &duration, "-o", out_s, "--top", "5",
     ];
     args.extend_from_slice(extra);
-    let result = ferroscope(&args);
+    let target: u32 = pid.parse().unwrap();
+    let (result, cpu_log) = common::cpu::logging_cpu(&[target], || ferroscope(&args));
     assert!(result.status.success(), "ferroscope record failed");
-    let samples =
-        decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"));
+    let profile = ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof");
+    let used = cpu_log.in_window(0, &profile);
     (
-        samples,
+        decode(&profile),
         String::from_utf8_lossy(&result.stderr).into_owned(),
+        used,
     )
 }
 
@@ -203,7 +212,8 @@ fn record_script_with_log(
 /// Records `script` on `py` for `seconds`, and again (at most 4 times in all) while fewer
 /// than `min_samples` samples came: on a loaded machine the workload gets less CPU, and the
 /// statistics of a test need their sample count whatever the load. The samples of every
-/// round, the last round's stderr, and the CPU time the script used while it was recorded.
+/// round, the last round's stderr, and the CPU time the script got inside the profiles'
+/// windows.
 fn record_until(
     py: Py,
     script: &str,
@@ -227,20 +237,20 @@ fn record_until(
             mapped.join("\n")
         );
     }
-    let before = cpu_time_of(workload.pid());
     let mut samples = Vec::new();
     let mut log = String::new();
+    let mut used = Duration::ZERO;
     for round in 1..=4 {
-        let (more, l) = record_with_log(workload.pid(), seconds, extra);
+        let (more, l, cpu) = record_with_cpu(workload.pid(), seconds, extra);
         samples.extend(more);
         log = l;
+        used += cpu;
         let total: i64 = samples.iter().map(|s| s.count).sum();
         if total >= min_samples {
             break;
         }
         eprintln!("{py}: {total} samples after {round} recordings of {seconds} s, recording again");
     }
-    let used = cpu_time_of(workload.pid()) - before;
     drop(workload);
     drop(keep);
     Some((samples, log, used))
@@ -387,13 +397,13 @@ fn two_chains(py: Py) {
     ];
 
     let total: i64 = samples.iter().map(|s| s.count).sum();
-    // Samples for the CPU time the script got (always busy; the time also covers the
-    // agent's start-ups, before sampling), and enough of them for the ratio below (recorded
-    // again until there are 1000); a machine too busy to give it that fails the test.
+    // Samples for the CPU time the script got inside the sampling windows (always busy),
+    // within 20 %, and enough of them for the ratio below (recorded again until there are
+    // 1000); a machine too busy to give it that fails the test.
     let expected = used.as_secs_f64() * 499.0;
     assert!(
-        total as f64 >= 0.5 * expected,
-        "{py}: only {total} samples for {used:?} of CPU at 499 Hz ({expected:.0} expected)"
+        (total as f64 - expected).abs() <= 0.2 * expected,
+        "{py}: {total} samples for {used:?} of CPU in the windows at 499 Hz ({expected:.0} expected, within 20 %)"
     );
     assert!(
         total >= 1000,
