@@ -9,6 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::share;
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{self as harness, Guard, runtimes};
 
@@ -159,10 +160,6 @@ fn record(pid: u32, seconds: u32, extra: &[&str]) -> (Vec<Sample>, String) {
 
 fn total(samples: &[Sample]) -> i64 {
     samples.iter().map(|s| s.count).sum()
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 /// The heaviest samples, for failure messages.

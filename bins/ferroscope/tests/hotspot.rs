@@ -9,6 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::{line_of, share, tagged_lines};
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::runtimes::{self, Runtime};
 use ferroscope_test_harness::{self as harness, Guard};
@@ -164,31 +165,6 @@ fn record_all(pids: &[u32], seconds: u32, extra: &[&str]) -> Vec<Sample> {
     let result = ferroscope(&args);
     assert!(result.status.success(), "ferroscope record failed");
     decode(&ferroscope_pprof::decode(&std::fs::read(&out).unwrap()).expect("a valid pprof"))
-}
-
-/// Line numbers of the lines of `source` that contain `tag`.
-fn tagged_lines(source: &Path, tag: &str) -> HashSet<i64> {
-    std::fs::read_to_string(source)
-        .unwrap()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(tag))
-        .map(|(i, _)| i as i64 + 1)
-        .collect()
-}
-
-/// The line number of the line of `source` that is exactly `text` (trimmed).
-fn line_of(source: &Path, text: &str) -> i64 {
-    std::fs::read_to_string(source)
-        .unwrap()
-        .lines()
-        .position(|l| l.trim() == text)
-        .unwrap_or_else(|| panic!("no line `{text}` in {}", source.display())) as i64
-        + 1
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 /// Samples with their counts, for failure messages.

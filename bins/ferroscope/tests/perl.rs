@@ -9,6 +9,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::share;
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::runtimes::{self, Runtime};
 use ferroscope_test_harness::{self as harness, Guard};
@@ -183,23 +184,12 @@ fn decode(p: &Profile) -> Vec<Sample> {
 
 /// Line numbers of the lines of `fixtures/perl/<script>` that contain `tag`.
 fn tagged_lines(script: &str, tag: &str) -> HashSet<i64> {
-    std::fs::read_to_string(fixture(&format!("perl/{script}")))
-        .unwrap()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(tag))
-        .map(|(i, _)| i as i64 + 1)
-        .collect()
+    common::source::tagged_lines(&fixture(&format!("perl/{script}")), tag)
 }
 
 /// The line number of the line of `fixtures/perl/<script>` that is exactly `text` (trimmed).
 fn line_of(script: &str, text: &str) -> i64 {
-    std::fs::read_to_string(fixture(&format!("perl/{script}")))
-        .unwrap()
-        .lines()
-        .position(|l| l.trim() == text)
-        .unwrap_or_else(|| panic!("no line `{text}` in {script}")) as i64
-        + 1
+    common::source::line_of(&fixture(&format!("perl/{script}")), text)
 }
 
 /// Samples with their share of the total, for failure messages.
@@ -222,10 +212,6 @@ fn show(samples: &[&Sample]) -> String {
         out.push_str(&format!("  {} x {}\n", s.count, frames.join(" <- ")));
     }
     out
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 /// The anonymous sub of chains.pl as it is named: its package, the script's path as Perl

@@ -9,11 +9,11 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::{line_of, share, tagged_lines};
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::Guard;
 use ferroscope_test_harness::runtimes::{self, Runtime};
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -218,27 +218,6 @@ struct Recorded {
     file: PathBuf,
 }
 
-/// Line numbers of the lines of `script` that contain `tag`.
-fn tagged_lines(script: &Path, tag: &str) -> HashSet<i64> {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(tag))
-        .map(|(i, _)| i as i64 + 1)
-        .collect()
-}
-
-/// The line number of the line of `script` that is exactly `text` (trimmed).
-fn line_of(script: &Path, text: &str) -> i64 {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .position(|l| l.trim() == text)
-        .unwrap_or_else(|| panic!("no line `{text}` in {}", script.display())) as i64
-        + 1
-}
-
 /// Samples with their counts, for failure messages.
 fn show(samples: &[&Sample]) -> String {
     let mut sorted: Vec<&&Sample> = samples.iter().collect();
@@ -259,10 +238,6 @@ fn show(samples: &[&Sample]) -> String {
         out.push_str(&format!("  {} x {}\n", s.count, frames.join(" <- ")));
     }
     out
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 const CHAIN_A: [&str; 4] = [

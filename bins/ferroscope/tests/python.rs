@@ -8,6 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::{line_of, share, tagged_lines};
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{self as harness, Guard};
 
@@ -297,27 +298,6 @@ fn decode(p: &Profile) -> Vec<Sample> {
         .collect()
 }
 
-/// Line numbers of the lines of `script` that contain `tag`.
-fn tagged_lines(script: &Path, tag: &str) -> HashSet<i64> {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(tag))
-        .map(|(i, _)| i as i64 + 1)
-        .collect()
-}
-
-/// The line number of the line of `script` that is exactly `text` (trimmed).
-fn line_of(script: &Path, text: &str) -> i64 {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .position(|l| l.trim() == text)
-        .unwrap_or_else(|| panic!("no line `{text}` in {}", script.display())) as i64
-        + 1
-}
-
 /// Samples with their share of the total, for failure messages.
 fn show(samples: &[&Sample]) -> String {
     let mut out = String::new();
@@ -358,10 +338,6 @@ fn whole_chains(samples: &[Sample]) -> (i64, i64) {
         .map(|s| s.count)
         .sum();
     (whole, total)
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 /// The two-chains script on `py`: chains in order with qualified names (3.11+) and the

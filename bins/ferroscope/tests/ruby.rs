@@ -9,11 +9,11 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::{line_of, share, tagged_lines};
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{self as harness, Guard, runtimes::Runtime};
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -179,31 +179,6 @@ fn record_script(
     let samples = record(workload.pid(), seconds, extra);
     drop(workload);
     Some(samples)
-}
-
-/// Line numbers of the lines of `script` that contain `tag`.
-fn tagged_lines(script: &Path, tag: &str) -> HashSet<i64> {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(tag))
-        .map(|(i, _)| i as i64 + 1)
-        .collect()
-}
-
-/// The line number of the line of `script` that is exactly `text` (trimmed).
-fn line_of(script: &Path, text: &str) -> i64 {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .position(|l| l.trim() == text)
-        .unwrap_or_else(|| panic!("no line `{text}` in {}", script.display())) as i64
-        + 1
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 /// Samples, for failure messages.

@@ -9,10 +9,10 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+use common::source::{share, tagged_lines};
 use common::{WORKLOAD_LIMIT, can_run_bpf, ferroscope, fixture, metric, run_agent};
 use ferroscope_test_harness::{Guard, runtimes};
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -149,17 +149,6 @@ fn record_script(
     samples
 }
 
-/// Line numbers of the lines of `script` that contain `tag`.
-fn tagged_lines(script: &Path, tag: &str) -> HashSet<i64> {
-    std::fs::read_to_string(script)
-        .unwrap()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(tag))
-        .map(|(i, _)| i as i64 + 1)
-        .collect()
-}
-
 /// The one line of `script` that contains `tag`.
 fn tagged_line(script: &Path, tag: &str) -> i64 {
     let lines = tagged_lines(script, tag);
@@ -198,10 +187,6 @@ fn show(samples: &[&Sample]) -> String {
         out.push_str(&format!("  {} x {}\n", s.count, frames.join(" <- ")));
     }
     out
-}
-
-fn share(part: i64, whole: i64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 /// How the two-chains script runs.

@@ -10,6 +10,7 @@ use ferroscope_test_harness::{self as harness, Guard};
 mod agent;
 pub mod cpu;
 pub mod samples;
+pub mod source;
 // Not every test file runs the agent.
 #[allow(unused_imports)]
 pub use agent::{AgentRun, metric, run_agent};
