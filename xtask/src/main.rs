@@ -7,6 +7,7 @@
 mod bench_churn;
 mod bench_dotnet;
 mod bench_hotspot;
+mod bench_offcpu;
 mod bench_perl;
 mod bench_php;
 mod bench_ruby;
@@ -74,6 +75,7 @@ fn main() -> Result<()> {
         Some("bench-ruby") => bench_ruby::bench_ruby(&args[1..]),
         Some("bench-v8") => bench_v8::bench_v8(&args[1..]),
         Some("bench-churn") => bench_churn::bench_churn(&args[1..]),
+        Some("bench-offcpu") => bench_offcpu::bench_offcpu(&args[1..]),
         Some("bench-hotspot") => bench_hotspot::bench_hotspot(&args[1..]),
         Some("bench-perl") => bench_perl::bench_perl(&args[1..]),
         Some("bench-php") => bench_php::bench_php(&args[1..]),
@@ -103,6 +105,8 @@ fn main() -> Result<()> {
                  application-like script, with the agent's peak RSS (default /usr/bin/node)\n  \
                  bench-churn [RATE] [SECS]  the agent on a busy node: whole host at 97 Hz while a\n            \
                  program execs RATE children a second for SECS s (default 1000, 60)\n  \
+                 bench-offcpu [ROUNDTRIPS] [SECS]  the agent's CPU and the eBPF time per context\n            \
+                 switch with off_cpu_threshold 0 and 0.01, two threads ping-ponging (default 21000, 45)\n  \
                  bench-perl [--binary PATH] [host|trixie|sid]...  the same for a 50-deep Perl stack\n            \
                  and the naming cache over 60 s of an application-like script (default: all three)\n  \
                  bench-php [VERSION...]  eBPF cost per sample of a 50-deep PHP stack (interpreter\n            \

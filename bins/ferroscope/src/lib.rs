@@ -89,6 +89,37 @@ struct RecordArgs {
     /// those built in). Its code then shows as the runtime's native frames.
     #[arg(long = "no-interpreter", value_name = "NAME")]
     no_interpreter: Vec<String>,
+    /// Also record where threads wait off the CPU: each context switch is recorded with
+    /// this probability (default 1: every one), weighed by the time until the thread runs
+    /// again. Written to OUTPUT with `.offcpu` before `.pb.gz` (and to the flame graph's
+    /// name likewise).
+    #[arg(long, value_name = "PROBABILITY", num_args = 0..=1, default_missing_value = "1")]
+    off_cpu: Option<f64>,
+    /// Count the calls of a function with their stacks (repeatable): `uprobe:PATH:SYMBOL`
+    /// or `uretprobe:PATH:SYMBOL` (PATH may be a library's file name, `libc.so.6`).
+    /// Written to OUTPUT with `.uprobe` before `.pb.gz`.
+    #[arg(long = "probe", value_name = "LINK")]
+    probes: Vec<String>,
+    /// Attach the probes also to libraries of their name loaded later (dlopen), and wait
+    /// for a probe's library that is not there yet.
+    #[arg(long)]
+    load_probe: bool,
+    /// Most probe hits recorded per second on each CPU (0: no limit).
+    #[arg(long, value_name = "HITS", default_value_t = record::DEFAULT_PROBE_RATE_LIMIT)]
+    probe_rate_limit: u64,
+}
+
+/// `profile.pb.gz` -> `profile.offcpu.pb.gz`; `cpu.svg` -> `cpu.offcpu.svg`.
+fn with_infix(path: &Path, infix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (stem, ext) = match name.find('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name.as_str(), ""),
+    };
+    path.with_file_name(format!("{stem}.{infix}{ext}"))
 }
 
 /// Changes the log filter after start-up.
@@ -154,20 +185,12 @@ fn run_agent(path: &Path, check_only: bool) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {w}");
         }
     }
-    let mut unsupported = Vec::new();
-    if config.ebpf.off_cpu_threshold > 0.0 {
-        unsupported.push("off_cpu_threshold > 0: off-CPU profiling is not implemented yet; only CPU profiles are collected");
-    }
-    if config.ebpf.load_probe || !config.ebpf.u_probe_links.is_empty() {
-        unsupported.push(
-            "load_probe / u_probe_links: uprobe profiles are not implemented yet and are ignored",
-        );
-    }
-    for w in &unsupported {
-        tracing::warn!("{w}");
-        if check_only {
-            eprintln!("warning: {w}");
-        }
+    if check_only {
+        // The probe links' files and functions, as the agent will look them up.
+        ferroscope_agent::probes::Probes::check(
+            &config.ebpf.all_probe_links(),
+            config.ebpf.load_probe,
+        )?;
     }
     let built = ferroscope_agent::interp::built_in();
     let disabled = config.ebpf.disabled_runtimes();
@@ -243,6 +266,10 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         sample_rate_hz: args.sample_rate,
         disabled_interpreters: args.no_interpreter.clone(),
+        off_cpu_threshold: args.off_cpu.unwrap_or(0.0),
+        probes: args.probes.clone(),
+        load_probe: args.load_probe,
+        probe_rate_limit: args.probe_rate_limit,
     };
     let built: Vec<&str> = ferroscope_agent::interp::built_in();
     if let Some(unknown) = args
@@ -261,9 +288,26 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     }
     // Bad input first, before anything is loaded or mounted.
     record::validate(&config)?;
-    record::check_writable(&args.output)?;
-    if let Some(svg) = &args.flamegraph {
-        record::check_writable(svg)?;
+    let mut outputs = vec![(None, args.output.clone(), args.flamegraph.clone())];
+    if config.off_cpu_threshold > 0.0 {
+        outputs.push((
+            Some("offcpu"),
+            with_infix(&args.output, "offcpu"),
+            args.flamegraph.as_deref().map(|f| with_infix(f, "offcpu")),
+        ));
+    }
+    if !config.probes.is_empty() {
+        outputs.push((
+            Some("uprobe"),
+            with_infix(&args.output, "uprobe"),
+            args.flamegraph.as_deref().map(|f| with_infix(f, "uprobe")),
+        ));
+    }
+    for (_, pprof, svg) in &outputs {
+        record::check_writable(pprof)?;
+        if let Some(svg) = svg {
+            record::check_writable(svg)?;
+        }
     }
     let results = check::run_all(&CheckOptions {
         mount_missing: true,
@@ -314,6 +358,22 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         StopReason::Duration => {}
     }
     let c = &outcome.counters;
+    if config.off_cpu_threshold > 0.0 {
+        eprintln!(
+            "ferroscope: off-CPU: {} of {} switches recorded, {} seen running again ({} lost)",
+            c.get(Counter::OffCpuSampled),
+            c.get(Counter::OffCpuSwitches),
+            c.get(Counter::OffCpuEnds),
+            c.get(Counter::OffCpuEndsLost)
+        );
+    }
+    if !config.probes.is_empty() {
+        eprintln!(
+            "ferroscope: probes: {} hits, {} over the rate limit",
+            c.get(Counter::ProbeHits),
+            c.get(Counter::ProbeRateLimited)
+        );
+    }
     eprintln!(
         "ferroscope: {} samples from {} processes in {:.1}s ({} lost, {} idle, {} without a user stack)",
         outcome.samples,
@@ -349,23 +409,57 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!("{overhead}");
+    for (program, t, n) in &outcome.entry_run_times {
+        if *n > 0 {
+            let what = if program == "fs_off_cpu" {
+                "per context switch"
+            } else {
+                "per probe hit"
+            };
+            eprintln!(
+                "ferroscope: {program}: {:.2} ms/s, {n} runs, {:.1} µs {what}",
+                t.as_secs_f64() * 1000.0 / secs,
+                t.as_nanos() as f64 / *n as f64 / 1000.0
+            );
+        }
+    }
     print_runtime_summary(&outcome.interpreters);
     for f in &outcome.detection_failures {
         eprintln!("ferroscope: {} unwinder: {}", f.runtime, f.reason);
     }
 
-    if outcome.samples == 0 {
+    let extra = |p: &Option<ferroscope_pprof::proto::Profile>| {
+        p.as_ref().is_some_and(|p| !p.sample.is_empty())
+    };
+    if outcome.samples == 0 && !extra(&outcome.off_cpu) && !extra(&outcome.probes) {
         bail!(
             "no samples were recorded: the profiled processes did not run on a CPU while sampling \
              (they may be idle or blocked); profile a busy process or the whole host"
         );
     }
-    ferroscope_pprof::write_file(&outcome.profile, &args.output)
-        .with_context(|| format!("cannot write the profile to {}", args.output.display()))?;
-    println!("wrote {}", args.output.display());
-    if let Some(svg) = &args.flamegraph {
-        write_flamegraph(&outcome.profile, svg, &target)?;
-        println!("wrote {}", svg.display());
+    for (infix, pprof, svg) in &outputs {
+        let (profile, what) = match *infix {
+            None => (&outcome.profile, "CPU"),
+            Some("offcpu") => match &outcome.off_cpu {
+                Some(p) => (p, "off-CPU time"),
+                None => continue,
+            },
+            Some(_) => match &outcome.probes {
+                Some(p) => (p, "probe hits"),
+                None => continue,
+            },
+        };
+        ferroscope_pprof::write_file(profile, pprof)
+            .with_context(|| format!("cannot write the profile to {}", pprof.display()))?;
+        println!(
+            "wrote {} ({what}, {} samples)",
+            pprof.display(),
+            profile.sample.len()
+        );
+        if let Some(svg) = svg {
+            write_flamegraph(profile, svg, &format!("{what} of {target}"))?;
+            println!("wrote {}", svg.display());
+        }
     }
     print_top(&outcome.profile, args.top);
     Ok(ExitCode::SUCCESS)
@@ -407,7 +501,7 @@ fn write_flamegraph(
 ) -> anyhow::Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let title = format!("ferroscope: CPU of {target}");
+    let title = format!("ferroscope: {target}");
     ferroscope_pprof::flamegraph::write_svg(profile, 0, &title, std::io::BufWriter::new(file))
         .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
     Ok(())

@@ -88,11 +88,19 @@ pub struct EbpfConfig {
     /// Probability in [0, 1] that a context switch is recorded for off-CPU profiles (0).
     #[serde(deserialize_with = "de_probability")]
     pub off_cpu_threshold: f64,
-    /// Load uprobes dynamically at run time (false).
+    /// Attach the probe links also to files of their name that processes map later: a
+    /// library loaded with `dlopen`, a container's copy (false).
     pub load_probe: bool,
-    /// User-space symbols to collect stacks from, `PATH:SYMBOL` (`[]`).
+    /// Deprecated form of `probe_links`: `PATH:SYMBOL` entries, read as `uprobe:PATH:SYMBOL`
+    /// (`[]`).
     #[serde(deserialize_with = "de_probe_links")]
     pub u_probe_links: Vec<String>,
+    /// Functions whose calls are counted with their stacks: `uprobe:PATH:SYMBOL`,
+    /// `uretprobe:PATH:SYMBOL` (`[]`; `kprobe:` links are refused).
+    pub probe_links: Vec<String>,
+    /// Most probe hits recorded per second on each CPU; more are counted as
+    /// `ProbeRateLimited_total` (100000; 0: no limit).
+    pub probe_rate_limit: u64,
     /// Verbose profiler logging (false).
     pub verbose_mode: bool,
     /// Start eBPF only once the target list is non-empty (false).
@@ -149,6 +157,8 @@ impl Default for EbpfConfig {
             off_cpu_threshold: 0.0,
             load_probe: false,
             u_probe_links: Vec::new(),
+            probe_links: Vec::new(),
+            probe_rate_limit: 100_000,
             verbose_mode: false,
             lazy_mode: false,
             comm: Comm::None,
@@ -235,6 +245,8 @@ pub const EBPF_KEYS: &[&str] = &[
     "off_cpu_threshold",
     "load_probe",
     "u_probe_links",
+    "probe_links",
+    "probe_rate_limit",
     "verbose_mode",
     "lazy_mode",
     "comm",
@@ -1343,6 +1355,17 @@ fn de_probe_links<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         }
     }
     Ok(links)
+}
+
+impl EbpfConfig {
+    /// Every probe link: `probe_links`, then the `u_probe_links` entries as `uprobe:` links.
+    pub fn all_probe_links(&self) -> Vec<String> {
+        self.probe_links
+            .iter()
+            .cloned()
+            .chain(self.u_probe_links.iter().map(|l| format!("uprobe:{l}")))
+            .collect()
+    }
 }
 
 fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {

@@ -66,6 +66,14 @@ pub enum Error {
         /// What is wrong and what is allowed.
         message: String,
     },
+    /// A probe link cannot be attached.
+    #[error("probe link {link:?}: {why}")]
+    ProbeLink {
+        /// The link as given.
+        link: String,
+        /// What is wrong, and what to do.
+        why: String,
+    },
     /// A thread of the session could not start (or its parts were already taken).
     #[error("{0} (the system may be out of threads or memory)")]
     Thread(String),

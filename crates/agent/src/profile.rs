@@ -9,6 +9,49 @@ use ferroscope_unwind_api::{Frame, Trace, lookup_address};
 
 use crate::interp::NameLookup;
 
+/// What a profile's samples measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProfileType {
+    /// On-CPU samples: `cpu/nanoseconds`, each sample the period (1e9 / rate ns).
+    Cpu,
+    /// Time off CPU: `offcpu/nanoseconds`, the counted value is nanoseconds.
+    OffCpu,
+    /// Probe hits: `uprobe/count`.
+    Probe,
+}
+
+impl ProfileType {
+    /// Every type.
+    pub const ALL: [ProfileType; 3] = [ProfileType::Cpu, ProfileType::OffCpu, ProfileType::Probe];
+
+    /// The series name pushed to Pyroscope (`__name__`).
+    pub fn series_name(self) -> &'static str {
+        match self {
+            ProfileType::Cpu => "process_cpu",
+            ProfileType::OffCpu => "offcpu",
+            ProfileType::Probe => "uprobe",
+        }
+    }
+
+    /// What `record` adds to its output's file name for this type (the CPU profile keeps
+    /// the name as given).
+    pub fn file_infix(self) -> Option<&'static str> {
+        match self {
+            ProfileType::Cpu => None,
+            ProfileType::OffCpu => Some("offcpu"),
+            ProfileType::Probe => Some("uprobe"),
+        }
+    }
+
+    fn builder(self, sample_rate_hz: u32) -> ProfileBuilder {
+        match self {
+            ProfileType::Cpu => ProfileBuilder::cpu(sample_rate_hz),
+            ProfileType::OffCpu => ProfileBuilder::new(("offcpu", "nanoseconds"), None, 0),
+            ProfileType::Probe => ProfileBuilder::new(("uprobe", "count"), None, 0),
+        }
+    }
+}
+
 /// How to build the profile.
 #[derive(Debug, Clone)]
 pub struct ProfileOptions {
@@ -63,19 +106,53 @@ pub fn build_cpu_profile<'a>(
     names: &dyn NameLookup,
     options: &ProfileOptions,
 ) -> Profile {
-    let mut b = ProfileBuilder::cpu(options.sample_rate_hz);
+    build_profile(ProfileType::Cpu, traces, symbolizer, names, options)
+}
+
+/// Builds one profile of `kind` from counted traces (see [`build_cpu_profile`]): for
+/// [`ProfileType::Cpu`] the count is samples, for [`ProfileType::OffCpu`] nanoseconds off
+/// CPU, for [`ProfileType::Probe`] hits.
+pub fn build_profile<'a>(
+    kind: ProfileType,
+    traces: impl IntoIterator<Item = (&'a Trace, u64)>,
+    symbolizer: &mut Symbolizer,
+    names: &dyn NameLookup,
+    options: &ProfileOptions,
+) -> Profile {
+    let mut b = kind.builder(options.sample_rate_hz);
     b.set_time_nanos(options.time_nanos);
     b.set_duration_nanos(options.duration_nanos);
-    let period = b.period();
+    let period = if kind == ProfileType::Cpu {
+        b.period()
+    } else {
+        1
+    };
     let mut user_locations: HashMap<(u32, u64), LocationId> = HashMap::new();
     let mut kernel_locations: HashMap<u64, LocationId> = HashMap::new();
     let mut comm_locations: HashMap<String, LocationId> = HashMap::new();
     let mut interpreted_locations: HashMap<u64, LocationId> = HashMap::new();
     let mut locations = Vec::new();
 
+    let mut tracer_frames: HashMap<u64, bool> = HashMap::new();
     for (trace, count) in traces {
         locations.clear();
-        for frame in &trace.frames {
+        // An off-CPU stack is taken in the sched_switch tracepoint: its leaf frames are the
+        // tracepoint's and the eBPF program's, not the thread's.
+        let skip = if kind == ProfileType::OffCpu {
+            trace
+                .frames
+                .iter()
+                .take_while(|f| match **f {
+                    Frame::Kernel { address, .. } => *tracer_frames
+                        .entry(address)
+                        .or_insert_with(|| is_tracer_frame(symbolizer, address)),
+                    _ => false,
+                })
+                .count()
+        } else {
+            0
+        };
+        for frame in &trace.frames[skip..] {
             let id = match *frame {
                 Frame::UnwindError(_) => {
                     let name = match crate::aggregate::unwind_error_of(frame) {
@@ -177,6 +254,25 @@ fn interpreted_location(b: &mut ProfileBuilder, names: &dyn NameLookup, id: u64)
         address: 0,
         lines: &lines,
     })
+}
+
+/// Whether the kernel function at `addr` belongs to the tracing machinery (an eBPF program,
+/// the tracepoint's caller).
+fn is_tracer_frame(symbolizer: &mut Symbolizer, addr: u64) -> bool {
+    let k = symbolizer.symbolize_kernel(addr);
+    let Some(name) = k.function.as_deref() else {
+        // eBPF programs are in no module kallsyms names.
+        return k.module == "bpf";
+    };
+    [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__traceiter_",
+        "__bpf_trace_",
+        "trace_call_bpf",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 fn kernel_location(b: &mut ProfileBuilder, symbolizer: &mut Symbolizer, addr: u64) -> LocationId {

@@ -13,8 +13,8 @@ use ferroscope_unwind_api::Metric;
 use crate::Error;
 use crate::aggregate::TraceAggregator;
 use crate::process::{ProcessManagerConfig, UnwindMetrics};
-use crate::profile::{ProfileOptions, build_cpu_profile};
-use crate::session::{Delivery, Session, SessionConfig};
+use crate::profile::{ProfileOptions, ProfileType, build_cpu_profile, build_profile};
+use crate::session::{Delivery, SampleKind, Session, SessionConfig};
 
 /// Highest sample rate `record` accepts, before the kernel's own limit.
 pub const MAX_SAMPLE_RATE_HZ: u32 = 1000;
@@ -34,7 +34,20 @@ pub struct RecordConfig {
     /// Runtime unwinders turned off, by name (`python`): their code shows as the
     /// runtime's native frames.
     pub disabled_interpreters: Vec<String>,
+    /// Off-CPU profile: the probability (0 to 1) that a thread leaving the CPU is recorded
+    /// (0: no off-CPU profile).
+    pub off_cpu_threshold: f64,
+    /// Probe links (`uprobe:PATH:SYMBOL`, `uretprobe:PATH:SYMBOL`): a probe profile counts
+    /// their hits.
+    pub probes: Vec<String>,
+    /// Attach the probes to files of their name that processes load later.
+    pub load_probe: bool,
+    /// Most probe hits recorded per second per CPU (0: no limit).
+    pub probe_rate_limit: u64,
 }
+
+/// `record`'s default probe rate limit: hits recorded per second per CPU.
+pub const DEFAULT_PROBE_RATE_LIMIT: u64 = 100_000;
 
 /// The state of a running recording, for progress displays.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +80,10 @@ pub enum StopReason {
 pub struct RecordOutcome {
     /// The symbolized CPU profile.
     pub profile: Profile,
+    /// The off-CPU profile (`offcpu/nanoseconds`), when asked for.
+    pub off_cpu: Option<Profile>,
+    /// The probe profile (`uprobe/count`), when there were probe links.
+    pub probes: Option<Profile>,
     /// Samples received.
     pub samples: u64,
     /// Distinct processes seen.
@@ -81,6 +98,8 @@ pub struct RecordOutcome {
     pub agent_cpu: Duration,
     /// Time the eBPF program ran in the kernel, and how many times, while sampling.
     pub bpf_run_time: Option<(Duration, u64)>,
+    /// The off-CPU and probe programs' run time and runs while sampling (by program).
+    pub entry_run_times: Vec<(String, Duration, u64)>,
     /// The stack-delta unwinder's and process manager's metrics; `None` when the unwinder
     /// could not be loaded and every user stack came from frame pointers.
     pub unwind: Option<UnwindMetrics>,
@@ -130,6 +149,14 @@ pub fn validate(config: &RecordConfig) -> Result<(), Error> {
             return Err(Error::NoSuchProcess { pid });
         }
     }
+    if !(0.0..=1.0).contains(&config.off_cpu_threshold) {
+        return Err(Error::Environment(format!(
+            "--off-cpu takes a probability from 0 to 1 (the share of context switches \
+             recorded), not {}",
+            config.off_cpu_threshold
+        )));
+    }
+    crate::probes::Probes::check(&config.probes, config.load_probe)?;
     Ok(())
 }
 
@@ -154,6 +181,18 @@ pub fn check_writable(path: &Path) -> Result<(), Error> {
     }
 }
 
+/// Whether process `pid` still runs: it is in `/proc` and not a zombie (a process whose
+/// parent has not reaped it yet has exited all the same).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 fn process_cpu_time() -> Duration {
     // SAFETY: getrusage only writes into the zero-initialised struct we pass.
     let usage = unsafe {
@@ -173,6 +212,8 @@ pub fn record(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<RecordOutcome, Error> {
     validate(config)?;
+    // Every probe link was checked by validate(), before anything is loaded.
+    let mut probes = crate::probes::Probes::check(&config.probes, config.load_probe)?;
     let children = config.children && !config.pids.is_empty();
     let pids = (!config.pids.is_empty()).then(|| {
         let mut pids = config.pids.clone();
@@ -210,7 +251,10 @@ pub fn record(
             table_cache: Some(PathBuf::from(RECORD_TABLE_CACHE)),
             ..ProcessManagerConfig::default()
         },
+        off_cpu_threshold: config.off_cpu_threshold,
+        probe_rate_limit: (!probes.is_empty()).then_some(config.probe_rate_limit),
     })?;
+    probes.attach(&mut session)?;
     if let Some(targets) = pids.as_deref() {
         session.load_now(targets, Duration::from_secs(30));
     }
@@ -236,16 +280,26 @@ pub fn record(
         );
     }
     let bpf_before = session.run_time();
+    let entries_before = session.entry_run_times();
     let cpu_before = process_cpu_time();
     let wall_start = SystemTime::now();
     let start = Instant::now();
-    let mut agg = TraceAggregator::new();
+    let mut agg = Aggregates::default();
     let mut last_progress = Instant::now();
     let mut lost = 0;
 
     let stop_reason = loop {
         std::thread::sleep(Duration::from_millis(50));
         session.drain(|d| take(d, &mut agg, &mut symbolizer));
+        if let Some(pids) = &pids {
+            let mut now = pids.clone();
+            if children {
+                now.extend(session.filter_pids().unwrap_or_default());
+            }
+            probes.poll(&mut session, Some(&now));
+        } else {
+            probes.poll(&mut session, None);
+        }
         let elapsed = start.elapsed();
         if last_progress.elapsed() >= Duration::from_millis(250) {
             lost = session
@@ -255,8 +309,8 @@ pub fn record(
             on_progress(&Progress {
                 elapsed,
                 duration: config.duration,
-                samples: agg.samples(),
-                processes: agg.processes(),
+                samples: agg.cpu.samples(),
+                processes: agg.cpu.processes(),
                 lost,
             });
             last_progress = Instant::now();
@@ -267,11 +321,7 @@ pub fn record(
                 } else {
                     Vec::new()
                 };
-                if pids
-                    .iter()
-                    .chain(&followed)
-                    .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-                {
+                if pids.iter().chain(&followed).all(|&pid| !running(pid)) {
                     break StopReason::TargetsExited;
                 }
             }
@@ -292,6 +342,17 @@ pub fn record(
         (Some((t0, n0)), Some((t1, n1))) if n1 > 0 => Some((t1.saturating_sub(t0), n1 - n0)),
         _ => None,
     };
+    let entry_run_times = session
+        .entry_run_times()
+        .into_iter()
+        .map(|(name, t, n)| {
+            let (t0, n0) = entries_before
+                .iter()
+                .find(|(b, _, _)| *b == name)
+                .map_or((Duration::ZERO, 0), |(_, t, n)| (*t, *n));
+            (name, t.saturating_sub(t0), n.saturating_sub(n0))
+        })
+        .collect();
     let names = session.frame_names();
     // Sampling stops before symbolization starts; what was sampled is still delivered.
     let finished = session.finish(|d| take(d, &mut agg, &mut symbolizer));
@@ -320,19 +381,41 @@ pub fn record(
         comm_root_frame: pids.is_none() || children,
         labels: crate::profile::SampleLabels::ALL,
     };
-    let profile = {
+    let (profile, off_cpu, probe_profile) = {
         let names = names.lock().unwrap_or_else(|e| e.into_inner());
-        build_cpu_profile(agg.iter(), &mut symbolizer, &*names, &options)
+        let profile = build_cpu_profile(agg.cpu.iter(), &mut symbolizer, &*names, &options);
+        let off_cpu = (config.off_cpu_threshold > 0.0).then(|| {
+            build_profile(
+                ProfileType::OffCpu,
+                agg.off_cpu.iter(),
+                &mut symbolizer,
+                &*names,
+                &options,
+            )
+        });
+        let probe_profile = (!probes.is_empty()).then(|| {
+            build_profile(
+                ProfileType::Probe,
+                agg.probes.iter(),
+                &mut symbolizer,
+                &*names,
+                &options,
+            )
+        });
+        (profile, off_cpu, probe_profile)
     };
     Ok(RecordOutcome {
         profile,
-        samples: agg.samples(),
-        processes: agg.processes(),
+        off_cpu,
+        probes: probe_profile,
+        samples: agg.cpu.samples(),
+        processes: agg.cpu.processes(),
         counters,
         elapsed,
         stop_reason,
         agent_cpu,
         bpf_run_time,
+        entry_run_times,
         unwind,
         interpreters,
         detection_failures,
@@ -340,13 +423,31 @@ pub fn record(
     })
 }
 
+/// The traces counted for each profile.
+#[derive(Debug, Default)]
+struct Aggregates {
+    /// On-CPU samples.
+    cpu: TraceAggregator,
+    /// Nanoseconds off CPU.
+    off_cpu: TraceAggregator,
+    /// Probe hits.
+    probes: TraceAggregator,
+    /// Processes seen in any of them.
+    seen: std::collections::HashSet<u32>,
+}
+
 /// Counts a delivered sample; a process seen for the first time has its mappings snapshot
 /// for symbolization at once (a short-lived one may be gone by the end).
-fn take(delivery: Delivery, agg: &mut TraceAggregator, symbolizer: &mut Symbolizer) {
+fn take(delivery: Delivery, agg: &mut Aggregates, symbolizer: &mut Symbolizer) {
     match delivery {
         Delivery::Sample(sample) => {
             let pid = sample.trace.pid;
-            if agg.add(sample.trace, 1)
+            match sample.kind {
+                SampleKind::Cpu => agg.cpu.add(sample.trace, 1),
+                SampleKind::OffCpu { nanos } => agg.off_cpu.add(sample.trace, nanos),
+                SampleKind::Probe { .. } => agg.probes.add(sample.trace, 1),
+            };
+            if agg.seen.insert(pid)
                 && let Err(e) = symbolizer.observe_process(pid)
             {
                 tracing::debug!(

@@ -1,14 +1,16 @@
 //! Compiling eBPF programs from a build script.
 //!
-//! Each program is compiled twice with clang, against this crate's headers: `NAME.o` with
-//! `FS_LEGACY=0` (loops through `bpf_loop`, Linux 5.17+) and `NAME.legacy.o` with
-//! `FS_LEGACY=1` (bounded loops, Linux 5.10+). Flags are fixed (no host paths leak into the
-//! objects) and warnings are errors.
+//! Each program is compiled with clang, against this crate's headers, once per entry (see
+//! [`crate::Entry`]: `FS_ENTRY`) and per kernel kind: `NAME.o` with `FS_LEGACY=0` (loops
+//! through `bpf_loop`, Linux 5.17+) and `NAME.legacy.o` with `FS_LEGACY=1` (bounded loops,
+//! Linux 5.10+) for the CPU sampler's entry, and `NAME.switch.o`, `NAME.switch.legacy.o`,
+//! `NAME.probe.o`, `NAME.probe.legacy.o` for the others. Flags are fixed (no host paths leak
+//! into the objects) and warnings are errors.
 //!
 //! ```no_run
 //! // build.rs of a runtime crate:
 //! ferroscope_ebpf_abi::build::compile_program("bpf/python.bpf.c");
-//! // then, in the crate: ferroscope_ebpf_abi::include_object!("python.bpf.o")
+//! // then, in the crate: ferroscope_ebpf_abi::include_objects!("python.bpf")
 //! ```
 
 use std::env;
@@ -18,7 +20,8 @@ use std::process::Command;
 const INSTALL_HINT: &str = "install them with `apt-get install clang libbpf-dev` \
     (or run `cargo xtask test` / `cargo xtask demo`, which install what is missing)";
 
-/// The two objects built from one source.
+/// The objects built from one source, for the CPU sampler's entry (the others are next to
+/// them, named as the module says).
 #[derive(Debug, Clone)]
 pub struct Objects {
     /// For kernels with `bpf_loop`.
@@ -26,6 +29,9 @@ pub struct Objects {
     /// For kernels without it.
     pub legacy: PathBuf,
 }
+
+/// The entries an object is built for: `FS_ENTRY` and the object name's infix.
+const ENTRIES: [(u32, &str); 3] = [(0, ""), (1, ".switch"), (2, ".probe")];
 
 /// Compiles `source` (relative to the calling crate's manifest directory) into `OUT_DIR`,
 /// and tells cargo to rebuild when it or a header changes. Panics with what to install when
@@ -87,11 +93,22 @@ pub fn compile(src: &Path, out_dir: &Path, prefix_dir: &Path) -> Result<Objects,
         modern: out_dir.join(format!("{stem}.o")),
         legacy: out_dir.join(format!("{stem}.legacy.o")),
     };
-    for (legacy, obj) in [(0, &objects.modern), (1, &objects.legacy)] {
+    let builds = ENTRIES.iter().flat_map(|&(entry, infix)| {
+        [0, 1].map(|legacy| {
+            let suffix = if legacy == 1 { ".legacy" } else { "" };
+            (
+                entry,
+                legacy,
+                out_dir.join(format!("{stem}{infix}{suffix}.o")),
+            )
+        })
+    });
+    for (entry, legacy, obj) in builds {
         let result = Command::new(&clang)
             .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
             .arg(format!("-D__TARGET_ARCH_{arch}"))
             .arg(format!("-DFS_LEGACY={legacy}"))
+            .arg(format!("-DFS_ENTRY={entry}"))
             .arg("-I")
             .arg(crate::include_dir())
             .arg(format!("-fdebug-prefix-map={}=.", prefix_dir.display()))
@@ -102,13 +119,13 @@ pub fn compile(src: &Path, out_dir: &Path, prefix_dir: &Path) -> Result<Objects,
             .arg("-c")
             .arg(src)
             .arg("-o")
-            .arg(obj)
+            .arg(&obj)
             .status();
         match result {
             Ok(status) if status.success() => {}
             Ok(status) => {
                 return Err(format!(
-                    "clang failed ({status}) compiling {} (FS_LEGACY={legacy}); see the errors above",
+                    "clang failed ({status}) compiling {} (FS_LEGACY={legacy}, FS_ENTRY={entry}); see the errors above",
                     src.display()
                 ));
             }

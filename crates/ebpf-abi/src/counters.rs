@@ -103,6 +103,22 @@ counters! {
         ChildrenFollowed = "CHILDREN_FOLLOWED" => "SamplerChildrenFollowed_total",
         /// Children not followed because the PID filter was full.
         ChildrenLost = "CHILDREN_LOST" => "SamplerChildrenLost_total",
+        /// Filtered tasks that left the CPU, with off-CPU profiling on.
+        OffCpuSwitches = "OFF_CPU_SWITCHES" => "OffCpuSwitches_total",
+        /// Of those, the ones recorded (chosen with `off_cpu_threshold`).
+        OffCpuSampled = "OFF_CPU_SAMPLED" => "OffCpuSampled_total",
+        /// Recorded tasks seen running again (their off-CPU time is known).
+        OffCpuEnds = "OFF_CPU_ENDS" => "OffCpuEnds_total",
+        /// Their reports lost because `fs_pid_events` was full.
+        OffCpuEndsLost = "OFF_CPU_ENDS_LOST" => "OffCpuEndsLost_total",
+        /// Of the ends, those of threads found running again (at their next switch or
+        /// CPU sample) without their switch back having been seen; dated by the CPU time
+        /// they used since.
+        OffCpuEndsMissed = "OFF_CPU_ENDS_MISSED" => "OffCpuEndsMissed_total",
+        /// Probe hits of filtered processes.
+        ProbeHits = "PROBE_HITS" => "ProbeHits_total",
+        /// Probe hits not recorded: over the per-CPU rate limit.
+        ProbeRateLimited = "PROBE_RATE_LIMITED" => "ProbeRateLimited_total",
     }
 }
 

@@ -14,15 +14,20 @@ pub enum PidEventKind {
     Exit = 2,
     /// A known process called exec.
     Exec = 3,
+    /// A thread recorded as it left the CPU runs again: [`PidEvent::pid`] is the thread ID,
+    /// [`PidEvent::address`] when it left (its record's `ktime_ns`), [`PidEvent::ktime_ns`]
+    /// when it came back.
+    OffCpuEnd = 4,
 }
 
 impl PidEventKind {
     /// Every kind, in value order.
-    pub const ALL: [PidEventKind; 4] = [
+    pub const ALL: [PidEventKind; 5] = [
         PidEventKind::New,
         PidEventKind::Rescan,
         PidEventKind::Exit,
         PidEventKind::Exec,
+        PidEventKind::OffCpuEnd,
     ];
 
     /// The name of the C enumerator.
@@ -32,6 +37,7 @@ impl PidEventKind {
             PidEventKind::Rescan => "FS_PID_RESCAN",
             PidEventKind::Exit => "FS_PID_EXIT",
             PidEventKind::Exec => "FS_PID_EXEC",
+            PidEventKind::OffCpuEnd => "FS_PID_OFF_CPU_END",
         }
     }
 }

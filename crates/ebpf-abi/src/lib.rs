@@ -39,7 +39,8 @@ pub use tables::{
 };
 pub use trace::{
     FRAME_KIND_SHIFT, FRAME_NATIVE, FRAME_PAYLOAD_MASK, NATIVE_EXACT, TRACE_IN_KERNEL,
-    TRACE_KERNEL_THREAD, TRACE_USER_FP, TraceHeader, TraceRecord, UserFrame,
+    TRACE_KERNEL_THREAD, TRACE_OFF_CPU, TRACE_PROBE, TRACE_PROBE_SHIFT, TRACE_USER_FP, TraceHeader,
+    TraceRecord, UserFrame,
 };
 
 /// `FS_MAX_KERNEL_FRAMES`: longest kernel stack recorded per sample.
@@ -74,9 +75,97 @@ pub fn include_dir() -> std::path::PathBuf {
 /// parser needs (`include_object!("python.bpf.o")`).
 #[macro_export]
 macro_rules! include_object {
-    ($name:literal) => {{
+    ($name:expr) => {{
         static OBJECT: &$crate::Aligned<[u8]> =
             &$crate::Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/", $name)));
         &OBJECT.0
     }};
+}
+
+/// What starts a sample (`FS_ENTRY`): each program of the set is built once per entry,
+/// because a program reached by tail call must be of its caller's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entry {
+    /// The CPU sampler's perf event (`perf_event` programs, the `fs_progs` table).
+    Cpu,
+    /// The `sched_switch` raw tracepoint, for off-CPU profiles (`fs_progs_switch`).
+    Switch,
+    /// A uprobe or uretprobe of a probe link (`kprobe`-type programs, `fs_progs_probe`).
+    Probe,
+}
+
+impl Entry {
+    /// Every entry, the CPU sampler's first.
+    pub const ALL: [Entry; 3] = [Entry::Cpu, Entry::Switch, Entry::Probe];
+
+    /// The entry's tail-call table.
+    pub fn table(self) -> &'static str {
+        match self {
+            Entry::Cpu => "fs_progs",
+            Entry::Switch => "fs_progs_switch",
+            Entry::Probe => "fs_progs_probe",
+        }
+    }
+
+    /// How logs and `check` name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Entry::Cpu => "cpu",
+            Entry::Switch => "off-cpu",
+            Entry::Probe => "probe",
+        }
+    }
+}
+
+/// One entry's two builds of a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builds {
+    /// For kernels with `bpf_loop` (5.17+).
+    pub modern: &'static [u8],
+    /// For older kernels (5.10 to 5.16).
+    pub legacy: &'static [u8],
+}
+
+/// Every build of one program: per entry, per kernel kind ([`include_objects!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectSet {
+    /// The CPU sampler's entry.
+    pub cpu: Builds,
+    /// The off-CPU entry.
+    pub switch: Builds,
+    /// The probe entry.
+    pub probe: Builds,
+}
+
+impl ObjectSet {
+    /// The builds for `entry`.
+    pub fn get(&self, entry: Entry) -> Builds {
+        match entry {
+            Entry::Cpu => self.cpu,
+            Entry::Switch => self.switch,
+            Entry::Probe => self.probe,
+        }
+    }
+}
+
+/// Embeds every build [`build::compile_program`] made of one source
+/// (`include_objects!("python.bpf")`), as an [`ObjectSet`].
+#[macro_export]
+macro_rules! include_objects {
+    ($stem:literal) => {
+        $crate::ObjectSet {
+            cpu: $crate::Builds {
+                modern: $crate::include_object!(concat!($stem, ".o")),
+                legacy: $crate::include_object!(concat!($stem, ".legacy.o")),
+            },
+            switch: $crate::Builds {
+                modern: $crate::include_object!(concat!($stem, ".switch.o")),
+                legacy: $crate::include_object!(concat!($stem, ".switch.legacy.o")),
+            },
+            probe: $crate::Builds {
+                modern: $crate::include_object!(concat!($stem, ".probe.o")),
+                legacy: $crate::include_object!(concat!($stem, ".probe.legacy.o")),
+            },
+        }
+    };
 }

@@ -10,6 +10,13 @@ pub const TRACE_KERNEL_THREAD: u32 = 0x2;
 /// `FS_TRACE_USER_FP`: the user frames come from the kernel's frame-pointer walk (plain
 /// addresses, not [`UserFrame`]s).
 pub const TRACE_USER_FP: u32 = 0x4;
+/// `FS_TRACE_OFF_CPU`: an off-CPU record, the stack as the task left the CPU; its weight
+/// comes in a [`crate::PidEventKind::OffCpuEnd`] report.
+pub const TRACE_OFF_CPU: u32 = 0x8;
+/// `FS_TRACE_PROBE`: a probe hit; the probe's index is `flags >> TRACE_PROBE_SHIFT`.
+pub const TRACE_PROBE: u32 = 0x10;
+/// `FS_TRACE_PROBE_SHIFT`.
+pub const TRACE_PROBE_SHIFT: u32 = 16;
 
 /// `FS_FRAME_KIND_SHIFT`: a frame's kind is the top byte of its aux word.
 pub const FRAME_KIND_SHIFT: u32 = 56;

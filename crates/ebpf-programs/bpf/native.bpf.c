@@ -1,18 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * The CPU sampler and the native unwinder.
+ * The samplers and the native unwinder.
  *
- * fs_sample runs on a software cpu-clock perf event on every online CPU. For a process whose
- * tables the process manager loaded (fs_known_pids) it sets up the per-CPU unwinder state and
- * tail-calls fs_native, which walks the user stack from the stack-delta tables
+ * fs_sample runs on a software cpu-clock perf event on every online CPU; fs_off_cpu on the
+ * sched_switch raw tracepoint (off-CPU profiles); fs_probe and fs_probe_ret on the uprobes
+ * of the probe links. Each takes the current task's stack the same way: for a process whose
+ * tables the process manager loaded (fs_known_pids) it sets up the per-CPU unwinder state
+ * and tail-calls fs_native, which walks the user stack from the stack-delta tables
  * (fs_pid_mappings -> fs_delta_pages -> fs_delta_entries -> fs_unwind_infos), one frame per
  * step, and sends the record. Ranges that a runtime owns (fs_pid_mapping.owner) hand the walk
- * to that runtime's program through fs_progs (see ferroscope/runtime.h), which hands it back.
- * A process whose tables are not loaded yet is reported through fs_pid_events (rate limited)
- * and, for that sample, gets the kernel's frame-pointer walk instead (FS_TRACE_USER_FP).
+ * to that runtime's program through the entry's tail-call table (see ferroscope/runtime.h),
+ * which hands it back. A process whose tables are not loaded yet is reported through
+ * fs_pid_events (rate limited) and, for that sample, gets the kernel's frame-pointer walk
+ * instead (FS_TRACE_USER_FP).
  *
  * Built twice: with bpf_loop (FS_LEGACY=0, Linux 5.17+) and without (FS_LEGACY=1, 5.10+: a few
- * inlined steps per run of fs_native, which tail-calls itself to go on).
+ * inlined steps per run of fs_native, which tail-calls itself to go on); and once per entry
+ * (FS_ENTRY, see ferroscope/state.h): each entry's object holds fs_native and that entry's
+ * programs, and shares the cpu entry's maps.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -29,6 +34,14 @@ const volatile __u32 fs_filter_pids = 0;
 const volatile __u32 fs_follow_children = 0;
 /* Set by the loader before load: when non-zero user stacks are unwound from the tables. */
 const volatile __u32 fs_unwinder_enabled = 0;
+/* Set by the loader before load (switch entry): a task leaving the CPU is recorded when
+ * bpf_get_prandom_u32() is below this (off_cpu_threshold * 2^32; 2^32 records every one). */
+const volatile __u64 fs_off_cpu_threshold = 0;
+/* Set by the loader before load (cpu entry): off-CPU profiles are on. */
+const volatile __u32 fs_off_cpu_on = 0;
+/* Set by the loader before load (probe entry): most probe hits recorded per second per CPU
+ * (0: no limit). */
+const volatile __u64 fs_probe_rate_limit = 0;
 
 /* Lowest address that can hold code; return addresses below it end the stack. */
 #define FS_MIN_PC 0x1000
@@ -37,9 +50,6 @@ const volatile __u32 fs_unwinder_enabled = 0;
 /* Steps of the bpf_loop walk: each step records at most one frame, and a spliced native frame
  * takes one step to start the splice and one to unwind it. */
 #define FS_WALK_STEPS (3 * FS_MAX_USER_FRAMES + 2)
-/* The kernel stack of a task (x86-64 THREAD_SIZE without KASAN), for the legacy build's
- * pt_regs (bpf_task_pt_regs is 5.15+). */
-#define FS_THREAD_SIZE (4096 << 2)
 
 /* The rt_sigframe layout (x86-64): after the handler returns into the restorer, RSP points
  * at the ucontext, whose uc_mcontext holds the interrupted registers. */
@@ -55,6 +65,68 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } fs_pid_filter SEC(".maps");
+
+/* A thread recorded as it left the CPU: when (bpf_ktime_get_ns), and the CPU time it had
+ * used by then (se.sum_exec_runtime). */
+struct fs_off_cpu_start {
+	__u64 left_ns;
+	__u64 runtime_ns;
+};
+
+/* Threads recorded as they left the CPU, by thread ID. A thread's entry goes when it is seen
+ * running again; when the map is full, no more switches are recorded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct fs_off_cpu_start);
+} fs_off_cpu_starts SEC(".maps");
+
+/* Reports that thread `tid`, recorded leaving the CPU as `start` says, came back at
+ * `back_ns`, and forgets it. */
+static __always_inline __attribute__((unused)) void off_cpu_end(__u32 tid, struct fs_off_cpu_start *start, __u64 back_ns)
+{
+	struct fs_pid_event ev = {
+		.pid = tid,
+		.kind = FS_PID_OFF_CPU_END,
+		.address = start->left_ns,
+		.ktime_ns = back_ns,
+	};
+	bpf_map_delete_elem(&fs_off_cpu_starts, &tid);
+	if (bpf_ringbuf_output(&fs_pid_events, &ev, sizeof(ev), BPF_RB_NO_WAKEUP))
+		fs_count(FS_CNT_OFF_CPU_ENDS_LOST);
+	else
+		fs_count(FS_CNT_OFF_CPU_ENDS);
+}
+
+/* The current thread (`task`) is running, yet its return to the CPU was not seen (not every
+ * switch from the idle task reaches the sched_switch tracepoint): it came back as long ago
+ * as the CPU time it has used since it left. */
+static __always_inline __attribute__((unused)) void off_cpu_missed_end(__u32 tid, struct task_struct *task, __u64 now)
+{
+	struct fs_off_cpu_start *start = bpf_map_lookup_elem(&fs_off_cpu_starts, &tid);
+	if (!start)
+		return;
+	__u64 ran = BPF_CORE_READ(task, se.sum_exec_runtime) - start->runtime_ns;
+	__u64 back = now - ran;
+	if ((__s64)ran < 0 || back < start->left_ns)
+		back = start->left_ns;
+	fs_count(FS_CNT_OFF_CPU_ENDS_MISSED);
+	off_cpu_end(tid, start, back);
+}
+
+/* The probe hits of the current second, per CPU (fs_probe_rate_limit). */
+struct fs_probe_window {
+	__u64 start;
+	__u64 hits;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fs_probe_window);
+} fs_probe_rate SEC(".maps");
 
 /* Processes whose mappings the process manager loaded (value unused). */
 struct {
@@ -434,10 +506,9 @@ static long native_step_cb(__u64 index, void *arg)
 }
 #endif
 
-/* Tail-calls program `slot` of fs_progs, counted against the sample's budget. Returns only
+/* Tail-calls program `slot` of the entry's table, counted against the sample's budget. Returns only
  * when the call could not be made (then the walk has failed). */
-static __always_inline void hand_over(struct bpf_perf_event_data *ctx, struct fs_unwind_state *st,
-				      __u32 slot)
+static __always_inline void hand_over(fs_ctx_t *ctx, struct fs_unwind_state *st, __u32 slot)
 {
 	if (st->tail_calls >= FS_TAIL_CALL_BUDGET) {
 		fs_fail(st, FS_UNWIND_ERR_TAIL_CALLS);
@@ -445,15 +516,15 @@ static __always_inline void hand_over(struct bpf_perf_event_data *ctx, struct fs
 	}
 	st->tail_calls++;
 	fs_count(FS_CNT_TAIL_CALLS);
-	bpf_tail_call(ctx, &fs_progs, slot & (FS_MAX_RUNTIMES - 1));
+	bpf_tail_call(ctx, &FS_PROGS, slot & (FS_MAX_RUNTIMES - 1));
 	/* An empty slot: the runtime's program is not loaded, yet a range names it. */
 	fs_fail(st, slot == FS_PROG_NATIVE ? FS_UNWIND_ERR_TAIL_CALLS : FS_UNWIND_ERR_RUNTIME);
 }
 
 /* The native unwinder: walks from st's registers until the stack ends, fails, or a runtime's
  * range is met (then that runtime's program runs and hands back here). */
-SEC("perf_event")
-int fs_native(struct bpf_perf_event_data *ctx)
+SEC(FS_SEC)
+int fs_native(fs_ctx_t *ctx)
 {
 	struct fs_unwind_state *st = fs_state();
 	struct fs_trace_buf *e = fs_trace();
@@ -481,92 +552,68 @@ int fs_native(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
-/* The user registers at the sample: from the interrupted context, or those the task saved
- * when it entered the kernel. */
-static __always_inline int user_registers(struct bpf_perf_event_data *ctx, struct fs_unwind_state *st,
-					  int in_kernel)
+/* The user registers at the sample: those of the entry's context (`regs`, when the task
+ * was in user mode), or those the task saved when it entered the kernel. */
+static __always_inline int user_registers(struct pt_regs *regs, struct fs_unwind_state *st)
 {
-	if (!in_kernel) {
-		st->pc = PT_REGS_IP(&ctx->regs);
-		st->sp = PT_REGS_SP(&ctx->regs);
-		st->bp = PT_REGS_FP(&ctx->regs);
+	if (regs) {
+		st->pc = PT_REGS_IP(regs);
+		st->sp = PT_REGS_SP(regs);
+		st->bp = PT_REGS_FP(regs);
 		return 1;
 	}
-	struct pt_regs *regs;
-#if FS_LEGACY
-	void *stack = BPF_CORE_READ(current_task(), stack);
-	if (!stack)
-		return 0;
-	regs = (struct pt_regs *)((__u8 *)stack + FS_THREAD_SIZE) - 1;
-#else
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-#endif
-	if (!regs || bpf_probe_read_kernel(&st->pc, sizeof(st->pc), &regs->ip) ||
-	    bpf_probe_read_kernel(&st->sp, sizeof(st->sp), &regs->sp) ||
-	    bpf_probe_read_kernel(&st->bp, sizeof(st->bp), &regs->bp))
+	struct pt_regs *saved = fs_saved_user_regs();
+	if (!saved || bpf_probe_read_kernel(&st->pc, sizeof(st->pc), &saved->ip) ||
+	    bpf_probe_read_kernel(&st->sp, sizeof(st->sp), &saved->sp) ||
+	    bpf_probe_read_kernel(&st->bp, sizeof(st->bp), &saved->bp))
 		return 0;
 	return 1;
 }
 
-SEC("perf_event")
-int fs_sample(struct bpf_perf_event_data *ctx)
+/* Records the current task's stacks (pid/tid, already past the filter) and sends the record:
+ * the kernel stack with FS_TRACE_IN_KERNEL in `flags`, the user stack from the tables when
+ * the process is known, else from the kernel's frame-pointer walk. `user_regs` are the
+ * entry's user-mode registers, or NULL when the task is in the kernel. */
+static __always_inline void sample_current(fs_ctx_t *ctx, __u32 pid, __u32 tid, __u64 ktime_ns,
+					   __u32 flags, struct pt_regs *user_regs)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 pid = id >> 32;
-	__u32 tid = (__u32)id;
-
-	fs_count(FS_CNT_SAMPLES);
-	if (tid == 0) {
-		fs_count(FS_CNT_IDLE);
-		return 0;
-	}
-	if (fs_filter_pids && !bpf_map_lookup_elem(&fs_pid_filter, &pid)) {
-		fs_count(FS_CNT_FILTERED);
-		return 0;
-	}
-
 	struct fs_trace_buf *e = fs_trace();
 	if (!e)
-		return 0;
+		return;
 	struct task_struct *task = current_task();
 	e->h.pid = pid;
 	e->h.tid = tid;
-	e->h.ktime_ns = bpf_ktime_get_ns();
+	e->h.ktime_ns = ktime_ns;
 	e->h.start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
 	e->h.cpu = bpf_get_smp_processor_id();
-	e->h.flags = 0;
+	e->h.flags = flags;
 	e->h.user_error = FS_UNWIND_OK;
 	e->h.interp_frames = 0;
 	e->h.kernel_len = 0;
 	e->h.user_len = 0;
 	bpf_get_current_comm(e->h.comm, sizeof(e->h.comm));
 
-	/* On x86-64 and arm64 the kernel's text lives in the upper half of the address space. */
-	int in_kernel = (long)PT_REGS_IP(&ctx->regs) < 0;
-	if (in_kernel)
-		e->h.flags |= FS_TRACE_IN_KERNEL;
-
 	if (!BPF_CORE_READ(task, mm)) {
 		e->h.flags |= FS_TRACE_KERNEL_THREAD;
 		fs_send(ctx, e, 0);
-		return 0;
+		return;
 	}
 
 	if (fs_unwinder_enabled && bpf_map_lookup_elem(&fs_known_pids, &pid)) {
 		struct fs_unwind_state *st = fs_state();
 		if (!st)
-			return 0;
+			return;
 		__builtin_memset(st, 0, FS_STATE_RESET_BYTES);
 		st->pid = pid;
 		st->tid = tid;
 		st->exact = 1;
 		fs_count(FS_CNT_UNWIND_ATTEMPTS);
-		if (user_registers(ctx, st, in_kernel))
+		if (user_registers(user_regs, st))
 			hand_over(ctx, st, FS_PROG_NATIVE);
 		else
 			fs_fail(st, FS_UNWIND_ERR_NO_REGS);
 		fs_finish(ctx, st, e);
-		return 0;
+		return;
 	}
 
 	if (fs_unwinder_enabled) {
@@ -586,6 +633,43 @@ int fs_sample(struct bpf_perf_event_data *ctx)
 		e->h.user_len = user_bytes / 8;
 	}
 	fs_send(ctx, e, user_bytes);
+}
+
+/* Whether the current thread is one to record: not the idle task, and (when filtering) of a
+ * process in the PID filter. */
+static __always_inline int wanted(__u32 pid, __u32 tid)
+{
+	if (tid == 0)
+		return 0;
+	return !fs_filter_pids || bpf_map_lookup_elem(&fs_pid_filter, &pid);
+}
+
+#if FS_ENTRY == FS_ENTRY_CPU
+
+SEC("perf_event")
+int fs_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	__u32 tid = (__u32)id;
+
+	fs_count(FS_CNT_SAMPLES);
+	if (tid == 0) {
+		fs_count(FS_CNT_IDLE);
+		return 0;
+	}
+	if (!wanted(pid, tid)) {
+		fs_count(FS_CNT_FILTERED);
+		return 0;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	if (fs_off_cpu_on)
+		/* On CPU, so not off it: a return the off-CPU program did not see. */
+		off_cpu_missed_end(tid, current_task(), now);
+	/* On x86-64 and arm64 the kernel's text lives in the upper half of the address space. */
+	int in_kernel = (long)PT_REGS_IP(&ctx->regs) < 0;
+	sample_current(ctx, pid, tid, now, in_kernel ? FS_TRACE_IN_KERNEL : 0,
+		       in_kernel ? NULL : (struct pt_regs *)&ctx->regs);
 	return 0;
 }
 
@@ -650,3 +734,96 @@ int fs_process_exec(void *ctx)
 	fs_report_pid(pid, FS_PID_EXEC, 0, 0);
 	return 0;
 }
+
+#endif /* FS_ENTRY == FS_ENTRY_CPU */
+
+#if FS_ENTRY == FS_ENTRY_SWITCH
+
+/* A context switch: the task coming in ends its off-CPU time if it was recorded leaving; the
+ * task going out (the current one) is recorded with probability fs_off_cpu_threshold. Its
+ * stack is taken now, as it leaves (it does not change until it runs again), and its weight
+ * (the time off CPU) is reported when it comes back. Kernel threads are left out. */
+SEC("raw_tracepoint/sched_switch")
+int fs_off_cpu(void *ctx)
+{
+	/* The tracepoint's arguments as u64s: (preempt, prev, next, ...). */
+	struct task_struct *next = (struct task_struct *)((__u64 *)ctx)[2];
+	__u64 now = bpf_ktime_get_ns();
+	__u32 next_tid = BPF_CORE_READ(next, pid);
+	struct fs_off_cpu_start *start = bpf_map_lookup_elem(&fs_off_cpu_starts, &next_tid);
+	if (start)
+		off_cpu_end(next_tid, start, now);
+
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	__u32 tid = (__u32)id;
+	struct task_struct *task = current_task();
+	/* Leaving again, its return unseen: end the previous record first. */
+	off_cpu_missed_end(tid, task, now);
+	if (!wanted(pid, tid) || !BPF_CORE_READ(task, mm))
+		return 0;
+	fs_count(FS_CNT_OFF_CPU_SWITCHES);
+	if ((__u64)bpf_get_prandom_u32() >= fs_off_cpu_threshold)
+		return 0;
+	struct fs_off_cpu_start left = {
+		.left_ns = now,
+		.runtime_ns = BPF_CORE_READ(task, se.sum_exec_runtime),
+	};
+	if (bpf_map_update_elem(&fs_off_cpu_starts, &tid, &left, BPF_ANY))
+		return 0;
+	fs_count(FS_CNT_OFF_CPU_SAMPLED);
+	sample_current(ctx, pid, tid, now, FS_TRACE_IN_KERNEL | FS_TRACE_OFF_CPU, NULL);
+	return 0;
+}
+
+#endif /* FS_ENTRY == FS_ENTRY_SWITCH */
+
+#if FS_ENTRY == FS_ENTRY_PROBE
+
+/* A probe hit (a uprobe or uretprobe of a probe link): the stack where it fired, counted
+ * against the per-CPU rate limit. The attach cookie says which link (5.15+). */
+static __always_inline int probe_hit(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	__u32 tid = (__u32)id;
+	if (!wanted(pid, tid))
+		return 0;
+	fs_count(FS_CNT_PROBE_HITS);
+	__u64 now = bpf_ktime_get_ns();
+	if (fs_probe_rate_limit) {
+		__u32 zero = 0;
+		struct fs_probe_window *w = bpf_map_lookup_elem(&fs_probe_rate, &zero);
+		if (!w)
+			return 0;
+		if (now - w->start >= 1000000000ULL) {
+			w->start = now;
+			w->hits = 0;
+		}
+		if (w->hits >= fs_probe_rate_limit) {
+			fs_count(FS_CNT_PROBE_RATE_LIMITED);
+			return 0;
+		}
+		w->hits++;
+	}
+	__u32 flags = FS_TRACE_PROBE;
+#if !FS_LEGACY
+	flags |= (__u32)(bpf_get_attach_cookie(ctx) << FS_TRACE_PROBE_SHIFT);
+#endif
+	sample_current(ctx, pid, tid, now, flags, ctx);
+	return 0;
+}
+
+SEC("uprobe")
+int fs_probe(struct pt_regs *ctx)
+{
+	return probe_hit(ctx);
+}
+
+SEC("uretprobe")
+int fs_probe_ret(struct pt_regs *ctx)
+{
+	return probe_hit(ctx);
+}
+
+#endif /* FS_ENTRY == FS_ENTRY_PROBE */

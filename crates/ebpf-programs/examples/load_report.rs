@@ -24,8 +24,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         runtimes.push(RuntimeObject {
             name: Box::leak(name.clone().into_boxed_str()),
             program: Box::leak(program.clone().into_boxed_str()),
-            object: bytes,
-            legacy_object: bytes,
+            // One object stands for every build and entry: only the CPU entry is loaded.
+            objects: {
+                let b = ferroscope_ebpf_abi::Builds {
+                    modern: bytes,
+                    legacy: bytes,
+                };
+                ferroscope_ebpf_abi::ObjectSet {
+                    cpu: b,
+                    switch: b,
+                    probe: b,
+                }
+            },
             pid_maps: &[],
         });
     }

@@ -46,6 +46,21 @@ pub enum Error {
         /// What to do.
         hint: &'static str,
     },
+    /// A probe could not be attached to its file.
+    #[error(
+        "could not attach a probe to {} at offset {offset:#x}: the file must be a readable ELF \
+         file on a file system that supports uprobes, and the offset an instruction's",
+        path.display()
+    )]
+    Probe {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The offset in it.
+        offset: u64,
+        /// aya's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     /// A map or program the object should contain is missing or has another type: a build
     /// problem.
     #[error(

@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod diagnose;
+mod entries;
 mod error;
 mod loader;
 mod sampler;
@@ -37,6 +38,7 @@ mod sys;
 mod unwind_maps;
 
 pub use diagnose::explain_rejection;
+pub use entries::{OffCpuConfig, ProbeConfig, ProbeKind, ProbeTarget};
 pub use error::Error;
 pub use loader::{Build, ProgramReport, RuntimeObject, Verdict, kernel_version, preferred_build};
 pub use sampler::{
@@ -45,8 +47,6 @@ pub use sampler::{
 };
 pub use unwind_maps::{UnwindMaps, UnwinderConfig};
 
-/// The native object, `bpf_loop` build (`bpf/native.bpf.c`).
-pub static NATIVE_OBJECT: &[u8] = ferroscope_ebpf_abi::include_object!("native.bpf.o");
-/// The native object, legacy build.
-pub static NATIVE_OBJECT_LEGACY: &[u8] =
-    ferroscope_ebpf_abi::include_object!("native.bpf.legacy.o");
+/// The native object (`bpf/native.bpf.c`), every build: per entry, `bpf_loop` and legacy.
+pub static NATIVE_OBJECTS: ferroscope_ebpf_abi::ObjectSet =
+    ferroscope_ebpf_abi::include_objects!("native.bpf");

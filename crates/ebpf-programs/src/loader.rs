@@ -1,5 +1,7 @@
 //! Loading the program set: the native sampler and unwinder, then each runtime's program in
-//! its own object, joined through the shared maps and the `fs_progs` tail-call table.
+//! its own object, joined through the shared maps and the `fs_progs` tail-call table; and the
+//! same again for each other entry that is on (off-CPU, probes: see
+//! [`ferroscope_ebpf_abi::Entry`]), with that entry's table, sharing the first set's maps.
 //!
 //! Every program is verified on its own. A runtime program the kernel rejects is reported
 //! and left out (its slot stays empty, so its runtime is off); the native programs and the
@@ -11,19 +13,22 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, PerCpuArray, ProgramArray};
-use aya::programs::{PerfEvent, ProgramError, RawTracePoint};
+use aya::programs::{PerfEvent, ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
+use ferroscope_ebpf_abi::{Entry, ObjectSet};
 
 use crate::Error;
 use crate::diagnose::explain_rejection;
 use crate::unwind_maps::RawMap;
 
 /// Maps every program of the set shares (declared in `ferroscope/state.h`).
-pub(crate) const SHARED_MAPS: [&str; 9] = [
+pub(crate) const SHARED_MAPS: [&str; 11] = [
     "fs_traces",
     "fs_trace_scratch",
     "fs_unwind_state",
     "fs_progs",
+    "fs_progs_switch",
+    "fs_progs_probe",
     "fs_counters",
     "fs_runtime_counters",
     "fs_pid_mappings",
@@ -38,10 +43,8 @@ pub struct RuntimeObject {
     pub name: &'static str,
     /// The program's function name in the objects.
     pub program: &'static str,
-    /// The `bpf_loop` build.
-    pub object: &'static [u8],
-    /// The legacy build.
-    pub legacy_object: &'static [u8],
+    /// Every build: per entry, `bpf_loop` and legacy.
+    pub objects: ObjectSet,
     /// Maps keyed by PID, sized for the session's process limit.
     pub pid_maps: &'static [&'static str],
 }
@@ -96,6 +99,8 @@ pub struct ProgramReport {
     pub slot: Option<u32>,
     /// The build that was loaded (or last tried).
     pub build: Build,
+    /// The entry the object was built for (the CPU sampler's, or off-CPU, or probes).
+    pub entry: Entry,
     /// The kernel's verdict.
     pub verdict: Verdict,
 }
@@ -213,8 +218,10 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        for name in SHARED_MAPS {
-            let _ = std::fs::remove_file(self.dir.join(name));
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         if self.mounted
             && let Ok(c) = std::ffi::CString::new(self.dir.to_string_lossy().as_bytes())
@@ -249,6 +256,77 @@ fn loaded_verdict(info: Result<aya::programs::ProgramInfo, ProgramError>) -> Ver
     }
 }
 
+/// The program types of the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    PerfEvent,
+    RawTracePoint,
+    UProbe,
+}
+
+impl Kind {
+    /// The type of the programs reached by tail call from `entry`.
+    pub(crate) fn of(entry: Entry) -> Kind {
+        match entry {
+            Entry::Cpu => Kind::PerfEvent,
+            Entry::Switch => Kind::RawTracePoint,
+            Entry::Probe => Kind::UProbe,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::PerfEvent => "perf_event",
+            Kind::RawTracePoint => "raw tracepoint",
+            Kind::UProbe => "uprobe",
+        }
+    }
+}
+
+/// Loads program `name` of `ebpf` as a `kind` program; `None` when the object has no such
+/// program.
+fn load_as(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Option<Result<(), ProgramError>> {
+    let p = ebpf.program_mut(name)?;
+    Some(match kind {
+        Kind::PerfEvent => <&mut PerfEvent>::try_from(p).ok()?.load(),
+        Kind::RawTracePoint => <&mut RawTracePoint>::try_from(p).ok()?.load(),
+        Kind::UProbe => <&mut UProbe>::try_from(p).ok()?.load(),
+    })
+}
+
+/// Loads one program of an object and reports it.
+pub(crate) fn load_program(
+    ebpf: &mut Ebpf,
+    owner: &str,
+    name: &str,
+    slot: Option<u32>,
+    build: Build,
+    kind: Kind,
+) -> ProgramReport {
+    let verdict = match load_as(ebpf, name, kind) {
+        None => Verdict::Rejected {
+            reason: format!(
+                "the object has no {} program `{name}`; rebuild ferroscope",
+                kind.describe()
+            ),
+            log_tail: String::new(),
+        },
+        Some(Ok(())) => loaded_verdict(ebpf.program(name).map_or_else(
+            || Err(ProgramError::NotLoaded),
+            aya::programs::Program::info,
+        )),
+        Some(Err(e)) => rejection(&e),
+    };
+    ProgramReport {
+        owner: owner.to_owned(),
+        program: name.to_owned(),
+        slot,
+        build,
+        entry: Entry::Cpu,
+        verdict,
+    }
+}
+
 /// Loads one perf_event program of an object and reports it.
 pub(crate) fn load_perf_event(
     ebpf: &mut Ebpf,
@@ -257,63 +335,56 @@ pub(crate) fn load_perf_event(
     slot: Option<u32>,
     build: Build,
 ) -> ProgramReport {
-    let verdict = match ebpf
-        .program_mut(name)
-        .and_then(|p| <&mut PerfEvent>::try_from(p).ok())
-    {
-        None => Verdict::Rejected {
-            reason: format!("the object has no perf_event program `{name}`; rebuild ferroscope"),
-            log_tail: String::new(),
-        },
-        Some(p) => match p.load() {
-            Ok(()) => loaded_verdict(p.info()),
-            Err(e) => rejection(&e),
-        },
-    };
-    ProgramReport {
-        owner: owner.to_owned(),
-        program: name.to_owned(),
-        slot,
-        build,
-        verdict,
-    }
+    load_program(ebpf, owner, name, slot, build, Kind::PerfEvent)
 }
 
-/// Loads one raw tracepoint program and reports it.
+/// Loads one raw tracepoint program of the native object and reports it.
 pub(crate) fn load_raw_tracepoint(ebpf: &mut Ebpf, name: &str, build: Build) -> ProgramReport {
-    let verdict = match ebpf
-        .program_mut(name)
-        .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
-    {
-        None => Verdict::Rejected {
-            reason: format!(
-                "the object has no raw tracepoint program `{name}`; rebuild ferroscope"
-            ),
-            log_tail: String::new(),
-        },
-        Some(p) => match p.load() {
-            Ok(()) => loaded_verdict(p.info()),
-            Err(e) => rejection(&e),
-        },
-    };
-    ProgramReport {
-        owner: "native".into(),
-        program: name.to_owned(),
-        slot: None,
-        build,
-        verdict,
+    load_program(ebpf, "native", name, None, build, Kind::RawTracePoint)
+}
+
+/// Pins every map of `ebpf` that is not pinned yet (except the sections of globals) into
+/// `dir` as `prefix` + its name, and adds it to `pins`: the objects of the other entries then
+/// share it.
+pub(crate) fn pin_maps(
+    ebpf: &Ebpf,
+    dir: &PinDir,
+    prefix: &str,
+    pins: &mut HashMap<String, PathBuf>,
+) -> Result<(), Error> {
+    for (name, map) in ebpf.maps() {
+        if name.starts_with('.') || pins.contains_key(name) {
+            continue;
+        }
+        let path = dir.path_of(&format!("{prefix}{name}"));
+        map.pin(&path).map_err(|e| Error::Map {
+            map: name.to_owned(),
+            action: "pin (to share it with the off-CPU and probe programs)",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        pins.insert(name.to_owned(), path);
     }
+    Ok(())
+}
+
+/// The file descriptor of a loaded program, to put in a tail-call table.
+pub(crate) fn program_fd(ebpf: &Ebpf, name: &str) -> Result<aya::programs::ProgramFd, String> {
+    let p = ebpf
+        .program(name)
+        .ok_or_else(|| format!("the object has no program `{name}`"))?;
+    p.fd()
+        .map_err(|e| e.to_string())?
+        .try_clone()
+        .map_err(|e| e.to_string())
 }
 
 /// A loader for an object of the set: its shared maps pinned at `pins` (when there is a pin
 /// directory) and sized as the native object's.
-pub(crate) fn loader_with_pins<'a>(
-    pins: Option<&'a HashMap<&'static str, PathBuf>>,
-) -> EbpfLoader<'a> {
+pub(crate) fn loader_with_pins<'a>(pins: Option<&'a HashMap<String, PathBuf>>) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     if let Some(pins) = pins {
         for (name, path) in pins {
-            loader.map_pin_path(name, path.as_path());
+            loader.map_pin_path(name.as_str(), path.as_path());
         }
     }
     loader
@@ -329,25 +400,34 @@ pub(crate) struct LoadedRuntime {
     pub(crate) _ebpf: Ebpf,
 }
 
-/// Loads a runtime's object at `slot` and puts its program in the tail-call table. The
-/// report says what happened; `None` in the first place means it is not usable.
+/// Loads a runtime's object for `entry` at `slot` and puts its program in that entry's
+/// tail-call table. The report says what happened; `None` in the first place means it is not
+/// usable. The CPU entry's object falls back to the legacy build; another entry's is loaded
+/// in the build its CPU object was. With `share`, the runtime's own maps are pinned there
+/// (and listed), for its objects of the other entries.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_runtime(
     runtime: &RuntimeObject,
+    entry: Entry,
     slot: u32,
     first_build: Build,
-    pins: &HashMap<&'static str, PathBuf>,
+    pins: &HashMap<String, PathBuf>,
     max_pids: u32,
     progs: &mut ProgramArray<MapData>,
+    mut share: Option<(&PinDir, &mut HashMap<String, PathBuf>)>,
 ) -> (Option<LoadedRuntime>, ProgramReport) {
-    let builds: &[Build] = match first_build {
-        Build::Loop => &[Build::Loop, Build::Legacy],
-        Build::Legacy => &[Build::Legacy],
+    let builds: &[Build] = match (entry, first_build) {
+        (Entry::Cpu, Build::Loop) => &[Build::Loop, Build::Legacy],
+        (_, Build::Loop) => &[Build::Loop],
+        (_, Build::Legacy) => &[Build::Legacy],
     };
+    let kind = Kind::of(entry);
     let mut last = None;
     for &build in builds {
+        let objects = runtime.objects.get(entry);
         let bytes = match build {
-            Build::Loop => runtime.object,
-            Build::Legacy => runtime.legacy_object,
+            Build::Loop => objects.modern,
+            Build::Legacy => objects.legacy,
         };
         let mut loader = loader_with_pins(Some(pins));
         loader.override_global("fs_rt_slot", &slot, true);
@@ -362,6 +442,7 @@ pub(crate) fn load_runtime(
                     program: runtime.program.into(),
                     slot: Some(slot),
                     build,
+                    entry,
                     verdict: Verdict::Rejected {
                         reason: format!("the object could not be loaded: {e}"),
                         log_tail: String::new(),
@@ -370,24 +451,38 @@ pub(crate) fn load_runtime(
                 continue;
             }
         };
-        let report = load_perf_event(&mut ebpf, runtime.name, runtime.program, Some(slot), build);
+        let report = ProgramReport {
+            entry,
+            ..load_program(
+                &mut ebpf,
+                runtime.name,
+                runtime.program,
+                Some(slot),
+                build,
+                kind,
+            )
+        };
         if !report.loaded() {
             last = Some(report);
             continue;
         }
-        let fd = ebpf
-            .program(runtime.program)
-            .and_then(|p| <&PerfEvent>::try_from(p).ok())
-            .and_then(|p| p.fd().ok().map(|fd| fd.try_clone()));
-        let set = match fd {
-            Some(Ok(fd)) => progs.set(slot, &fd, 0).map_err(|e| e.to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("the loaded program has no file descriptor".into()),
-        };
+        let set = program_fd(&ebpf, runtime.program)
+            .and_then(|fd| progs.set(slot, &fd, 0).map_err(|e| e.to_string()));
+        let set = set.and_then(|()| match share.as_mut() {
+            Some((dir, own)) => {
+                let mut all = pins.clone();
+                pin_maps(&ebpf, dir, &format!("rt{slot}-"), &mut all).map_err(|e| e.to_string())?;
+                own.extend(all.into_iter().filter(|(k, _)| !pins.contains_key(k)));
+                Ok(())
+            }
+            None => Ok(()),
+        });
         if let Err(e) = set {
             last = Some(ProgramReport {
                 verdict: Verdict::Rejected {
-                    reason: format!("could not put the program in the tail-call table: {e}"),
+                    reason: format!(
+                        "could not put the program in the tail-call table or share its maps: {e}"
+                    ),
                     log_tail: String::new(),
                 },
                 ..report

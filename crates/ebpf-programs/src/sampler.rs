@@ -14,12 +14,16 @@ use ferroscope_ebpf_abi::{
     runtime_counter_key,
 };
 
+use ferroscope_ebpf_abi::Entry;
+
+use crate::entries::{EntrySet, Globals, OffCpuConfig, ProbeConfig, ProbeTarget, load_entry};
 use crate::loader::{
     Build, LoadedRuntime, PinDir, ProgramReport, RuntimeObject, SHARED_MAPS, Verdict,
-    load_perf_event, load_raw_tracepoint, load_runtime, loader_with_pins, preferred_build,
+    load_perf_event, load_raw_tracepoint, load_runtime, loader_with_pins, pin_maps,
+    preferred_build,
 };
 use crate::unwind_maps::{RawMap, UnwindMaps};
-use crate::{Error, NATIVE_OBJECT, NATIVE_OBJECT_LEGACY, UnwinderConfig};
+use crate::{Error, NATIVE_OBJECTS, UnwinderConfig};
 
 const SAMPLE: &str = "fs_sample";
 const NATIVE: &str = "fs_native";
@@ -28,7 +32,7 @@ const EXEC: &str = "fs_process_exec";
 const FORK: &str = "fs_process_fork";
 
 /// What to sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SamplerConfig {
     /// Samples per second per CPU (perf frequency mode).
     pub sample_rate_hz: u32,
@@ -46,6 +50,10 @@ pub struct SamplerConfig {
     /// Which build to load first (`None`: what the kernel supports, see
     /// [`crate::preferred_build`]).
     pub build: Option<Build>,
+    /// Off-CPU profiles: tasks leaving the CPU are recorded (`None`: off).
+    pub off_cpu: Option<OffCpuConfig>,
+    /// Probes: load the probe programs, for [`Sampler::attach_probe`] (`None`: off).
+    pub probes: Option<ProbeConfig>,
 }
 
 impl SamplerConfig {
@@ -58,7 +66,21 @@ impl SamplerConfig {
             unwinder: None,
             runtimes: Vec::new(),
             build: None,
+            off_cpu: None,
+            probes: None,
         }
+    }
+
+    /// The entries beyond the CPU sampler that are on.
+    fn extra_entries(&self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        if self.off_cpu.is_some() {
+            out.push(Entry::Switch);
+        }
+        if self.probes.is_some() {
+            out.push(Entry::Probe);
+        }
+        out
     }
 }
 
@@ -132,6 +154,8 @@ pub struct Sampler {
     stats_fd: Option<std::os::fd::OwnedFd>,
     // Keeps the tail-call table's entries: the kernel empties it when its last fd closes.
     _progs: Option<ProgramArray<MapData>>,
+    /// The off-CPU and probe entries' objects (programs and links).
+    entries: Vec<EntrySet>,
     // Declared last so that the maps above are dropped first; holds programs and perf links.
     ebpf: Ebpf,
 }
@@ -297,8 +321,11 @@ struct Native {
     build: Build,
 }
 
-fn shared_pins(dir: &PinDir) -> HashMap<&'static str, PathBuf> {
-    SHARED_MAPS.iter().map(|&m| (m, dir.path_of(m))).collect()
+fn shared_pins(dir: &PinDir) -> HashMap<String, PathBuf> {
+    SHARED_MAPS
+        .iter()
+        .map(|&m| (m.to_owned(), dir.path_of(m)))
+        .collect()
 }
 
 /// Attaches the sampling program to a cpu-clock event on `cpu`.
@@ -324,7 +351,7 @@ fn attach_cpu(program: &mut PerfEvent, cpu: u32, rate_hz: u32) -> Result<PerfEve
 fn load_native(
     config: &SamplerConfig,
     build: Build,
-    pins: Option<&HashMap<&'static str, PathBuf>>,
+    pins: Option<&HashMap<String, PathBuf>>,
     filter_size: u32,
     ring_bytes: u32,
 ) -> Result<Result<Native, Vec<ProgramReport>>, Error> {
@@ -335,6 +362,8 @@ fn load_native(
     loader.override_global("fs_filter_pids", &filter, true);
     loader.override_global("fs_unwinder_enabled", &unwinder, true);
     loader.override_global("fs_follow_children", &follow, true);
+    let off_cpu: u32 = config.off_cpu.is_some().into();
+    loader.override_global("fs_off_cpu_on", &off_cpu, true);
     loader.map_max_entries("fs_pid_filter", filter_size);
     match &config.unwinder {
         Some(u) => {
@@ -356,9 +385,13 @@ fn load_native(
         }
     }
     loader.map_max_entries("fs_traces", ring_bytes);
+    if config.off_cpu.is_some() {
+        // Every recorded switch-out ends with a report there.
+        loader.map_max_entries("fs_pid_events", 1 << 20);
+    }
     let bytes = match build {
-        Build::Loop => NATIVE_OBJECT,
-        Build::Legacy => NATIVE_OBJECT_LEGACY,
+        Build::Loop => NATIVE_OBJECTS.cpu.modern,
+        Build::Legacy => NATIVE_OBJECTS.cpu.legacy,
     };
     let mut ebpf = loader.load(bytes).map_err(|e| Error::Load {
         source: Box::new(e),
@@ -401,6 +434,7 @@ struct Loaded {
     build: Build,
     runtimes: Vec<LoadedRuntime>,
     progs: Option<ProgramArray<MapData>>,
+    entries: Vec<EntrySet>,
     online: Vec<u32>,
 }
 
@@ -421,11 +455,19 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
         .max(config.unwinder.map_or(1024, |u| u.max_pids) as usize)
         .min(1 << 24) as u32;
     let online = aya::util::online_cpus().map_err(|(_, e)| Error::OnlineCpus(e))?;
-    let ring_bytes = ring_buffer_bytes(online.len(), config.sample_rate_hz);
+    let mut ring_bytes = ring_buffer_bytes(online.len(), config.sample_rate_hz);
+    let extra = config.extra_entries();
+    if config.off_cpu.is_some() || config.probes.is_some() {
+        // Off-CPU records and probe hits come at the rate tasks switch and functions are
+        // called, not at the sampling rate.
+        ring_bytes = ring_bytes.max(8 << 20);
+    }
 
-    // Runtime objects reach the shared maps through pins in a private bpffs directory.
+    // Runtime objects (and the other entries' objects) reach the shared maps through pins
+    // in a private bpffs directory.
     let mut pin_problem = None;
-    let pin_dir = if config.unwinder.is_some() && !config.runtimes.is_empty() {
+    let pin_dir = if (config.unwinder.is_some() && !config.runtimes.is_empty()) || !extra.is_empty()
+    {
         match PinDir::create() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -436,7 +478,18 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
     } else {
         None
     };
-    let pins = pin_dir.as_ref().map(shared_pins);
+    let mut pins = pin_dir.as_ref().map(shared_pins);
+    if !extra.is_empty()
+        && let Some(problem) = &pin_problem
+    {
+        return Err(Error::PinDir {
+            path: "/sys/fs/bpf".into(),
+            source: std::io::Error::other(format!(
+                "off-CPU profiles and probes share the sampler's maps through a bpffs pin \
+                 directory, which could not be made: {problem}"
+            )),
+        });
+    }
 
     let first = config.build.unwrap_or_else(preferred_build);
     let mut attempts = vec![first];
@@ -449,6 +502,9 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
         // A previous attempt's pins belong to maps of an object that was dropped.
         for p in pins.iter().flat_map(|p| p.values()) {
             let _ = std::fs::remove_file(p);
+        }
+        if let Some(p) = &mut pins {
+            p.retain(|name, _| SHARED_MAPS.contains(&name.as_str()));
         }
         match load_native(config, build, pins.as_ref(), filter_size, ring_bytes)? {
             Ok(n) => {
@@ -489,6 +545,13 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
             log_tail,
         });
     };
+    if !extra.is_empty()
+        && let (Some(dir), Some(pins)) = (&pin_dir, &mut pins)
+    {
+        // The other entries' native objects share every map of this one.
+        pin_maps(&ebpf, dir, "", pins)?;
+    }
+    let mut extra_runtimes = Vec::new();
 
     let mut progs: Option<ProgramArray<MapData>> = None;
     let mut runtimes = Vec::new();
@@ -523,8 +586,26 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
             let slot = i as u32 + 1;
             match (&pins, &pin_problem) {
                 (Some(pins), _) => {
-                    let (loaded, report) =
-                        load_runtime(rt, slot, build, pins, max_pids, &mut table);
+                    // The runtime's own maps are shared with its objects for the other
+                    // entries.
+                    let mut own = HashMap::new();
+                    let share = match (&pin_dir, extra.is_empty()) {
+                        (Some(dir), false) => Some((dir, &mut own)),
+                        _ => None,
+                    };
+                    let (loaded, report) = load_runtime(
+                        rt,
+                        Entry::Cpu,
+                        slot,
+                        build,
+                        pins,
+                        max_pids,
+                        &mut table,
+                        share,
+                    );
+                    if loaded.is_some() && !extra.is_empty() {
+                        extra_runtimes.push((*rt, slot, own));
+                    }
                     if let Verdict::Rejected { reason, .. } = &report.verdict {
                         tracing::warn!(
                             runtime = rt.name,
@@ -540,6 +621,7 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
                     program: rt.program.into(),
                     slot: Some(slot),
                     build,
+                    entry: Entry::Cpu,
                     verdict: Verdict::Rejected {
                         reason: format!(
                             "runtime programs share maps through a bpffs pin directory, which \
@@ -553,6 +635,28 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
         }
         progs = Some(table);
     }
+    let mut entries = Vec::new();
+    if let Some(pins) = &pins {
+        let globals = Globals {
+            filter: config.pids.is_some().into(),
+            unwinder: config.unwinder.is_some().into(),
+            follow: follows_children(config).into(),
+        };
+        let max_pids = config.unwinder.map_or(1, |u| u.max_pids);
+        for &entry in &extra {
+            entries.push(load_entry(
+                entry,
+                build,
+                &globals,
+                config.off_cpu,
+                config.probes,
+                pins,
+                &extra_runtimes,
+                max_pids,
+                &mut reports,
+            )?);
+        }
+    }
     drop(pin_dir);
     Ok(Loaded {
         ebpf,
@@ -560,6 +664,7 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
         build,
         runtimes,
         progs,
+        entries,
         online,
     })
 }
@@ -584,6 +689,7 @@ impl Sampler {
             build,
             runtimes,
             progs,
+            mut entries,
             online,
         } = load_all(config)?;
         let pid_filter = RawMap::take(&mut ebpf, "fs_pid_filter")?;
@@ -607,18 +713,25 @@ impl Sampler {
             });
             objects.push((rt.name, rt.slot, rt._ebpf));
         }
-        let (pid_events, writer) = match &config.unwinder {
-            Some(_) => {
-                let events: RingBuf<MapData> = take_map(&mut ebpf, "fs_pid_events")?;
-                let writer = UnwindWriter {
-                    maps: UnwindMaps::take(&mut ebpf)?,
-                    runtimes: handles,
-                    runtime_counters,
-                };
-                (Some(events), Some(writer))
-            }
-            None => (None, None),
+        let pid_events: Option<RingBuf<MapData>> =
+            if config.unwinder.is_some() || config.off_cpu.is_some() {
+                Some(take_map(&mut ebpf, "fs_pid_events")?)
+            } else {
+                None
+            };
+        let writer = match &config.unwinder {
+            Some(_) => Some(UnwindWriter {
+                maps: UnwindMaps::take(&mut ebpf)?,
+                runtimes: handles,
+                runtime_counters,
+            }),
+            None => None,
         };
+        for e in &mut entries {
+            if e.entry == Entry::Switch {
+                e.attach_switch()?;
+            }
+        }
         let mut tracepoints = Vec::new();
         if config.unwinder.is_some() || follows_children(config) {
             tracepoints.push((EXIT, "sched_process_exit"));
@@ -671,8 +784,28 @@ impl Sampler {
             runtimes: objects,
             stats_fd: None,
             _progs: progs,
+            entries,
             ebpf,
         })
+    }
+
+    /// Attaches a probe (started with [`SamplerConfig::probes`]): each hit in a process
+    /// sampled (the PID filter applies) records its stack, with `target.index` in its flags.
+    pub fn attach_probe(&mut self, target: &ProbeTarget) -> Result<(), Error> {
+        let cookies = self.build == Build::Loop;
+        let set = self
+            .entries
+            .iter_mut()
+            .find(|e| e.entry == Entry::Probe)
+            .ok_or_else(|| {
+                Error::MissingMap("fs_probe (the sampler was started without probes)".into())
+            })?;
+        set.attach_probe(target, cookies)
+    }
+
+    /// Probes attached so far.
+    pub fn probes_attached(&self) -> usize {
+        self.entries.iter().map(|e| e.links.len()).sum()
     }
 
     /// The CPUs sampled.
@@ -852,6 +985,24 @@ impl Sampler {
             }
         }
         Some((total, sample.run_count()))
+    }
+
+    /// The run time and runs of the off-CPU and probe programs (by entry program name:
+    /// `fs_off_cpu`, `fs_probe`, `fs_probe_ret`), with run time accounting on. A program's
+    /// time includes the programs it tail-calls.
+    pub fn entry_run_times(&self) -> Vec<(String, std::time::Duration, u64)> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            for (name, p) in e.native.programs() {
+                if name == "fs_native" {
+                    continue;
+                }
+                if let Ok(i) = p.info() {
+                    out.push((name.to_owned(), i.run_time(), i.run_count()));
+                }
+            }
+        }
+        out
     }
 
     /// Reads the native counters, summed over CPUs.

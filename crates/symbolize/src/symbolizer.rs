@@ -444,6 +444,15 @@ impl Symbolizer {
         if skipped > 0 {
             tracing::warn!(pid, skipped, "skipped malformed lines in /proc/PID/maps");
         }
+        if !entries.iter().any(MapEntry::is_executable)
+            && let Some(state) = self.processes.get_mut(&pid)
+            && !state.mappings.is_empty()
+        {
+            // An exited process that is not reaped yet (a zombie) has no mappings left:
+            // what was seen of it still names its samples.
+            state.last_read = Instant::now();
+            return Ok(());
+        }
         let (old, root) = match self.processes.remove(&pid) {
             Some(s) => (s.mappings, s.root),
             None => (Vec::new(), FsRoot::of_process(pid)),

@@ -171,16 +171,14 @@ pub enum InterpreterError {
     },
 }
 
-/// A runtime's eBPF program: one `perf_event` program in its own object, built twice (see
-/// `ferroscope-ebpf-abi`), reached by tail call from the native unwinder.
+/// A runtime's eBPF program: one program in its own object, built per entry and per kernel
+/// kind (see `ferroscope-ebpf-abi`), reached by tail call from the native unwinder.
 #[derive(Debug, Clone, Copy)]
 pub struct EbpfProgram {
     /// The program's function name in the objects (`fs_rt_python`).
     pub program: &'static str,
-    /// The object for kernels with `bpf_loop` (5.17+).
-    pub object: &'static [u8],
-    /// The object for older kernels (5.10 to 5.16).
-    pub legacy_object: &'static [u8],
+    /// Every build of it (`ferroscope_ebpf_abi::include_objects!("python.bpf")`).
+    pub objects: ferroscope_ebpf_abi::ObjectSet,
     /// Maps keyed by PID (`u32`): sized for the session's process limit, and the PID's key is
     /// deleted from each when the process is detached.
     pub pid_maps: &'static [&'static str],

@@ -50,8 +50,7 @@ pub const RULE_NATIVE: u32 = 2;
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_dotnet",
-        object: ferroscope_ebpf_abi::include_object!("dotnet.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("dotnet.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("dotnet.bpf"),
         // dn_procs keeps its own size (DN_MAX_PROCS): its values are large and preallocated.
         pid_maps: &[],
         counters: COUNTERS,
@@ -227,7 +226,7 @@ mod tests {
 
     fn objects() -> [&'static [u8]; 2] {
         let p = program();
-        [p.object, p.legacy_object]
+        [p.objects.cpu.modern, p.objects.cpu.legacy]
     }
 
     #[test]

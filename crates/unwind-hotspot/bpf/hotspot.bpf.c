@@ -678,8 +678,8 @@ FS_RUNTIME_PROGRAM(fs_rt_hotspot)
 		w->proc = *proc;
 		w->stop = 0;
 		w->steps = 0;
-		w->regs_pc = PT_REGS_IP(&ctx->regs);
-		w->r13 = ctx->regs.r13;
+		w->regs_pc = FS_LEAF_REG(ctx, ip);
+		w->r13 = FS_LEAF_REG(ctx, r13);
 	}
 	FS_LOOP(HS_STEPS_PER_RUN, walk_step, NULL);
 	if (!w->stop && !st->done && w->steps < FS_MAX_USER_FRAMES)

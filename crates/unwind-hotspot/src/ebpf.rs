@@ -47,8 +47,7 @@ pub const PROCS_MAP: &str = "hs_procs";
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_hotspot",
-        object: ferroscope_ebpf_abi::include_object!("hotspot.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("hotspot.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("hotspot.bpf"),
         pid_maps: &[PROCS_MAP],
         counters: COUNTERS,
     }
@@ -371,7 +370,12 @@ mod tests {
 
     fn btf(legacy: bool) -> Btf {
         let p = program();
-        Btf::from_elf(if legacy { p.legacy_object } else { p.object }).expect("BTF")
+        Btf::from_elf(if legacy {
+            p.objects.cpu.legacy
+        } else {
+            p.objects.cpu.modern
+        })
+        .expect("BTF")
     }
 
     #[test]

@@ -42,8 +42,7 @@ pub const PROCS_MAP: &str = "perl_procs";
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_perl",
-        object: ferroscope_ebpf_abi::include_object!("perl.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("perl.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("perl.bpf"),
         pid_maps: &[PROCS_MAP],
         counters: COUNTERS,
     }
@@ -272,7 +271,7 @@ mod tests {
 
     fn objects() -> [&'static [u8]; 2] {
         let p = program();
-        [p.object, p.legacy_object]
+        [p.objects.cpu.modern, p.objects.cpu.legacy]
     }
 
     #[test]

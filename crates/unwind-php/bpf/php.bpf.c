@@ -265,8 +265,8 @@ FS_RUNTIME_PROGRAM(fs_rt_php)
 		w->leaf_ex = 0;
 		w->leaf_opline = 0;
 		if (!(e->h.flags & FS_TRACE_IN_KERNEL)) {
-			w->leaf_ex = ctx->regs.r14;
-			w->leaf_opline = ctx->regs.r15;
+			w->leaf_ex = FS_LEAF_REG(ctx, r14);
+			w->leaf_opline = FS_LEAF_REG(ctx, r15);
 		}
 		if (!w->ex)
 			fs_rt_count(PHP_CNT_ERR_NO_FRAME);

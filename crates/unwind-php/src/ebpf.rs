@@ -23,8 +23,7 @@ pub const PROCS_MAP: &str = "php_procs";
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_php",
-        object: ferroscope_ebpf_abi::include_object!("php.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("php.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("php.bpf"),
         pid_maps: &[PROCS_MAP],
         counters: COUNTERS,
     }
@@ -182,12 +181,12 @@ mod tests {
     use ferroscope_ebpf_abi::btf::Btf;
 
     fn btf() -> Btf {
-        Btf::from_elf(program().object).expect("the object has BTF")
+        Btf::from_elf(program().objects.cpu.modern).expect("the object has BTF")
     }
 
     #[test]
     fn php_proc_matches_the_c_struct_byte_for_byte() {
-        for object in [program().object, program().legacy_object] {
+        for object in [program().objects.cpu.modern, program().objects.cpu.legacy] {
             let b = Btf::from_elf(object).expect("BTF");
             let layout = b.struct_layout("php_proc").expect("struct php_proc");
             assert_eq!(layout.size as usize, PhpProc::SIZE);

@@ -35,8 +35,7 @@ pub const PROCS_MAP: &str = "py_procs";
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_python",
-        object: ferroscope_ebpf_abi::include_object!("python.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("python.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("python.bpf"),
         pid_maps: &[PROCS_MAP],
         counters: COUNTERS,
     }
@@ -248,7 +247,7 @@ mod tests {
     use ferroscope_ebpf_abi::btf::Btf;
 
     fn btf() -> Btf {
-        Btf::from_elf(program().object).expect("the object has BTF")
+        Btf::from_elf(program().objects.cpu.modern).expect("the object has BTF")
     }
 
     #[test]

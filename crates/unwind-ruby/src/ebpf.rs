@@ -33,8 +33,7 @@ pub const PROCS_MAP: &str = "rb_procs";
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_ruby",
-        object: ferroscope_ebpf_abi::include_object!("ruby.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("ruby.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("ruby.bpf"),
         pid_maps: &[PROCS_MAP],
         counters: COUNTERS,
     }
@@ -208,7 +207,7 @@ mod tests {
     use ferroscope_ebpf_abi::btf::Btf;
 
     fn btf() -> Btf {
-        Btf::from_elf(program().object).expect("the object has BTF")
+        Btf::from_elf(program().objects.cpu.modern).expect("the object has BTF")
     }
 
     #[test]

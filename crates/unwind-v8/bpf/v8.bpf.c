@@ -453,8 +453,8 @@ FS_RUNTIME_PROGRAM(fs_rt_v8)
 		if (st->n == 0 && st->exact && !(e->h.flags & FS_TRACE_IN_KERNEL) &&
 		    in_handlers(&w->proc, st->pc)) {
 			w->leaf_registers = 1;
-			w->leaf_offset = ctx->regs.r9;
-			w->leaf_bytecode_array = ctx->regs.r12;
+			w->leaf_offset = FS_LEAF_REG(ctx, r9);
+			w->leaf_bytecode_array = FS_LEAF_REG(ctx, r12);
 		}
 	}
 	FS_LOOP(V8_CHUNK, walk_step, NULL);

@@ -26,8 +26,7 @@ pub const PROCS_MAP: &str = "v8_procs";
 pub fn program() -> EbpfProgram {
     EbpfProgram {
         program: "fs_rt_v8",
-        object: ferroscope_ebpf_abi::include_object!("v8.bpf.o"),
-        legacy_object: ferroscope_ebpf_abi::include_object!("v8.bpf.legacy.o"),
+        objects: ferroscope_ebpf_abi::include_objects!("v8.bpf"),
         pid_maps: &[PROCS_MAP],
         counters: COUNTERS,
     }
@@ -296,12 +295,12 @@ mod tests {
     use ferroscope_ebpf_abi::btf::Btf;
 
     fn btf() -> Btf {
-        Btf::from_elf(program().object).expect("the object has BTF")
+        Btf::from_elf(program().objects.cpu.modern).expect("the object has BTF")
     }
 
     #[test]
     fn v8_proc_matches_the_c_struct_byte_for_byte() {
-        for object in [program().object, program().legacy_object] {
+        for object in [program().objects.cpu.modern, program().objects.cpu.legacy] {
             let b = Btf::from_elf(object).expect("BTF");
             let layout = b.struct_layout("v8_proc").expect("struct v8_proc");
             assert_eq!(layout.size as usize, V8Proc::SIZE);

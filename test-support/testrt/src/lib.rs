@@ -44,8 +44,7 @@ impl TestJit {
             metric: "Testjit",
             program: EbpfProgram {
                 program: "fs_rt_testjit",
-                object: ferroscope_ebpf_abi::include_object!("testjit.bpf.o"),
-                legacy_object: ferroscope_ebpf_abi::include_object!("testjit.bpf.legacy.o"),
+                objects: ferroscope_ebpf_abi::include_objects!("testjit.bpf"),
                 pid_maps: &[],
                 counters: &["ErrReadFailed"],
             },
@@ -59,8 +58,7 @@ impl TestJit {
             metric: "Rejected",
             program: EbpfProgram {
                 program: "fs_rt_rejected",
-                object: ferroscope_ebpf_abi::include_object!("rejected.bpf.o"),
-                legacy_object: ferroscope_ebpf_abi::include_object!("rejected.bpf.legacy.o"),
+                objects: ferroscope_ebpf_abi::include_objects!("rejected.bpf"),
                 pid_maps: &[],
                 counters: &[],
             },

@@ -13,6 +13,10 @@ use super::WORKLOAD_LIMIT;
 /// What one agent run wrote: its profiles in the order written, and `/metrics` at the end.
 pub struct AgentRun {
     pub profiles: Vec<Profile>,
+    /// Off-CPU profiles (`<service>-offcpu`), when the agent wrote any.
+    pub off_cpu: Vec<Profile>,
+    /// Probe profiles (`<service>-uprobe`).
+    pub probes: Vec<Profile>,
     pub metrics: String,
 }
 
@@ -82,22 +86,29 @@ listen_address = "{port}"
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "{}", agent.stderr_tail());
 
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&service_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    AgentRun {
+        profiles: read_profiles(&service_dir),
+        off_cpu: read_profiles(&out.join(format!("{service}-offcpu"))),
+        probes: read_profiles(&out.join(format!("{service}-uprobe"))),
+        metrics,
+    }
+}
+
+/// The profiles in `dir` (none when it does not exist), in the order they were written.
+fn read_profiles(dir: &std::path::Path) -> Vec<Profile> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     // Named `<unix seconds>-<pid>[.<n>].pb.gz`: sorted so, in the order they were written.
     files.sort_by_key(|p| {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         let secs: u64 = name.split('-').next().unwrap().parse().unwrap();
         (secs, name.len(), name)
     });
-    let profiles = files
+    files
         .iter()
         .map(|p| ferroscope_pprof::decode(&std::fs::read(p).unwrap()).expect("a valid pprof"))
-        .collect();
-    AgentRun { profiles, metrics }
+        .collect()
 }
 
 /// The value of the first `/metrics` line that starts with `name`.

@@ -87,6 +87,36 @@ pub fn ferroscope(args: &[&str]) -> Output {
     out
 }
 
+/// A workload that prints `ready` and waits for SIGUSR1 before it does what the test
+/// measures (the off-CPU and probe fixtures), so that it is measured from the moment
+/// sampling runs.
+pub fn signalled_workload(cmd: &mut Command) -> Guard {
+    let mut w = Guard::spawn(cmd, WORKLOAD_LIMIT);
+    w.wait_for_line("ready", Duration::from_secs(30));
+    w
+}
+
+/// Runs `ferroscope record ARGS` on `workload`, sends the workload SIGUSR1 once sampling has
+/// started (record's first progress line), waits for record to end (it stops when the
+/// workload exits) and returns what it printed (stdout and stderr together, last lines).
+pub fn record_signalled(workload: &Guard, args: &[&str]) -> String {
+    let mut rec = Guard::spawn(
+        Command::new("sh")
+            .args([
+                "-c",
+                "exec \"$0\" \"$@\" 2>&1",
+                env!("CARGO_BIN_EXE_ferroscope"),
+            ])
+            .args(args),
+        FERROSCOPE_LIMIT,
+    );
+    rec.wait_for(Duration::from_secs(120), |l| l.contains(" samples "));
+    workload.signal(libc::SIGUSR1);
+    let out = rec.expect_success(FERROSCOPE_LIMIT);
+    eprintln!("--- ferroscope {}\n{out}", args.join(" "));
+    out
+}
+
 /// Compiles `fixtures/<src>` with gcc (`-O1 -g` and frame pointers, then `flags`) into
 /// `dir/<name>`.
 pub fn gcc(dir: &Path, src: &str, name: &str, flags: &[&str]) -> PathBuf {

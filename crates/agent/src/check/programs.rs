@@ -34,6 +34,11 @@ pub fn check_bpf_load() -> CheckResult {
         // So that the fork program is verified as `--children` runs it (else it is dead
         // code after its first test).
         follow_children: true,
+        // And every program of the off-CPU and probe entries.
+        off_cpu: Some(ferroscope_ebpf_programs::OffCpuConfig { threshold: 0.01 }),
+        probes: Some(ferroscope_ebpf_programs::ProbeConfig {
+            rate_limit_per_cpu: 1000,
+        }),
         ..SamplerConfig::frame_pointers(19, Some(Vec::new()))
     };
     match probe(&config) {
@@ -46,6 +51,15 @@ pub fn check_bpf_load() -> CheckResult {
             "ferroscope needs Linux 5.10 or later with BTF; on such a kernel this is a bug: report it with this output",
         ),
         Err(e) => load_failure(&e),
+    }
+}
+
+/// `, off-cpu entry` for a program of the off-CPU or probe entries (the CPU sampler's have
+/// no note).
+fn entry_note(r: &ProgramReport) -> String {
+    match r.entry {
+        ferroscope_ebpf_abi::Entry::Cpu => String::new(),
+        e => format!(", {} entry", e.describe()),
     }
 }
 
@@ -64,9 +78,10 @@ fn verdict_of(reports: &[ProgramReport]) -> CheckResult {
             Verdict::Loaded {
                 verified_instructions,
             } => lines.push(format!(
-                "ok    {} ({owner}, {} build): loaded, {}",
+                "ok    {} ({owner}, {} build{}): loaded, {}",
                 r.program,
                 r.build.describe(),
+                entry_note(r),
                 match verified_instructions {
                     Some(n) => format!("{n} instructions verified"),
                     None => "instruction count not reported before Linux 5.16".to_owned(),
@@ -75,13 +90,14 @@ fn verdict_of(reports: &[ProgramReport]) -> CheckResult {
             Verdict::Rejected { reason, .. } => {
                 if r.owner == "native" {
                     native_failed = true;
-                } else {
+                } else if !rejected_runtimes.contains(&r.owner) {
                     rejected_runtimes.push(r.owner.clone());
                 }
                 lines.push(format!(
-                    "FAIL  {} ({owner}, {} build): rejected: {reason}",
+                    "FAIL  {} ({owner}, {} build{}): rejected: {reason}",
                     r.program,
-                    r.build.describe()
+                    r.build.describe(),
+                    entry_note(r)
                 ));
             }
         }

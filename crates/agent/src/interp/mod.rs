@@ -187,8 +187,7 @@ impl Interpreters {
                 Some(RuntimeObject {
                     name: r.plugin.name(),
                     program: p.program,
-                    object: p.object,
-                    legacy_object: p.legacy_object,
+                    objects: p.objects,
                     pid_maps: p.pid_maps,
                 })
             })

@@ -288,6 +288,8 @@ impl ProcessManager {
     /// [`ProcessManager::tick`]).
     pub fn report(&mut self, pid: u32, kind: PidEventKind) {
         match kind {
+            // About a thread's time off CPU, not about its process's mappings.
+            PidEventKind::OffCpuEnd => {}
             PidEventKind::New => {
                 if !self.processes.contains_key(&pid) && !self.failed_pids.contains_key(&pid) {
                     self.enqueue(Work::Load(pid), true);

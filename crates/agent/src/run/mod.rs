@@ -35,9 +35,11 @@ use crate::aggregate::TraceAggregator;
 use crate::config::{Config, Demangle};
 use crate::discover::Discoveries;
 use crate::metrics::{AgentMetrics, Mirror};
+use crate::probes::Probes;
 use crate::process::ProcessManagerConfig;
+use crate::profile::ProfileType;
 use crate::server::{Health, ServerState};
-use crate::session::{Delivery, Session, SessionConfig, live_pids};
+use crate::session::{Delivery, SampleKind, Session, SessionConfig, live_pids};
 use output::Output;
 pub use output::endpoint_config;
 use round::Built;
@@ -169,8 +171,8 @@ struct Collector<'a> {
     metrics: &'a AgentMetrics,
     targeting: Targeting,
     symbolizer: Symbolizer,
-    /// Samples of the current interval, by process.
-    per_pid: HashMap<u32, TraceAggregator>,
+    /// Samples of the current interval, by process and profile type.
+    per_pid: HashMap<(u32, ProfileType), TraceAggregator>,
     /// Profiles built early in this interval (processes that exec'd or whose PID was
     /// reused), sent with the round.
     early: Vec<Built>,
@@ -192,10 +194,17 @@ impl Collector<'_> {
                     sample.trace.frames.retain(|f| !f.is_kernel());
                 }
                 let pid = sample.trace.pid;
-                let agg = self.per_pid.entry(pid).or_default();
-                if agg.add(sample.trace, 1)
-                    && let Err(e) = self.symbolizer.observe_process(pid)
-                {
+                let (kind, value) = match sample.kind {
+                    SampleKind::Cpu => (ProfileType::Cpu, 1),
+                    SampleKind::OffCpu { nanos } => (ProfileType::OffCpu, nanos),
+                    SampleKind::Probe { .. } => (ProfileType::Probe, 1),
+                };
+                let first = !ProfileType::ALL
+                    .iter()
+                    .any(|&k| self.per_pid.contains_key(&(pid, k)));
+                let agg = self.per_pid.entry((pid, kind)).or_default();
+                agg.add(sample.trace, value);
+                if first && let Err(e) = self.symbolizer.observe_process(pid) {
                     tracing::debug!(
                         pid,
                         "process mappings not captured: {}",
@@ -245,11 +254,15 @@ impl Collector<'_> {
     /// Builds what process `pid` has so far into an early profile and drops what is kept
     /// about it.
     fn close(&mut self, pid: u32, names: &crate::interp::SharedNames) {
-        if let Some(agg) = self.per_pid.remove(&pid) {
+        for kind in ProfileType::ALL {
+            let Some(agg) = self.per_pid.remove(&(pid, kind)) else {
+                continue;
+            };
             let options = round::options(self.config, (self.interval_start, SystemTime::now()));
             let names = round::names_of(names, [&agg]);
             if let Some(b) = round::build_one(
                 pid,
+                kind,
                 &agg,
                 &mut self.targeting,
                 &mut self.symbolizer,
@@ -317,6 +330,8 @@ fn collect_loop(
         exiting: Vec::new(),
         interval_start: SystemTime::now(),
     };
+    // Every probe link is checked before sampling starts.
+    let mut probes = Probes::check(&ebpf.all_probe_links(), ebpf.load_probe)?;
     let mut session: Option<Session> = None;
     let mut filtered: HashSet<u32> = HashSet::new();
     let mut filter_full_warned = false;
@@ -352,6 +367,12 @@ fn collect_loop(
                     extract_cpu_share: config.limits.extract_cpu_share,
                     ..ProcessManagerConfig::default()
                 },
+                off_cpu_threshold: ebpf.off_cpu_threshold,
+                probe_rate_limit: (!probes.is_empty()).then_some(ebpf.probe_rate_limit),
+            })
+            .and_then(|mut s| {
+                probes.attach(&mut s)?;
+                Ok(s)
             });
             match started {
                 Ok(s) => {
@@ -426,6 +447,16 @@ fn collect_loop(
             }
             metrics.processes_profiled.set(filtered.len() as i64);
             *state.targets.write().unwrap_or_else(|e| e.into_inner()) = c.targeting.debug_json();
+        }
+
+        // Probes on libraries loaded since (load_probe).
+        if let Some(s) = session.as_mut() {
+            if ebpf.targets_only {
+                let pids: Vec<u32> = filtered.iter().copied().collect();
+                probes.poll(s, Some(&pids));
+            } else {
+                probes.poll(s, None);
+            }
         }
 
         // Take what the session delivered.

@@ -93,7 +93,13 @@ impl Output {
             }
             Output::Local(sink) => {
                 for b in &profiles {
-                    if let Err(e) = sink.write(&b.service, b.pid, now, &b.profile.pprof_gzip) {
+                    // Each profile type in a directory of its own: `<service>`, then
+                    // `<service>-offcpu`, `<service>-uprobe`.
+                    let dir = match b.kind.file_infix() {
+                        Some(infix) => format!("{}-{infix}", b.service),
+                        None => b.service.clone(),
+                    };
+                    if let Err(e) = sink.write(&dir, b.pid, now, &b.profile.pprof_gzip) {
                         metrics.pprofs_dropped.inc();
                         tracing::warn!(
                             "cannot write a profile locally: {}",

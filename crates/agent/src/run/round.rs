@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferroscope_pprof::push::SeriesProfile;
 use ferroscope_symbolize::Symbolizer;
-use ferroscope_targets::target::PROCESS_CPU;
 use ferroscope_unwind_api::Frame;
 
 use super::targeting::Targeting;
@@ -14,13 +13,14 @@ use crate::aggregate::TraceAggregator;
 use crate::config::{Comm, Config};
 use crate::interp::{NameLookup, NameSubset, SharedNames};
 use crate::metrics::AgentMetrics;
-use crate::profile::{ProfileOptions, SampleLabels, build_cpu_profile};
+use crate::profile::{ProfileOptions, ProfileType, SampleLabels, build_profile};
 
 /// A profile ready for an endpoint, with the PID and service it came from (for the local
 /// sink's file names).
 pub(super) struct Built {
     pub pid: u32,
     pub service: String,
+    pub kind: ProfileType,
     pub profile: SeriesProfile,
 }
 
@@ -65,9 +65,12 @@ pub(super) fn names_of<'a>(
     names.lock().unwrap_or_else(|e| e.into_inner()).subset(ids)
 }
 
-/// The profile of one process's samples; `None` when the process matches no target.
+/// The profile of one process's samples of one type; `None` when the process matches no
+/// target.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_one(
     pid: u32,
+    kind: ProfileType,
     samples: &TraceAggregator,
     targeting: &mut Targeting,
     symbolizer: &mut Symbolizer,
@@ -79,7 +82,7 @@ pub(super) fn build_one(
         metrics.samples_unmatched.inc_by(samples.samples());
         return None;
     };
-    let profile = build_cpu_profile(samples.iter(), symbolizer, names, options);
+    let profile = build_profile(kind, samples.iter(), symbolizer, names, options);
     let bytes = ferroscope_pprof::encode_gzip(&profile);
     let service = target.service_name().to_owned();
     metrics
@@ -89,13 +92,14 @@ pub(super) fn build_one(
     metrics.pprof_bytes.inc_by(bytes.len() as u64);
     metrics.pprof_samples.inc_by(samples.samples());
     let labels = target
-        .series_labels(PROCESS_CPU)
+        .series_labels(kind.series_name())
         .iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     Some(Built {
         pid,
         service,
+        kind,
         profile: SeriesProfile {
             labels,
             pprof_gzip: bytes,
@@ -108,15 +112,17 @@ pub(super) fn build_round(
     targeting: &mut Targeting,
     symbolizer: &mut Symbolizer,
     names: &SharedNames,
-    per_pid: &mut HashMap<u32, TraceAggregator>,
+    per_pid: &mut HashMap<(u32, ProfileType), TraceAggregator>,
     options: &ProfileOptions,
     metrics: &AgentMetrics,
 ) -> Vec<Built> {
     let names = names_of(names, per_pid.values());
     per_pid
         .drain()
-        .filter_map(|(pid, agg)| {
-            build_one(pid, &agg, targeting, symbolizer, &names, options, metrics)
+        .filter_map(|((pid, kind), agg)| {
+            build_one(
+                pid, kind, &agg, targeting, symbolizer, &names, options, metrics,
+            )
         })
         .collect()
 }

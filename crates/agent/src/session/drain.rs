@@ -27,6 +27,8 @@ pub(super) struct Incoming {
     pub start_ns: u64,
     /// When it was sampled (`bpf_ktime_get_ns`).
     pub ktime_ns: u64,
+    /// The record's `FS_TRACE_*` flags (what took it).
+    pub flags: u32,
 }
 
 /// A process report of the kernel.
@@ -36,6 +38,8 @@ pub(super) struct Report {
     pub kind: PidEventKind,
     /// When it happened (`bpf_ktime_get_ns`).
     pub ktime_ns: u64,
+    /// The report's address ([`PidEventKind::OffCpuEnd`]: when the thread left the CPU).
+    pub address: u64,
 }
 
 /// What one pass over the ring buffers found: the reports, read first, and the traces.
@@ -90,6 +94,7 @@ pub(super) fn spawn(
                         pid: event.pid,
                         kind,
                         ktime_ns: event.ktime_ns,
+                        address: event.address,
                     });
                 });
                 reader.drain(|record| {
@@ -97,6 +102,7 @@ pub(super) fn spawn(
                         trace: trace_of(record),
                         start_ns: record.header.start_ns,
                         ktime_ns: record.header.ktime_ns,
+                        flags: record.header.flags,
                     });
                 });
                 let empty = batch.samples.is_empty() && batch.reports.is_empty();
@@ -126,6 +132,7 @@ mod tests {
             },
             start_ns: 0,
             ktime_ns,
+            flags: 0,
         }
     }
 
@@ -138,11 +145,13 @@ mod tests {
                     pid: 1,
                     kind: PidEventKind::Exit,
                     ktime_ns: 50,
+                    address: 0,
                 },
                 Report {
                     pid: 1,
                     kind: PidEventKind::Exec,
                     ktime_ns: 30,
+                    address: 0,
                 },
             ],
         };

@@ -18,6 +18,7 @@
 mod children;
 mod drain;
 mod kernel;
+mod off_cpu;
 mod unwinder;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ferroscope_ebpf_programs::{Counters, ProgramReport, Sampler, SamplerConfig, UnwinderConfig};
+use ferroscope_ebpf_programs::{
+    Counters, OffCpuConfig, ProbeConfig, ProbeTarget, ProgramReport, Sampler, SamplerConfig,
+    UnwinderConfig,
+};
 use ferroscope_unwind_api::{Metric, NameDetail, Trace};
 
 use crate::Error;
@@ -56,6 +60,12 @@ pub struct SessionConfig {
     pub unwinder: UnwinderConfig,
     /// The process manager's limits and timings.
     pub manager: ProcessManagerConfig,
+    /// Off-CPU profiles: the probability (0 to 1) that a task leaving the CPU is recorded
+    /// (0: off).
+    pub off_cpu_threshold: f64,
+    /// Load the probe programs ([`Session::attach_probe`]), with this many hits recorded per
+    /// second per CPU at most (0: no limit); `None`: no probes.
+    pub probe_rate_limit: Option<u64>,
 }
 
 /// One sampled stack, its runtime frames named.
@@ -65,6 +75,26 @@ pub struct Sample {
     pub trace: Trace,
     /// When its process started (boot time, ns): with the PID, it names the process.
     pub start_ns: u64,
+    /// What took it.
+    pub kind: SampleKind,
+}
+
+/// What took a sample, and what it weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SampleKind {
+    /// The CPU sampler: one period of CPU time.
+    Cpu,
+    /// The thread left the CPU with this stack and stayed off for `nanos`.
+    OffCpu {
+        /// Time off CPU.
+        nanos: u64,
+    },
+    /// A probe hit; `index` is the probe's (as given to [`Session::attach_probe`]; 0 when
+    /// the kernel has no attach cookies).
+    Probe {
+        /// Which probe.
+        index: u16,
+    },
 }
 
 /// Why what is known about a process no longer holds.
@@ -139,6 +169,12 @@ impl Session {
             unwinder: Some(config.unwinder),
             runtimes: interpreters.programs(),
             build: None,
+            off_cpu: (config.off_cpu_threshold > 0.0).then_some(OffCpuConfig {
+                threshold: config.off_cpu_threshold,
+            }),
+            probes: config.probe_rate_limit.map(|limit| ProbeConfig {
+                rate_limit_per_cpu: limit,
+            }),
         };
         let (mut sampler, unwinder) = match Sampler::start(&with_unwinder) {
             Ok(s) => (s, true),
@@ -149,6 +185,8 @@ impl Session {
                 );
                 let s = Sampler::start(&SamplerConfig {
                     follow_children: config.follow_children,
+                    off_cpu: with_unwinder.off_cpu,
+                    probes: with_unwinder.probes,
                     ..SamplerConfig::frame_pointers(config.sample_rate_hz, config.pids.clone())
                 })?;
                 (s, false)
@@ -175,6 +213,7 @@ impl Session {
             output: deliveries_tx,
             snapshot: Arc::clone(&snapshot),
             starts: Default::default(),
+            off_cpu: Default::default(),
         };
         let unwind = std::thread::Builder::new()
             .name("ferroscope-unwind".into())
@@ -226,6 +265,16 @@ impl Session {
             // A little more than the budget: the thread may be finishing a tick.
             let _ = wait.recv_timeout(budget + Duration::from_millis(500));
         }
+    }
+
+    /// Attaches a probe (the session was started with `probe_rate_limit`): its hits are
+    /// delivered as [`SampleKind::Probe`] samples.
+    pub fn attach_probe(&mut self, target: &ProbeTarget) -> Result<(), Error> {
+        Ok(self
+            .sampler
+            .as_mut()
+            .expect("the sampler lives until finish()")
+            .attach_probe(target)?)
     }
 
     /// Lets `pid` into the PID filter.
@@ -356,6 +405,12 @@ impl Session {
     /// The programs' run time and the samples taken, with accounting on.
     pub fn run_time(&self) -> Option<(Duration, u64)> {
         self.sampler().run_time()
+    }
+
+    /// The off-CPU and probe programs' run time and runs, with accounting on (see
+    /// [`ferroscope_ebpf_programs::Sampler::entry_run_times`]).
+    pub fn entry_run_times(&self) -> Vec<(String, Duration, u64)> {
+        self.sampler().entry_run_times()
     }
 
     /// Stops sampling, lets the threads finish what was sampled, and hands over the rest of

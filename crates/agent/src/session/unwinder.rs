@@ -9,13 +9,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferroscope_ebpf_abi::PidEventKind;
+use ferroscope_ebpf_abi::{PidEventKind, TRACE_OFF_CPU, TRACE_PROBE, TRACE_PROBE_SHIFT};
 use ferroscope_ebpf_programs::UnwindWriter;
 use ferroscope_unwind_api::Metric;
 
 use super::drain::{Batch, Incoming, Item, Report};
 use super::kernel::Kernel;
-use super::{Change, Delivery, Sample};
+use super::off_cpu::{Waiting, ktime_now};
+use super::{Change, Delivery, Sample, SampleKind};
 use crate::interp::{DetectionFailure, Interpreters};
 use crate::process::{ManagerMetrics, ProcessManager};
 
@@ -58,6 +59,8 @@ pub(super) struct Unwinder {
     pub snapshot: Arc<Mutex<Snapshot>>,
     /// The start time of the process each PID was last seen with.
     pub starts: HashMap<u32, u64>,
+    /// Off-CPU samples waiting for the report of their thread's return.
+    pub off_cpu: Waiting,
 }
 
 impl Unwinder {
@@ -99,6 +102,12 @@ impl Unwinder {
                 self.publish();
             }
             if closed {
+                // Threads still off CPU: weighed up to now.
+                let rest = self.off_cpu.finish(ktime_now());
+                tracing::debug!(threads = rest.len(), "off-CPU samples without an end yet");
+                for sample in rest {
+                    let _ = self.output.send(Delivery::Sample(sample));
+                }
                 return;
             }
         }
@@ -124,7 +133,10 @@ impl Unwinder {
     fn sample(
         &mut self,
         Incoming {
-            trace, start_ns, ..
+            trace,
+            start_ns,
+            ktime_ns,
+            flags,
         }: Incoming,
     ) -> bool {
         let pid = trace.pid;
@@ -141,14 +153,47 @@ impl Unwinder {
             }
             _ => {}
         }
+        let tid = trace.tid;
         let trace = self.interpreters.resolve(trace);
-        self.output
-            .send(Delivery::Sample(Sample { trace, start_ns }))
-            .is_ok()
+        let kind = if flags & TRACE_PROBE != 0 {
+            SampleKind::Probe {
+                index: (flags >> TRACE_PROBE_SHIFT) as u16,
+            }
+        } else {
+            SampleKind::Cpu
+        };
+        let sample = Sample {
+            trace,
+            start_ns,
+            kind,
+        };
+        if flags & TRACE_OFF_CPU != 0 {
+            // Weighed when the thread runs again.
+            self.off_cpu.hold(tid, ktime_ns, sample);
+            return true;
+        }
+        self.output.send(Delivery::Sample(sample)).is_ok()
     }
 
     /// Passes a kernel report to the manager and delivers what it changes.
     fn report(&mut self, report: Report) {
+        if report.kind == PidEventKind::OffCpuEnd {
+            // pid is the thread, address when it left the CPU.
+            match self
+                .off_cpu
+                .end(report.pid, report.address, report.ktime_ns)
+            {
+                Some(sample) => {
+                    let _ = self.output.send(Delivery::Sample(sample));
+                }
+                None => tracing::trace!(
+                    tid = report.pid,
+                    left = report.address,
+                    "an off-CPU end without its sample (it was not recorded, or dropped)"
+                ),
+            }
+            return;
+        }
         if self.writer.is_some() {
             self.manager.report(report.pid, report.kind);
         }
@@ -160,7 +205,7 @@ impl Unwinder {
             // The start time is kept (the sweep drops it once the PID is gone): a new process
             // that gets the PID is then told apart from the old one's last samples.
             PidEventKind::Exit => Delivery::Exit { pid: report.pid },
-            PidEventKind::New | PidEventKind::Rescan => return,
+            PidEventKind::New | PidEventKind::Rescan | PidEventKind::OffCpuEnd => return,
         };
         let _ = self.output.send(delivery);
     }
@@ -204,6 +249,7 @@ impl Unwinder {
             return;
         }
         self.starts.retain(|pid, _| alive.contains(pid));
+        self.off_cpu.expire(ktime_now());
         if let Some(writer) = self.writer.as_mut() {
             self.manager.sweep(&mut Kernel(writer), &alive);
         }
@@ -220,6 +266,7 @@ impl Unwinder {
             .metrics(|slot| writer.and_then(|w| w.runtime_counters(slot).ok().flatten()));
         let mut tracked = self.manager.tracked();
         tracked.push(("unwinder_start_times", self.starts.len() as u64));
+        tracked.push(("off_cpu_waiting", self.off_cpu.len() as u64));
         tracked.push(("runtime_instances", self.interpreters.attached() as u64));
         let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         *s = Snapshot {

@@ -37,6 +37,13 @@
 /* The user stack comes from the kernel's frame-pointer walk (the process's unwind tables were
  * not loaded yet): its frames are plain __u64 addresses, not struct fs_frame. */
 #define FS_TRACE_USER_FP 0x4
+/* An off-CPU record: the task's stack as it left the CPU (at ktime_ns). How long it stayed
+ * off comes later, in an FS_PID_OFF_CPU_END report with the same thread and time. */
+#define FS_TRACE_OFF_CPU 0x8
+/* A probe hit: the stack where the probe fired. The probe's index (the attach cookie; 0 when
+ * the kernel has none) is flags >> FS_TRACE_PROBE_SHIFT. */
+#define FS_TRACE_PROBE 0x10
+#define FS_TRACE_PROBE_SHIFT 16
 
 /* Why the stack-delta unwinder stopped before the end of the stack (fs_trace_header.user_error).
  * The frames unwound before the error are kept. */
@@ -124,6 +131,10 @@ enum fs_pid_event_kind {
 	FS_PID_EXIT = 2,
 	/* A known process called exec: its mappings are new. */
 	FS_PID_EXEC = 3,
+	/* A thread whose stack was recorded as it left the CPU (FS_TRACE_OFF_CPU) runs again:
+	 * pid is its thread ID, address the time it left (its record's ktime_ns), ktime_ns the
+	 * time it came back. */
+	FS_PID_OFF_CPU_END = 4,
 };
 
 /* One report through the fs_pid_events ring buffer. */
@@ -262,7 +273,14 @@ _Static_assert(sizeof(struct fs_unwind_info) == 16, "fs_unwind_info layout chang
 	X(TAIL_CALLS)              /* tail calls into runtime programs and back */               \
 	X(FRAME_POINTER_FRAMES)    /* frames of FS_MAPPING_FRAME_POINTER ranges */              \
 	X(CHILDREN_FOLLOWED)       /* new processes added to the PID filter by their parent */  \
-	X(CHILDREN_LOST)           /* children not added: the PID filter was full */
+	X(CHILDREN_LOST)           /* children not added: the PID filter was full */       \
+	X(OFF_CPU_SWITCHES)        /* filtered tasks that left the CPU (off-CPU on) */         \
+	X(OFF_CPU_SAMPLED)         /* of those, recorded (chosen by off_cpu_threshold) */      \
+	X(OFF_CPU_ENDS)            /* recorded tasks seen running again */                     \
+	X(OFF_CPU_ENDS_LOST)       /* their reports lost: fs_pid_events was full */            \
+	X(OFF_CPU_ENDS_MISSED)     /* of the ends, those found running again without a switch */ \
+	X(PROBE_HITS)              /* probe hits of filtered processes */                      \
+	X(PROBE_RATE_LIMITED)      /* hits not recorded: over the per-CPU rate limit */
 
 #define FS_COUNTER_ENUM_ENTRY(name) FS_CNT_##name,
 enum fs_counter {

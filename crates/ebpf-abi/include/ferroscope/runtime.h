@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0 */
 /*
- * What a runtime's eBPF program builds on. A runtime program is one `perf_event` program,
- * FS_RUNTIME_PROGRAM(name), in its own object, reached by tail call from the native unwinder
+ * What a runtime's eBPF program builds on. A runtime program is one program,
+ * FS_RUNTIME_PROGRAM(name), in its own object (built once per entry: see FS_ENTRY), reached by tail call from the native unwinder
  * when the walk meets a range the runtime owns (fs_pid_mapping.owner == its slot):
  *
  * - A splice runtime (an interpreter loop; its ranges have FS_MAPPING_SPLICE) is called once
@@ -26,7 +26,8 @@
 /* This runtime's slot, set by the loader (the kind of the frames it records). */
 const volatile __u32 fs_rt_slot = 0;
 
-#define FS_RUNTIME_PROGRAM(name) SEC("perf_event") int name(struct bpf_perf_event_data *ctx)
+/* The runtime's program, of the type of the entry it is built for (see FS_ENTRY in state.h). */
+#define FS_RUNTIME_PROGRAM(name) SEC(FS_SEC) int name(fs_ctx_t *ctx)
 
 /* The runtime's own counters: a per-CPU array of n __u64, read by the loader by this name. */
 #define FS_RUNTIME_COUNTERS(n)                                                                    \
@@ -137,14 +138,14 @@ static __always_inline void fs_decline(struct fs_unwind_state *st)
 
 /* Hands the walk back to the native unwinder. Call it as `return fs_handback(...)`. When no
  * tail call is left, the sample is sent as it is. */
-static __always_inline int fs_handback(struct bpf_perf_event_data *ctx, struct fs_unwind_state *st,
+static __always_inline int fs_handback(fs_ctx_t *ctx, struct fs_unwind_state *st,
 				       struct fs_trace_buf *e)
 {
 	if (!st->done) {
 		if (st->tail_calls < FS_TAIL_CALL_BUDGET) {
 			st->tail_calls++;
 			fs_count(FS_CNT_TAIL_CALLS);
-			bpf_tail_call(ctx, &fs_progs, FS_PROG_NATIVE);
+			bpf_tail_call(ctx, &FS_PROGS, FS_PROG_NATIVE);
 		}
 		/* No tail call left (or the native program is gone). */
 		fs_fail(st, FS_UNWIND_ERR_TAIL_CALLS);
@@ -165,7 +166,7 @@ static __always_inline int fs_fresh_start(struct fs_unwind_state *st)
 /* Runs this runtime's program again, to go on with a walk longer than one run may verify (the
  * legacy build's loops are short); its state must be in st->scratch. Returns only when no
  * tail call is left (then finish as the walk stands). */
-static __always_inline void fs_continue(struct bpf_perf_event_data *ctx, struct fs_unwind_state *st)
+static __always_inline void fs_continue(fs_ctx_t *ctx, struct fs_unwind_state *st)
 {
 	/* Keep one tail call to hand back. */
 	if (st->tail_calls + 1 >= FS_TAIL_CALL_BUDGET)
@@ -173,7 +174,7 @@ static __always_inline void fs_continue(struct bpf_perf_event_data *ctx, struct 
 	st->tail_calls++;
 	st->rt_resume = 1;
 	fs_count(FS_CNT_TAIL_CALLS);
-	bpf_tail_call(ctx, &fs_progs, fs_rt_slot & (FS_MAX_RUNTIMES - 1));
+	bpf_tail_call(ctx, &FS_PROGS, fs_rt_slot & (FS_MAX_RUNTIMES - 1));
 	st->rt_resume = 0;
 }
 

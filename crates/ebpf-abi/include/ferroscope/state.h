@@ -22,6 +22,35 @@
 #error "build with -DFS_LEGACY=0 (kernels with bpf_loop) or -DFS_LEGACY=1"
 #endif
 
+/* What starts a sample, the entry the object is built for (-DFS_ENTRY=...): the CPU
+ * sampler's perf event, the sched_switch raw tracepoint (off-CPU), or a uprobe. A program
+ * reached by tail call must be of its caller's type, so every program of the set is built
+ * once per entry, and each entry has its own tail-call table (FS_PROGS). Their maps are
+ * shared. */
+#define FS_ENTRY_CPU 0
+#define FS_ENTRY_SWITCH 1
+#define FS_ENTRY_PROBE 2
+#ifndef FS_ENTRY
+#define FS_ENTRY FS_ENTRY_CPU
+#endif
+/* The entry's context type: a macro, not a typedef, so that CO-RE relocations name the
+ * kernel's struct (a typedef of ours is not in the kernel's BTF, and aya poisons the access). */
+#if FS_ENTRY == FS_ENTRY_CPU
+#define fs_ctx_t struct bpf_perf_event_data
+#define FS_SEC "perf_event"
+#define FS_PROGS fs_progs
+#elif FS_ENTRY == FS_ENTRY_SWITCH
+#define fs_ctx_t void
+#define FS_SEC "raw_tracepoint/sched_switch"
+#define FS_PROGS fs_progs_switch
+#elif FS_ENTRY == FS_ENTRY_PROBE
+#define fs_ctx_t struct pt_regs
+#define FS_SEC "uprobe"
+#define FS_PROGS fs_progs_probe
+#else
+#error "FS_ENTRY must be FS_ENTRY_CPU, FS_ENTRY_SWITCH or FS_ENTRY_PROBE"
+#endif
+
 /* Runtime frames a runtime program can queue for splicing, per sample (all runtimes). */
 #define FS_QUEUE_FRAMES 192
 /* Bytes of scratch memory for the runtime program that runs now. */
@@ -162,13 +191,28 @@ struct {
 	__type(value, struct fs_unwind_state);
 } fs_unwind_state SEC(".maps");
 
-/* The tail-call table: FS_PROG_NATIVE, then one program per runtime slot. */
+/* The tail-call tables, one per entry: FS_PROG_NATIVE, then one program per runtime slot. A
+ * program uses only its own entry's (FS_PROGS). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, FS_MAX_RUNTIMES);
 	__type(key, __u32);
 	__type(value, __u32);
 } fs_progs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, FS_MAX_RUNTIMES);
+	__type(key, __u32);
+	__type(value, __u32);
+} fs_progs_switch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, FS_MAX_RUNTIMES);
+	__type(key, __u32);
+	__type(value, __u32);
+} fs_progs_probe SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -242,6 +286,44 @@ static __always_inline struct fs_trace_buf *fs_trace(void)
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&fs_trace_scratch, &zero);
 }
+
+/* The kernel stack of a task (x86-64 THREAD_SIZE without KASAN), for the legacy build's
+ * pt_regs (bpf_task_pt_regs is 5.15+). */
+#define FS_THREAD_SIZE (4096 << 2)
+
+/* The user registers the current task saved when it entered the kernel (a kernel pointer:
+ * read it with bpf_probe_read_kernel), or NULL. */
+static __always_inline struct pt_regs *fs_saved_user_regs(void)
+{
+#if FS_LEGACY
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	void *stack = BPF_CORE_READ(task, stack);
+	if (!stack)
+		return NULL;
+	return (struct pt_regs *)((__u8 *)stack + FS_THREAD_SIZE) - 1;
+#else
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+#endif
+}
+
+/* A register of the context the sample started from, for runtimes that keep interpreter
+ * state in registers at the leaf (FS_LEAF_REG(ctx, r13)): the entry's registers (the CPU
+ * sampler's are the interrupted ones, the kernel's when it interrupted the kernel: check the
+ * PC), or, off CPU, those the task saved when it entered the kernel. */
+#if FS_ENTRY == FS_ENTRY_CPU
+#define FS_LEAF_REG(ctx, reg) ((ctx)->regs.reg)
+#elif FS_ENTRY == FS_ENTRY_PROBE
+#define FS_LEAF_REG(ctx, reg) ((ctx)->reg)
+#else
+#define FS_LEAF_REG(ctx, reg)                                                                     \
+	({                                                                                        \
+		__u64 __fs_v = 0;                                                                 \
+		struct pt_regs *__fs_regs = fs_saved_user_regs();                                  \
+		if (__fs_regs)                                                                    \
+			bpf_probe_read_kernel(&__fs_v, sizeof(__fs_v), &__fs_regs->reg);          \
+		__fs_v;                                                                           \
+	})
+#endif
 
 /* Stops the walk with an error; returns 1 (a loop step's "stop"). */
 static __always_inline long fs_fail(struct fs_unwind_state *st, __u32 error)
@@ -318,7 +400,7 @@ static __always_inline void fs_count_error(__u32 error)
 
 /* Adds the kernel stack after the user frames and sends the record. user_bytes is the size of
  * the user frames already in e->data. */
-static __always_inline void fs_send(struct bpf_perf_event_data *ctx, struct fs_trace_buf *e,
+static __always_inline void fs_send(fs_ctx_t *ctx, struct fs_trace_buf *e,
 				    __u32 user_bytes)
 {
 	if (user_bytes > FS_MAX_USER_FRAMES * sizeof(struct fs_frame))
@@ -353,7 +435,7 @@ static __always_inline void fs_send(struct bpf_perf_event_data *ctx, struct fs_t
 }
 
 /* Ends a stack-delta walk: counts it and sends the record. */
-static __always_inline void fs_finish(struct bpf_perf_event_data *ctx, struct fs_unwind_state *st,
+static __always_inline void fs_finish(fs_ctx_t *ctx, struct fs_unwind_state *st,
 				      struct fs_trace_buf *e)
 {
 	__u32 n = st->n;

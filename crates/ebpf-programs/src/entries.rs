@@ -1,0 +1,253 @@
+//! The entries beyond the CPU sampler: off-CPU (the `sched_switch` raw tracepoint) and
+//! probes (uprobes and uretprobes). Each is the native object and every loaded runtime's
+//! object built for that entry, loaded in the CPU set's build, sharing its maps through the
+//! pin directory, joined through the entry's own tail-call table.
+//!
+//! A runtime whose object for the entry the kernel rejects is left out of that entry only:
+//! its frames are then missing from off-CPU (or probe) stacks, and the report says why.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use aya::maps::{MapData, ProgramArray};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use aya::programs::{RawTracePoint, UProbe};
+use ferroscope_ebpf_abi::{Entry, PROG_NATIVE};
+
+use crate::loader::{
+    Build, Kind, ProgramReport, RuntimeObject, Verdict, load_program, load_runtime,
+    loader_with_pins, program_fd,
+};
+use crate::{Error, NATIVE_OBJECTS};
+
+/// The off-CPU program (switch entry).
+pub(crate) const OFF_CPU: &str = "fs_off_cpu";
+/// The probe entry's programs.
+const PROBE: &str = "fs_probe";
+const PROBE_RET: &str = "fs_probe_ret";
+const NATIVE: &str = "fs_native";
+
+/// Off-CPU profiles: what `sched_switch` records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OffCpuConfig {
+    /// The probability (0 to 1) that a task leaving the CPU is recorded.
+    pub threshold: f64,
+}
+
+impl OffCpuConfig {
+    /// `fs_off_cpu_threshold`: the probability scaled to 2^32 (`bpf_get_prandom_u32()` is
+    /// compared with it).
+    fn scaled(self) -> u64 {
+        (self.threshold.clamp(0.0, 1.0) * 4_294_967_296.0) as u64
+    }
+}
+
+/// Probes: the programs loaded for [`crate::Sampler::attach_probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Most probe hits recorded per second on each CPU (0: no limit); the others are
+    /// counted as `ProbeRateLimited_total`.
+    pub rate_limit_per_cpu: u64,
+}
+
+/// Whether a probe fires at a function's entry or at its return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// At the function's first instruction.
+    Entry,
+    /// When the function returns (the stack is the caller's, at the return address).
+    Return,
+}
+
+/// Where to attach one probe: a file and the file offset of the instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// Entry or return.
+    pub kind: ProbeKind,
+    /// The file (an executable or a shared library): the probe fires in every process that
+    /// maps it, now or later.
+    pub path: PathBuf,
+    /// The offset in the file of the function's first instruction.
+    pub offset: u64,
+    /// Which probe this is: recorded with each hit (`flags >> TRACE_PROBE_SHIFT`, 5.15+).
+    pub index: u16,
+}
+
+/// One entry's loaded objects. Dropping it detaches its programs.
+pub(crate) struct EntrySet {
+    pub(crate) entry: Entry,
+    // Keeps the table's entries: the kernel empties a table when its last fd closes.
+    _table: ProgramArray<MapData>,
+    _runtimes: Vec<Ebpf>,
+    pub(crate) native: Ebpf,
+    pub(crate) links: Vec<UProbeLinkId>,
+}
+
+impl std::fmt::Debug for EntrySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntrySet")
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an entry's native object is loaded with: the CPU object's globals, and the entry's
+/// own.
+pub(crate) struct Globals {
+    pub(crate) filter: u32,
+    pub(crate) unwinder: u32,
+    pub(crate) follow: u32,
+}
+
+/// The entry programs of `entry`'s native object (fs_native comes first, reached by tail
+/// call).
+fn entry_programs(entry: Entry) -> &'static [&'static str] {
+    match entry {
+        Entry::Cpu => &[],
+        Entry::Switch => &[OFF_CPU],
+        Entry::Probe => &[PROBE, PROBE_RET],
+    }
+}
+
+/// Loads `entry`'s native object and every runtime of `runtimes` (name, object, slot) for
+/// it, in `build`, sharing the maps pinned in `pins`. Errors when the native programs are
+/// rejected (the entry cannot work); runtimes rejected are reported in `reports`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_entry(
+    entry: Entry,
+    build: Build,
+    globals: &Globals,
+    off_cpu: Option<OffCpuConfig>,
+    probes: Option<ProbeConfig>,
+    pins: &HashMap<String, PathBuf>,
+    runtimes: &[(RuntimeObject, u32, HashMap<String, PathBuf>)],
+    max_pids: u32,
+    reports: &mut Vec<ProgramReport>,
+) -> Result<EntrySet, Error> {
+    let objects = NATIVE_OBJECTS.get(entry);
+    let bytes = match build {
+        Build::Loop => objects.modern,
+        Build::Legacy => objects.legacy,
+    };
+    let mut loader = loader_with_pins(Some(pins));
+    loader.override_global("fs_filter_pids", &globals.filter, true);
+    loader.override_global("fs_unwinder_enabled", &globals.unwinder, true);
+    loader.override_global("fs_follow_children", &globals.follow, true);
+    let threshold = off_cpu.map_or(0, OffCpuConfig::scaled);
+    loader.override_global("fs_off_cpu_threshold", &threshold, true);
+    let limit = probes.map_or(0, |p| p.rate_limit_per_cpu);
+    loader.override_global("fs_probe_rate_limit", &limit, true);
+    let mut native = loader.load(bytes).map_err(|e| Error::Load {
+        source: Box::new(e),
+    })?;
+    let kind = Kind::of(entry);
+    let mut programs = vec![(NATIVE, Some(PROG_NATIVE), kind)];
+    for &p in entry_programs(entry) {
+        programs.push((p, None, kind));
+    }
+    for (name, slot, kind) in programs {
+        let report = ProgramReport {
+            entry,
+            ..load_program(&mut native, "native", name, slot, build, kind)
+        };
+        let rejected = match &report.verdict {
+            Verdict::Rejected { reason, log_tail } => Some((reason.clone(), log_tail.clone())),
+            Verdict::Loaded { .. } => None,
+        };
+        reports.push(report);
+        if let Some((reason, log_tail)) = rejected {
+            return Err(Error::ProgramRejected {
+                program: name.to_owned(),
+                reason,
+                log_tail,
+            });
+        }
+    }
+    let mut table: ProgramArray<MapData> = native
+        .take_map(entry.table())
+        .and_then(|m| ProgramArray::try_from(m).ok())
+        .ok_or_else(|| Error::MissingMap(entry.table().into()))?;
+    let fd = program_fd(&native, NATIVE).map_err(|e| Error::Map {
+        map: entry.table().into(),
+        action: "get the native unwinder's descriptor for",
+        source: std::io::Error::other(e),
+    })?;
+    table.set(PROG_NATIVE, &fd, 0).map_err(|e| Error::Map {
+        map: entry.table().into(),
+        action: "insert the native unwinder into",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut loaded = Vec::new();
+    for (rt, slot, own_pins) in runtimes {
+        let mut all = pins.clone();
+        all.extend(own_pins.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let (got, report) = load_runtime(rt, entry, *slot, build, &all, max_pids, &mut table, None);
+        if let Verdict::Rejected { reason, .. } = &report.verdict {
+            tracing::warn!(
+                runtime = rt.name,
+                entry = entry.describe(),
+                "the kernel rejected the runtime's eBPF program for this entry, so its frames \
+                 are missing from these stacks: {reason}"
+            );
+        }
+        reports.push(report);
+        loaded.extend(got.map(|l| l._ebpf));
+    }
+    Ok(EntrySet {
+        entry,
+        _table: table,
+        _runtimes: loaded,
+        native,
+        links: Vec::new(),
+    })
+}
+
+impl EntrySet {
+    /// Attaches the off-CPU program to `sched_switch`.
+    pub(crate) fn attach_switch(&mut self) -> Result<(), Error> {
+        let p: &mut RawTracePoint = self
+            .native
+            .program_mut(OFF_CPU)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::MissingMap(OFF_CPU.into()))?;
+        p.attach("sched_switch").map_err(|e| Error::Program {
+            action: "attach to the sched_switch raw tracepoint".into(),
+            program: OFF_CPU,
+            source: Box::new(e),
+            hint: "raw tracepoints need CAP_BPF and CAP_PERFMON (or root)",
+        })?;
+        Ok(())
+    }
+
+    /// Attaches a probe; `cookies` says whether the kernel passes the probe's index
+    /// (`bpf_get_attach_cookie`, the `bpf_loop` build only).
+    pub(crate) fn attach_probe(
+        &mut self,
+        target: &ProbeTarget,
+        cookies: bool,
+    ) -> Result<(), Error> {
+        let name = match target.kind {
+            ProbeKind::Entry => PROBE,
+            ProbeKind::Return => PROBE_RET,
+        };
+        let p: &mut UProbe = self
+            .native
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::MissingMap(name.into()))?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(target.offset),
+            cookie: cookies.then_some(u64::from(target.index)),
+        };
+        let link = p
+            .attach(point, Path::new(&target.path), UProbeScope::AllProcesses)
+            .map_err(|e| Error::Probe {
+                path: target.path.clone(),
+                offset: target.offset,
+                source: Box::new(e),
+            })?;
+        self.links.push(link);
+        Ok(())
+    }
+}
