@@ -142,19 +142,36 @@ pub fn symbol_offset(path: &Path, symbol: &str) -> Result<u64, String> {
             path.display()
         )
     })?;
-    // The segment that holds it: file offset = address - its address + its offset.
-    file.segments()
-        .find_map(|s| {
-            let (offset, size) = s.file_range();
-            let start = s.address();
-            (address >= start && address < start + size).then(|| address - start + offset)
-        })
-        .ok_or_else(|| {
-            format!(
-                "{symbol:?} at {address:#x} lies in no loaded segment of {}",
-                path.display()
-            )
-        })
+    file_offset_of(&file, address).ok_or_else(|| {
+        format!(
+            "{symbol:?} at {address:#x} lies in no loaded segment of {}",
+            path.display()
+        )
+    })
+}
+
+/// `symbol_offset` of an ELF file's bytes, without the debug file (what the fuzz target
+/// runs).
+pub fn symbol_offset_in(data: &[u8], symbol: &str) -> Option<u64> {
+    let file = object::File::parse(data).ok()?;
+    file_offset_of(&file, find_symbol(&file, symbol)?)
+}
+
+/// The file offset of virtual address `address`: in the segment that holds it, address - its
+/// address + its offset.
+fn file_offset_of<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    address: u64,
+) -> Option<u64> {
+    file.segments().find_map(|s| {
+        let (offset, size) = s.file_range();
+        let start = s.address();
+        if address >= start && address - start < size {
+            (address - start).checked_add(offset)
+        } else {
+            None
+        }
+    })
 }
 
 /// The address of the defined function `name` (a versioned dynamic name such as
@@ -180,6 +197,8 @@ pub struct Probes {
     load_probe: bool,
     /// Files (device, inode) each link is attached to.
     attached: Vec<HashSet<(u64, u64)>>,
+    /// Attach in these processes only (`record --pid`); `None`: in every process.
+    scope: Option<Vec<u32>>,
     /// Files a link's symbol is missing from (said once).
     refused: HashSet<(usize, u64, u64)>,
     last_poll: Option<Instant>,
@@ -231,7 +250,16 @@ impl Probes {
             load_probe,
             refused: HashSet::new(),
             last_poll: None,
+            scope: None,
         })
+    }
+
+    /// Attaches the probes in these processes only: the kernel then puts the breakpoints in
+    /// their memory alone, and other processes calling the function do not trap (`record
+    /// --pid` without `--children`). Without it, every process that maps the file traps on
+    /// each call, profiled or not.
+    pub fn only_in(&mut self, pids: &[u32]) {
+        self.scope = Some(pids.to_vec());
     }
 
     /// Whether there are links at all.
@@ -350,12 +378,19 @@ impl Probes {
                 return Ok(());
             }
         };
-        session.attach_probe(&ProbeTarget {
-            kind: link.kind,
-            path: path.to_owned(),
-            offset,
-            index: i as u16,
-        })?;
+        let pids: Vec<Option<u32>> = match &self.scope {
+            Some(pids) => pids.iter().map(|&p| Some(p)).collect(),
+            None => vec![None],
+        };
+        for pid in pids {
+            session.attach_probe(&ProbeTarget {
+                kind: link.kind,
+                path: path.to_owned(),
+                offset,
+                index: i as u16,
+                pid,
+            })?;
+        }
         tracing::info!(link = %link.text, file = %path.display(), offset, "probe attached");
         self.attached[i].insert(identity);
         Ok(())

@@ -254,6 +254,9 @@ pub fn record(
         off_cpu_threshold: config.off_cpu_threshold,
         probe_rate_limit: (!probes.is_empty()).then_some(config.probe_rate_limit),
     })?;
+    if !children && let Some(pids) = &pids {
+        probes.only_in(pids);
+    }
     probes.attach(&mut session)?;
     if let Some(targets) = pids.as_deref() {
         session.load_now(targets, Duration::from_secs(30));

@@ -746,22 +746,29 @@ int fs_process_exec(void *ctx)
 SEC("raw_tracepoint/sched_switch")
 int fs_off_cpu(void *ctx)
 {
-	/* The tracepoint's arguments as u64s: (preempt, prev, next, ...). */
+	/* The tracepoint's arguments as u64s: (preempt, prev, next, ...). Most switches are of
+	 * threads nobody asked for: two hash lookups and out. */
 	struct task_struct *next = (struct task_struct *)((__u64 *)ctx)[2];
-	__u64 now = bpf_ktime_get_ns();
 	__u32 next_tid = BPF_CORE_READ(next, pid);
 	struct fs_off_cpu_start *start = bpf_map_lookup_elem(&fs_off_cpu_starts, &next_tid);
-	if (start)
+	__u64 now = 0;
+	if (start) {
+		now = bpf_ktime_get_ns();
 		off_cpu_end(next_tid, start, now);
+	}
 
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32;
 	__u32 tid = (__u32)id;
+	if (!wanted(pid, tid))
+		return 0;
 	struct task_struct *task = current_task();
+	if (!BPF_CORE_READ(task, mm))
+		return 0;
+	if (!now)
+		now = bpf_ktime_get_ns();
 	/* Leaving again, its return unseen: end the previous record first. */
 	off_cpu_missed_end(tid, task, now);
-	if (!wanted(pid, tid) || !BPF_CORE_READ(task, mm))
-		return 0;
 	fs_count(FS_CNT_OFF_CPU_SWITCHES);
 	if ((__u64)bpf_get_prandom_u32() >= fs_off_cpu_threshold)
 		return 0;

@@ -72,6 +72,9 @@ pub struct ProbeTarget {
     pub offset: u64,
     /// Which probe this is: recorded with each hit (`flags >> TRACE_PROBE_SHIFT`, 5.15+).
     pub index: u16,
+    /// Only in this process (the kernel then puts the breakpoint in its memory only); `None`:
+    /// in every process that maps the file, where every call traps, profiled or not.
+    pub pid: Option<u32>,
 }
 
 /// One entry's loaded objects. Dropping it detaches its programs.
@@ -240,8 +243,12 @@ impl EntrySet {
             location: UProbeAttachLocation::AbsoluteOffset(target.offset),
             cookie: cookies.then_some(u64::from(target.index)),
         };
+        let scope = match target.pid.and_then(std::num::NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
         let link = p
-            .attach(point, Path::new(&target.path), UProbeScope::AllProcesses)
+            .attach(point, Path::new(&target.path), scope)
             .map_err(|e| Error::Probe {
                 path: target.path.clone(),
                 offset: target.offset,
