@@ -10,7 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::samples::{Sample, read_samples, samples};
+use common::samples::{Sample, read_samples, samples, show, total_with};
 use common::{can_run_bpf, fixture, gcc, record_signalled, run_agent, signalled_workload};
 use ferroscope_test_harness as harness;
 
@@ -36,32 +36,37 @@ fn slept_ns(stdout: &str) -> i64 {
         .unwrap()
 }
 
-/// The total of the samples that have every one of `functions`.
-fn total_with(samples: &[Sample], functions: &[&str]) -> i64 {
-    samples
-        .iter()
-        .filter(|s| functions.iter().all(|f| s.has(f)))
-        .map(|s| s.count)
-        .sum()
-}
-
-fn show(samples: &[Sample]) -> String {
-    let mut v: Vec<&Sample> = samples.iter().collect();
-    v.sort_by_key(|s| std::cmp::Reverse(s.count));
-    v.iter()
-        .take(12)
-        .map(|s| {
-            format!(
-                "{:>12} {}\n",
-                s.count,
-                s.frames
-                    .iter()
-                    .map(|f| f.function.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" < ")
-            )
-        })
-        .collect()
+/// Records `workload` with `ferroscope record --off-cpu THRESHOLD -o DIR/NAME.pb.gz` (it
+/// stops when the workload exits); returns the off-CPU profile's and the CPU profile's
+/// samples and the slept time the workload printed.
+fn record_off_cpu(
+    w: &mut harness::Guard,
+    dir: &std::path::Path,
+    name: &str,
+    threshold: &str,
+) -> (Vec<Sample>, Vec<Sample>, i64) {
+    let out = dir.join(format!("{name}.pb.gz"));
+    let printed = record_signalled(
+        w,
+        &[
+            "record",
+            "-p",
+            &w.pid().to_string(),
+            "-d",
+            "60s",
+            "--off-cpu",
+            threshold,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let slept = slept_ns(&w.expect_success(Duration::from_secs(30)));
+    let off_path = dir.join(format!("{name}.offcpu.pb.gz"));
+    assert!(
+        printed.contains(off_path.to_str().unwrap()),
+        "record names the off-CPU file"
+    );
+    (read_samples(&off_path), read_samples(&out), slept)
 }
 
 #[test]
@@ -73,27 +78,7 @@ fn a_c_program_sleeping_in_a_chain_has_its_sleep_in_the_off_cpu_profile_only() {
     let dir = tempfile::tempdir().unwrap();
     let exe = gcc(dir.path(), "offcpu/sleeper.c", "sleeper", &["-pthread"]);
     let mut w = signalled_workload(Command::new(&exe).arg("2"));
-    let out = dir.path().join("p.pb.gz");
-    let printed = record_signalled(
-        &w,
-        &[
-            "record",
-            "-p",
-            &w.pid().to_string(),
-            "-d",
-            "60s",
-            "--off-cpu",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    let slept = slept_ns(&w.expect_success(Duration::from_secs(30)));
-    assert!(
-        printed.contains("p.offcpu.pb.gz"),
-        "record names the off-CPU file"
-    );
-
-    let off = read_samples(&dir.path().join("p.offcpu.pb.gz"));
+    let (off, cpu, slept) = record_off_cpu(&mut w, dir.path(), "p", "1");
     let chain = total_with(&off, &["wait_mid", "wait_outer", "main"]);
     let ratio = chain as f64 / slept as f64;
     assert!(
@@ -111,7 +96,6 @@ fn a_c_program_sleeping_in_a_chain_has_its_sleep_in_the_off_cpu_profile_only() {
         show(&off)
     );
 
-    let cpu = read_samples(&out);
     let cpu_total: i64 = cpu.iter().map(|s| s.count).sum();
     let cpu_sleeping = total_with(&cpu, &["wait_mid"]);
     assert!(
@@ -142,23 +126,7 @@ fn python_sleep_has_its_python_frames(minor: u8) {
             .arg(fixture("python/off_cpu_sleep.py"))
             .arg("2"),
     );
-    let out = dir.path().join("py.pb.gz");
-    record_signalled(
-        &w,
-        &[
-            "record",
-            "-p",
-            &w.pid().to_string(),
-            "-d",
-            "60s",
-            "--off-cpu",
-            "1",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    let slept = slept_ns(&w.expect_success(Duration::from_secs(30)));
-    let off = read_samples(&dir.path().join("py.offcpu.pb.gz"));
+    let (off, _, slept) = record_off_cpu(&mut w, dir.path(), "py", "1");
     let with_frames = off
         .iter()
         .filter(|s| {
@@ -197,23 +165,7 @@ fn a_threshold_records_about_that_share_of_the_switches() {
     let dir = tempfile::tempdir().unwrap();
     let exe = gcc(dir.path(), "offcpu/sleeper.c", "sleeper", &["-pthread"]);
     let mut w = signalled_workload(Command::new(&exe).arg("3"));
-    let out = dir.path().join("half.pb.gz");
-    record_signalled(
-        &w,
-        &[
-            "record",
-            "-p",
-            &w.pid().to_string(),
-            "-d",
-            "60s",
-            "--off-cpu",
-            "0.5",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    let slept = slept_ns(&w.expect_success(Duration::from_secs(30)));
-    let off = read_samples(&dir.path().join("half.offcpu.pb.gz"));
+    let (off, _, slept) = record_off_cpu(&mut w, dir.path(), "half", "0.5");
     // About 150 sleeps, each recorded with probability 1/2: the sum's standard deviation is
     // about 4 % of the slept time.
     let ratio = total_with(&off, &["wait_mid"]) as f64 / slept as f64;

@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
-use common::samples::{Sample, read_samples, samples};
+use common::samples::{Sample, read_samples, samples, show, total_with};
 use common::{
     can_run_bpf, ferroscope, fixture, gcc, record_signalled, run_agent, signalled_workload,
 };
@@ -31,31 +31,29 @@ fn printed(stdout: &str, key: &str) -> i64 {
         .unwrap()
 }
 
-fn total_with(samples: &[Sample], function: &str) -> i64 {
-    samples
-        .iter()
-        .filter(|s| s.has(function))
-        .map(|s| s.count)
-        .sum()
-}
-
-fn show(samples: &[Sample]) -> String {
-    let mut v: Vec<&Sample> = samples.iter().collect();
-    v.sort_by_key(|s| std::cmp::Reverse(s.count));
-    v.iter()
-        .take(10)
-        .map(|s| {
-            format!(
-                "{:>8} {}\n",
-                s.count,
-                s.frames
-                    .iter()
-                    .map(|f| f.function.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" < ")
-            )
-        })
-        .collect()
+/// Records `workload` with `ferroscope record --probe LINK ... -o DIR/NAME.pb.gz` (and
+/// `extra` arguments); returns what record printed, the probe profile's samples and what
+/// the workload printed.
+fn record_probes(
+    w: &mut harness::Guard,
+    dir: &std::path::Path,
+    name: &str,
+    link: &str,
+    extra: &[&str],
+) -> (String, Vec<Sample>, String) {
+    let out = dir.join(format!("{name}.pb.gz"));
+    let pid = w.pid().to_string();
+    let mut args = vec!["record", "-p", &pid, "-d", "60s", "--probe", link];
+    args.extend_from_slice(extra);
+    args.extend(["-o", out.to_str().unwrap()]);
+    let said = record_signalled(w, &args);
+    let probe_path = dir.join(format!("{name}.uprobe.pb.gz"));
+    assert!(
+        said.contains(probe_path.to_str().unwrap()),
+        "record names the probe file"
+    );
+    let stdout = w.expect_success(Duration::from_secs(30));
+    (said, read_samples(&probe_path), stdout)
 }
 
 /// Records the malloc fixture (20000 rounds: 60000 calls from alloc_a, 20000 from alloc_b)
@@ -64,36 +62,13 @@ fn count_mallocs(link: &str) -> (Vec<Sample>, i64, i64) {
     let dir = tempfile::tempdir().unwrap();
     let exe = gcc(dir.path(), "probes/mallocs.c", "mallocs", &[]);
     let mut w = signalled_workload(Command::new(&exe).arg("20000"));
-    let out = dir.path().join("m.pb.gz");
-    let said = record_signalled(
-        &w,
-        &[
-            "record",
-            "-p",
-            &w.pid().to_string(),
-            "-d",
-            "60s",
-            "--probe",
-            link,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        said.contains("m.uprobe.pb.gz"),
-        "record names the probe file"
-    );
-    let stdout = w.expect_success(Duration::from_secs(30));
-    (
-        read_samples(&dir.path().join("m.uprobe.pb.gz")),
-        printed(&stdout, "a"),
-        printed(&stdout, "b"),
-    )
+    let (_, samples, stdout) = record_probes(&mut w, dir.path(), "m", link, &[]);
+    (samples, printed(&stdout, "a"), printed(&stdout, "b"))
 }
 
 fn check_counts(what: &str, samples: &[Sample], a: i64, b: i64) {
-    let got_a = total_with(samples, "alloc_a");
-    let got_b = total_with(samples, "alloc_b");
+    let got_a = total_with(samples, &["alloc_a"]);
+    let got_b = total_with(samples, &["alloc_b"]);
     for (name, got, want) in [("alloc_a", got_a, a), ("alloc_b", got_b, b)] {
         assert!(
             (got - want).abs() as f64 <= 0.1 * want as f64,
@@ -165,25 +140,15 @@ fn a_probe_on_a_library_loaded_later_fires_with_load_probe() {
     let exe = gcc(dir.path(), "probes/dlopener.c", "dlopener", &["-ldl"]);
     // Waits 1.5 s after the signal, dlopens the library, calls it for 3 s.
     let mut w = signalled_workload(Command::new(&exe).arg(&lib).args(["1.5", "3"]));
-    let out = dir.path().join("dl.pb.gz");
-    record_signalled(
-        &w,
-        &[
-            "record",
-            "-p",
-            &w.pid().to_string(),
-            "-d",
-            "60s",
-            "--load-probe",
-            "--probe",
-            "uprobe:libfsplugin.so:plugin_work",
-            "-o",
-            out.to_str().unwrap(),
-        ],
+    let (_, samples, stdout) = record_probes(
+        &mut w,
+        dir.path(),
+        "dl",
+        "uprobe:libfsplugin.so:plugin_work",
+        &["--load-probe"],
     );
-    let calls = printed(&w.expect_success(Duration::from_secs(30)), "calls");
-    let samples = read_samples(&dir.path().join("dl.uprobe.pb.gz"));
-    let hits = total_with(&samples, "plugin_work");
+    let calls = printed(&stdout, "calls");
+    let hits = total_with(&samples, &["plugin_work"]);
     let under = samples
         .iter()
         .filter(|s| s.has("plugin_work") && s.has("call_plugin") && s.has("main"))
@@ -262,7 +227,10 @@ fn the_agent_counts_probe_links_and_rewrites_u_probe_links() {
         ("uprobe", "count")
     );
     let all: Vec<Sample> = run.probes.iter().flat_map(samples).collect();
-    let (a, b) = (total_with(&all, "alloc_a"), total_with(&all, "alloc_b"));
+    let (a, b) = (
+        total_with(&all, &["alloc_a"]),
+        total_with(&all, &["alloc_b"]),
+    );
     let ratio = a as f64 / b.max(1) as f64;
     assert!(
         (2.7..=3.3).contains(&ratio),
@@ -270,4 +238,45 @@ fn the_agent_counts_probe_links_and_rewrites_u_probe_links() {
         show(&all)
     );
     assert!(common::metric(&run.metrics, "ProbeHits_total") > 0.0);
+}
+
+#[test]
+fn hits_over_the_rate_limit_are_counted_not_recorded() {
+    if !can_run_bpf() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let exe = gcc(dir.path(), "probes/mallocs.c", "mallocs", &[]);
+    let mut w = signalled_workload(Command::new(&exe).arg("20000"));
+    let (said, samples, stdout) = record_probes(
+        &mut w,
+        dir.path(),
+        "limited",
+        "uprobe:libc.so.6:malloc",
+        &["--probe-rate-limit", "1000"],
+    );
+    let calls = printed(&stdout, "a") + printed(&stdout, "b");
+    let recorded: i64 = samples.iter().map(|s| s.count).sum();
+    // "probes: N hits, M over the rate limit"
+    let line = said
+        .lines()
+        .find(|l| l.contains("ferroscope: probes:"))
+        .unwrap_or_else(|| panic!("no probes line in\n{said}"));
+    let numbers: Vec<i64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (hits, limited) = (numbers[0], numbers[1]);
+    // 80000 calls in about 0.4 s on 2 CPUs: at most 1000 a second per CPU are recorded (a
+    // window starts at a CPU's first hit, so up to 2 windows per CPU).
+    assert_eq!(hits, calls, "every call is a hit: {line}");
+    assert!(
+        recorded <= 4 * 1000 && recorded > 0,
+        "{recorded} recorded at 1000 a second per CPU: {line}"
+    );
+    assert!(
+        (recorded + limited - hits).abs() <= hits / 100,
+        "a hit is recorded ({recorded}) or counted as over the limit: {line}"
+    );
 }

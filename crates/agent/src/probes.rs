@@ -443,4 +443,50 @@ mod tests {
         // With load_probe a missing file waits.
         assert!(Probes::check(&["uprobe:libnotyet.so:f".into()], true).is_ok());
     }
+
+    fn run(cmd: &mut std::process::Command) {
+        let out = cmd.output().expect("the tool runs");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A function only the debug file names (a static function of a stripped library) is
+    /// found through the library's `.gnu_debuglink`, at the offset it had before stripping.
+    #[test]
+    fn a_function_of_a_stripped_library_is_found_in_its_debug_file() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let src =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/probes/plugin.c");
+        let lib = dir.path().join("libstripped.so");
+        run(Command::new("gcc")
+            .args(["-O1", "-g", "-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src));
+        let before = symbol_offset(&lib, "plugin_inner").unwrap();
+        let debug = dir.path().join("libstripped.so.debug");
+        run(Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&lib)
+            .arg(&debug));
+        run(Command::new("strip").arg("--strip-unneeded").arg(&lib));
+        run(Command::new("objcopy")
+            .arg(format!("--add-gnu-debuglink={}", debug.display()))
+            .arg(&lib));
+        let data = std::fs::read(&lib).unwrap();
+        assert_eq!(
+            symbol_offset_in(&data, "plugin_inner"),
+            None,
+            "stripped: not in the library itself"
+        );
+        assert_eq!(symbol_offset(&lib, "plugin_inner").unwrap(), before);
+        // An exported function is still found in .dynsym.
+        assert!(symbol_offset_in(&data, "plugin_outer").is_some());
+        std::fs::remove_file(&debug).unwrap();
+        let e = symbol_offset(&lib, "plugin_inner").unwrap_err();
+        assert!(e.contains("debug file"), "{e}");
+    }
 }

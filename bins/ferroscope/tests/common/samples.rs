@@ -54,6 +54,28 @@ impl Sample {
     }
 }
 
+/// The total count of the samples that have every one of `functions`.
+pub fn total_with(samples: &[Sample], functions: &[&str]) -> i64 {
+    samples
+        .iter()
+        .filter(|s| functions.iter().all(|f| s.has(f)))
+        .map(|s| s.count)
+        .sum()
+}
+
+/// The biggest samples, one line each (`count leaf < ... < root`), for a failure message.
+pub fn show(samples: &[Sample]) -> String {
+    let mut v: Vec<&Sample> = samples.iter().collect();
+    v.sort_by_key(|s| std::cmp::Reverse(s.count));
+    v.iter()
+        .take(12)
+        .map(|s| {
+            let frames: Vec<&str> = s.frames.iter().map(|f| f.function.as_str()).collect();
+            format!("{:>12} {}\n", s.count, frames.join(" < "))
+        })
+        .collect()
+}
+
 /// Every sample of `p`, with counts in samples (values divided by the period).
 pub fn samples(p: &Profile) -> Vec<Sample> {
     let s = |i: i64| p.string_table[i as usize].clone();
