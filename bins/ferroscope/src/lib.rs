@@ -109,15 +109,20 @@ struct RecordArgs {
     probe_rate_limit: u64,
 }
 
-/// `profile.pb.gz` -> `profile.offcpu.pb.gz`; `cpu.svg` -> `cpu.offcpu.svg`.
+/// `profile.pb.gz` -> `profile.offcpu.pb.gz`; `cpu.svg` -> `cpu.offcpu.svg`; `a.b.pb.gz`
+/// -> `a.b.offcpu.pb.gz`; `out` -> `out.offcpu`.
 fn with_infix(path: &Path, infix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (stem, ext) = match name.find('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name.as_str(), ""),
+    let (stem, ext) = if let Some(stem) = name.strip_suffix(".pb.gz") {
+        (stem, ".pb.gz")
+    } else {
+        match name.rfind('.') {
+            Some(i) if i > 0 => (&name[..i], &name[i..]),
+            _ => (name.as_str(), ""),
+        }
     };
     path.with_file_name(format!("{stem}.{infix}{ext}"))
 }
@@ -525,6 +530,29 @@ fn print_top(profile: &ferroscope_pprof::proto::Profile, n: usize) {
                 pct(f.self_value),
                 pct(f.total_value),
                 f.name
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_infix;
+    use std::path::Path;
+
+    #[test]
+    fn the_other_profiles_are_named_after_the_output() {
+        for (given, want) in [
+            ("profile.pb.gz", "profile.offcpu.pb.gz"),
+            ("/tmp/run.2.pb.gz", "/tmp/run.2.offcpu.pb.gz"),
+            ("flame.svg", "flame.offcpu.svg"),
+            ("out", "out.offcpu"),
+            (".hidden", ".hidden.offcpu"),
+        ] {
+            assert_eq!(
+                with_infix(Path::new(given), "offcpu"),
+                Path::new(want),
+                "{given}"
             );
         }
     }

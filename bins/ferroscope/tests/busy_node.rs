@@ -243,7 +243,9 @@ fn a_reused_pid_gets_the_new_programs_labels() {
     );
     assert!(
         !has(&beta, "alpha_work") && !has(&beta, "beta_work"),
-        "alpha_prog's frames under beta_prog"
+        "alpha_prog's frames under beta_prog:\n{}\n{}",
+        listing("alpha_prog"),
+        listing("beta_prog")
     );
 }
 

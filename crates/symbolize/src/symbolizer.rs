@@ -445,6 +445,7 @@ impl Symbolizer {
             tracing::warn!(pid, skipped, "skipped malformed lines in /proc/PID/maps");
         }
         if !entries.iter().any(MapEntry::is_executable)
+            && is_zombie(pid)
             && let Some(state) = self.processes.get_mut(&pid)
             && !state.mappings.is_empty()
         {
@@ -1099,6 +1100,15 @@ fn open_mapped_file(
         });
     }
     Ok((f, path.to_owned()))
+}
+
+/// Whether process `pid` has exited but is not reaped yet (state `Z` in `/proc/PID/stat`).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            == Some("Z")
+    })
 }
 
 #[cfg(test)]
