@@ -199,9 +199,11 @@ impl Collector<'_> {
                     SampleKind::OffCpu { nanos } => (ProfileType::OffCpu, nanos),
                     SampleKind::Probe { .. } => (ProfileType::Probe, 1),
                 };
-                let first = !ProfileType::ALL
-                    .iter()
-                    .any(|&k| self.per_pid.contains_key(&(pid, k)));
+                // One lookup for every sample but a process's first of the interval.
+                let first = !self.per_pid.contains_key(&(pid, kind))
+                    && !ProfileType::ALL
+                        .iter()
+                        .any(|&k| self.per_pid.contains_key(&(pid, k)));
                 let agg = self.per_pid.entry((pid, kind)).or_default();
                 agg.add(sample.trace, value);
                 if first && let Err(e) = self.symbolizer.observe_process(pid) {
