@@ -103,6 +103,15 @@ pub(crate) struct Globals {
     pub(crate) follow: u32,
 }
 
+impl Globals {
+    /// Sets them on `loader` (every native object of the set gets the same ones).
+    pub(crate) fn apply<'a>(&'a self, loader: &mut aya::EbpfLoader<'a>) {
+        loader.override_global("fs_filter_pids", &self.filter, true);
+        loader.override_global("fs_unwinder_enabled", &self.unwinder, true);
+        loader.override_global("fs_follow_children", &self.follow, true);
+    }
+}
+
 /// The entry programs of `entry`'s native object (fs_native comes first, reached by tail
 /// call).
 fn entry_programs(entry: Entry) -> &'static [&'static str] {
@@ -134,9 +143,7 @@ pub(crate) fn load_entry(
         Build::Legacy => objects.legacy,
     };
     let mut loader = loader_with_pins(Some(pins));
-    loader.override_global("fs_filter_pids", &globals.filter, true);
-    loader.override_global("fs_unwinder_enabled", &globals.unwinder, true);
-    loader.override_global("fs_follow_children", &globals.follow, true);
+    globals.apply(&mut loader);
     let threshold = off_cpu.map_or(0, OffCpuConfig::scaled);
     loader.override_global("fs_off_cpu_threshold", &threshold, true);
     let limit = probes.map_or(0, |p| p.rate_limit_per_cpu);

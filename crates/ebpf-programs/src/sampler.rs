@@ -355,13 +355,9 @@ fn load_native(
     filter_size: u32,
     ring_bytes: u32,
 ) -> Result<Result<Native, Vec<ProgramReport>>, Error> {
-    let filter: u32 = config.pids.is_some().into();
-    let unwinder: u32 = config.unwinder.is_some().into();
-    let follow: u32 = follows_children(config).into();
+    let globals = globals(config);
     let mut loader = loader_with_pins(pins);
-    loader.override_global("fs_filter_pids", &filter, true);
-    loader.override_global("fs_unwinder_enabled", &unwinder, true);
-    loader.override_global("fs_follow_children", &follow, true);
+    globals.apply(&mut loader);
     let off_cpu: u32 = config.off_cpu.is_some().into();
     loader.override_global("fs_off_cpu_on", &off_cpu, true);
     loader.map_max_entries("fs_pid_filter", filter_size);
@@ -419,6 +415,15 @@ fn load_native(
         }))
     } else {
         Ok(Err(reports))
+    }
+}
+
+/// The globals every native object of the set is loaded with.
+fn globals(config: &SamplerConfig) -> Globals {
+    Globals {
+        filter: config.pids.is_some().into(),
+        unwinder: config.unwinder.is_some().into(),
+        follow: follows_children(config).into(),
     }
 }
 
@@ -637,11 +642,7 @@ fn load_all(config: &SamplerConfig) -> Result<Loaded, Error> {
     }
     let mut entries = Vec::new();
     if let Some(pins) = &pins {
-        let globals = Globals {
-            filter: config.pids.is_some().into(),
-            unwinder: config.unwinder.is_some().into(),
-            follow: follows_children(config).into(),
-        };
+        let globals = globals(config);
         let max_pids = config.unwinder.map_or(1, |u| u.max_pids);
         for &entry in &extra {
             entries.push(load_entry(
