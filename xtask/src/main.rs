@@ -12,6 +12,7 @@ mod bench_perl;
 mod bench_php;
 mod bench_ruby;
 mod bench_v8;
+mod disk;
 mod kernels;
 
 use std::path::{Path, PathBuf};
@@ -269,6 +270,12 @@ fn test(extra: &[String]) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     std::fs::create_dir_all(&target)?;
+    let cache = ferroscope_test_harness::cache::cache_dir();
+    let places = [
+        ("the build (target directory)", target.as_path()),
+        ("the test cache", cache.as_path()),
+    ];
+    disk::report(&places, disk::TEST_RUN_NEEDS_GB);
     // Cargo caches rustc's answers to its probes here, failures included; one probe that read
     // a stray stdin would fail every later clippy run. The cache only saves a few rustc calls.
     match std::fs::remove_file(target.join(".rustc_info.json")) {
@@ -320,6 +327,9 @@ fn test(extra: &[String]) -> Result<()> {
         if doc { "passed" } else { "FAILED" }
     );
     report_skips(&skip_log)?;
+    if !(unit && doc) {
+        disk::report(&places, 1.0);
+    }
     match (unit, doc) {
         (true, true) => {}
         (false, true) => bail!("unit or integration tests failed (doc tests passed)"),
