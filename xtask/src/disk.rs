@@ -18,7 +18,7 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
         at = at.parent()?;
     }
     let out = Command::new("df")
-        .args(["-P", "-B1", "--output=avail"])
+        .args(["-B1", "--output=avail"])
         .arg(at)
         .stdin(Stdio::null())
         .stderr(Stdio::null())

@@ -285,9 +285,12 @@ fn test(extra: &[String]) -> Result<()> {
     }
     let skip_log = target.join("skipped-tests.txt");
     std::fs::write(&skip_log, "")?;
+    // No incremental compilation unless asked for: a whole run rebuilds little of what it
+    // would reuse, and its caches took 2.2 GB of a fresh run's 7 (docs/benchmarks.md, Disk).
+    let incremental = std::env::var_os("CARGO_INCREMENTAL").unwrap_or_else(|| "0".into());
     let cargo_in_root = || {
         let mut c = Command::new(cargo());
-        c.current_dir(&root);
+        c.current_dir(&root).env("CARGO_INCREMENTAL", &incremental);
         c
     };
 
