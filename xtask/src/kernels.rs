@@ -6,6 +6,7 @@
 
 mod debian;
 mod initramfs;
+mod kprobes;
 mod outcome;
 
 use std::path::{Path, PathBuf};
@@ -140,6 +141,7 @@ struct Setup {
     work: PathBuf,
     ferroscope: PathBuf,
     c_program: PathBuf,
+    kprobe_program: PathBuf,
     python: PathBuf,
     py_script: PathBuf,
     images: Vec<(&'static str, debian::Image)>,
@@ -168,6 +170,7 @@ impl Setup {
         }
         let mut setup = Setup {
             c_program: build_c_program(&root, &work)?,
+            kprobe_program: kprobes::build_program(&root, &work)?,
             initrd: work.join("initramfs.cpio"),
             work,
             ferroscope,
@@ -199,6 +202,7 @@ impl Setup {
                 c_program: &self.c_program,
                 python: &self.python,
                 py_script: &self.py_script,
+                kprobe_program: &self.kprobe_program,
                 record_seconds: RECORD_SECONDS,
                 rate: RATE,
             },
@@ -356,6 +360,8 @@ fn on_host(setup: &Setup, dir: &Path) -> Outcome {
         .env("PY_SCRIPT", &setup.py_script)
         .env("RECORD_SECONDS", RECORD_SECONDS.to_string())
         .env("RATE", RATE.to_string())
+        .env("KPROBE_PROGRAM", &setup.kprobe_program)
+        .env("KPROBE_ROUNDS", kprobes::ROUNDS.to_string())
         .env("NO_COLOR", "1")
         .status();
     let seconds = started.elapsed().as_secs_f64();
@@ -372,9 +378,9 @@ fn on_host(setup: &Setup, dir: &Path) -> Outcome {
 fn print_report(outcomes: &[Outcome]) {
     println!(
         "\n| kernel | release | check | unwinder | C record | C samples | C whole chain | \
-         Python record | Python samples | Python whole chain | seconds | verdict |"
+         Python record | Python samples | Python whole chain | kernel probes | seconds | verdict |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for o in outcomes {
         let rc = |r: &outcome::Record| r.rc.map_or("did not run".into(), |rc| format!("rc {rc}"));
         let share = |r: &outcome::Record| {
@@ -382,7 +388,7 @@ fn print_report(outcomes: &[Outcome]) {
                 .map_or("-".into(), |s| format!("{:.1} %", s * 100.0))
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             o.kernel,
             if o.release.is_empty() {
                 "?"
@@ -397,6 +403,7 @@ fn print_report(outcomes: &[Outcome]) {
             rc(&o.py),
             o.py.samples,
             share(&o.py),
+            o.kprobes.summary(),
             o.seconds,
             if o.passed() { "PASS" } else { "FAIL" }
         );
@@ -435,6 +442,28 @@ fn print_details(o: &Outcome) {
             println!("    a sample without the whole chain: {}", clip(example));
         }
     }
+    match &o.kprobes {
+        kprobes::KernelProbes::Available { entry, .. } => {
+            println!(
+                "record with a kprobe and a kretprobe ({}):",
+                o.kprobes.summary()
+            );
+            for line in entry.output.lines().filter(|l| {
+                l.starts_with("ferroscope: probes")
+                    || l.contains(" WARN ")
+                    || l.starts_with("error")
+            }) {
+                println!("    {}", clip(line));
+            }
+        }
+        kprobes::KernelProbes::Unavailable { output, .. } => {
+            println!("a kprobe link on a kernel without kprobes:");
+            for line in output.lines().filter(|l| !l.trim().is_empty()) {
+                println!("    {}", clip(line));
+            }
+        }
+        kprobes::KernelProbes::Missing => {}
+    }
     if let Some(times) = marks(o) {
         println!("{times}");
     }
@@ -465,6 +494,7 @@ fn marks(o: &Outcome) -> Option<String> {
         ("check", "check"),
         ("c", "C record"),
         ("py", "Python record"),
+        ("kprobes", "kernel probes"),
     ] {
         if let Some(t) = at(mark) {
             parts.push(format!("{label} {:.1} s", t - last));

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferroscope_agent::check::{self, CheckOptions, Status};
+use ferroscope_agent::profile::ProfileType;
 use ferroscope_agent::record::{self, Progress, RecordConfig, StopReason};
 use ferroscope_ebpf_abi::Counter;
 use ferroscope_ebpf_programs::Verdict;
@@ -96,8 +97,9 @@ struct RecordArgs {
     #[arg(long, value_name = "PROBABILITY", num_args = 0..=1, default_missing_value = "1")]
     off_cpu: Option<f64>,
     /// Count the calls of a function with their stacks (repeatable): `uprobe:PATH:SYMBOL`
-    /// or `uretprobe:PATH:SYMBOL` (PATH may be a library's file name, `libc.so.6`).
-    /// Written to OUTPUT with `.uprobe` before `.pb.gz`.
+    /// or `uretprobe:PATH:SYMBOL` (PATH may be a library's file name, `libc.so.6`), or a
+    /// kernel function, `kprobe:FUNCTION` or `kretprobe:FUNCTION` (kernels with kprobes).
+    /// Written to OUTPUT with `.uprobe` (`.kprobe`) before `.pb.gz`.
     #[arg(long = "probe", value_name = "LINK")]
     probes: Vec<String>,
     /// Attach the probes also to libraries of their name loaded later (dlopen), and wait
@@ -293,19 +295,19 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     }
     // Bad input first, before anything is loaded or mounted.
     record::validate(&config)?;
-    let mut outputs = vec![(None, args.output.clone(), args.flamegraph.clone())];
-    if config.off_cpu_threshold > 0.0 {
+    // The CPU profile under the names given; each other one with its type's infix
+    // (`profile.offcpu.pb.gz`, `profile.uprobe.pb.gz`, `profile.kprobe.pb.gz`).
+    let mut outputs = vec![(
+        ProfileType::Cpu,
+        args.output.clone(),
+        args.flamegraph.clone(),
+    )];
+    for kind in record::other_profiles(&config) {
+        let infix = kind.file_infix().unwrap_or(kind.series_name());
         outputs.push((
-            Some("offcpu"),
-            with_infix(&args.output, "offcpu"),
-            args.flamegraph.as_deref().map(|f| with_infix(f, "offcpu")),
-        ));
-    }
-    if !config.probes.is_empty() {
-        outputs.push((
-            Some("uprobe"),
-            with_infix(&args.output, "uprobe"),
-            args.flamegraph.as_deref().map(|f| with_infix(f, "uprobe")),
+            kind,
+            with_infix(&args.output, infix),
+            args.flamegraph.as_deref().map(|f| with_infix(f, infix)),
         ));
     }
     for (_, pprof, svg) in &outputs {
@@ -433,26 +435,25 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         eprintln!("ferroscope: {} unwinder: {}", f.runtime, f.reason);
     }
 
-    let extra = |p: &Option<ferroscope_pprof::proto::Profile>| {
-        p.as_ref().is_some_and(|p| !p.sample.is_empty())
-    };
-    if outcome.samples == 0 && !extra(&outcome.off_cpu) && !extra(&outcome.probes) {
+    if outcome.samples == 0 && outcome.others.iter().all(|(_, p)| p.sample.is_empty()) {
         bail!(
             "no samples were recorded: the profiled processes did not run on a CPU while sampling \
              (they may be idle or blocked); profile a busy process or the whole host"
         );
     }
-    for (infix, pprof, svg) in &outputs {
-        let (profile, what) = match *infix {
-            None => (&outcome.profile, "CPU"),
-            Some("offcpu") => match &outcome.off_cpu {
-                Some(p) => (p, "off-CPU time"),
+    for (kind, pprof, svg) in &outputs {
+        let profile = match kind {
+            ProfileType::Cpu => &outcome.profile,
+            other => match outcome.others.iter().find(|(k, _)| k == other) {
+                Some((_, p)) => p,
                 None => continue,
             },
-            Some(_) => match &outcome.probes {
-                Some(p) => (p, "probe hits"),
-                None => continue,
-            },
+        };
+        let what = match kind {
+            ProfileType::Cpu => "CPU",
+            ProfileType::OffCpu => "off-CPU time",
+            ProfileType::Probe => "uprobe hits",
+            ProfileType::KernelProbe => "kprobe hits",
         };
         ferroscope_pprof::write_file(profile, pprof)
             .with_context(|| format!("cannot write the profile to {}", pprof.display()))?;

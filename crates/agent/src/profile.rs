@@ -16,13 +16,20 @@ pub enum ProfileType {
     Cpu,
     /// Time off CPU: `offcpu/nanoseconds`, the counted value is nanoseconds.
     OffCpu,
-    /// Probe hits: `uprobe/count`.
+    /// Hits of uprobes and uretprobes: `uprobe/count`.
     Probe,
+    /// Hits of kprobes and kretprobes: `kprobe/count`.
+    KernelProbe,
 }
 
 impl ProfileType {
     /// Every type.
-    pub const ALL: [ProfileType; 3] = [ProfileType::Cpu, ProfileType::OffCpu, ProfileType::Probe];
+    pub const ALL: [ProfileType; 4] = [
+        ProfileType::Cpu,
+        ProfileType::OffCpu,
+        ProfileType::Probe,
+        ProfileType::KernelProbe,
+    ];
 
     /// The series name pushed to Pyroscope (`__name__`).
     pub fn series_name(self) -> &'static str {
@@ -30,6 +37,7 @@ impl ProfileType {
             ProfileType::Cpu => "process_cpu",
             ProfileType::OffCpu => "offcpu",
             ProfileType::Probe => "uprobe",
+            ProfileType::KernelProbe => "kprobe",
         }
     }
 
@@ -40,6 +48,7 @@ impl ProfileType {
             ProfileType::Cpu => None,
             ProfileType::OffCpu => Some("offcpu"),
             ProfileType::Probe => Some("uprobe"),
+            ProfileType::KernelProbe => Some("kprobe"),
         }
     }
 
@@ -48,6 +57,7 @@ impl ProfileType {
             ProfileType::Cpu => ProfileBuilder::cpu(sample_rate_hz),
             ProfileType::OffCpu => ProfileBuilder::new(("offcpu", "nanoseconds"), None, 0),
             ProfileType::Probe => ProfileBuilder::new(("uprobe", "count"), None, 0),
+            ProfileType::KernelProbe => ProfileBuilder::new(("kprobe", "count"), None, 0),
         }
     }
 }
@@ -111,7 +121,7 @@ pub fn build_cpu_profile<'a>(
 
 /// Builds one profile of `kind` from counted traces (see [`build_cpu_profile`]): for
 /// [`ProfileType::Cpu`] the count is samples, for [`ProfileType::OffCpu`] nanoseconds off
-/// CPU, for [`ProfileType::Probe`] hits.
+/// CPU, for [`ProfileType::Probe`] and [`ProfileType::KernelProbe`] hits.
 pub fn build_profile<'a>(
     kind: ProfileType,
     traces: impl IntoIterator<Item = (&'a Trace, u64)>,
@@ -137,8 +147,9 @@ pub fn build_profile<'a>(
     for (trace, count) in traces {
         locations.clear();
         // An off-CPU stack is taken in the sched_switch tracepoint: its leaf frames are the
-        // tracepoint's and the eBPF program's, not the thread's.
-        let skip = if kind == ProfileType::OffCpu {
+        // tracepoint's and the eBPF program's, not the thread's. A kernel probe's starts at
+        // the probed function, but a kernel may add its own probe handler's frames.
+        let skip = if matches!(kind, ProfileType::OffCpu | ProfileType::KernelProbe) {
             trace
                 .frames
                 .iter()

@@ -13,7 +13,7 @@ use ferroscope_unwind_api::Metric;
 use crate::Error;
 use crate::aggregate::TraceAggregator;
 use crate::process::{ProcessManagerConfig, UnwindMetrics};
-use crate::profile::{ProfileOptions, ProfileType, build_cpu_profile, build_profile};
+use crate::profile::{ProfileOptions, ProfileType, build_profile};
 use crate::session::{Delivery, SampleKind, Session, SessionConfig};
 
 /// Highest sample rate `record` accepts, before the kernel's own limit.
@@ -80,10 +80,10 @@ pub enum StopReason {
 pub struct RecordOutcome {
     /// The symbolized CPU profile.
     pub profile: Profile,
-    /// The off-CPU profile (`offcpu/nanoseconds`), when asked for.
-    pub off_cpu: Option<Profile>,
-    /// The probe profile (`uprobe/count`), when there were probe links.
-    pub probes: Option<Profile>,
+    /// The other profiles asked for, in [`ProfileType`] order: off-CPU time
+    /// (`offcpu/nanoseconds`) with an off-CPU threshold, uprobe hits (`uprobe/count`) with
+    /// uprobe links, kernel probe hits (`kprobe/count`) with kprobe links.
+    pub others: Vec<(ProfileType, Profile)>,
     /// Samples received.
     pub samples: u64,
     /// Distinct processes seen.
@@ -158,6 +158,28 @@ pub fn validate(config: &RecordConfig) -> Result<(), Error> {
     }
     crate::probes::Probes::check(&config.probes, config.load_probe)?;
     Ok(())
+}
+
+/// The profiles besides the CPU one that a record with `config` writes, in order: off-CPU
+/// time with an off-CPU threshold, uprobe hits with uprobe links, kernel probe hits with
+/// kprobe links (links that do not parse count as none: [`validate`] refuses them).
+pub fn other_profiles(config: &RecordConfig) -> Vec<ProfileType> {
+    let links: Vec<_> = config
+        .probes
+        .iter()
+        .filter_map(|l| crate::probes::ProbeLink::parse(l).ok())
+        .collect();
+    [
+        (ProfileType::OffCpu, config.off_cpu_threshold > 0.0),
+        (ProfileType::Probe, links.iter().any(|l| !l.is_kernel())),
+        (
+            ProfileType::KernelProbe,
+            links.iter().any(|l| l.is_kernel()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(kind, on)| on.then_some(kind))
+    .collect()
 }
 
 /// Checks that `path` can be created or overwritten, without leaving anything behind.
@@ -312,8 +334,8 @@ pub fn record(
             on_progress(&Progress {
                 elapsed,
                 duration: config.duration,
-                samples: agg.cpu.samples(),
-                processes: agg.cpu.processes(),
+                samples: agg.cpu().map_or(0, TraceAggregator::samples),
+                processes: agg.cpu().map_or(0, TraceAggregator::processes),
                 lost,
             });
             last_progress = Instant::now();
@@ -384,35 +406,26 @@ pub fn record(
         comm_root_frame: pids.is_none() || children,
         labels: crate::profile::SampleLabels::ALL,
     };
-    let (profile, off_cpu, probe_profile) = {
+    let (profile, others) = {
         let names = names.lock().unwrap_or_else(|e| e.into_inner());
-        let profile = build_cpu_profile(agg.cpu.iter(), &mut symbolizer, &*names, &options);
-        let off_cpu = (config.off_cpu_threshold > 0.0).then(|| {
-            build_profile(
-                ProfileType::OffCpu,
-                agg.off_cpu.iter(),
-                &mut symbolizer,
-                &*names,
-                &options,
-            )
-        });
-        let probe_profile = (!probes.is_empty()).then(|| {
-            build_profile(
-                ProfileType::Probe,
-                agg.probes.iter(),
-                &mut symbolizer,
-                &*names,
-                &options,
-            )
-        });
-        (profile, off_cpu, probe_profile)
+        let empty = TraceAggregator::default();
+        let mut build = |kind| {
+            let traces = agg.by_type.get(&kind).unwrap_or(&empty);
+            build_profile(kind, traces.iter(), &mut symbolizer, &*names, &options)
+        };
+        let profile = build(ProfileType::Cpu);
+        let others = other_profiles(config)
+            .into_iter()
+            .map(|kind| (kind, build(kind)))
+            .collect();
+        (profile, others)
     };
+    let cpu = agg.cpu();
     Ok(RecordOutcome {
         profile,
-        off_cpu,
-        probes: probe_profile,
-        samples: agg.cpu.samples(),
-        processes: agg.cpu.processes(),
+        others,
+        samples: cpu.map_or(0, TraceAggregator::samples),
+        processes: cpu.map_or(0, TraceAggregator::processes),
         counters,
         elapsed,
         stop_reason,
@@ -429,14 +442,16 @@ pub fn record(
 /// The traces counted for each profile.
 #[derive(Debug, Default)]
 struct Aggregates {
-    /// On-CPU samples.
-    cpu: TraceAggregator,
-    /// Nanoseconds off CPU.
-    off_cpu: TraceAggregator,
-    /// Probe hits.
-    probes: TraceAggregator,
+    /// On-CPU samples, nanoseconds off CPU, probe hits.
+    by_type: std::collections::BTreeMap<ProfileType, TraceAggregator>,
     /// Processes seen in any of them.
     seen: std::collections::HashSet<u32>,
+}
+
+impl Aggregates {
+    fn cpu(&self) -> Option<&TraceAggregator> {
+        self.by_type.get(&ProfileType::Cpu)
+    }
 }
 
 /// Counts a delivered sample; a process seen for the first time has its mappings snapshot
@@ -445,11 +460,16 @@ fn take(delivery: Delivery, agg: &mut Aggregates, symbolizer: &mut Symbolizer) {
     match delivery {
         Delivery::Sample(sample) => {
             let pid = sample.trace.pid;
-            match sample.kind {
-                SampleKind::Cpu => agg.cpu.add(sample.trace, 1),
-                SampleKind::OffCpu { nanos } => agg.off_cpu.add(sample.trace, nanos),
-                SampleKind::Probe { .. } => agg.probes.add(sample.trace, 1),
+            let (kind, value) = match sample.kind {
+                SampleKind::Cpu => (ProfileType::Cpu, 1),
+                SampleKind::OffCpu { nanos } => (ProfileType::OffCpu, nanos),
+                SampleKind::Probe { kernel: false, .. } => (ProfileType::Probe, 1),
+                SampleKind::Probe { kernel: true, .. } => (ProfileType::KernelProbe, 1),
             };
+            agg.by_type
+                .entry(kind)
+                .or_default()
+                .add(sample.trace, value);
             if agg.seen.insert(pid)
                 && let Err(e) = symbolizer.observe_process(pid)
             {

@@ -159,7 +159,7 @@ fn all_checks_pass_as_root_and_mount_what_is_missing() {
     });
     let report: Vec<String> = results.iter().map(ToString::to_string).collect();
     let report = report.join("\n");
-    assert_eq!(results.len(), 9, "{report}");
+    assert_eq!(results.len(), 10, "{report}");
     assert_eq!(
         results.iter().map(|r| r.name).collect::<Vec<_>>(),
         check::CHECK_NAMES,

@@ -39,8 +39,8 @@ pub use tables::{
 };
 pub use trace::{
     FRAME_KIND_SHIFT, FRAME_NATIVE, FRAME_PAYLOAD_MASK, NATIVE_EXACT, TRACE_IN_KERNEL,
-    TRACE_KERNEL_THREAD, TRACE_OFF_CPU, TRACE_PROBE, TRACE_PROBE_SHIFT, TRACE_USER_FP, TraceHeader,
-    TraceRecord, UserFrame,
+    TRACE_KERNEL_THREAD, TRACE_KPROBE, TRACE_OFF_CPU, TRACE_PROBE, TRACE_PROBE_SHIFT,
+    TRACE_USER_FP, TraceHeader, TraceRecord, UserFrame,
 };
 
 /// `FS_MAX_KERNEL_FRAMES`: longest kernel stack recorded per sample.

@@ -17,6 +17,9 @@ pub const TRACE_OFF_CPU: u32 = 0x8;
 pub const TRACE_PROBE: u32 = 0x10;
 /// `FS_TRACE_PROBE_SHIFT`.
 pub const TRACE_PROBE_SHIFT: u32 = 16;
+/// `FS_TRACE_KPROBE`: with [`TRACE_PROBE`], a kernel probe's hit (the record has the kernel
+/// stack where it fired, then the user stack the task entered the kernel from).
+pub const TRACE_KPROBE: u32 = 0x20;
 
 /// `FS_FRAME_KIND_SHIFT`: a frame's kind is the top byte of its aux word.
 pub const FRAME_KIND_SHIFT: u32 = 56;

@@ -4,7 +4,7 @@
  *
  * fs_sample runs on a software cpu-clock perf event on every online CPU; fs_off_cpu on the
  * sched_switch raw tracepoint (off-CPU profiles); fs_probe and fs_probe_ret on the uprobes
- * of the probe links. Each takes the current task's stack the same way: for a process whose
+ * of the probe links, fs_kprobe and fs_kretprobe on their kernel probes. Each takes the current task's stack the same way: for a process whose
  * tables the process manager loaded (fs_known_pids) it sets up the per-CPU unwinder state
  * and tail-calls fs_native, which walks the user stack from the stack-delta tables
  * (fs_pid_mappings -> fs_delta_pages -> fs_delta_entries -> fs_unwind_infos), one frame per
@@ -787,9 +787,11 @@ int fs_off_cpu(void *ctx)
 
 #if FS_ENTRY == FS_ENTRY_PROBE
 
-/* A probe hit (a uprobe or uretprobe of a probe link): the stack where it fired, counted
- * against the per-CPU rate limit. The attach cookie says which link (5.15+). */
-static __always_inline int probe_hit(struct pt_regs *ctx)
+/* A probe hit (a uprobe, uretprobe, kprobe or kretprobe of a probe link): the stack where it
+ * fired, counted against the per-CPU rate limit. The attach cookie says which uprobe link
+ * (5.15+). A kernel probe's record has the kernel stack, then the user stack the task
+ * entered the kernel from (none for a kernel thread). */
+static __always_inline int probe_hit(struct pt_regs *ctx, int kernel)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32;
@@ -817,20 +819,34 @@ static __always_inline int probe_hit(struct pt_regs *ctx)
 #if !FS_LEGACY
 	flags |= (__u32)(bpf_get_attach_cookie(ctx) << FS_TRACE_PROBE_SHIFT);
 #endif
-	sample_current(ctx, pid, tid, now, flags, ctx);
+	if (kernel)
+		flags |= FS_TRACE_KPROBE | FS_TRACE_IN_KERNEL;
+	sample_current(ctx, pid, tid, now, flags, kernel ? NULL : ctx);
 	return 0;
 }
 
 SEC("uprobe")
 int fs_probe(struct pt_regs *ctx)
 {
-	return probe_hit(ctx);
+	return probe_hit(ctx, 0);
 }
 
 SEC("uretprobe")
 int fs_probe_ret(struct pt_regs *ctx)
 {
-	return probe_hit(ctx);
+	return probe_hit(ctx, 0);
+}
+
+SEC("kprobe")
+int fs_kprobe(struct pt_regs *ctx)
+{
+	return probe_hit(ctx, 1);
+}
+
+SEC("kretprobe")
+int fs_kretprobe(struct pt_regs *ctx)
+{
+	return probe_hit(ctx, 1);
 }
 
 #endif /* FS_ENTRY == FS_ENTRY_PROBE */

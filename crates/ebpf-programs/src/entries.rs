@@ -1,5 +1,5 @@
 //! The entries beyond the CPU sampler: off-CPU (the `sched_switch` raw tracepoint) and
-//! probes (uprobes and uretprobes). Each is the native object and every loaded runtime's
+//! probes (uprobes, uretprobes, kprobes and kretprobes: one program type, so one entry). Each is the native object and every loaded runtime's
 //! object built for that entry, loaded in the CPU set's build, sharing its maps through the
 //! pin directory, joined through the entry's own tail-call table.
 //!
@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::maps::{MapData, ProgramArray};
+use aya::programs::kprobe::KProbeLinkId;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::{RawTracePoint, UProbe};
+use aya::programs::{KProbe, RawTracePoint, UProbe};
 use ferroscope_ebpf_abi::{Entry, PROG_NATIVE};
 
 use crate::loader::{
@@ -26,6 +27,8 @@ pub(crate) const OFF_CPU: &str = "fs_off_cpu";
 /// The probe entry's programs.
 const PROBE: &str = "fs_probe";
 const PROBE_RET: &str = "fs_probe_ret";
+const KPROBE: &str = "fs_kprobe";
+const KRETPROBE: &str = "fs_kretprobe";
 const NATIVE: &str = "fs_native";
 
 /// Off-CPU profiles: what `sched_switch` records.
@@ -60,21 +63,39 @@ pub enum ProbeKind {
     Return,
 }
 
-/// Where to attach one probe: a file and the file offset of the instruction.
+/// Where to attach one probe, and which it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeTarget {
     /// Entry or return.
     pub kind: ProbeKind,
-    /// The file (an executable or a shared library): the probe fires in every process that
-    /// maps it, now or later.
-    pub path: PathBuf,
-    /// The offset in the file of the function's first instruction.
-    pub offset: u64,
-    /// Which probe this is: recorded with each hit (`flags >> TRACE_PROBE_SHIFT`, 5.15+).
+    /// The function.
+    pub site: ProbeSite,
+    /// Which probe this is: recorded with each uprobe's hit (`flags >> TRACE_PROBE_SHIFT`,
+    /// 5.15+; kernel probes carry 0).
     pub index: u16,
-    /// Only in this process (the kernel then puts the breakpoint in its memory only); `None`:
-    /// in every process that maps the file, where every call traps, profiled or not.
-    pub pid: Option<u32>,
+}
+
+/// The function a probe is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSite {
+    /// A function in a file (a uprobe).
+    File {
+        /// The file (an executable or a shared library): the probe fires in every process
+        /// that maps it, now or later.
+        path: PathBuf,
+        /// The offset in the file of the function's first instruction.
+        offset: u64,
+        /// Only in this process (the kernel then puts the breakpoint in its memory only);
+        /// `None`: in every process that maps the file, where every call traps, profiled
+        /// or not.
+        pid: Option<u32>,
+    },
+    /// A kernel function, by its name in /proc/kallsyms (a kprobe). It fires whatever task
+    /// calls it; hits of tasks the PID filter leaves out are dropped in the kernel.
+    Kernel {
+        /// The function's name.
+        function: String,
+    },
 }
 
 /// One entry's loaded objects. Dropping it detaches its programs.
@@ -85,6 +106,7 @@ pub(crate) struct EntrySet {
     _runtimes: Vec<Ebpf>,
     pub(crate) native: Ebpf,
     pub(crate) links: Vec<UProbeLinkId>,
+    pub(crate) kernel_links: Vec<KProbeLinkId>,
 }
 
 impl std::fmt::Debug for EntrySet {
@@ -112,13 +134,19 @@ impl Globals {
     }
 }
 
-/// The entry programs of `entry`'s native object (fs_native comes first, reached by tail
-/// call).
-fn entry_programs(entry: Entry) -> &'static [&'static str] {
+/// The entry programs of `entry`'s native object and how each loads (fs_native comes first,
+/// reached by tail call). The probe entry's are all of the kernel's kprobe type, which the
+/// tail-call table requires; aya loads uprobes and kprobes apart.
+fn entry_programs(entry: Entry) -> &'static [(&'static str, Kind)] {
     match entry {
         Entry::Cpu => &[],
-        Entry::Switch => &[OFF_CPU],
-        Entry::Probe => &[PROBE, PROBE_RET],
+        Entry::Switch => &[(OFF_CPU, Kind::RawTracePoint)],
+        Entry::Probe => &[
+            (PROBE, Kind::UProbe),
+            (PROBE_RET, Kind::UProbe),
+            (KPROBE, Kind::KProbe),
+            (KRETPROBE, Kind::KProbe),
+        ],
     }
 }
 
@@ -153,7 +181,7 @@ pub(crate) fn load_entry(
     })?;
     let kind = Kind::of(entry);
     let mut programs = vec![(NATIVE, Some(PROG_NATIVE), kind)];
-    for &p in entry_programs(entry) {
+    for &(p, kind) in entry_programs(entry) {
         programs.push((p, None, kind));
     }
     for (name, slot, kind) in programs {
@@ -210,6 +238,7 @@ pub(crate) fn load_entry(
         _runtimes: loaded,
         native,
         links: Vec::new(),
+        kernel_links: Vec::new(),
     })
 }
 
@@ -230,38 +259,58 @@ impl EntrySet {
         Ok(())
     }
 
-    /// Attaches a probe; `cookies` says whether the kernel passes the probe's index
+    /// Attaches a probe; `cookies` says whether the kernel passes a uprobe's index
     /// (`bpf_get_attach_cookie`, the `bpf_loop` build only).
     pub(crate) fn attach_probe(
         &mut self,
         target: &ProbeTarget,
         cookies: bool,
     ) -> Result<(), Error> {
-        let name = match target.kind {
-            ProbeKind::Entry => PROBE,
-            ProbeKind::Return => PROBE_RET,
-        };
-        let p: &mut UProbe = self
-            .native
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::MissingMap(name.into()))?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(target.offset),
-            cookie: cookies.then_some(u64::from(target.index)),
-        };
-        let scope = match target.pid.and_then(std::num::NonZeroU32::new) {
-            Some(pid) => UProbeScope::OneProcess(pid),
-            None => UProbeScope::AllProcesses,
-        };
-        let link = p
-            .attach(point, Path::new(&target.path), scope)
-            .map_err(|e| Error::Probe {
-                path: target.path.clone(),
-                offset: target.offset,
-                source: Box::new(e),
-            })?;
-        self.links.push(link);
+        match &target.site {
+            ProbeSite::File { path, offset, pid } => {
+                let name = match target.kind {
+                    ProbeKind::Entry => PROBE,
+                    ProbeKind::Return => PROBE_RET,
+                };
+                let p: &mut UProbe = self
+                    .native
+                    .program_mut(name)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| Error::MissingMap(name.into()))?;
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                    cookie: cookies.then_some(u64::from(target.index)),
+                };
+                let scope = match pid.and_then(std::num::NonZeroU32::new) {
+                    Some(pid) => UProbeScope::OneProcess(pid),
+                    None => UProbeScope::AllProcesses,
+                };
+                let link = p
+                    .attach(point, Path::new(path), scope)
+                    .map_err(|e| Error::Probe {
+                        path: path.clone(),
+                        offset: *offset,
+                        source: Box::new(e),
+                    })?;
+                self.links.push(link);
+            }
+            ProbeSite::Kernel { function } => {
+                let name = match target.kind {
+                    ProbeKind::Entry => KPROBE,
+                    ProbeKind::Return => KRETPROBE,
+                };
+                let p: &mut KProbe = self
+                    .native
+                    .program_mut(name)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| Error::MissingMap(name.into()))?;
+                let link = p.attach(function, 0).map_err(|e| Error::KernelProbe {
+                    function: function.clone(),
+                    source: Box::new(e),
+                })?;
+                self.kernel_links.push(link);
+            }
+        }
         Ok(())
     }
 }

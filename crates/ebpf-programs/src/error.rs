@@ -61,6 +61,19 @@ pub enum Error {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    /// A kernel probe could not be attached to its function.
+    #[error(
+        "could not attach a kernel probe to {function}: the kernel must have kprobes \
+         (CONFIG_KPROBES) and the function must be in /proc/kallsyms, not inlined away, and \
+         not on the kernel's kprobe blacklist"
+    )]
+    KernelProbe {
+        /// The kernel function.
+        function: String,
+        /// aya's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     /// A map or program the object should contain is missing or has another type: a build
     /// problem.
     #[error(

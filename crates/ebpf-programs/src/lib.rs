@@ -38,7 +38,7 @@ mod sys;
 mod unwind_maps;
 
 pub use diagnose::explain_rejection;
-pub use entries::{OffCpuConfig, ProbeConfig, ProbeKind, ProbeTarget};
+pub use entries::{OffCpuConfig, ProbeConfig, ProbeKind, ProbeSite, ProbeTarget};
 pub use error::Error;
 pub use loader::{Build, ProgramReport, RuntimeObject, Verdict, kernel_version, preferred_build};
 pub use sampler::{

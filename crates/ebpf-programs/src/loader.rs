@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, PerCpuArray, ProgramArray};
-use aya::programs::{PerfEvent, ProgramError, RawTracePoint, UProbe};
+use aya::programs::{KProbe, PerfEvent, ProgramError, RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use ferroscope_ebpf_abi::{Entry, ObjectSet};
 
@@ -262,6 +262,7 @@ pub(crate) enum Kind {
     PerfEvent,
     RawTracePoint,
     UProbe,
+    KProbe,
 }
 
 impl Kind {
@@ -279,6 +280,7 @@ impl Kind {
             Kind::PerfEvent => "perf_event",
             Kind::RawTracePoint => "raw tracepoint",
             Kind::UProbe => "uprobe",
+            Kind::KProbe => "kprobe",
         }
     }
 }
@@ -291,6 +293,7 @@ fn load_as(ebpf: &mut Ebpf, name: &str, kind: Kind) -> Option<Result<(), Program
         Kind::PerfEvent => <&mut PerfEvent>::try_from(p).ok()?.load(),
         Kind::RawTracePoint => <&mut RawTracePoint>::try_from(p).ok()?.load(),
         Kind::UProbe => <&mut UProbe>::try_from(p).ok()?.load(),
+        Kind::KProbe => <&mut KProbe>::try_from(p).ok()?.load(),
     })
 }
 

@@ -806,7 +806,10 @@ impl Sampler {
 
     /// Probes attached so far.
     pub fn probes_attached(&self) -> usize {
-        self.entries.iter().map(|e| e.links.len()).sum()
+        self.entries
+            .iter()
+            .map(|e| e.links.len() + e.kernel_links.len())
+            .sum()
     }
 
     /// The CPUs sampled.

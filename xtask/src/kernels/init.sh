@@ -14,7 +14,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 . /matrix.conf
-export OUT FERROSCOPE C_PROGRAM PYTHON PY_SCRIPT RECORD_SECONDS RATE
+export OUT FERROSCOPE C_PROGRAM PYTHON PY_SCRIPT RECORD_SECONDS RATE KPROBE_PROGRAM KPROBE_ROUNDS
 [ -n "${RUST_LOG:-}" ] && export RUST_LOG
 sh /matrix.sh
 # The host reads what lies between the two marker lines; a missing end marker means the

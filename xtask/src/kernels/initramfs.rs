@@ -23,6 +23,7 @@ pub const MATRIX: &str = include_str!("matrix.sh");
 pub const GUEST_FERROSCOPE: &str = "/bin/ferroscope";
 pub const GUEST_C_PROGRAM: &str = "/nofp_chain";
 pub const GUEST_PY_SCRIPT: &str = "/chains.py";
+pub const GUEST_KPROBE_PROGRAM: &str = "/getppids";
 const GUEST_OUT: &str = "/tmp/out";
 
 /// What goes in, from the host.
@@ -33,6 +34,7 @@ pub struct Inputs<'a> {
     pub c_program: &'a Path,
     pub python: &'a Path,
     pub py_script: &'a Path,
+    pub kprobe_program: &'a Path,
     pub record_seconds: u32,
     pub rate: u32,
 }
@@ -69,6 +71,7 @@ pub fn build(out: &Path, inputs: &Inputs) -> Result<Built> {
     cpio.host_file(&GUEST_FERROSCOPE[1..], inputs.ferroscope)?;
     cpio.host_file(&GUEST_C_PROGRAM[1..], inputs.c_program)?;
     cpio.host_file(&GUEST_PY_SCRIPT[1..], inputs.py_script)?;
+    cpio.host_file(&GUEST_KPROBE_PROGRAM[1..], inputs.kprobe_program)?;
     for path in std::iter::once(&inputs.python.to_owned())
         .chain(&stdlib)
         .chain(&libraries)
@@ -93,10 +96,12 @@ fn config(inputs: &Inputs) -> String {
     let log = std::env::var("RUST_LOG").map_or(String::new(), |v| format!("RUST_LOG='{v}'\n"));
     log + &format!(
         "OUT={GUEST_OUT}\nFERROSCOPE={GUEST_FERROSCOPE}\nC_PROGRAM={GUEST_C_PROGRAM}\n\
-         PYTHON={}\nPY_SCRIPT={GUEST_PY_SCRIPT}\nRECORD_SECONDS={}\nRATE={}\n",
+         PYTHON={}\nPY_SCRIPT={GUEST_PY_SCRIPT}\nRECORD_SECONDS={}\nRATE={}\n\
+         KPROBE_PROGRAM={GUEST_KPROBE_PROGRAM}\nKPROBE_ROUNDS={}\n",
         inputs.python.display(),
         inputs.record_seconds,
-        inputs.rate
+        inputs.rate,
+        super::kprobes::ROUNDS
     )
 }
 

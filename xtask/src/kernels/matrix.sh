@@ -1,7 +1,9 @@
 # The steps of the kernel matrix, the same in a qemu guest (run by /init) and on the host
 # (run by `cargo xtask kernels`): `ferroscope check`, then a record of a C program built
-# without frame pointers, then one of a Python program. Everything goes to files in $OUT;
-# the host judges them. Variables: OUT FERROSCOPE C_PROGRAM PYTHON PY_SCRIPT RECORD_SECONDS RATE.
+# without frame pointers, then one of a Python program, then the kernel probes' records (or
+# their refusal). Everything goes to files in $OUT;
+# the host judges them. Variables: OUT FERROSCOPE C_PROGRAM PYTHON PY_SCRIPT RECORD_SECONDS RATE
+# KPROBE_PROGRAM KPROBE_ROUNDS.
 mkdir -p "$OUT"
 stamp() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >> "$OUT/times"; }
 stamp start
@@ -42,3 +44,42 @@ record py "$py"
 kill "$py"
 wait "$py" 2> /dev/null
 stamp py
+
+# Kernel probes: where the kernel has kprobes, one record of the getppid program with a kprobe
+# and a kretprobe on __x64_sys_getppid (the program prints its true call counts; the entry's
+# hits have the function as their leaf, the return's its caller); where it has none (the
+# host), the clear refusal of such a link. Writes kprobe.stdout (the program's), kprobe.out,
+# kprobe.rc and kprobe.kprobe.pb.gz; or refused.out and refused.rc.
+if [ -e /sys/bus/event_source/devices/kprobe ]; then
+	echo yes > "$OUT/kprobes"
+	echo "matrix: ferroscope record --probe kprobe:__x64_sys_getppid --probe kretprobe:..."
+	"$KPROBE_PROGRAM" "$KPROBE_ROUNDS" > "$OUT/kprobe.stdout" 2>&1 &
+	k=$!
+	tries=0
+	until grep -q ready "$OUT/kprobe.stdout" 2> /dev/null || [ $tries -ge 300 ]; do
+		tries=$((tries + 1))
+		sleep 0.1
+	done
+	"$FERROSCOPE" record --pid "$k" -d 300s -r "$RATE" --probe-rate-limit 0 \
+		--probe kprobe:__x64_sys_getppid --probe kretprobe:__x64_sys_getppid \
+		-o "$OUT/kprobe.pb.gz" --top 0 > "$OUT/kprobe.out" 2>&1 &
+	r=$!
+	# Once sampling runs (its first progress line) the probes are attached: start the calls.
+	tries=0
+	until grep -q " samples " "$OUT/kprobe.out" 2> /dev/null || [ $tries -ge 1200 ]; do
+		tries=$((tries + 1))
+		sleep 0.1
+	done
+	kill -USR1 "$k"
+	wait "$k"
+	# record stops by itself once the program has exited.
+	wait "$r"
+	echo $? > "$OUT/kprobe.rc"
+else
+	echo no > "$OUT/kprobes"
+	echo "matrix: ferroscope record --probe kprobe:__x64_sys_getppid (no kprobes: refused)"
+	"$FERROSCOPE" record -d 1s --probe kprobe:__x64_sys_getppid -o "$OUT/refused.pb.gz" \
+		> "$OUT/refused.out" 2>&1
+	echo $? > "$OUT/refused.rc"
+fi
+stamp kprobes

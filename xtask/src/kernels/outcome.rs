@@ -82,6 +82,8 @@ pub struct Outcome {
     pub check_lines: Vec<String>,
     pub c: Record,
     pub py: Record,
+    /// The kernel-probe records, or the refusal on a kernel without kprobes.
+    pub kprobes: super::kprobes::KernelProbes,
     /// Wall-clock seconds of the whole run (qemu from start to power-off, or the host's steps).
     pub seconds: f64,
     /// Uptime marks from `matrix.sh` (start, check, c, py).
@@ -109,6 +111,7 @@ impl Outcome {
             check_lines: check.lines().map(str::to_owned).collect(),
             c: read_record(dir, "c", rc("c.rc"), whole_c_chain),
             py: read_record(dir, "py", rc("py.rc"), whole_py_chain),
+            kprobes: super::kprobes::KernelProbes::read(dir),
             marks: text("times")
                 .lines()
                 .filter_map(|l| {
@@ -190,6 +193,7 @@ impl Outcome {
                 _ => {}
             }
         }
+        out.extend(self.kprobes.failures());
         out
     }
 
@@ -199,9 +203,9 @@ impl Outcome {
 }
 
 /// A decoded sample: frame names leaf first (Python frames marked), and its sample count.
-struct Stack {
-    frames: Vec<(String, bool)>,
-    count: i64,
+pub(super) struct Stack {
+    pub(super) frames: Vec<(String, bool)>,
+    pub(super) count: i64,
 }
 
 fn read_record(dir: &Path, name: &str, rc: Option<i32>, judge: Judge) -> Record {
@@ -276,7 +280,7 @@ fn whole_py_chain(s: &Stack) -> Option<bool> {
     Some(!names.is_empty() && PY_CHAINS.iter().any(|chain| chain.ends_with(&names)))
 }
 
-fn stacks(p: &Profile) -> Vec<Stack> {
+pub(super) fn stacks(p: &Profile) -> Vec<Stack> {
     let string = |i: i64| p.string_table.get(i as usize).cloned().unwrap_or_default();
     let functions: HashMap<u64, (String, String)> = p
         .function
@@ -313,7 +317,7 @@ fn stacks(p: &Profile) -> Vec<Stack> {
 }
 
 /// Removes terminal colour sequences (`ESC [ ... m`) from logs.
-fn strip_ansi(text: &str) -> String {
+pub(super) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -395,6 +399,10 @@ mod tests {
             check_rc: Some(0),
             c: record(4000),
             py: record(4000),
+            kprobes: super::super::kprobes::KernelProbes::Unavailable {
+                rc: Some(1),
+                output: "kprobe:__x64_sys_getppid: no kprobes (CONFIG_KPROBES)".into(),
+            },
             ..Outcome::default()
         }
     }

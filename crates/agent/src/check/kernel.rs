@@ -152,6 +152,39 @@ pub fn check_btf() -> CheckResult {
     )
 }
 
+// ---------------------------------------------------------------------------------------------
+// 10. Kernel probes
+// ---------------------------------------------------------------------------------------------
+
+/// The kprobe PMU: present when the kernel was built with CONFIG_KPROBES.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+/// Check 10: whether the kernel has kprobes, for `kprobe:` and `kretprobe:` probe links. Only
+/// those links need them, so their absence is not a failure: the line says what it means.
+pub fn check_kprobes() -> CheckResult {
+    if Path::new(KPROBE_PMU).exists() {
+        CheckResult::ok(
+            NAME_KPROBES,
+            "the kernel has kprobes: kprobe: and kretprobe: probe links can attach",
+        )
+    } else if Path::new("/sys/bus/event_source/devices").is_dir() {
+        CheckResult::ok(
+            NAME_KPROBES,
+            format!(
+                "the kernel has no kprobes (built without CONFIG_KPROBES: no {KPROBE_PMU}): \
+                 kprobe: and kretprobe: probe links are refused; uprobes and off-CPU profiles \
+                 do not need them"
+            ),
+        )
+    } else {
+        CheckResult::ok(
+            NAME_KPROBES,
+            "cannot tell whether the kernel has kprobes (/sys is not mounted); only kprobe: \
+             and kretprobe: probe links need them",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 //!    linked runtime's), each one's verdict and verified instruction count.
 //! 8. [`check_perf_event`]: a cpu-clock sampling event can be opened.
 //! 9. [`check_sample_rate`]: the requested sample rate is acceptable.
+//! 10. [`check_kprobes`]: whether the kernel has kprobes (for `kprobe:` probe links only).
 //!
 //! The checks only inspect the process's own environment; the only side effects are the
 //! optional mounts of tracefs and bpffs (as the reference profiler does at start-up), and the
@@ -28,7 +29,7 @@ mod programs;
 
 #[allow(unused_imports)]
 use kernel::*;
-pub use kernel::{MIN_KERNEL, check_btf, check_kernel_version};
+pub use kernel::{MIN_KERNEL, check_btf, check_kernel_version, check_kprobes};
 #[allow(unused_imports)]
 use mounts::*;
 pub use mounts::{check_bpffs, check_tracefs};
@@ -161,7 +162,7 @@ pub struct CheckOptions {
 }
 
 /// Names of the checks, in the order [`run_all`] runs them.
-pub const CHECK_NAMES: [&str; 9] = [
+pub const CHECK_NAMES: [&str; 10] = [
     NAME_PRIVILEGES,
     NAME_PARANOID,
     NAME_KERNEL,
@@ -171,6 +172,7 @@ pub const CHECK_NAMES: [&str; 9] = [
     NAME_BPF_LOAD,
     NAME_PERF_EVENT,
     NAME_SAMPLE_RATE,
+    NAME_KPROBES,
 ];
 
 const NAME_PRIVILEGES: &str = "privileges";
@@ -182,13 +184,14 @@ const NAME_BPFFS: &str = "bpffs";
 const NAME_BPF_LOAD: &str = "eBPF programs";
 const NAME_PERF_EVENT: &str = "cpu-clock perf event";
 const NAME_SAMPLE_RATE: &str = "sample rate";
+const NAME_KPROBES: &str = "kernel probes";
 
 /// The highest sample rate ferroscope accepts, in Hz.
 pub const MAX_SAMPLE_RATE_HZ: u32 = 1000;
 
 /// Runs every check, in order, and returns all results (it does not stop at a failure).
 pub fn run_all(opts: &CheckOptions) -> Vec<CheckResult> {
-    let checks: [&dyn Fn() -> CheckResult; 9] = [
+    let checks: [&dyn Fn() -> CheckResult; 10] = [
         &check_privileges,
         &check_perf_event_paranoid,
         &check_kernel_version,
@@ -204,6 +207,7 @@ pub fn run_all(opts: &CheckOptions) -> Vec<CheckResult> {
         },
         &|| check_perf_event(opts.sample_rate_hz),
         &|| check_sample_rate(opts.sample_rate_hz),
+        &check_kprobes,
     ];
     checks
         .iter()

@@ -197,7 +197,8 @@ impl Collector<'_> {
                 let (kind, value) = match sample.kind {
                     SampleKind::Cpu => (ProfileType::Cpu, 1),
                     SampleKind::OffCpu { nanos } => (ProfileType::OffCpu, nanos),
-                    SampleKind::Probe { .. } => (ProfileType::Probe, 1),
+                    SampleKind::Probe { kernel: false, .. } => (ProfileType::Probe, 1),
+                    SampleKind::Probe { kernel: true, .. } => (ProfileType::KernelProbe, 1),
                 };
                 // One lookup for every sample but a process's first of the interval.
                 let first = !self.per_pid.contains_key(&(pid, kind))

@@ -90,10 +90,13 @@ pub enum SampleKind {
         nanos: u64,
     },
     /// A probe hit; `index` is the probe's (as given to [`Session::attach_probe`]; 0 when
-    /// the kernel has no attach cookies).
+    /// the kernel has no attach cookies, and for kernel probes).
     Probe {
         /// Which probe.
         index: u16,
+        /// A kernel probe's (kprobe or kretprobe): the stack has the kernel's frames where
+        /// it fired, then the user frames of the task.
+        kernel: bool,
     },
 }
 

@@ -9,7 +9,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferroscope_ebpf_abi::{PidEventKind, TRACE_OFF_CPU, TRACE_PROBE, TRACE_PROBE_SHIFT};
+use ferroscope_ebpf_abi::{
+    PidEventKind, TRACE_KPROBE, TRACE_OFF_CPU, TRACE_PROBE, TRACE_PROBE_SHIFT,
+};
 use ferroscope_ebpf_programs::UnwindWriter;
 use ferroscope_unwind_api::Metric;
 
@@ -158,6 +160,7 @@ impl Unwinder {
         let kind = if flags & TRACE_PROBE != 0 {
             SampleKind::Probe {
                 index: (flags >> TRACE_PROBE_SHIFT) as u16,
+                kernel: flags & TRACE_KPROBE != 0,
             }
         } else {
             SampleKind::Cpu

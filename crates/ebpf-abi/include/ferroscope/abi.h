@@ -44,6 +44,9 @@
  * the kernel has none) is flags >> FS_TRACE_PROBE_SHIFT. */
 #define FS_TRACE_PROBE 0x10
 #define FS_TRACE_PROBE_SHIFT 16
+/* With FS_TRACE_PROBE: a kernel probe's hit (kprobe or kretprobe). The record carries the
+ * kernel stack where it fired and the user stack the task entered the kernel from. */
+#define FS_TRACE_KPROBE 0x20
 
 /* Why the stack-delta unwinder stopped before the end of the stack (fs_trace_header.user_error).
  * The frames unwound before the error are kept. */

@@ -306,16 +306,8 @@ static __always_inline struct pt_regs *fs_saved_user_regs(void)
 #endif
 }
 
-/* A register of the context the sample started from, for runtimes that keep interpreter
- * state in registers at the leaf (FS_LEAF_REG(ctx, r13)): the entry's registers (the CPU
- * sampler's are the interrupted ones, the kernel's when it interrupted the kernel: check the
- * PC), or, off CPU, those the task saved when it entered the kernel. */
-#if FS_ENTRY == FS_ENTRY_CPU
-#define FS_LEAF_REG(ctx, reg) ((ctx)->regs.reg)
-#elif FS_ENTRY == FS_ENTRY_PROBE
-#define FS_LEAF_REG(ctx, reg) ((ctx)->reg)
-#else
-#define FS_LEAF_REG(ctx, reg)                                                                     \
+/* A register the current task saved when it entered the kernel (0 when unreadable). */
+#define FS_SAVED_USER_REG(reg)                                                                    \
 	({                                                                                        \
 		__u64 __fs_v = 0;                                                                 \
 		struct pt_regs *__fs_regs = fs_saved_user_regs();                                  \
@@ -323,6 +315,27 @@ static __always_inline struct pt_regs *fs_saved_user_regs(void)
 			bpf_probe_read_kernel(&__fs_v, sizeof(__fs_v), &__fs_regs->reg);          \
 		__fs_v;                                                                           \
 	})
+
+/* A register of the context the sample started from, for runtimes that keep interpreter
+ * state in registers at the leaf (FS_LEAF_REG(ctx, r13)): the entry's registers (the CPU
+ * sampler's are the interrupted ones, the kernel's when it interrupted the kernel: check the
+ * PC; a uprobe's are the user ones), or, off CPU and in a kprobe, those the task saved when
+ * it entered the kernel. */
+#if FS_ENTRY == FS_ENTRY_CPU
+#define FS_LEAF_REG(ctx, reg) ((ctx)->regs.reg)
+#elif FS_ENTRY == FS_ENTRY_PROBE
+/* Both probe kinds share the entry: a uprobe's context is in user mode (CPL 3 in cs), a
+ * kprobe's in the kernel. Both fields are loaded before the choice: a load through a
+ * pointer clang selected between ctx offsets is a "modified ctx ptr" to the verifier. */
+#define FS_LEAF_REG(ctx, reg)                                                                     \
+	({                                                                                        \
+		__u64 __fs_cs = (ctx)->cs;                                                        \
+		__u64 __fs_r = (ctx)->reg;                                                        \
+		asm volatile("" : "+r"(__fs_cs), "+r"(__fs_r));                                   \
+		(__fs_cs & 3) ? __fs_r : FS_SAVED_USER_REG(reg);                                  \
+	})
+#else
+#define FS_LEAF_REG(ctx, reg) FS_SAVED_USER_REG(reg)
 #endif
 
 /* Stops the walk with an error; returns 1 (a loop step's "stop"). */
