@@ -245,11 +245,7 @@ pub(crate) fn load_entry(
 impl EntrySet {
     /// Attaches the off-CPU program to `sched_switch`.
     pub(crate) fn attach_switch(&mut self) -> Result<(), Error> {
-        let p: &mut RawTracePoint = self
-            .native
-            .program_mut(OFF_CPU)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::MissingMap(OFF_CPU.into()))?;
+        let p: &mut RawTracePoint = program(&mut self.native, OFF_CPU)?;
         p.attach("sched_switch").map_err(|e| Error::Program {
             action: "attach to the sched_switch raw tracepoint".into(),
             program: OFF_CPU,
@@ -272,11 +268,7 @@ impl EntrySet {
                     ProbeKind::Entry => PROBE,
                     ProbeKind::Return => PROBE_RET,
                 };
-                let p: &mut UProbe = self
-                    .native
-                    .program_mut(name)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| Error::MissingMap(name.into()))?;
+                let p: &mut UProbe = program(&mut self.native, name)?;
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(*offset),
                     cookie: cookies.then_some(u64::from(target.index)),
@@ -299,11 +291,7 @@ impl EntrySet {
                     ProbeKind::Entry => KPROBE,
                     ProbeKind::Return => KRETPROBE,
                 };
-                let p: &mut KProbe = self
-                    .native
-                    .program_mut(name)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| Error::MissingMap(name.into()))?;
+                let p: &mut KProbe = program(&mut self.native, name)?;
                 let link = p.attach(function, 0).map_err(|e| Error::KernelProbe {
                     function: function.clone(),
                     source: Box::new(e),
@@ -313,4 +301,15 @@ impl EntrySet {
         }
         Ok(())
     }
+}
+
+/// Program `name` of `ebpf` as its aya type; an error when the object has no such program of
+/// that type (the object and the loader are out of step).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Error::MissingMap(name.into()))
 }

@@ -6,6 +6,14 @@
 # KPROBE_PROGRAM KPROBE_ROUNDS.
 mkdir -p "$OUT"
 stamp() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >> "$OUT/times"; }
+# wait_for FILE TEXT TENTHS: until FILE holds TEXT, for at most TENTHS tenths of a second.
+wait_for() {
+	tries=0
+	until grep -q "$2" "$1" 2> /dev/null || [ $tries -ge "$3" ]; do
+		tries=$((tries + 1))
+		sleep 0.1
+	done
+}
 stamp start
 uname -r > "$OUT/release"
 
@@ -33,11 +41,7 @@ stamp c
 # -S -E: no site-packages and no environment, so the few stdlib files in the initramfs do.
 "$PYTHON" -S -E -B "$PY_SCRIPT" > "$OUT/py.stdout" 2>&1 &
 py=$!
-tries=0
-until grep -q ready "$OUT/py.stdout" 2> /dev/null || [ $tries -ge 600 ]; do
-	tries=$((tries + 1))
-	sleep 0.1
-done
+wait_for "$OUT/py.stdout" ready 600
 # Let its loop run a moment, so that every library it loads is mapped.
 sleep 0.3
 record py "$py"
@@ -55,21 +59,13 @@ if [ -e /sys/bus/event_source/devices/kprobe ]; then
 	echo "matrix: ferroscope record --probe kprobe:__x64_sys_getppid --probe kretprobe:..."
 	"$KPROBE_PROGRAM" "$KPROBE_ROUNDS" > "$OUT/kprobe.stdout" 2>&1 &
 	k=$!
-	tries=0
-	until grep -q ready "$OUT/kprobe.stdout" 2> /dev/null || [ $tries -ge 300 ]; do
-		tries=$((tries + 1))
-		sleep 0.1
-	done
+	wait_for "$OUT/kprobe.stdout" ready 300
 	"$FERROSCOPE" record --pid "$k" -d 300s -r "$RATE" --probe-rate-limit 0 \
 		--probe kprobe:__x64_sys_getppid --probe kretprobe:__x64_sys_getppid \
 		-o "$OUT/kprobe.pb.gz" --top 0 > "$OUT/kprobe.out" 2>&1 &
 	r=$!
 	# Once sampling runs (its first progress line) the probes are attached: start the calls.
-	tries=0
-	until grep -q " samples " "$OUT/kprobe.out" 2> /dev/null || [ $tries -ge 1200 ]; do
-		tries=$((tries + 1))
-		sleep 0.1
-	done
+	wait_for "$OUT/kprobe.out" " samples " 1200
 	kill -USR1 "$k"
 	wait "$k"
 	# record stops by itself once the program has exited.
