@@ -169,8 +169,8 @@ impl Setup {
             );
         }
         let mut setup = Setup {
-            c_program: build_c_program(&root, &work)?,
-            kprobe_program: kprobes::build_program(&root, &work)?,
+            c_program: build_static_program(&root, &work, "c/nofp_chain.c", "nofp_chain")?,
+            kprobe_program: build_static_program(&root, &work, kprobes::FIXTURE, "getppids")?,
             initrd: work.join("initramfs.cpio"),
             work,
             ferroscope,
@@ -217,14 +217,15 @@ impl Setup {
     }
 }
 
-/// nofp_chain.c without frame pointers, linked statically so the guest needs no library
-/// for it.
-fn build_c_program(root: &Path, work: &Path) -> Result<PathBuf> {
-    let exe = work.join("nofp_chain");
+/// `fixtures/<fixture>` built without frame pointers (the tables unwind it) into
+/// `work/<name>`, linked statically so the guest needs no library for it: nofp_chain.c, and
+/// the kernel-probe step's getppids.c.
+fn build_static_program(root: &Path, work: &Path, fixture: &str, name: &str) -> Result<PathBuf> {
+    let exe = work.join(name);
     run(Command::new("gcc")
         .args(["-O2", "-g", "-fomit-frame-pointer", "-static", "-o"])
         .arg(&exe)
-        .arg(root.join("fixtures/c/nofp_chain.c")))?;
+        .arg(root.join("fixtures").join(fixture)))?;
     Ok(exe)
 }
 

@@ -4,13 +4,9 @@
 //! hits are those whose leaf is the function, the return's are its caller's); on a kernel
 //! without (the host), the refusal of such a link, which must name the link and say why.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use anyhow::Result;
+use std::path::Path;
 
 use super::outcome::{Stack, stacks, strip_ansi};
-use crate::run;
 
 /// Rounds of the program: 3 calls in `call_a` and 1 in `call_b` each (16000 calls, twice
 /// as many probe hits), a few seconds under TCG.
@@ -26,16 +22,8 @@ const TOLERANCE: f64 = 0.10;
 const CHAIN_A: [&str; 3] = ["call_a", "run_rounds", "main"];
 const CHAIN_B: [&str; 3] = ["call_b", "run_rounds", "main"];
 
-/// getppids.c with frame pointers omitted (the tables unwind it), linked statically so the
-/// guest needs no library for it.
-pub fn build_program(root: &Path, work: &Path) -> Result<PathBuf> {
-    let exe = work.join("getppids");
-    run(Command::new("gcc")
-        .args(["-O2", "-g", "-fomit-frame-pointer", "-static", "-o"])
-        .arg(&exe)
-        .arg(root.join("fixtures/probes/getppids.c")))?;
-    Ok(exe)
-}
+/// The program, under `fixtures/`.
+pub const FIXTURE: &str = "probes/getppids.c";
 
 /// The hits of one of the record's two probes.
 #[derive(Debug, Default, Clone)]
